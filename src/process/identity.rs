@@ -1,0 +1,195 @@
+//! Process identity and liveness.
+//!
+//! A PID alone is not an identity: PIDs are recycled. A process tend started is
+//! `(pid, start time, boot id)`; the start time comes from field 22 of /proc/PID/stat
+//! (clock ticks after boot, fixed for the life of the process, unchanged by exec) and the
+//! boot id from /proc/sys/kernel/random/boot_id. Only when all three match is the process
+//! ours, and only then may it be signalled.
+
+use std::io;
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+/// The fields of /proc/PID/stat that tend uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub state: u8,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub start_time: u64,
+}
+
+impl Stat {
+    /// A zombie (`Z`) or dead (`X`) process has exited; it only waits to be reaped.
+    pub fn exited(&self) -> bool {
+        matches!(self.state, b'Z' | b'X')
+    }
+}
+
+/// Reads /proc/PID/stat. `Ok(None)` when the process does not exist.
+pub fn stat(pid: i32) -> io::Result<Option<Stat>> {
+    let mut buf = [0u8; 1024];
+    let path = format!("/proc/{pid}/stat");
+    let n = match std::fs::File::open(&path) {
+        Ok(mut f) => read_all(&mut f, &mut buf)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // A process can exit between open and read: the kernel then returns ESRCH / 0 bytes.
+    if n == 0 {
+        return Ok(None);
+    }
+    parse_stat(&buf[..n])
+        .map(Some)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unparsable {path}")))
+}
+
+fn read_all(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => return Ok(n),
+            Ok(k) => {
+                n += k;
+                if n == buf.len() {
+                    return Ok(n);
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Parses the stat line. The command name (field 2) is in parentheses and may itself
+/// contain spaces and parentheses, so fields are counted from the last `)`.
+pub fn parse_stat(line: &[u8]) -> Option<Stat> {
+    let close = line.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(line.get(close + 2..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    // rest starts at field 3 (state).
+    let state = *fields.next()?.as_bytes().first()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    // field 22 is the 19th after the state.
+    let start_time = fields.nth(22 - 7)?.parse().ok()?;
+    Some(Stat {
+        state,
+        ppid,
+        pgrp,
+        session,
+        start_time,
+    })
+}
+
+/// This boot's id; a record from another boot can never be a live process.
+pub fn boot_id() -> io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_string())
+}
+
+/// What became of a recorded process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// The process is ours and has not exited.
+    Alive,
+    /// The process has exited (gone, or a zombie waiting to be reaped).
+    Exited,
+    /// The record cannot describe a live process of ours: the PID now belongs to another
+    /// process, or the record is from an earlier boot. The reason says which.
+    Stale(String),
+}
+
+/// Checks `(pid, start_time, boot_id)` against the running system.
+pub fn check(pid: i32, start_time: u64, recorded_boot: &str, current_boot: &str) -> Liveness {
+    if recorded_boot != current_boot {
+        return Liveness::Stale("recorded before the last reboot".into());
+    }
+    if pid <= 0 {
+        return Liveness::Stale(format!("invalid pid {pid}"));
+    }
+    match kill(Pid::from_raw(pid), None) {
+        Err(Errno::ESRCH) => return Liveness::Exited,
+        // EPERM: a process exists but belongs to another user, so it cannot be ours.
+        Err(Errno::EPERM) => {
+            return Liveness::Stale(format!("pid {pid} now belongs to another user's process"))
+        }
+        _ => {}
+    }
+    match stat(pid) {
+        Ok(None) => Liveness::Exited,
+        Ok(Some(s)) if s.start_time != start_time => Liveness::Stale(format!(
+            "pid {pid} now belongs to another process (start time {} != recorded {start_time})",
+            s.start_time
+        )),
+        Ok(Some(s)) if s.exited() => Liveness::Exited,
+        Ok(Some(_)) => Liveness::Alive,
+        Err(e) => Liveness::Stale(format!("cannot read /proc/{pid}/stat: {e}")),
+    }
+}
+
+/// True when some process other than a zombie is still in process group `pgid`.
+pub fn group_alive(pgid: i32) -> bool {
+    if let Err(Errno::ESRCH) = kill(Pid::from_raw(-pgid), None) {
+        return false;
+    }
+    // kill() also finds zombies, which only wait for their parent to reap them; look at
+    // the members themselves.
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(Some(s)) = stat(pid) {
+            if s.pgrp == pgid && !s.exited() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_with_parens_and_spaces() {
+        let line = b"4242 (a) b (c)) S 1 4241 4241 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.state, b'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.pgrp, 4241);
+        assert_eq!(s.session, 4241);
+        assert_eq!(s.start_time, 987654);
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        let me = std::process::id() as i32;
+        let s = stat(me).unwrap().unwrap();
+        let boot = boot_id().unwrap();
+        assert_eq!(check(me, s.start_time, &boot, &boot), Liveness::Alive);
+        assert!(matches!(
+            check(me, s.start_time + 1, &boot, &boot),
+            Liveness::Stale(_)
+        ));
+        assert!(matches!(
+            check(me, s.start_time, "other-boot", &boot),
+            Liveness::Stale(_)
+        ));
+    }
+}

@@ -1,0 +1,522 @@
+//! SQLite state: all SQL lives in this module.
+//!
+//! One file, `tend.db`, in WAL mode so readers never block the writer. Every change runs
+//! in `BEGIN IMMEDIATE`, which takes the write lock up front: a read-then-write
+//! transaction can then never fail half-way with `SQLITE_BUSY`, and two `tend start`
+//! calls for the same service are serialized (the second sees the first one's PID).
+//! Contention beyond the busy timeout retries the whole transaction a bounded number of
+//! times.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+use crate::error::{io_reason, Error, Result};
+use crate::service::{RestartPolicy, Service, StopSignal};
+
+pub use schema::latest as schema_version;
+
+/// How long one statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a whole transaction is tried when it still meets contention.
+const ATTEMPTS: u32 = 3;
+
+/// A running instance: the identity of the process tend started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub pid: i32,
+    pub pgid: i32,
+    /// Field 22 of /proc/PID/stat: clock ticks after boot when the process was created.
+    pub start_time: u64,
+    pub boot_id: String,
+    /// Unix ms.
+    pub started_at: i64,
+}
+
+/// One row of the event log.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub id: i64,
+    /// Unix ms.
+    #[serde(skip)]
+    pub at: i64,
+    pub service: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            // Create the file ourselves so it is 0600 from the first byte; SQLite gives
+            // its -wal and -shm files the same mode.
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::Io {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot create database: {}", io_reason(&e)),
+                })?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| db_err(path, e))?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.configure()?;
+        Ok(store)
+    }
+
+    fn configure(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let err = |e| db_err(&path, e);
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        // The last connection to close a WAL database checkpoints and fsyncs; every CLI
+        // call is such a connection, and that fsync was the largest single cost of a
+        // `tend start`. Automatic checkpoints during commits still bound the WAL.
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(err)?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        let latest = schema::latest();
+        if version > latest {
+            return Err(Error::SchemaTooNew {
+                path: self.path.clone(),
+                found: version,
+                known: latest,
+            });
+        }
+        // NORMAL in WAL mode: commits do not fsync (checkpoints do). A power cut can lose
+        // the last few commits but never corrupts the file; the PIDs they recorded would
+        // be stale after a reboot anyway.
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+            .map_err(err)?;
+        if version < latest {
+            self.migrate()?;
+        }
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        // journal_mode cannot change inside a transaction; it is persistent, so setting
+        // it once per migration run is enough.
+        with_retry(&path, || {
+            self.conn
+                .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+                .map_err(|e| db_err(&path, e))
+        })?;
+        self.write(|tx| {
+            // Re-read inside the write lock: another tend may have migrated meanwhile.
+            let version: i64 =
+                tx.0.query_row("PRAGMA user_version", [], |r| r.get(0))
+                    .map_err(|e| tx.err(e))?;
+            for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+                tx.0.execute_batch(sql).map_err(|e| tx.err(e))?;
+                tx.0.pragma_update(None, "user_version", (i + 1) as i64)
+                    .map_err(|e| tx.err(e))?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committing when it returns `Ok`.
+    /// On contention the whole transaction is retried: `f` must not have side effects
+    /// outside the database before its last statement can fail with `SQLITE_BUSY`.
+    pub fn write<T>(&mut self, mut f: impl FnMut(&Tx) -> Result<T>) -> Result<T> {
+        self.run(TransactionBehavior::Immediate, &mut f)
+    }
+
+    /// Runs `f` in a read transaction: one consistent snapshot.
+    pub fn read<T>(&mut self, mut f: impl FnMut(&Tx) -> Result<T>) -> Result<T> {
+        self.run(TransactionBehavior::Deferred, &mut f)
+    }
+
+    fn run<T>(
+        &mut self,
+        behavior: TransactionBehavior,
+        f: &mut dyn FnMut(&Tx) -> Result<T>,
+    ) -> Result<T> {
+        let path = self.path.clone();
+        let conn = &mut self.conn;
+        with_retry(&path, || {
+            let tx = conn
+                .transaction_with_behavior(behavior)
+                .map_err(|e| db_err(&path, e))?;
+            let wrapped = Tx(tx, &path);
+            let value = f(&wrapped)?;
+            wrapped.0.commit().map_err(|e| db_err(&path, e))?;
+            Ok(value)
+        })
+    }
+}
+
+/// Retries `f` while it fails with contention, at most [`ATTEMPTS`] times.
+fn with_retry<T>(path: &Path, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Err(e) if e.is_busy() && attempt < ATTEMPTS => {
+                std::thread::sleep(Duration::from_millis(5 * attempt as u64));
+                attempt += 1;
+            }
+            Err(e) if e.is_busy() => {
+                return Err(Error::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
+            other => return other,
+        }
+    }
+}
+
+fn db_err(path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => Error::NotADatabase {
+            path: path.to_path_buf(),
+        },
+        _ => Error::Database {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// An open transaction. All reads and writes of tend's tables go through its methods.
+pub struct Tx<'a>(rusqlite::Transaction<'a>, &'a Path);
+
+const SERVICE_COLUMNS: &str = "id, name, argv, cwd, stdin, stdout, stderr, env, stop_signal, \
+                               stop_timeout_ms, restart, created_at, updated_at";
+
+impl Tx<'_> {
+    fn err(&self, e: rusqlite::Error) -> Error {
+        db_err(self.1, e)
+    }
+
+    /// The service named `name`, with its row id.
+    pub fn service(&self, name: &str) -> Result<Option<(i64, Service)>> {
+        let sql = format!("SELECT {SERVICE_COLUMNS} FROM services WHERE name = ?1");
+        let mut stmt = self.0.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let row = stmt
+            .query_row([name], RawService::from_row)
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(RawService::into_service).transpose()
+    }
+
+    /// All services, sorted by name.
+    pub fn services(&self) -> Result<Vec<(i64, Service)>> {
+        let sql = format!("SELECT {SERVICE_COLUMNS} FROM services ORDER BY name");
+        let mut stmt = self.0.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], RawService::from_row)
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(|e| self.err(e))?.into_service()?);
+        }
+        Ok(out)
+    }
+
+    /// All running instances by service id.
+    pub fn instances(&self) -> Result<BTreeMap<i64, Instance>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT service_id, pid, pgid, start_time, boot_id, started_at FROM instances",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, instance_from_row(r, 1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn instance(&self, service_id: i64) -> Result<Option<Instance>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT pid, pgid, start_time, boot_id, started_at FROM instances \
+                 WHERE service_id = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_row([service_id], |r| instance_from_row(r, 0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn insert_service(&self, s: &Service) -> Result<i64> {
+        let raw = RawService::from_service(s)?;
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "INSERT INTO services (name, argv, cwd, stdin, stdout, stderr, env, stop_signal, \
+                 stop_timeout_ms, restart, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.execute(params![
+            raw.name,
+            raw.argv,
+            raw.cwd,
+            raw.stdin,
+            raw.stdout,
+            raw.stderr,
+            raw.env,
+            raw.stop_signal,
+            raw.stop_timeout_ms,
+            raw.restart,
+            raw.created_at,
+            raw.updated_at
+        ])
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::ConstraintViolation) => Error::AlreadyExists(s.name.clone()),
+            _ => self.err(e),
+        })?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    pub fn update_service(&self, id: i64, s: &Service) -> Result<()> {
+        let raw = RawService::from_service(s)?;
+        self.0
+            .prepare_cached(
+                "UPDATE services SET argv = ?2, cwd = ?3, stdin = ?4, stdout = ?5, stderr = ?6, \
+                 env = ?7, stop_signal = ?8, stop_timeout_ms = ?9, restart = ?10, \
+                 updated_at = ?11 WHERE id = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    id,
+                    raw.argv,
+                    raw.cwd,
+                    raw.stdin,
+                    raw.stdout,
+                    raw.stderr,
+                    raw.env,
+                    raw.stop_signal,
+                    raw.stop_timeout_ms,
+                    raw.restart,
+                    raw.updated_at
+                ])
+            })
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn delete_service(&self, id: i64) -> Result<()> {
+        self.exec("DELETE FROM services WHERE id = ?1", params![id])
+    }
+
+    pub fn set_instance(&self, service_id: i64, i: &Instance) -> Result<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO instances (service_id, pid, pgid, start_time, boot_id, \
+             started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                service_id,
+                i.pid,
+                i.pgid,
+                i.start_time as i64,
+                i.boot_id,
+                i.started_at
+            ],
+        )
+    }
+
+    /// Removes the instance record, but only if it is still the one the caller saw:
+    /// a concurrent `tend start` may have replaced it meanwhile.
+    pub fn clear_instance(&self, service_id: i64, seen: &Instance) -> Result<bool> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "DELETE FROM instances WHERE service_id = ?1 AND pid = ?2 AND start_time = ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let n = stmt
+            .execute(params![service_id, seen.pid, seen.start_time as i64])
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    pub fn record(&self, service: &str, kind: &str, detail: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO events (at, service, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![now_ms(), service, kind, detail],
+        )
+    }
+
+    /// The last `limit` events, oldest first; only `service`'s when given.
+    pub fn events(&self, service: Option<&str>, limit: u32) -> Result<Vec<Event>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT id, at, service, kind, detail FROM (\
+                   SELECT * FROM events WHERE ?1 IS NULL OR service = ?1 \
+                   ORDER BY id DESC LIMIT ?2) ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![service, limit], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    service: r.get(2)?,
+                    kind: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> Result<()> {
+        let mut stmt = self.0.prepare_cached(sql).map_err(|e| self.err(e))?;
+        stmt.execute(p).map(drop).map_err(|e| self.err(e))
+    }
+}
+
+fn instance_from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Instance> {
+    Ok(Instance {
+        pid: r.get(at)?,
+        pgid: r.get(at + 1)?,
+        start_time: r.get::<_, i64>(at + 2)? as u64,
+        boot_id: r.get(at + 3)?,
+        started_at: r.get(at + 4)?,
+    })
+}
+
+/// A services row as SQLite holds it, before the JSON and enum columns are decoded.
+struct RawService {
+    id: i64,
+    name: String,
+    argv: String,
+    cwd: String,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    env: String,
+    stop_signal: String,
+    stop_timeout_ms: i64,
+    restart: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl RawService {
+    fn from_row(r: &rusqlite::Row) -> rusqlite::Result<RawService> {
+        Ok(RawService {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            argv: r.get(2)?,
+            cwd: r.get(3)?,
+            stdin: r.get(4)?,
+            stdout: r.get(5)?,
+            stderr: r.get(6)?,
+            env: r.get(7)?,
+            stop_signal: r.get(8)?,
+            stop_timeout_ms: r.get(9)?,
+            restart: r.get(10)?,
+            created_at: r.get(11)?,
+            updated_at: r.get(12)?,
+        })
+    }
+
+    fn from_service(s: &Service) -> Result<RawService> {
+        let text = |what: &'static str, p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::Invalid {
+                    what,
+                    message: format!("{} is not valid UTF-8", p.display()),
+                })
+        };
+        Ok(RawService {
+            id: 0,
+            name: s.name.clone(),
+            argv: serde_json::to_string(&s.argv).expect("a Vec<String> always serializes"),
+            cwd: text("working directory", &s.cwd)?,
+            stdin: text("stdin", &s.stdin)?,
+            stdout: text("stdout", &s.stdout)?,
+            stderr: text("stderr", &s.stderr)?,
+            env: serde_json::to_string(&s.env).expect("a string map always serializes"),
+            stop_signal: s.stop_signal.name().to_string(),
+            stop_timeout_ms: s.stop_timeout.as_millis().min(i64::MAX as u128) as i64,
+            restart: s.restart.as_str().to_string(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        })
+    }
+
+    fn into_service(self) -> Result<(i64, Service)> {
+        let corrupt = |message: String| Error::Corrupt {
+            service: self.name.clone(),
+            message,
+        };
+        let argv: Vec<String> =
+            serde_json::from_str(&self.argv).map_err(|e| corrupt(format!("argv: {e}")))?;
+        let env: BTreeMap<String, String> =
+            serde_json::from_str(&self.env).map_err(|e| corrupt(format!("env: {e}")))?;
+        let stop_signal: StopSignal = self
+            .stop_signal
+            .parse()
+            .map_err(|e| corrupt(format!("stop signal: {e}")))?;
+        let restart: RestartPolicy = self
+            .restart
+            .parse()
+            .map_err(|e| corrupt(format!("restart: {e}")))?;
+        if argv.is_empty() {
+            return Err(corrupt("argv is empty".into()));
+        }
+        Ok((
+            self.id,
+            Service {
+                name: self.name,
+                argv,
+                cwd: self.cwd.into(),
+                stdin: self.stdin.into(),
+                stdout: self.stdout.into(),
+                stderr: self.stderr.into(),
+                env,
+                stop_signal,
+                stop_timeout: Duration::from_millis(self.stop_timeout_ms.max(0) as u64),
+                restart,
+                created_at: self.created_at,
+                updated_at: self.updated_at,
+            },
+        ))
+    }
+}

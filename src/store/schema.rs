@@ -1,0 +1,45 @@
+//! Versioned schema. `PRAGMA user_version` holds the number of migrations applied; the
+//! list below is append-only: never edit a migration that has shipped, add a new one.
+
+/// Each entry takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: definitions, running instances, and the append-only event log.
+    r#"
+    CREATE TABLE services (
+        id              INTEGER PRIMARY KEY,
+        name            TEXT    NOT NULL UNIQUE,
+        argv            TEXT    NOT NULL,  -- JSON array of strings
+        cwd             TEXT    NOT NULL,
+        stdin           TEXT    NOT NULL,
+        stdout          TEXT    NOT NULL,
+        stderr          TEXT    NOT NULL,
+        env             TEXT    NOT NULL,  -- JSON object
+        stop_signal     TEXT    NOT NULL,  -- short name, e.g. TERM
+        stop_timeout_ms INTEGER NOT NULL,
+        restart         TEXT    NOT NULL,  -- never | on-failure | always
+        created_at      INTEGER NOT NULL,  -- unix ms
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE TABLE instances (
+        service_id  INTEGER PRIMARY KEY REFERENCES services(id) ON DELETE CASCADE,
+        pid         INTEGER NOT NULL,
+        pgid        INTEGER NOT NULL,
+        start_time  INTEGER NOT NULL,  -- /proc/PID/stat field 22 (clock ticks after boot)
+        boot_id     TEXT    NOT NULL,
+        started_at  INTEGER NOT NULL   -- unix ms
+    );
+    CREATE TABLE events (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      INTEGER NOT NULL,      -- unix ms
+        service TEXT    NOT NULL,      -- by name, so history outlives the definition
+        kind    TEXT    NOT NULL,
+        detail  TEXT    NOT NULL DEFAULT ''
+    );
+    CREATE INDEX events_by_service ON events(service, id);
+    "#,
+];
+
+/// The schema version this build writes and understands.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}

@@ -1,0 +1,519 @@
+//! start / stop / restart / status on top of the store and the process module.
+//!
+//! This is the one code path: whoever asks (the CLI today; the daemon and the NOTIFY
+//! listener later) calls these functions, so behaviour never depends on the transport.
+//!
+//! Every function re-reads the truth from the database and checks recorded processes by
+//! identity before acting on them. A record that no longer describes a live process of
+//! ours is cleared, logged as an event, and reported through [`Supervisor::take_notices`];
+//! its PID is never signalled.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::process::identity::{self, Liveness};
+use crate::process::spawn::{self, SpawnError};
+use crate::process::stop::{self, Target};
+use crate::service::{self, Service};
+use crate::store::{now_ms, Event, Instance, Store, Tx};
+
+/// Event kinds, as stored and shown by `tend events`.
+pub mod event {
+    pub const ADDED: &str = "added";
+    pub const CHANGED: &str = "changed";
+    pub const REMOVED: &str = "removed";
+    pub const START: &str = "start";
+    pub const STOP: &str = "stop";
+    /// The process was found gone; its exit status is unknown to the CLI.
+    pub const EXITED: &str = "exited";
+    /// The record did not describe a process of ours (recycled PID, earlier boot).
+    pub const STALE: &str = "stale-cleared";
+}
+
+/// A service with its running instance, if any.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub service: Service,
+    pub instance: Option<Instance>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started {
+        pid: i32,
+    },
+    AlreadyRunning {
+        pid: i32,
+    },
+    /// exec succeeded, but the process had already exited when tend looked.
+    ExitedAtOnce {
+        pid: i32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    NotRunning,
+    Stopped {
+        pid: i32,
+        killed: bool,
+        took: Duration,
+    },
+}
+
+/// Changes for `tend edit`; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    pub argv: Option<Vec<String>>,
+    pub cwd: Option<std::path::PathBuf>,
+    pub stdin: Option<std::path::PathBuf>,
+    pub stdout: Option<std::path::PathBuf>,
+    pub stderr: Option<std::path::PathBuf>,
+    pub set_env: Vec<(String, String)>,
+    pub unset_env: Vec<String>,
+    pub stop_signal: Option<service::StopSignal>,
+    pub stop_timeout: Option<Duration>,
+    pub restart: Option<service::RestartPolicy>,
+}
+
+pub struct Supervisor {
+    home: Home,
+    store: Store,
+    boot_id: String,
+    notices: Vec<String>,
+}
+
+impl Supervisor {
+    /// Creates the home if needed and opens its database.
+    pub fn open(home: Home) -> Result<Supervisor> {
+        home.ensure()?;
+        let store = Store::open(&home.db_path())?;
+        let boot_id = identity::boot_id().map_err(|e| Error::Io {
+            path: "/proc/sys/kernel/random/boot_id".into(),
+            reason: crate::error::io_reason(&e),
+        })?;
+        Ok(Supervisor {
+            home,
+            store,
+            boot_id,
+            notices: Vec::new(),
+        })
+    }
+
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// Things the user should hear about that are not errors (stale records cleared,
+    /// a program not found at add time). The CLI prints them on stderr.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Stores a new definition after validating it.
+    pub fn add(&mut self, svc: Service) -> Result<()> {
+        validate(&svc, &mut self.notices)?;
+        self.store.write(|tx| {
+            tx.insert_service(&svc)?;
+            tx.record(&svc.name, event::ADDED, &svc.command_line())
+        })
+    }
+
+    /// Applies `changes`; returns the names of the fields that changed and whether the
+    /// service is running (changes take effect at its next start).
+    pub fn edit(&mut self, name: &str, changes: &Changes) -> Result<(Vec<&'static str>, bool)> {
+        let boot = self.boot_id.clone();
+        let mut notes = Vec::new();
+        let (_, current) = self.store.read(|tx| lookup(tx, name))?;
+        let updated = apply(&current, changes);
+        validate(&updated, &mut self.notices)?;
+        let changed = diff(&current, &updated);
+        let running = self.store.write(|tx| {
+            notes.clear();
+            let (id, now) = lookup(tx, name)?;
+            if now != current {
+                // Someone else edited it between our read and this write: apply the
+                // changes on top of what is stored now rather than overwrite theirs.
+                let again = apply(&now, changes);
+                tx.update_service(id, &again)?;
+            } else if !changed.is_empty() {
+                tx.update_service(id, &updated)?;
+            }
+            if !changed.is_empty() {
+                tx.record(name, event::CHANGED, &changed.join(", "))?;
+            }
+            Ok(live_instance(tx, id, name, &boot, &mut notes)?.is_some())
+        })?;
+        self.notices.extend(notes);
+        Ok((changed, running))
+    }
+
+    /// Deletes a definition. A running service is refused unless `stop` is set, in which
+    /// case it is stopped first. Its events are kept.
+    pub fn remove(&mut self, name: &str, stop_first: bool) -> Result<StopOutcome> {
+        let stopped = if stop_first {
+            self.stop(name)?
+        } else {
+            StopOutcome::NotRunning
+        };
+        let boot = self.boot_id.clone();
+        let mut notes = Vec::new();
+        self.store.write(|tx| {
+            notes.clear();
+            let (id, _) = lookup(tx, name)?;
+            if live_instance(tx, id, name, &boot, &mut notes)?.is_some() {
+                return Err(Error::Running(name.to_string()));
+            }
+            tx.delete_service(id)?;
+            tx.record(name, event::REMOVED, "")
+        })?;
+        self.notices.extend(notes);
+        Ok(stopped)
+    }
+
+    /// Starts the service unless it is already running. Serialized by the write lock, so
+    /// concurrent starts of one service start exactly one instance.
+    pub fn start(&mut self, name: &str) -> Result<StartOutcome> {
+        let boot = self.boot_id.clone();
+        let mut notes = Vec::new();
+        let out = self.store.write(|tx| {
+            notes.clear();
+            let (id, svc) = lookup(tx, name)?;
+            if let Some(inst) = live_instance(tx, id, name, &boot, &mut notes)? {
+                return Ok(StartOutcome::AlreadyRunning { pid: inst.pid });
+            }
+            let spawned = spawn_service(&svc)?;
+            let started_at = now_ms();
+            let ident = match identity::stat(spawned.pid) {
+                Ok(Some(s)) if !s.exited() => s,
+                _ => {
+                    tx.record(name, event::START, &format!("pid {}", spawned.pid))?;
+                    tx.record(name, event::EXITED, "exited immediately after exec")?;
+                    return Ok(StartOutcome::ExitedAtOnce { pid: spawned.pid });
+                }
+            };
+            let inst = Instance {
+                pid: spawned.pid,
+                pgid: spawned.pgid,
+                start_time: ident.start_time,
+                boot_id: boot.clone(),
+                started_at,
+            };
+            let recorded = tx.set_instance(id, &inst).and_then(|()| {
+                tx.record(
+                    name,
+                    event::START,
+                    &format!("pid {} ({})", inst.pid, svc.command_line()),
+                )
+            });
+            if let Err(e) = recorded {
+                // A running service nobody knows about would be started twice next time:
+                // take it down again. It is ours (we just spawned it), so this is safe.
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(inst.pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(Error::Start {
+                    service: name.to_string(),
+                    message: format!("started, but could not record the pid ({e}); killed it"),
+                });
+            }
+            Ok(StartOutcome::Started { pid: inst.pid })
+        })?;
+        self.notices.extend(notes);
+        Ok(out)
+    }
+
+    /// Stops the service if it runs: stop signal to its group, wait, SIGKILL.
+    pub fn stop(&mut self, name: &str) -> Result<StopOutcome> {
+        let (id, svc, inst) = self.store.read(|tx| {
+            let (id, svc) = lookup(tx, name)?;
+            Ok((id, svc, tx.instance(id)?))
+        })?;
+        let Some(inst) = inst else {
+            return Ok(StopOutcome::NotRunning);
+        };
+        // The wait happens outside any transaction: a 10 s stop must not hold the
+        // database lock against every other tend command.
+        let target = Target {
+            pid: inst.pid,
+            pgid: inst.pgid,
+            start_time: inst.start_time,
+            boot_id: &inst.boot_id,
+        };
+        let outcome = stop::stop(&target, &self.boot_id, svc.stop_signal.0, svc.stop_timeout)
+            .map_err(|e| Error::Stop {
+                service: name.to_string(),
+                message: e.to_string(),
+            })?;
+        let (kind, detail, result) = match &outcome {
+            stop::Outcome::Stale(why) => (
+                event::STALE,
+                format!("pid {}: {why}; not signalled", inst.pid),
+                StopOutcome::NotRunning,
+            ),
+            stop::Outcome::AlreadyExited => (
+                event::EXITED,
+                format!("pid {} had exited (status unknown)", inst.pid),
+                StopOutcome::NotRunning,
+            ),
+            stop::Outcome::Stopped { killed, took } => (
+                event::STOP,
+                if *killed {
+                    format!(
+                        "pid {}: no exit within {} of {}; killed with KILL",
+                        inst.pid,
+                        fmt_duration(svc.stop_timeout),
+                        svc.stop_signal
+                    )
+                } else {
+                    format!("pid {}: exited on {}", inst.pid, svc.stop_signal)
+                },
+                StopOutcome::Stopped {
+                    pid: inst.pid,
+                    killed: *killed,
+                    took: *took,
+                },
+            ),
+        };
+        if kind != event::STOP {
+            self.notices
+                .push(format!("{name}: {detail}; record cleared"));
+        }
+        self.store.write(|tx| {
+            if tx.clear_instance(id, &inst)? {
+                tx.record(name, kind, &detail)?;
+            }
+            Ok(())
+        })?;
+        Ok(result)
+    }
+
+    /// Stops (if running) and starts again.
+    pub fn restart(&mut self, name: &str) -> Result<(StopOutcome, StartOutcome)> {
+        let stopped = self.stop(name)?;
+        let started = self.start(name)?;
+        Ok((stopped, started))
+    }
+
+    /// One service with its live instance; stale records are cleared on the way.
+    pub fn status(&mut self, name: &str) -> Result<Status> {
+        let (svc, inst) = self.store.read(|tx| {
+            let (id, svc) = lookup(tx, name)?;
+            Ok((svc, tx.instance(id)?))
+        })?;
+        let instance = match inst {
+            Some(i) if self.alive(&i) => Some(i),
+            Some(_) => self.clear_dead(name)?,
+            None => None,
+        };
+        Ok(Status {
+            service: svc,
+            instance,
+        })
+    }
+
+    /// All services, sorted by name; stale records are cleared on the way.
+    pub fn list(&mut self) -> Result<Vec<Status>> {
+        let (services, mut instances) = self
+            .store
+            .read(|tx| Ok((tx.services()?, tx.instances()?)))?;
+        let mut out = Vec::with_capacity(services.len());
+        for (id, svc) in services {
+            let instance = match instances.remove(&id) {
+                Some(i) if self.alive(&i) => Some(i),
+                Some(_) => self.clear_dead(&svc.name)?,
+                None => None,
+            };
+            out.push(Status {
+                service: svc,
+                instance,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Names of all defined services, sorted.
+    pub fn names(&mut self) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .read(|tx| tx.services())?
+            .into_iter()
+            .map(|(_, s)| s.name)
+            .collect())
+    }
+
+    /// The last `limit` events, oldest first.
+    pub fn events(&mut self, name: Option<&str>, limit: u32) -> Result<Vec<Event>> {
+        self.store.read(|tx| tx.events(name, limit))
+    }
+
+    fn alive(&self, i: &Instance) -> bool {
+        identity::check(i.pid, i.start_time, &i.boot_id, &self.boot_id) == Liveness::Alive
+    }
+
+    /// Re-checks `name`'s instance under the write lock and clears it if it is dead.
+    fn clear_dead(&mut self, name: &str) -> Result<Option<Instance>> {
+        let boot = self.boot_id.clone();
+        let mut notes = Vec::new();
+        let live = self.store.write(|tx| {
+            notes.clear();
+            let (id, _) = lookup(tx, name)?;
+            live_instance(tx, id, name, &boot, &mut notes)
+        })?;
+        self.notices.extend(notes);
+        Ok(live)
+    }
+}
+
+fn lookup(tx: &Tx, name: &str) -> Result<(i64, Service)> {
+    tx.service(name)?
+        .ok_or_else(|| Error::UnknownService(name.to_string()))
+}
+
+/// The service's instance if it is alive; a dead or stale record is cleared, logged and
+/// noted. Must run in a write transaction.
+fn live_instance(
+    tx: &Tx,
+    id: i64,
+    name: &str,
+    boot: &str,
+    notes: &mut Vec<String>,
+) -> Result<Option<Instance>> {
+    let Some(inst) = tx.instance(id)? else {
+        return Ok(None);
+    };
+    let (kind, detail) = match identity::check(inst.pid, inst.start_time, &inst.boot_id, boot) {
+        Liveness::Alive => return Ok(Some(inst)),
+        Liveness::Exited => (
+            event::EXITED,
+            format!("pid {} is gone (exit status unknown)", inst.pid),
+        ),
+        Liveness::Stale(why) => (
+            event::STALE,
+            format!("pid {}: {why}; not signalled", inst.pid),
+        ),
+    };
+    tx.clear_instance(id, &inst)?;
+    tx.record(name, kind, &detail)?;
+    notes.push(format!("{name}: {detail}; record cleared"));
+    Ok(None)
+}
+
+fn spawn_service(svc: &Service) -> Result<spawn::Spawned> {
+    let fail = |e: SpawnError| Error::Start {
+        service: svc.name.clone(),
+        message: e.to_string(),
+    };
+    let env = spawn::merged_env(&svc.env);
+    let cmd = spawn::Command::prepare(&spawn::Spec {
+        argv: &svc.argv,
+        cwd: &svc.cwd,
+        env: &env,
+        stdin: &svc.stdin,
+        stdout: &svc.stdout,
+        stderr: &svc.stderr,
+    })
+    .map_err(fail)?;
+    cmd.spawn().map_err(fail)
+}
+
+/// Checks a definition before it is stored. A program that cannot be found is only a
+/// notice: it may be installed later, and `tend start` reports it clearly.
+fn validate(svc: &Service, notices: &mut Vec<String>) -> Result<()> {
+    service::validate_name(&svc.name)?;
+    if svc.argv.is_empty() || svc.argv[0].is_empty() {
+        return Err(Error::Invalid {
+            what: "command",
+            message: "no command given (use --cmd STRING or -- PROGRAM ARGS...)".into(),
+        });
+    }
+    service::check_cwd(&svc.cwd)?;
+    service::check_readable(&svc.stdin)?;
+    service::check_writable("stdout", &svc.stdout)?;
+    service::check_writable("stderr", &svc.stderr)?;
+    let env = spawn::merged_env(&svc.env);
+    let probe = spawn::Spec {
+        argv: &svc.argv,
+        cwd: &svc.cwd,
+        env: &env,
+        stdin: &svc.stdin,
+        stdout: &svc.stdout,
+        stderr: &svc.stderr,
+    };
+    if spawn::find_program(&probe).is_none() {
+        notices.push(format!(
+            "{}: warning: program {:?} not found; `tend start` will fail until it exists",
+            svc.name, svc.argv[0]
+        ));
+    }
+    Ok(())
+}
+
+fn apply(current: &Service, c: &Changes) -> Service {
+    let mut s = current.clone();
+    if let Some(v) = &c.argv {
+        s.argv = v.clone();
+    }
+    if let Some(v) = &c.cwd {
+        s.cwd = v.clone();
+    }
+    if let Some(v) = &c.stdin {
+        s.stdin = v.clone();
+    }
+    if let Some(v) = &c.stdout {
+        s.stdout = v.clone();
+    }
+    if let Some(v) = &c.stderr {
+        s.stderr = v.clone();
+    }
+    for k in &c.unset_env {
+        s.env.remove(k);
+    }
+    for (k, v) in &c.set_env {
+        s.env.insert(k.clone(), v.clone());
+    }
+    if let Some(v) = c.stop_signal {
+        s.stop_signal = v;
+    }
+    if let Some(v) = c.stop_timeout {
+        s.stop_timeout = v;
+    }
+    if let Some(v) = c.restart {
+        s.restart = v;
+    }
+    s.updated_at = now_ms();
+    s
+}
+
+fn diff(a: &Service, b: &Service) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |changed: bool, what| {
+        if changed {
+            out.push(what)
+        }
+    };
+    check(a.argv != b.argv, "command");
+    check(a.cwd != b.cwd, "cwd");
+    check(a.stdin != b.stdin, "stdin");
+    check(a.stdout != b.stdout, "stdout");
+    check(a.stderr != b.stderr, "stderr");
+    check(a.env != b.env, "env");
+    check(a.stop_signal != b.stop_signal, "stop-signal");
+    check(a.stop_timeout != b.stop_timeout, "stop-timeout");
+    check(a.restart != b.restart, "restart");
+    out
+}
+
+/// `10s`, `1.5s`, `250ms`.
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else if ms >= 1000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{ms}ms")
+    }
+}
