@@ -1,0 +1,6 @@
+//! Integration tests: the real `tend` binary, a fresh temporary state home per test,
+//! real processes and real signals. One test crate with modules keeps link time down.
+
+mod bad_input;
+mod lifecycle;
+mod util;

@@ -1,0 +1,271 @@
+//! Shared helpers: a fresh state home per test, running the real binary with a deadline,
+//! waiting on conditions, and making sure every process a test started is gone at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TEND: &str = env!("CARGO_BIN_EXE_tend");
+pub const FIXTURE: &str = env!("CARGO_BIN_EXE_tend-test-service");
+
+/// How long one tend invocation may take before the test fails.
+const RUN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A fresh state home plus a scratch directory. Dropping it stops every service the
+/// test started (through tend, then by SIGKILL to every recorded process group).
+pub struct Env {
+    pub home: tempfile::TempDir,
+    pub work: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            home: tempfile::tempdir().expect("temp home"),
+            work: tempfile::tempdir().expect("temp work dir"),
+        }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.home().join("tend.db")
+    }
+
+    pub fn work(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// A `tend` command with this env's home, run from the work directory.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(TEND);
+        c.arg("--home")
+            .arg(self.home())
+            .current_dir(self.work())
+            .env_remove("TEND_HOME")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `tend ARGS` to completion (bounded by a deadline).
+    pub fn tend(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd();
+        c.args(args);
+        run(c)
+    }
+
+    /// Runs `tend ARGS` and asserts it succeeded.
+    pub fn ok(&self, args: &[&str]) -> Out {
+        let out = self.tend(args);
+        assert_eq!(
+            out.code, 0,
+            "tend {args:?} failed\nstdout: {}\nstderr: {}",
+            out.stdout, out.stderr
+        );
+        out
+    }
+
+    /// Defines `name` as the fixture service with `fixture_args`.
+    pub fn add_fixture(&self, name: &str, extra: &[&str], fixture_args: &[&str]) {
+        let mut args = vec!["add", name];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.push(FIXTURE);
+        args.extend_from_slice(fixture_args);
+        self.ok(&args);
+    }
+
+    pub fn status_json(&self, name: &str) -> serde_json::Value {
+        let out = self.tend(&["status", name, "--json"]);
+        assert!(
+            out.code == 0 || out.code == 3,
+            "status {name}: {}",
+            out.stderr
+        );
+        serde_json::from_str(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// The recorded pid of a running service, via `tend status --json`.
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        self.status_json(name)["pid"].as_i64().map(|p| p as i32)
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.home().join("logs").join(format!("{name}.log"))
+    }
+
+    /// Every process group recorded in the database.
+    fn recorded_groups(&self) -> Vec<i32> {
+        let Ok(conn) = rusqlite::Connection::open(self.db()) else {
+            return Vec::new();
+        };
+        let Ok(mut stmt) = conn.prepare("SELECT pgid FROM instances") else {
+            return Vec::new();
+        };
+        stmt.query_map([], |r| r.get(0))
+            .map(|rows| rows.flatten().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.db().exists() {
+            let groups = self.recorded_groups();
+            let mut c = self.cmd();
+            c.args(["stop", "--all"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let _ = c.status();
+            for g in groups {
+                kill_group(g);
+            }
+        }
+    }
+}
+
+/// SIGKILL a process group; only used for groups this test created.
+pub fn kill_group(pgid: i32) {
+    // SAFETY: getpgrp has no preconditions.
+    let own = unsafe { libc::getpgrp() };
+    // Never the test runner's own group, whatever a test recorded.
+    if pgid > 1 && pgid != own {
+        // SAFETY: kill with a negative pid signals a process group; no memory involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Kills a single process on drop (for unrelated processes a test spawns itself).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command to completion with a deadline; the child is killed if it overruns.
+pub fn run(mut c: Command) -> Out {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn tend");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output: Output = match rx.recv_timeout(RUN_DEADLINE) {
+        Ok(o) => o.expect("wait for tend"),
+        Err(_) => {
+            // SAFETY: signalling the child we spawned and have not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("tend did not finish within {RUN_DEADLINE:?}: {c:?}");
+        }
+    };
+    Out {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Polls `cond` until it holds or `deadline` passes; returns whether it held.
+pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("X");
+    !matches!(state, "Z" | "X")
+}
+
+/// Live (non-zombie) members of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 3 && f[2] == pgid.to_string() && f[0] != "Z" && f[0] != "X" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The file's bytes, or empty if it does not exist.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A snapshot of everything stored (every row of every table, in order), for checking
+/// that a failed command changed nothing.
+pub fn dump(db: &Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db read-only");
+    let mut out = String::new();
+    for table in ["services", "instances", "events"] {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
+            .expect("prepare");
+        let cols = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                let mut line = String::new();
+                for i in 0..cols {
+                    let v: rusqlite::types::Value = r.get(i)?;
+                    line.push_str(&format!("{v:?}|"));
+                }
+                Ok(line)
+            })
+            .expect("query");
+        out.push_str(table);
+        out.push('\n');
+        for r in rows {
+            out.push_str(&r.expect("row"));
+            out.push('\n');
+        }
+    }
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    out.push_str(&format!("user_version {v}\n"));
+    out
+}
