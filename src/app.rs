@@ -3,7 +3,8 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Cli, Command, DefinitionArgs, Targets};
+use crate::cli::{Cli, Command, DaemonAction, DaemonArgs, DefinitionArgs, Targets};
+use crate::daemon::protocol::{Action, Outcome, Report, Response, Verb};
 use crate::error::{exit, Error, Result};
 use crate::home::Home;
 use crate::output;
@@ -72,9 +73,16 @@ impl Ctx {
 
     fn dispatch(&mut self, cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         let home = Home::resolve(cli.home.as_deref())?;
+        let command = match cli.command {
+            Command::Daemon(args) => return self.daemon(&home, args, out),
+            Command::Start(t) => return self.act(&home, Verb::Start, t, out),
+            Command::Stop(t) => return self.act(&home, Verb::Stop, t, out),
+            Command::Restart(t) => return self.act(&home, Verb::Restart, t, out),
+            other => other,
+        };
         // Everything that can be checked without the database is checked before it is
         // opened, so bad input never even creates a state home.
-        let prepared = prepare(&home, cli.command)?;
+        let prepared = prepare(&home, command)?;
         let mut sup = Supervisor::open(home)?;
         let result = self.command(&mut sup, prepared, out);
         notices(&mut sup);
@@ -139,37 +147,8 @@ impl Ctx {
                     self.code = exit::NOT_RUNNING;
                 }
             }
-            Command::Start(t) => {
-                for name in targets(sup, t)? {
-                    match sup.start(&name) {
-                        Ok(o) => self.started(out, &name, o)?,
-                        Err(e) => self.fail(&e),
-                    }
-                    notices(sup);
-                }
-            }
-            Command::Stop(t) => {
-                for name in targets(sup, t)? {
-                    match sup.stop(&name) {
-                        Ok(o) => stopped(out, &name, o)?,
-                        Err(e) => self.fail(&e),
-                    }
-                    notices(sup);
-                }
-            }
-            Command::Restart(t) => {
-                for name in targets(sup, t)? {
-                    match sup.restart(&name) {
-                        Ok((s, o)) => {
-                            if s != StopOutcome::NotRunning {
-                                stopped(out, &name, s)?;
-                            }
-                            self.started(out, &name, o)?;
-                        }
-                        Err(e) => self.fail(&e),
-                    }
-                    notices(sup);
-                }
+            Command::Start(_) | Command::Stop(_) | Command::Restart(_) | Command::Daemon(_) => {
+                unreachable!("dispatched before the database is opened")
             }
             Command::Logs {
                 name,
@@ -213,12 +192,78 @@ impl Ctx {
         Ok(())
     }
 
-    fn started(&mut self, out: &mut dyn Write, name: &str, o: StartOutcome) -> io::Result<()> {
+    /// start / stop / restart: through the daemon when one runs (it stays the parent of
+    /// what it starts), else right here. Either way the same [`crate::actions::act`] runs.
+    fn act(
+        &mut self,
+        home: &Home,
+        verb: Verb,
+        t: Targets,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        for n in &t.names {
+            service::validate_name(n)?;
+        }
+        let action = Action::Act {
+            verb,
+            names: t.names.clone(),
+            all: t.all,
+        };
+        let reports = match crate::daemon::client::request(home, action)? {
+            Some(Response::Reports { reports }) => reports,
+            Some(Response::Error { message, code }) => {
+                eprintln!("tend: {message}");
+                self.code = code;
+                return Ok(());
+            }
+            Some(other) => {
+                return Err(Error::Daemon {
+                    message: format!("unexpected answer: {other:?}"),
+                }
+                .into())
+            }
+            None => {
+                let mut sup = Supervisor::open(home.clone())?;
+                crate::actions::act(&mut sup, verb, &t.names, t.all)?
+            }
+        };
+        self.reports(out, &reports)
+    }
+
+    /// Prints per-service results; failures go to stderr and set the exit code.
+    fn reports(&mut self, out: &mut dyn Write, reports: &[Report]) -> Result<(), Failure> {
+        for r in reports {
+            let name = &r.name;
+            match &r.result {
+                Outcome::Start { outcome } => self.started(out, name, outcome)?,
+                Outcome::Stop { outcome } => stopped(out, name, outcome)?,
+                Outcome::Restart { stop, start } => {
+                    if *stop != StopOutcome::NotRunning {
+                        stopped(out, name, stop)?;
+                    }
+                    self.started(out, name, start)?;
+                }
+                Outcome::Error { message, code } => {
+                    eprintln!("tend: {message}");
+                    if self.code == exit::OK {
+                        self.code = *code;
+                    }
+                }
+            }
+            for n in &r.notices {
+                eprintln!("tend: {n}");
+            }
+        }
+        Ok(())
+    }
+
+    fn started(&mut self, out: &mut dyn Write, name: &str, o: &StartOutcome) -> io::Result<()> {
         match o {
             StartOutcome::Started { pid } => writeln!(out, "{name}: started (pid {pid})"),
             StartOutcome::AlreadyRunning { pid } => {
                 writeln!(out, "{name}: already running (pid {pid})")
             }
+            StartOutcome::NotDue => Ok(()),
             StartOutcome::ExitedAtOnce { pid } => {
                 self.fail(&Error::Start {
                     service: name.to_string(),
@@ -229,6 +274,83 @@ impl Ctx {
                 Ok(())
             }
         }
+    }
+
+    /// `tend daemon [--foreground] | status | stop [--all] | reload`.
+    fn daemon(
+        &mut self,
+        home: &Home,
+        args: DaemonArgs,
+        out: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        match args.action {
+            None if args.foreground => crate::daemon::run_foreground(home.clone())?,
+            None => {
+                let s = crate::daemon::start_background(home)?;
+                writeln!(
+                    out,
+                    "daemon: started (pid {}); log: {}",
+                    s.pid,
+                    home.root().join("daemon.log").display()
+                )?;
+            }
+            Some(DaemonAction::Status { json }) => {
+                match crate::daemon::client::request(home, Action::Status)? {
+                    Some(Response::Status(s)) => {
+                        if json {
+                            output::json(out, &output::DaemonJson::new(Some(&s)))?;
+                        } else {
+                            output::daemon_status(out, &s)?;
+                        }
+                    }
+                    Some(other) => {
+                        return Err(Error::Daemon {
+                            message: format!("unexpected answer: {other:?}"),
+                        }
+                        .into())
+                    }
+                    None => {
+                        if json {
+                            output::json(out, &output::DaemonJson::new(None))?;
+                        } else {
+                            writeln!(out, "daemon: not running")?;
+                        }
+                        self.code = exit::NOT_RUNNING;
+                    }
+                }
+            }
+            Some(DaemonAction::Stop { all }) => {
+                let status = match crate::daemon::client::request(home, Action::Status)? {
+                    Some(Response::Status(s)) => s,
+                    _ => {
+                        writeln!(out, "daemon: not running")?;
+                        return Ok(());
+                    }
+                };
+                match crate::daemon::require(home, Action::Shutdown { stop_services: all })? {
+                    Response::Reports { reports } => self.reports(out, &reports)?,
+                    Response::Error { message, code } => {
+                        eprintln!("tend: {message}");
+                        self.code = code;
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+                if crate::daemon::wait_exit(&status, std::time::Duration::from_secs(30)) {
+                    writeln!(out, "daemon: stopped (pid {})", status.pid)?;
+                } else {
+                    return Err(Error::Daemon {
+                        message: format!("pid {} did not exit within 30 s", status.pid),
+                    }
+                    .into());
+                }
+            }
+            Some(DaemonAction::Reload) => {
+                crate::daemon::require(home, Action::Reload)?;
+                writeln!(out, "daemon: reloaded")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -254,7 +376,7 @@ fn prepare(home: &Home, command: Command) -> Result<Prepared> {
         Command::Status { name, .. } | Command::Logs { name, .. } => vec![name],
         Command::Events { name, .. } => name.iter().collect(),
         Command::Start(t) | Command::Stop(t) | Command::Restart(t) => t.names.iter().collect(),
-        Command::List { .. } => Vec::new(),
+        Command::List { .. } | Command::Daemon(_) => Vec::new(),
     };
     for n in names {
         service::validate_name(n)?;
@@ -277,8 +399,8 @@ fn edited(out: &mut dyn Write, name: &str, changed: &[&str], running: bool) -> i
     }
 }
 
-fn stopped(out: &mut dyn Write, name: &str, o: StopOutcome) -> io::Result<()> {
-    match o {
+fn stopped(out: &mut dyn Write, name: &str, o: &StopOutcome) -> io::Result<()> {
+    match *o {
         StopOutcome::NotRunning => writeln!(out, "{name}: not running"),
         StopOutcome::Stopped {
             pid,
@@ -310,14 +432,6 @@ fn log_err(path: &Path, e: io::Error) -> Failure {
     })
 }
 
-/// The names a start/stop/restart applies to.
-fn targets(sup: &mut Supervisor, t: Targets) -> Result<Vec<String>> {
-    if t.all {
-        return sup.names();
-    }
-    Ok(t.names)
-}
-
 fn cwd() -> Result<PathBuf> {
     std::env::current_dir().map_err(|e| Error::Invalid {
         what: "working directory",
@@ -336,54 +450,56 @@ fn command_argv(def: &mut DefinitionArgs) -> Result<Option<Vec<String>>> {
     }
 }
 
-fn invalid(what: &'static str) -> impl Fn(String) -> Error {
-    move |message| Error::Invalid { what, message }
+/// Parses an optional option value with `parse`, naming the option in the error.
+fn opt<T>(
+    value: Option<String>,
+    what: &'static str,
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Option<T>> {
+    value
+        .map(|v| parse(&v).map_err(|message| Error::Invalid { what, message }))
+        .transpose()
 }
 
 /// Builds a definition for `tend add`, resolving relative paths against the current
 /// directory (so the definition means the same from wherever it is started later).
-fn new_service(home: &Home, name: &str, mut def: DefinitionArgs) -> Result<Service> {
+fn new_service(home: &Home, name: &str, def: DefinitionArgs) -> Result<Service> {
     service::validate_name(name)?;
-    let argv = command_argv(&mut def)?.ok_or_else(|| Error::Invalid {
+    let c = changes(def, Vec::new())?;
+    let argv = c.argv.ok_or_else(|| Error::Invalid {
         what: "command",
         message: "no command given (use --cmd STRING or -- PROGRAM ARGS...)".into(),
     })?;
-    let here = cwd()?;
-    let abs = |p: Option<PathBuf>| p.map(|p| service::absolute(&here, &p));
-    let stdout = abs(def.stdout).unwrap_or_else(|| home.default_log(name));
+    let stdout = c.stdout.unwrap_or_else(|| home.default_log(name));
     let now = now_ms();
     Ok(Service {
         name: name.to_string(),
         argv,
-        cwd: abs(def.cwd).unwrap_or_else(|| here.clone()),
-        stdin: abs(def.stdin).unwrap_or_else(|| "/dev/null".into()),
-        stderr: abs(def.stderr).unwrap_or_else(|| stdout.clone()),
+        cwd: match c.cwd {
+            Some(d) => d,
+            None => cwd()?,
+        },
+        stdin: c.stdin.unwrap_or_else(|| "/dev/null".into()),
+        stderr: c.stderr.unwrap_or_else(|| stdout.clone()),
         stdout,
-        env: def
-            .env
-            .iter()
-            .map(|kv| service::parse_env(kv))
-            .collect::<Result<_>>()?,
-        stop_signal: def
-            .stop_signal
-            .map(|s| s.parse().map_err(invalid("--stop-signal")))
-            .transpose()?
-            .unwrap_or_default(),
-        stop_timeout: def
-            .stop_timeout
-            .map(|s| service::parse_duration(&s).map_err(invalid("--stop-timeout")))
-            .transpose()?
-            .unwrap_or(service::DEFAULT_STOP_TIMEOUT),
-        restart: def
-            .restart
-            .map(|s| s.parse().map_err(invalid("--restart")))
-            .transpose()?
-            .unwrap_or_default(),
+        env: c.set_env.into_iter().collect(),
+        stop_signal: c.stop_signal.unwrap_or_default(),
+        stop_timeout: c.stop_timeout.unwrap_or(service::DEFAULT_STOP_TIMEOUT),
+        restart: c.restart.unwrap_or_default(),
+        autostart: c.autostart.unwrap_or(false),
+        restart_delay: c.restart_delay.unwrap_or(service::DEFAULT_RESTART_DELAY),
+        start_limit: c.start_limit.unwrap_or(service::DEFAULT_START_LIMIT),
+        start_limit_interval: c
+            .start_limit_interval
+            .unwrap_or(service::DEFAULT_START_LIMIT_INTERVAL),
+        log_max_bytes: c.log_max_bytes.unwrap_or(service::DEFAULT_LOG_MAX_BYTES),
         created_at: now,
         updated_at: now,
     })
 }
 
+/// The options of `add` / `edit` as changes; paths are made absolute against the current
+/// directory.
 fn changes(mut def: DefinitionArgs, unset_env: Vec<String>) -> Result<Changes> {
     let here = cwd()?;
     let abs = |p: Option<PathBuf>| p.map(|p| service::absolute(&here, &p));
@@ -399,17 +515,25 @@ fn changes(mut def: DefinitionArgs, unset_env: Vec<String>) -> Result<Changes> {
             .map(|kv| service::parse_env(kv))
             .collect::<Result<_>>()?,
         unset_env,
-        stop_signal: def
-            .stop_signal
-            .map(|s| s.parse().map_err(invalid("--stop-signal")))
-            .transpose()?,
-        stop_timeout: def
-            .stop_timeout
-            .map(|s| service::parse_duration(&s).map_err(invalid("--stop-timeout")))
-            .transpose()?,
-        restart: def
-            .restart
-            .map(|s| s.parse().map_err(invalid("--restart")))
-            .transpose()?,
+        stop_signal: opt(def.stop_signal, "--stop-signal", str::parse)?,
+        stop_timeout: opt(def.stop_timeout, "--stop-timeout", service::parse_duration)?,
+        restart: opt(def.restart, "--restart", str::parse)?,
+        autostart: match (def.autostart, def.no_autostart) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        restart_delay: opt(
+            def.restart_delay,
+            "--restart-delay",
+            service::parse_duration,
+        )?,
+        start_limit: def.start_limit,
+        start_limit_interval: opt(
+            def.start_limit_interval,
+            "--start-limit-interval",
+            service::parse_duration,
+        )?,
+        log_max_bytes: opt(def.log_max_size, "--log-max-size", service::parse_size)?,
     })
 }

@@ -64,6 +64,9 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Run the resident daemon (restarts crashed services), or ask it for its status or
+    /// to stop.
+    Daemon(DaemonArgs),
     /// Show the event history (start, stop, exit seen, stale record cleared, changes).
     Events {
         /// Only this service's events.
@@ -74,6 +77,33 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DaemonArgs {
+    /// Stay in the foreground and log to stderr (for systemd --user and containers).
+    #[arg(long)]
+    pub foreground: bool,
+    #[command(subcommand)]
+    pub action: Option<DaemonAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonAction {
+    /// Is a daemon running? pid, uptime, services watched, version. Exit 3 if not.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon; services keep running (a new daemon adopts them).
+    Stop {
+        /// Stop every service too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Make the daemon re-read definitions and adopt running services (as SIGHUP).
+    Reload,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +150,27 @@ pub struct DefinitionArgs {
     /// What the daemon does when the service exits: never, on-failure (default), always.
     #[arg(long, value_name = "POLICY")]
     pub restart: Option<String>,
+    /// Delay before the first automatic restart; doubles per quick crash up to 30s
+    /// (default 100ms).
+    #[arg(long, value_name = "DURATION")]
+    pub restart_delay: Option<String>,
+    /// Starts allowed within --start-limit-interval before the daemon marks the service
+    /// failed; 0 means no limit (default 5).
+    #[arg(long, value_name = "N")]
+    pub start_limit: Option<u32>,
+    /// Window of the start limit (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub start_limit_interval: Option<String>,
+    /// Size at which the daemon rotates the log file, keeping 3 backups: 10M, 512K, 1G;
+    /// 0 never rotates (default 10M).
+    #[arg(long, value_name = "SIZE")]
+    pub log_max_size: Option<String>,
+    /// Start the service when the daemon comes up.
+    #[arg(long, conflicts_with = "no_autostart")]
+    pub autostart: bool,
+    /// Do not start the service when the daemon comes up (the default).
+    #[arg(long)]
+    pub no_autostart: bool,
     /// The program and its arguments, after `--`.
     #[arg(last = true, value_name = "PROGRAM [ARGS]")]
     pub argv: Vec<String>,

@@ -78,6 +78,12 @@ pub enum Error {
 
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },
+
+    #[error("daemon: {message}")]
+    Daemon { message: String },
+
+    #[error("a daemon is already running for {home} (pid {pid})")]
+    DaemonRunning { home: PathBuf, pid: String },
 }
 
 impl Error {
@@ -92,7 +98,10 @@ impl Error {
             | Error::Locked { .. }
             | Error::Database { .. }
             | Error::Corrupt { .. } => exit::STATE,
-            Error::Start { .. } | Error::Stop { .. } | Error::Io { .. } => exit::FAILED,
+            Error::Start { .. } | Error::Stop { .. } | Error::Io { .. } | Error::Daemon { .. } => {
+                exit::FAILED
+            }
+            Error::DaemonRunning { .. } => exit::CONFLICT,
         }
     }
 

@@ -26,12 +26,15 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod actions;
 pub mod app;
 pub mod cli;
+pub mod daemon;
 pub mod error;
 pub mod home;
 pub mod logs;
 pub mod output;
+pub mod policy;
 pub mod process;
 pub mod service;
 pub mod store;

@@ -21,25 +21,101 @@ pub fn files(stdout: &Path, stderr: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Writes the last `n` lines of `path` (nothing if it does not exist yet).
-pub fn tail(out: &mut dyn Write, path: &Path, n: usize) -> io::Result<u64> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    let start = tail_start(&mut f, len, n)?;
-    f.seek(SeekFrom::Start(start))?;
-    io::copy(&mut (&mut f).take(len - start), out)?;
-    Ok(len)
+/// `NAME.log.N`: the N-th newest rotated backup of `path`.
+pub fn backup(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
 }
 
-/// The offset where the last `n` lines begin, found by reading backwards in blocks so a
-/// large log costs only as much as the lines printed.
-fn tail_start(f: &mut File, len: u64, n: usize) -> io::Result<u64> {
+/// Writes the last `n` lines of `path`, reaching back into its rotated backups
+/// (`path.1`, `path.2`, ...) when the current file holds fewer lines. Returns the current
+/// file's length, where a follow continues.
+pub fn tail(out: &mut dyn Write, path: &Path, n: usize) -> io::Result<u64> {
+    let mut parts = Vec::new();
+    let mut need = n;
+    let mut current_len = 0;
+    for i in 0..=crate::service::LOG_BACKUPS {
+        let p = if i == 0 {
+            path.to_path_buf()
+        } else {
+            backup(path, i)
+        };
+        let mut f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if i == 0 {
+                    continue;
+                }
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        if i == 0 {
+            current_len = len;
+        }
+        if need == 0 {
+            break;
+        }
+        let (start, found) = tail_start(&mut f, len, need)?;
+        parts.push((f, start, len));
+        need -= found;
+        if need == 0 {
+            break;
+        }
+    }
+    for (mut f, start, len) in parts.into_iter().rev() {
+        f.seek(SeekFrom::Start(start))?;
+        io::copy(&mut (&mut f).take(len - start), out)?;
+    }
+    Ok(current_len)
+}
+
+/// Rotates `path` by copy and truncate: `path.N-1` becomes `path.N` (the oldest is
+/// dropped), a copy of `path` becomes `path.1`, and `path` is truncated to zero. The
+/// service keeps its descriptor (opened with O_APPEND, so its next write lands at the new
+/// end) and is never interrupted. Output written between the last copy pass and the
+/// truncation is lost; the copy is repeated while the file grows to keep that window to
+/// microseconds.
+pub fn rotate(path: &Path, backups: u32) -> io::Result<()> {
+    if backups == 0 {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(0);
+    }
+    for i in (1..backups).rev() {
+        match std::fs::rename(backup(path, i), backup(path, i + 1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let mut src = File::open(path)?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(backup(path, 1))?;
+    let mut copied = io::copy(&mut src, &mut dst)?;
+    for _ in 0..3 {
+        let len = src.metadata()?.len();
+        if len <= copied {
+            break;
+        }
+        copied += io::copy(&mut (&mut src).take(len - copied), &mut dst)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)
+}
+
+/// The offset where the last `n` lines begin and how many lines were found, read
+/// backwards in blocks so a large log costs only as much as the lines printed.
+fn tail_start(f: &mut File, len: u64, n: usize) -> io::Result<(u64, usize)> {
     if n == 0 {
-        return Ok(len);
+        return Ok((len, 0));
     }
     const BLOCK: u64 = 8192;
     let mut buf = vec![0u8; BLOCK as usize];
@@ -59,13 +135,15 @@ fn tail_start(f: &mut File, len: u64, n: usize) -> io::Result<u64> {
                 }
                 newlines += 1;
                 if newlines == n {
-                    return Ok(pos + i as u64 + 1);
+                    return Ok((pos + i as u64 + 1, n));
                 }
             }
         }
         skip_last = false;
     }
-    Ok(0)
+    // Reached the start: every line counts, the first one included.
+    let lines = if len == 0 { 0 } else { newlines + 1 };
+    Ok((0, lines.min(n)))
 }
 
 /// Follows `paths` from the given offsets, printing what is appended, until writing to
@@ -118,6 +196,32 @@ mod tests {
         let mut out = Vec::new();
         tail(&mut out, &p, n).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn tails_across_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, "a\nb\n").unwrap();
+        rotate(&p, 3).unwrap();
+        std::fs::write(&p, "c\nd\n").unwrap();
+        rotate(&p, 3).unwrap();
+        std::fs::write(&p, "e\n").unwrap();
+        assert_eq!(std::fs::read_to_string(backup(&p, 2)).unwrap(), "a\nb\n");
+        assert_eq!(std::fs::read_to_string(backup(&p, 1)).unwrap(), "c\nd\n");
+        let mut out = Vec::new();
+        tail(&mut out, &p, 4).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "b\nc\nd\ne\n");
+        let mut out = Vec::new();
+        tail(&mut out, &p, 100).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "a\nb\nc\nd\ne\n");
+        // The oldest backup is dropped past the limit.
+        for _ in 0..3 {
+            std::fs::write(&p, "x\n").unwrap();
+            rotate(&p, 3).unwrap();
+        }
+        assert!(!backup(&p, 4).exists());
+        assert_eq!(std::fs::read_to_string(backup(&p, 3)).unwrap(), "e\n");
     }
 
     #[test]

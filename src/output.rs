@@ -33,6 +33,20 @@ pub struct ServiceJson<'a> {
     pub stop_signal: &'static str,
     pub stop_timeout_ms: u64,
     pub restart: &'static str,
+    pub autostart: bool,
+    pub restart_delay_ms: u64,
+    pub start_limit: u32,
+    pub start_limit_interval_ms: u64,
+    pub log_max_bytes: u64,
+    /// Automatic restarts since a person last started it.
+    pub restarts: u32,
+    /// `code N`, `signal NAME` or `unknown`; null if never seen to exit.
+    pub last_exit: Option<&'a str>,
+    pub last_exit_at: Option<String>,
+    /// When a pending automatic restart is due.
+    pub next_retry_at: Option<String>,
+    /// Why the daemon gave up on it (state `failed`).
+    pub failed_reason: Option<&'a str>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -58,6 +72,16 @@ impl<'a> ServiceJson<'a> {
             stop_signal: s.stop_signal.name(),
             stop_timeout_ms: s.stop_timeout.as_millis() as u64,
             restart: s.restart.as_str(),
+            autostart: s.autostart,
+            restart_delay_ms: s.restart_delay.as_millis() as u64,
+            start_limit: s.start_limit,
+            start_limit_interval_ms: s.start_limit_interval.as_millis() as u64,
+            log_max_bytes: s.log_max_bytes,
+            restarts: st.runtime.restarts,
+            last_exit: st.runtime.last_exit.as_deref(),
+            last_exit_at: st.runtime.last_exit_at.map(rfc3339),
+            next_retry_at: st.runtime.next_retry_at.map(rfc3339_millis),
+            failed_reason: st.runtime.failed.as_deref(),
             created_at: rfc3339(s.created_at),
             updated_at: rfc3339(s.updated_at),
         }
@@ -75,9 +99,65 @@ pub struct EventJson<'a> {
     pub detail: &'a str,
 }
 
+/// `running`, `stopped`, `restarting` (an automatic restart is pending) or `failed`
+/// (the daemon gave up after hitting the start limit).
+/// `tend daemon status --json`.
+#[derive(Serialize)]
+pub struct DaemonJson {
+    pub running: bool,
+    pub pid: Option<i32>,
+    pub started_at: Option<String>,
+    pub uptime_secs: Option<u64>,
+    pub version: Option<String>,
+    /// Services with a running instance.
+    pub services_running: Option<usize>,
+    /// Of those, adopted ones (watched by pidfd, exit status unknown).
+    pub services_adopted: Option<usize>,
+    pub pending_restarts: Option<usize>,
+}
+
+impl DaemonJson {
+    pub fn new(s: Option<&crate::daemon::protocol::DaemonStatus>) -> DaemonJson {
+        DaemonJson {
+            running: s.is_some(),
+            pid: s.map(|s| s.pid),
+            started_at: s.map(|s| rfc3339(s.started_at)),
+            uptime_secs: s.map(|s| uptime(s.started_at).as_secs()),
+            version: s.map(|s| s.version.clone()),
+            services_running: s.map(|s| s.running),
+            services_adopted: s.map(|s| s.adopted),
+            pending_restarts: s.map(|s| s.pending_restarts),
+        }
+    }
+}
+
+/// `tend daemon status`.
+pub fn daemon_status(
+    out: &mut dyn Write,
+    s: &crate::daemon::protocol::DaemonStatus,
+) -> io::Result<()> {
+    writeln!(out, "daemon: running (pid {}, tend {})", s.pid, s.version)?;
+    writeln!(
+        out,
+        "  since:    {} ({} ago)",
+        rfc3339(s.started_at),
+        fmt_uptime(uptime(s.started_at))
+    )?;
+    writeln!(
+        out,
+        "  services: {} running ({} adopted), {} restart(s) pending",
+        s.running, s.adopted, s.pending_restarts
+    )?;
+    writeln!(out, "  home:     {}", s.home.display())
+}
+
 pub fn state(st: &Status) -> &'static str {
     if st.instance.is_some() {
         "running"
+    } else if st.runtime.failed.is_some() {
+        "failed"
+    } else if st.runtime.next_retry_at.is_some() {
+        "restarting"
     } else {
         "stopped"
     }
@@ -168,7 +248,24 @@ pub fn status_detail(out: &mut dyn Write, st: &Status) -> io::Result<()> {
                 fmt_uptime(uptime(i.started_at))
             )?;
         }
-        None => writeln!(out, "{} - stopped", s.name)?,
+        None => writeln!(out, "{} - {}", s.name, state(st))?,
+    }
+    let rt = &st.runtime;
+    if let Some(reason) = &rt.failed {
+        writeln!(
+            out,
+            "  failed:   {reason} (`tend start {}` clears it)",
+            s.name
+        )?;
+    }
+    if let Some(at) = rt.next_retry_at {
+        writeln!(out, "  retry at: {}", rfc3339_millis(at))?;
+    }
+    if let (Some(exit), Some(at)) = (&rt.last_exit, rt.last_exit_at) {
+        writeln!(out, "  last exit: {exit} at {}", rfc3339(at))?;
+    }
+    if rt.restarts > 0 {
+        writeln!(out, "  restarts: {}", rt.restarts)?;
     }
     writeln!(out, "  command:  {}", s.command_line())?;
     writeln!(out, "  cwd:      {}", s.cwd.display())?;
@@ -189,7 +286,21 @@ pub fn status_detail(out: &mut dyn Write, st: &Status) -> io::Result<()> {
         s.stop_signal,
         fmt_duration(s.stop_timeout)
     )?;
-    writeln!(out, "  restart:  {}", s.restart)?;
+    writeln!(
+        out,
+        "  restart:  {} (first delay {}, start limit {}{})",
+        s.restart,
+        fmt_duration(s.restart_delay),
+        s.start_limit,
+        if s.start_limit > 0 {
+            format!(" in {}", fmt_duration(s.start_limit_interval))
+        } else {
+            " = none".to_string()
+        }
+    )?;
+    if s.autostart {
+        writeln!(out, "  autostart: yes")?;
+    }
     Ok(())
 }
 

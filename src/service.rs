@@ -18,8 +18,24 @@ use crate::error::{Error, Result};
 /// Longest service name accepted (64 characters, as in `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`).
 pub const MAX_NAME_LEN: usize = 64;
 
-/// Default time between the stop signal and SIGKILL.
+/// Default time between the stop signal and SIGKILL (systemd's TimeoutStopSec is 90 s;
+/// supervisord's stopwaitsecs is 10 s, which suits interactive use better).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default delay before the first automatic restart (systemd's RestartSec); it doubles
+/// with each quick crash up to [`MAX_RESTART_DELAY`].
+pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_millis(100);
+/// Cap of the restart backoff.
+pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// A service that stayed up this long is healthy again: its backoff starts over.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// Default start limit: this many starts within [`DEFAULT_START_LIMIT_INTERVAL`] mark the
+/// service failed (systemd's StartLimitBurst=5 within StartLimitIntervalSec=10s).
+pub const DEFAULT_START_LIMIT: u32 = 5;
+pub const DEFAULT_START_LIMIT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default size at which the daemon rotates a log file.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Numbered backups kept by log rotation (NAME.log.1 is the newest).
+pub const LOG_BACKUPS: u32 = 3;
 
 /// What the daemon does when a service exits on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
@@ -112,6 +128,30 @@ impl FromStr for StopSignal {
     }
 }
 
+/// Parses `10M`, `512K`, `1G`, `1000` (bytes; binary multiples).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_uppercase();
+            let mult: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                _ => return Err(format!("invalid size {s:?} (use e.g. 10M, 512K, 1G)")),
+            };
+            (&t[..i], mult)
+        }
+        None => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size {s:?} (use e.g. 10M, 512K, 1G)"))
+}
+
 /// Parses `10`, `10s`, `1.5s`, `500ms`, `2m`: a bare number means seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let t = s.trim();
@@ -137,6 +177,16 @@ pub struct Service {
     pub stop_signal: StopSignal,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    /// Started by the daemon when it comes up.
+    pub autostart: bool,
+    /// Delay before the first automatic restart; doubles per quick crash.
+    pub restart_delay: Duration,
+    /// Starts allowed within `start_limit_interval` before the service is marked failed;
+    /// 0 means no limit.
+    pub start_limit: u32,
+    pub start_limit_interval: Duration,
+    /// Size at which the daemon rotates the log file(s); 0 means never.
+    pub log_max_bytes: u64,
     /// Unix time in milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
@@ -312,6 +362,16 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10M").unwrap(), 10 << 20);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5X").is_err());
     }
 
     #[test]

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
-use serde::Serialize;
 
 use crate::error::{io_reason, Error, Result};
 use crate::service::{RestartPolicy, Service, StopSignal};
@@ -39,14 +38,34 @@ pub struct Instance {
     pub boot_id: String,
     /// Unix ms.
     pub started_at: i64,
+    /// A stop was asked for: the exit that follows is not a crash.
+    pub stopping: bool,
+}
+
+/// Restart bookkeeping of one service (the daemon's memory, kept in the database so a
+/// new daemon carries on where the last one stopped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// Automatic restarts since a person last started the service.
+    pub restarts: u32,
+    /// `code N`, `signal NAME` or `unknown`.
+    pub last_exit: Option<String>,
+    pub last_exit_at: Option<i64>,
+    /// Delay used before the last automatic restart, in ms.
+    pub backoff_ms: u64,
+    /// Unix ms of a pending automatic restart.
+    pub next_retry_at: Option<i64>,
+    /// Why the service was given up on (start limit hit).
+    pub failed: Option<String>,
+    /// Unix ms of recent starts, for the start limit.
+    pub recent_starts: Vec<i64>,
 }
 
 /// One row of the event log.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Event {
     pub id: i64,
     /// Unix ms.
-    #[serde(skip)]
     pub at: i64,
     pub service: String,
     pub kind: String,
@@ -219,7 +238,9 @@ pub fn now_ms() -> i64 {
 pub struct Tx<'a>(rusqlite::Transaction<'a>, &'a Path);
 
 const SERVICE_COLUMNS: &str = "id, name, argv, cwd, stdin, stdout, stderr, env, stop_signal, \
-                               stop_timeout_ms, restart, created_at, updated_at";
+                               stop_timeout_ms, restart, created_at, updated_at, autostart, \
+                               restart_delay_ms, start_limit, start_limit_interval_ms, \
+                               log_max_bytes";
 
 impl Tx<'_> {
     fn err(&self, e: rusqlite::Error) -> Error {
@@ -256,7 +277,8 @@ impl Tx<'_> {
         let mut stmt = self
             .0
             .prepare_cached(
-                "SELECT service_id, pid, pgid, start_time, boot_id, started_at FROM instances",
+                "SELECT service_id, pid, pgid, start_time, boot_id, started_at, stopping \
+                 FROM instances",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -270,7 +292,7 @@ impl Tx<'_> {
         let mut stmt = self
             .0
             .prepare_cached(
-                "SELECT pid, pgid, start_time, boot_id, started_at FROM instances \
+                "SELECT pid, pgid, start_time, boot_id, started_at, stopping FROM instances \
                  WHERE service_id = ?1",
             )
             .map_err(|e| self.err(e))?;
@@ -285,8 +307,10 @@ impl Tx<'_> {
             .0
             .prepare_cached(
                 "INSERT INTO services (name, argv, cwd, stdin, stdout, stderr, env, stop_signal, \
-                 stop_timeout_ms, restart, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 stop_timeout_ms, restart, created_at, updated_at, autostart, restart_delay_ms, \
+                 start_limit, start_limit_interval_ms, log_max_bytes) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                 ?17)",
             )
             .map_err(|e| self.err(e))?;
         stmt.execute(params![
@@ -301,7 +325,12 @@ impl Tx<'_> {
             raw.stop_timeout_ms,
             raw.restart,
             raw.created_at,
-            raw.updated_at
+            raw.updated_at,
+            raw.autostart,
+            raw.restart_delay_ms,
+            raw.start_limit,
+            raw.start_limit_interval_ms,
+            raw.log_max_bytes
         ])
         .map_err(|e| match e.sqlite_error_code() {
             Some(ErrorCode::ConstraintViolation) => Error::AlreadyExists(s.name.clone()),
@@ -316,7 +345,8 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE services SET argv = ?2, cwd = ?3, stdin = ?4, stdout = ?5, stderr = ?6, \
                  env = ?7, stop_signal = ?8, stop_timeout_ms = ?9, restart = ?10, \
-                 updated_at = ?11 WHERE id = ?1",
+                 updated_at = ?11, autostart = ?12, restart_delay_ms = ?13, start_limit = ?14, \
+                 start_limit_interval_ms = ?15, log_max_bytes = ?16 WHERE id = ?1",
             )
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -330,7 +360,12 @@ impl Tx<'_> {
                     raw.stop_signal,
                     raw.stop_timeout_ms,
                     raw.restart,
-                    raw.updated_at
+                    raw.updated_at,
+                    raw.autostart,
+                    raw.restart_delay_ms,
+                    raw.start_limit,
+                    raw.start_limit_interval_ms,
+                    raw.log_max_bytes
                 ])
             })
             .map(drop)
@@ -344,14 +379,15 @@ impl Tx<'_> {
     pub fn set_instance(&self, service_id: i64, i: &Instance) -> Result<()> {
         self.exec(
             "INSERT OR REPLACE INTO instances (service_id, pid, pgid, start_time, boot_id, \
-             started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             started_at, stopping) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 service_id,
                 i.pid,
                 i.pgid,
                 i.start_time as i64,
                 i.boot_id,
-                i.started_at
+                i.started_at,
+                i.stopping
             ],
         )
     }
@@ -369,6 +405,106 @@ impl Tx<'_> {
             .execute(params![service_id, seen.pid, seen.start_time as i64])
             .map_err(|e| self.err(e))?;
         Ok(n > 0)
+    }
+
+    /// The service whose recorded instance is `(pid, start_time)`, if any.
+    pub fn instance_by_pid(
+        &self,
+        pid: i32,
+        start_time: u64,
+    ) -> Result<Option<(i64, Service, Instance)>> {
+        let id: Option<i64> = self
+            .0
+            .prepare_cached("SELECT service_id FROM instances WHERE pid = ?1 AND start_time = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![pid, start_time as i64], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some(id) = id else { return Ok(None) };
+        let sql = format!("SELECT {SERVICE_COLUMNS} FROM services WHERE id = ?1");
+        let svc = self
+            .0
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.query_row([id], RawService::from_row))
+            .map_err(|e| self.err(e))?
+            .into_service()?
+            .1;
+        Ok(self.instance(id)?.map(|i| (id, svc, i)))
+    }
+
+    /// Marks the instance as being stopped on purpose (only if it is still `seen`).
+    pub fn mark_stopping(&self, service_id: i64, seen: &Instance) -> Result<()> {
+        self.exec(
+            "UPDATE instances SET stopping = 1 WHERE service_id = ?1 AND pid = ?2 \
+             AND start_time = ?3",
+            params![service_id, seen.pid, seen.start_time as i64],
+        )
+    }
+
+    pub fn runtime(&self, service_id: i64) -> Result<Runtime> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT restarts, last_exit, last_exit_at, backoff_ms, next_retry_at, failed, \
+                 recent_starts FROM runtime WHERE service_id = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let row = stmt
+            .query_row([service_id], |r| {
+                Ok((
+                    Runtime {
+                        restarts: r.get::<_, i64>(0)?.clamp(0, u32::MAX as i64) as u32,
+                        last_exit: r.get(1)?,
+                        last_exit_at: r.get(2)?,
+                        backoff_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                        next_retry_at: r.get(4)?,
+                        failed: r.get(5)?,
+                        recent_starts: Vec::new(),
+                    },
+                    r.get::<_, String>(6)?,
+                ))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(match row {
+            // Bookkeeping that cannot be read is only a lost start history: start over.
+            Some((mut rt, starts)) => {
+                rt.recent_starts = serde_json::from_str(&starts).unwrap_or_default();
+                rt
+            }
+            None => Runtime::default(),
+        })
+    }
+
+    /// Restart bookkeeping of every service that has any.
+    pub fn runtimes(&self) -> Result<BTreeMap<i64, Runtime>> {
+        let ids: Vec<i64> = self
+            .0
+            .prepare_cached("SELECT service_id FROM runtime")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| self.err(e))?;
+        ids.into_iter()
+            .map(|id| Ok((id, self.runtime(id)?)))
+            .collect()
+    }
+
+    pub fn set_runtime(&self, service_id: i64, rt: &Runtime) -> Result<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO runtime (service_id, restarts, last_exit, last_exit_at, \
+             backoff_ms, next_retry_at, failed, recent_starts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                service_id,
+                rt.restarts,
+                rt.last_exit,
+                rt.last_exit_at,
+                rt.backoff_ms.min(i64::MAX as u64) as i64,
+                rt.next_retry_at,
+                rt.failed,
+                serde_json::to_string(&rt.recent_starts).expect("a Vec<i64> always serializes")
+            ],
+        )
     }
 
     pub fn record(&self, service: &str, kind: &str, detail: &str) -> Result<()> {
@@ -416,6 +552,7 @@ fn instance_from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Instance>
         start_time: r.get::<_, i64>(at + 2)? as u64,
         boot_id: r.get(at + 3)?,
         started_at: r.get(at + 4)?,
+        stopping: r.get(at + 5)?,
     })
 }
 
@@ -434,6 +571,19 @@ struct RawService {
     restart: String,
     created_at: i64,
     updated_at: i64,
+    autostart: bool,
+    restart_delay_ms: i64,
+    start_limit: i64,
+    start_limit_interval_ms: i64,
+    log_max_bytes: i64,
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+fn from_ms(v: i64) -> Duration {
+    Duration::from_millis(v.max(0) as u64)
 }
 
 impl RawService {
@@ -452,6 +602,11 @@ impl RawService {
             restart: r.get(10)?,
             created_at: r.get(11)?,
             updated_at: r.get(12)?,
+            autostart: r.get(13)?,
+            restart_delay_ms: r.get(14)?,
+            start_limit: r.get(15)?,
+            start_limit_interval_ms: r.get(16)?,
+            log_max_bytes: r.get(17)?,
         })
     }
 
@@ -474,10 +629,15 @@ impl RawService {
             stderr: text("stderr", &s.stderr)?,
             env: serde_json::to_string(&s.env).expect("a string map always serializes"),
             stop_signal: s.stop_signal.name().to_string(),
-            stop_timeout_ms: s.stop_timeout.as_millis().min(i64::MAX as u128) as i64,
+            stop_timeout_ms: ms(s.stop_timeout),
             restart: s.restart.as_str().to_string(),
             created_at: s.created_at,
             updated_at: s.updated_at,
+            autostart: s.autostart,
+            restart_delay_ms: ms(s.restart_delay),
+            start_limit: s.start_limit as i64,
+            start_limit_interval_ms: ms(s.start_limit_interval),
+            log_max_bytes: s.log_max_bytes.min(i64::MAX as u64) as i64,
         })
     }
 
@@ -512,8 +672,13 @@ impl RawService {
                 stderr: self.stderr.into(),
                 env,
                 stop_signal,
-                stop_timeout: Duration::from_millis(self.stop_timeout_ms.max(0) as u64),
+                stop_timeout: from_ms(self.stop_timeout_ms),
                 restart,
+                autostart: self.autostart,
+                restart_delay: from_ms(self.restart_delay_ms),
+                start_limit: self.start_limit.clamp(0, u32::MAX as i64) as u32,
+                start_limit_interval: from_ms(self.start_limit_interval_ms),
+                log_max_bytes: self.log_max_bytes.max(0) as u64,
                 created_at: self.created_at,
                 updated_at: self.updated_at,
             },

@@ -37,6 +37,26 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_by_service ON events(service, id);
     "#,
+    // 2: daemon settings per service, the stop-in-progress mark, and restart bookkeeping.
+    r#"
+    ALTER TABLE services ADD COLUMN autostart INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE services ADD COLUMN restart_delay_ms INTEGER NOT NULL DEFAULT 100;
+    ALTER TABLE services ADD COLUMN start_limit INTEGER NOT NULL DEFAULT 5;
+    ALTER TABLE services ADD COLUMN start_limit_interval_ms INTEGER NOT NULL DEFAULT 10000;
+    ALTER TABLE services ADD COLUMN log_max_bytes INTEGER NOT NULL DEFAULT 10485760;
+    -- Set by a stop before it signals: the exit that follows was asked for.
+    ALTER TABLE instances ADD COLUMN stopping INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE runtime (
+        service_id    INTEGER PRIMARY KEY REFERENCES services(id) ON DELETE CASCADE,
+        restarts      INTEGER NOT NULL DEFAULT 0,   -- automatic restarts since a person's start
+        last_exit     TEXT,                         -- "code 1", "signal KILL", "unknown"
+        last_exit_at  INTEGER,                      -- unix ms
+        backoff_ms    INTEGER NOT NULL DEFAULT 0,   -- delay before the last automatic restart
+        next_retry_at INTEGER,                      -- unix ms of a pending automatic restart
+        failed        TEXT,                         -- why the service was given up on
+        recent_starts TEXT    NOT NULL DEFAULT '[]' -- JSON unix ms of starts, for the start limit
+    );
+    "#,
 ];
 
 /// The schema version this build writes and understands.

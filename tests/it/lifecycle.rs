@@ -270,7 +270,7 @@ fn exit_is_noticed() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["added", "start", "exited"]);
+    assert_eq!(kinds, ["added", "start", "exit"]);
 }
 
 /// Ten `tend start web` at the same moment start exactly one instance.
