@@ -36,6 +36,28 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
+/// Reports a command-line parse error as one `tend:` line (exit 2); `--help` and
+/// `--version` print as clap renders them (exit 0).
+pub fn usage_error(e: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return exit::OK;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return exit::USAGE;
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    eprintln!("tend: {first} (see `tend --help`)");
+    exit::USAGE
+}
+
 fn report(e: &Error) {
     eprintln!("tend: {e}");
 }

@@ -475,11 +475,16 @@ impl Supervisor {
 
     /// Names of all defined services, sorted.
     pub fn names(&mut self) -> Result<Vec<String>> {
+        Ok(self.services()?.into_iter().map(|s| s.name).collect())
+    }
+
+    /// All definitions, sorted by name, without looking at processes.
+    pub fn services(&mut self) -> Result<Vec<Service>> {
         Ok(self
             .store
             .read(|tx| tx.services())?
             .into_iter()
-            .map(|(_, s)| s.name)
+            .map(|(_, s)| s)
             .collect())
     }
 
@@ -572,11 +577,10 @@ impl Supervisor {
     /// Names of services marked `--autostart`.
     pub fn autostart_names(&mut self) -> Result<Vec<String>> {
         Ok(self
-            .store
-            .read(|tx| tx.services())?
+            .services()?
             .into_iter()
-            .filter(|(_, s)| s.autostart)
-            .map(|(_, s)| s.name)
+            .filter(|s| s.autostart)
+            .map(|s| s.name)
             .collect())
     }
 

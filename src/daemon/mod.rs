@@ -73,9 +73,6 @@ pub fn run_foreground(home: Home) -> Result<()> {
     init_logging();
     home.ensure()?;
     let _lock = acquire_lock(&home)?;
-    // Everything the daemon creates (socket, rotated logs) is private to the user;
-    // services get their own umask (022) in the spawn code.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     reap::become_subreaper().map_err(|e| Error::Daemon {
         message: format!("cannot become a child subreaper: {}", io_reason(&e)),
     })?;
@@ -188,9 +185,15 @@ fn bind(home: &Home) -> Result<UnixListener> {
         path: path.clone(),
         reason: format!("cannot listen: {}", io_reason(&e)),
     })?;
-    // The umask already made it 0600; say so explicitly in case it was looser.
+    // Only the owner may talk to the daemon. (The home is 0700 too, so nobody else could
+    // reach the socket in the moment before this.)
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        Error::Io {
+            path: path.clone(),
+            reason: format!("cannot restrict the socket to its owner: {}", io_reason(&e)),
+        }
+    })?;
     listener.set_nonblocking(true).map_err(|e| Error::Io {
         path,
         reason: io_reason(&e),
@@ -473,9 +476,6 @@ impl Daemon {
             for n in self.sup.take_notices() {
                 info!("{n}");
             }
-        }
-        if !self.timers.is_empty() || self.rotation.dirty {
-            self.rotation.sync(&mut self.sup);
         }
     }
 
@@ -763,7 +763,7 @@ impl Rotation {
             return;
         }
         self.dirty = false;
-        let services = match sup.list() {
+        let services = match sup.services() {
             Ok(s) => s,
             Err(e) => {
                 error!(error = %e, "reading services for log rotation failed");
@@ -771,8 +771,7 @@ impl Rotation {
             }
         };
         self.limits.clear();
-        for st in &services {
-            let s = &st.service;
+        for s in &services {
             if s.log_max_bytes == 0 {
                 continue;
             }

@@ -89,9 +89,9 @@ impl Store {
                 .truncate(false)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| Error::Io {
+                .map_err(|e| Error::Home {
                     path: path.to_path_buf(),
-                    reason: format!("cannot create database: {}", io_reason(&e)),
+                    reason: format!("cannot create the database: {}", io_reason(&e)),
                 })?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -96,6 +96,24 @@ impl Env {
         self.home().join("logs").join(format!("{name}.log"))
     }
 
+    /// The pid written in the daemon lock file, if a daemon holds the lock.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.home().join("daemon.lock")).ok()?;
+        let pid: i32 = text.trim().parse().ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    /// SIGKILLs this home's daemon, if one runs (services are stopped separately).
+    pub fn kill_daemon(&self) {
+        if let Some(pid) = self.daemon_pid() {
+            // SAFETY: kill on a pid read from this test's own daemon lock file.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            wait_until(Duration::from_secs(10), || !alive(pid));
+        }
+    }
+
     /// Every process group recorded in the database.
     fn recorded_groups(&self) -> Vec<i32> {
         let Ok(conn) = rusqlite::Connection::open(self.db()) else {
@@ -112,6 +130,7 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        self.kill_daemon();
         if self.db().exists() {
             let groups = self.recorded_groups();
             let mut c = self.cmd();
