@@ -18,6 +18,9 @@ pub fn act(sup: &mut Supervisor, verb: Verb, names: &[String], all: bool) -> Res
             Verb::Restart => sup
                 .restart(&name)
                 .map(|(stop, start)| Outcome::Restart { stop, start }),
+            Verb::Signal { signal } => sup
+                .signal(&name, signal)
+                .map(|outcome| Outcome::Signal { outcome }),
         };
         reports.push(Report {
             name,

@@ -3,14 +3,19 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Cli, Command, DaemonAction, DaemonArgs, DefinitionArgs, Targets};
+use crate::cli::{
+    Cli, Command, ConfigAction, DaemonAction, DaemonArgs, DefinitionArgs, NotifyArgs, PgArgs,
+    Targets,
+};
 use crate::daemon::protocol::{Action, Outcome, Report, Response, Verb};
 use crate::error::{exit, Error, Result};
 use crate::home::Home;
 use crate::output;
 use crate::service::{self, Service};
 use crate::store::now_ms;
-use crate::supervisor::{fmt_duration, Changes, StartOutcome, StopOutcome, Supervisor};
+use crate::supervisor::{
+    fmt_duration, Changes, SignalOutcome, StartOutcome, StopOutcome, Supervisor,
+};
 
 /// Runs one command. Errors are printed as one line on stderr; the return value is the
 /// process exit code (see the README).
@@ -100,6 +105,12 @@ impl Ctx {
             Command::Start(t) => return self.act(&home, Verb::Start, t, out),
             Command::Stop(t) => return self.act(&home, Verb::Stop, t, out),
             Command::Restart(t) => return self.act(&home, Verb::Restart, t, out),
+            Command::Signal { signal, targets } => {
+                let sig = parse_signal(&signal)?;
+                return self.act(&home, Verb::Signal { signal: sig }, targets, out);
+            }
+            Command::Notify(args) => return notify(&home, args, out),
+            Command::Config { action } => return config(&home, action, out),
             other => other,
         };
         // Everything that can be checked without the database is checked before it is
@@ -169,7 +180,13 @@ impl Ctx {
                     self.code = exit::NOT_RUNNING;
                 }
             }
-            Command::Start(_) | Command::Stop(_) | Command::Restart(_) | Command::Daemon(_) => {
+            Command::Start(_)
+            | Command::Stop(_)
+            | Command::Restart(_)
+            | Command::Signal { .. }
+            | Command::Daemon(_)
+            | Command::Notify(_)
+            | Command::Config { .. } => {
                 unreachable!("dispatched before the database is opened")
             }
             Command::Logs {
@@ -265,6 +282,17 @@ impl Ctx {
                     }
                     self.started(out, name, start)?;
                 }
+                Outcome::Signal { outcome } => match outcome {
+                    SignalOutcome::Sent { pid, signal } => {
+                        writeln!(out, "{name}: sent {signal} (pid {pid})")?
+                    }
+                    SignalOutcome::NotRunning => {
+                        self.fail(&Error::Start {
+                            service: name.clone(),
+                            message: "not running; no signal sent".into(),
+                        });
+                    }
+                },
                 Outcome::Error { message, code } => {
                     eprintln!("tend: {message}");
                     if self.code == exit::OK {
@@ -305,10 +333,24 @@ impl Ctx {
         args: DaemonArgs,
         out: &mut dyn Write,
     ) -> Result<(), Failure> {
+        let overrides = pg_overrides(args.pg, args.host_id);
         match args.action {
-            None if args.foreground => crate::daemon::run_foreground(home.clone())?,
+            None if args.foreground => crate::daemon::run_foreground(home.clone(), overrides)?,
             None => {
-                let s = crate::daemon::start_background(home)?;
+                // Check the settings here, so a mistake is reported by this command
+                // rather than in the daemon's log.
+                let mut sup = Supervisor::open(home.clone())?;
+                if let Some(s) = crate::pg::Settings::resolve(&mut sup, &overrides)? {
+                    s.key()?;
+                    crate::pg::connect::tls(s.ca_file.as_deref()).map_err(|message| {
+                        Error::Invalid {
+                            what: "postgres TLS",
+                            message,
+                        }
+                    })?;
+                }
+                drop(sup);
+                let s = crate::daemon::start_background(home, &overrides_argv(&overrides))?;
                 writeln!(
                     out,
                     "daemon: started (pid {}); log: {}",
@@ -376,6 +418,141 @@ impl Ctx {
     }
 }
 
+fn parse_signal(s: &str) -> Result<i32> {
+    match s.to_ascii_uppercase().trim_start_matches("SIG") {
+        "KILL" => return Ok(libc::SIGKILL),
+        "STOP" => return Ok(libc::SIGSTOP),
+        _ => {}
+    }
+    s.parse::<service::StopSignal>()
+        .map(|s| s.0 as i32)
+        .map_err(|message| Error::Invalid {
+            what: "signal",
+            message,
+        })
+}
+
+fn pg_overrides(pg: PgArgs, host_id: Option<String>) -> crate::pg::Overrides {
+    crate::pg::Overrides {
+        url: pg.url,
+        channel: pg.channel,
+        host_id,
+        ca_file: pg.ca_file.map(absolute_here),
+        key_file: pg.notify_key_file.map(absolute_here),
+    }
+}
+
+fn absolute_here(p: PathBuf) -> PathBuf {
+    let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    service::absolute(&here, &p)
+}
+
+/// The overrides as `tend daemon --foreground` arguments, for the background daemon.
+fn overrides_argv(o: &crate::pg::Overrides) -> Vec<String> {
+    let mut argv = Vec::new();
+    let mut push = |flag: &str, v: Option<String>| {
+        if let Some(v) = v {
+            argv.push(flag.to_string());
+            argv.push(v);
+        }
+    };
+    push("--postgres", o.url.clone());
+    push("--channel", o.channel.clone());
+    push("--host-id", o.host_id.clone());
+    push(
+        "--ca-file",
+        o.ca_file.as_ref().map(|p| p.to_string_lossy().into_owned()),
+    );
+    push(
+        "--notify-key-file",
+        o.key_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+    );
+    argv
+}
+
+/// `tend notify ACTION NAME... [--host H]`: one NOTIFY, signed when a key is configured.
+fn notify(home: &Home, args: NotifyArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    let mut words = vec![args.action.to_ascii_lowercase()];
+    let signal = if words[0] == "signal" {
+        let mut names = args.names.clone();
+        let sig = names.pop();
+        (names, sig)
+    } else {
+        (args.names.clone(), None)
+    };
+    for n in &signal.0 {
+        service::validate_name(n)?;
+        words.push(match &args.host {
+            Some(h) => format!("{n}@{h}"),
+            None => n.clone(),
+        });
+    }
+    words.extend(signal.1);
+    let payload = words.join(" ");
+    // Never send what a daemon would refuse.
+    crate::pg::payload::parse(&payload).map_err(|e| Error::Invalid {
+        what: "notify",
+        message: e.to_string(),
+    })?;
+    let mut sup = Supervisor::open(home.clone())?;
+    let settings = crate::pg::Settings::resolve(&mut sup, &pg_overrides(args.pg, None))?
+        .ok_or_else(|| Error::Invalid {
+            what: "notify",
+            message: "no PostgreSQL URL: use --postgres URL or `tend config set postgres.url URL`"
+                .into(),
+        })?;
+    crate::pg::notify(&settings, &payload)?;
+    writeln!(
+        out,
+        "notified {} on channel {}: {payload}",
+        settings.display_url(),
+        settings.channel
+    )?;
+    Ok(())
+}
+
+/// `tend config set|get|unset|list`.
+fn config(home: &Home, action: ConfigAction, out: &mut dyn Write) -> Result<(), Failure> {
+    use crate::config as cfg;
+    if let ConfigAction::Set { key, value } = &action {
+        cfg::validate(key, value)?;
+    }
+    let mut sup = Supervisor::open(home.clone())?;
+    match action {
+        ConfigAction::Set { key, value } => {
+            let value = cfg::validate(&key, &value)?;
+            sup.config_set(&key, Some(&value))?;
+            writeln!(out, "{key} = {}", cfg::display(&key, &value))?;
+        }
+        ConfigAction::Get { key } => match sup.config_get(&key)? {
+            Some(v) => writeln!(out, "{}", cfg::display(&key, &v))?,
+            None => {
+                return Err(Error::Invalid {
+                    what: "config",
+                    message: format!("{key} is not set"),
+                }
+                .into())
+            }
+        },
+        ConfigAction::Unset { key } => {
+            sup.config_set(&key, None)?;
+            writeln!(out, "{key}: unset")?;
+        }
+        ConfigAction::List => {
+            let set = sup.config_all()?;
+            for (k, what) in cfg::KEYS {
+                match set.iter().find(|(sk, _)| sk == k) {
+                    Some((_, v)) => writeln!(out, "{k} = {}", cfg::display(k, v))?,
+                    None => writeln!(out, "# {k}: {what}")?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A command with everything checked that can be checked before opening the database.
 enum Prepared {
     Add(Service),
@@ -398,7 +575,11 @@ fn prepare(home: &Home, command: Command) -> Result<Prepared> {
         Command::Status { name, .. } | Command::Logs { name, .. } => vec![name],
         Command::Events { name, .. } => name.iter().collect(),
         Command::Start(t) | Command::Stop(t) | Command::Restart(t) => t.names.iter().collect(),
-        Command::List { .. } | Command::Daemon(_) => Vec::new(),
+        Command::List { .. }
+        | Command::Daemon(_)
+        | Command::Signal { .. }
+        | Command::Notify(_)
+        | Command::Config { .. } => Vec::new(),
     };
     for n in names {
         service::validate_name(n)?;

@@ -64,9 +64,23 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Send a signal to services' main processes: `tend signal HUP web`.
+    Signal {
+        /// Signal name or number: HUP, SIGUSR1, 10...
+        signal: String,
+        #[command(flatten)]
+        targets: Targets,
+    },
     /// Run the resident daemon (restarts crashed services), or ask it for its status or
     /// to stop.
     Daemon(DaemonArgs),
+    /// Send a command to daemons over PostgreSQL NOTIFY: `tend notify restart web`.
+    Notify(NotifyArgs),
+    /// Settings shared by the daemon and the CLI (the PostgreSQL connection).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Show the event history (start, stop, exit seen, stale record cleared, changes).
     Events {
         /// Only this service's events.
@@ -85,8 +99,57 @@ pub struct DaemonArgs {
     /// Stay in the foreground and log to stderr (for systemd --user and containers).
     #[arg(long)]
     pub foreground: bool,
+    #[command(flatten)]
+    pub pg: PgArgs,
+    /// This host's name in NOTIFY payloads (NAME@HOST); default: config
+    /// postgres.host_id, else the hostname.
+    #[arg(long, value_name = "NAME")]
+    pub host_id: Option<String>,
     #[command(subcommand)]
     pub action: Option<DaemonAction>,
+}
+
+/// PostgreSQL connection options; each overrides the `tend config` value.
+#[derive(Debug, Args, Default)]
+pub struct PgArgs {
+    /// PostgreSQL URL (default: config postgres.url). sslmode=disable|prefer|require.
+    #[arg(long = "postgres", value_name = "URL")]
+    pub url: Option<String>,
+    /// NOTIFY channel (default: config postgres.channel, else "tend").
+    #[arg(long, value_name = "CHANNEL")]
+    pub channel: Option<String>,
+    /// PEM file of extra CA certificates trusted for TLS.
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// HMAC key file: payloads must be signed (the daemon) / are signed (notify).
+    #[arg(long, value_name = "PATH")]
+    pub notify_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// start, stop, restart, or signal (`tend notify signal web HUP`).
+    pub action: String,
+    /// Service names (for signal: names, then the signal).
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Only the daemon with this host id acts on it.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    #[command(flatten)]
+    pub pg: PgArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Store a setting.
+    Set { key: String, value: String },
+    /// Print a setting (a password in a URL is shown as ****).
+    Get { key: String },
+    /// Remove a setting.
+    Unset { key: String },
+    /// Print every setting, and the known keys.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -82,6 +82,9 @@ pub enum Error {
     #[error("daemon: {message}")]
     Daemon { message: String },
 
+    #[error("postgres: {message}")]
+    Postgres { message: String },
+
     #[error("a daemon is already running for {home} (pid {pid})")]
     DaemonRunning { home: PathBuf, pid: String },
 }
@@ -98,9 +101,11 @@ impl Error {
             | Error::Locked { .. }
             | Error::Database { .. }
             | Error::Corrupt { .. } => exit::STATE,
-            Error::Start { .. } | Error::Stop { .. } | Error::Io { .. } | Error::Daemon { .. } => {
-                exit::FAILED
-            }
+            Error::Start { .. }
+            | Error::Stop { .. }
+            | Error::Io { .. }
+            | Error::Daemon { .. }
+            | Error::Postgres { .. } => exit::FAILED,
             Error::DaemonRunning { .. } => exit::CONFLICT,
         }
     }

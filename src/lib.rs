@@ -29,11 +29,13 @@
 pub mod actions;
 pub mod app;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod home;
 pub mod logs;
 pub mod output;
+pub mod pg;
 pub mod policy;
 pub mod process;
 pub mod service;

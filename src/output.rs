@@ -114,6 +114,21 @@ pub struct DaemonJson {
     /// Of those, adopted ones (watched by pidfd, exit status unknown).
     pub services_adopted: Option<usize>,
     pub pending_restarts: Option<usize>,
+    /// PostgreSQL control: null when not configured (or no daemon runs).
+    pub postgres: Option<PgJson>,
+}
+
+#[derive(Serialize)]
+pub struct PgJson {
+    /// `connecting`, `connected` or `reconnecting`.
+    pub state: String,
+    pub since: String,
+    pub last_error: Option<String>,
+    /// Without the password.
+    pub url: String,
+    pub channel: String,
+    pub host_id: String,
+    pub received: u64,
 }
 
 impl DaemonJson {
@@ -127,6 +142,15 @@ impl DaemonJson {
             services_running: s.map(|s| s.running),
             services_adopted: s.map(|s| s.adopted),
             pending_restarts: s.map(|s| s.pending_restarts),
+            postgres: s.and_then(|s| s.postgres.as_ref()).map(|p| PgJson {
+                state: p.state.clone(),
+                since: rfc3339_millis(p.since),
+                last_error: p.last_error.clone(),
+                url: p.url.clone(),
+                channel: p.channel.clone(),
+                host_id: p.host_id.clone(),
+                received: p.received,
+            }),
         }
     }
 }
@@ -148,7 +172,28 @@ pub fn daemon_status(
         "  services: {} running ({} adopted), {} restart(s) pending",
         s.running, s.adopted, s.pending_restarts
     )?;
-    writeln!(out, "  home:     {}", s.home.display())
+    writeln!(out, "  home:     {}", s.home.display())?;
+    match &s.postgres {
+        None => writeln!(out, "  postgres: not configured"),
+        Some(p) => {
+            writeln!(
+                out,
+                "  postgres: {} since {} ({} ago)",
+                p.state,
+                rfc3339(p.since),
+                fmt_uptime(uptime(p.since))
+            )?;
+            writeln!(
+                out,
+                "            {} channel {} as host {}; {} notification(s) received",
+                p.url, p.channel, p.host_id, p.received
+            )?;
+            if let Some(e) = &p.last_error {
+                writeln!(out, "            last error: {e}")?;
+            }
+            Ok(())
+        }
+    }
 }
 
 pub fn state(st: &Status) -> &'static str {

@@ -37,6 +37,12 @@ pub mod event {
     pub const FAILED: &str = "failed";
     /// A running service found by a daemon that did not start it.
     pub const ADOPTED: &str = "adopted";
+    /// A signal was sent to the main process (`tend signal`, NOTIFY `signal`).
+    pub const SIGNAL: &str = "signal";
+    /// A command arrived over NOTIFY and is about to be carried out.
+    pub const NOTIFY: &str = "notify";
+    /// A NOTIFY payload was refused (malformed, unsigned, unknown service...).
+    pub const REJECTED: &str = "rejected";
     /// The record did not describe a process of ours (recycled PID, earlier boot).
     pub const STALE: &str = "stale-cleared";
 }
@@ -94,6 +100,13 @@ pub enum StartOutcome {
     /// An automatic restart that was cancelled meanwhile (a person stopped or started the
     /// service); only [`Supervisor::restart_due`] returns it.
     NotDue,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SignalOutcome {
+    Sent { pid: i32, signal: String },
+    NotRunning,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -416,6 +429,21 @@ impl Supervisor {
             self.notices
                 .push(format!("{name}: {detail}; record cleared"));
         }
+        if kind == event::STOP && self.spawn_lock.is_some() {
+            // In the daemon, its loop sees this exit too (by reaping the child, or by the
+            // pidfd of an adopted process) and records the exit status. Give it the
+            // moment it needs, so the record is cleared there, with the status, and not
+            // here without it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < deadline
+                && self
+                    .store
+                    .read(|tx| tx.instance(id))?
+                    .is_some_and(|i| i.pid == inst.pid && i.start_time == inst.start_time)
+            {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
         self.store.write(|tx| {
             // The daemon's reaper may have cleared the record already; the stop still
             // happened and is recorded either way.
@@ -425,6 +453,70 @@ impl Supervisor {
             Ok(())
         })?;
         Ok(result)
+    }
+
+    /// Sends signal number `signal` to the service's main process (identity-checked).
+    pub fn signal(&mut self, name: &str, signal: i32) -> Result<SignalOutcome> {
+        let sig = nix::sys::signal::Signal::try_from(signal).map_err(|_| Error::Invalid {
+            what: "signal",
+            message: format!("unknown signal number {signal}"),
+        })?;
+        let sig_name = sig.as_str().trim_start_matches("SIG").to_string();
+        let inst = self.store.read(|tx| {
+            let (id, _) = lookup(tx, name)?;
+            tx.instance(id)
+        })?;
+        let Some(inst) = inst else {
+            return Ok(SignalOutcome::NotRunning);
+        };
+        let target = Target {
+            pid: inst.pid,
+            pgid: inst.pgid,
+            start_time: inst.start_time,
+            boot_id: &inst.boot_id,
+        };
+        let outcome = stop::signal(&target, &self.boot_id, sig).map_err(|e| Error::Stop {
+            service: name.to_string(),
+            message: e.to_string(),
+        })?;
+        match outcome {
+            stop::Outcome::Stopped { .. } => {
+                self.store.write(|tx| {
+                    tx.record(
+                        name,
+                        event::SIGNAL,
+                        &format!("{sig_name} sent to pid {}", inst.pid),
+                    )
+                })?;
+                Ok(SignalOutcome::Sent {
+                    pid: inst.pid,
+                    signal: sig_name,
+                })
+            }
+            stop::Outcome::AlreadyExited | stop::Outcome::Stale(_) => {
+                // Cleared (or left for the daemon) exactly as `status` would.
+                self.clear_dead(name)?;
+                Ok(SignalOutcome::NotRunning)
+            }
+        }
+    }
+
+    /// Appends an event.
+    pub fn record(&mut self, service: &str, kind: &str, detail: &str) -> Result<()> {
+        self.store.write(|tx| tx.record(service, kind, detail))
+    }
+
+    pub fn config_get(&mut self, key: &str) -> Result<Option<String>> {
+        self.store.read(|tx| tx.config(key))
+    }
+
+    /// Sets (`Some`) or removes (`None`) a setting.
+    pub fn config_set(&mut self, key: &str, value: Option<&str>) -> Result<()> {
+        self.store.write(|tx| tx.set_config(key, value))
+    }
+
+    pub fn config_all(&mut self) -> Result<Vec<(String, String)>> {
+        self.store.read(|tx| tx.config_all())
     }
 
     /// Stops (if running) and starts again.

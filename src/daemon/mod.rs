@@ -68,8 +68,9 @@ fn init_logging() {
         .try_init();
 }
 
-/// Runs the daemon in this process until SIGTERM/SIGINT or a shutdown request.
-pub fn run_foreground(home: Home) -> Result<()> {
+/// Runs the daemon in this process until SIGTERM/SIGINT or a shutdown request. With
+/// PostgreSQL settings (flags or `tend config`), it also LISTENs for NOTIFY commands.
+pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     init_logging();
     home.ensure()?;
     let _lock = acquire_lock(&home)?;
@@ -80,7 +81,12 @@ pub fn run_foreground(home: Home) -> Result<()> {
     let signals = Signals::register()?;
     let listener = bind(&home)?;
     let spawn_lock = Arc::new(Mutex::new(()));
-    let sup = Supervisor::open(home.clone())?.for_daemon(spawn_lock.clone());
+    let mut sup = Supervisor::open(home.clone())?.for_daemon(spawn_lock.clone());
+    let pg_settings = crate::pg::Settings::resolve(&mut sup, &pg)?;
+    let pg_key = match &pg_settings {
+        Some(s) => s.key()?,
+        None => None,
+    };
     let (tx, rx) = mpsc::channel();
     let (wake_read, wake_write) = UnixStream::pair().map_err(|e| Error::Daemon {
         message: format!("wake pipe: {}", io_reason(&e)),
@@ -97,7 +103,24 @@ pub fn run_foreground(home: Home) -> Result<()> {
         started_at: now_ms(),
         adopted: AtomicUsize::new(0),
         pending: AtomicUsize::new(0),
+        postgres: Mutex::new(None),
     });
+    let wake_write = Arc::new(wake_write);
+    if let Some(settings) = pg_settings {
+        let (tx, wake) = (Mutex::new(tx.clone()), wake_write.clone());
+        let on_change = Box::new(move || {
+            let _ = tx.lock().map(|t| t.send(Msg::Changed));
+            let _ = (&*wake).write(&[1]);
+        });
+        let status = crate::pg::listener::start(
+            settings,
+            pg_key,
+            home.clone(),
+            spawn_lock.clone(),
+            on_change,
+        )?;
+        *shared.postgres.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
     let mut d = Daemon {
         home: home.clone(),
         sup,
@@ -111,7 +134,7 @@ pub fn run_foreground(home: Home) -> Result<()> {
         tx,
         rx,
         wake_read,
-        wake_write: Arc::new(wake_write),
+        wake_write,
         shutdown: false,
     };
     d.adopt();
@@ -275,6 +298,8 @@ struct Shared {
     started_at: i64,
     adopted: AtomicUsize,
     pending: AtomicUsize,
+    /// The PostgreSQL listener's status, when one runs.
+    postgres: Mutex<Option<Arc<Mutex<crate::pg::listener::PgStatus>>>>,
 }
 
 /// Messages from serving threads to the loop.
@@ -682,7 +707,7 @@ impl ServeCtx {
                 .supervisor()
                 .and_then(|mut sup| crate::actions::act(&mut sup, verb, &names, all))
                 .map(|reports| (Response::Reports { reports }, Some(Msg::Changed))),
-            Action::Status => self.status().map(|s| (Response::Status(s), None)),
+            Action::Status => self.status().map(|s| (Response::Status(Box::new(s)), None)),
             Action::Reload => Ok((Response::Done, Some(Msg::Reload))),
             Action::Shutdown { stop_services } => {
                 if stop_services {
@@ -717,6 +742,13 @@ impl ServeCtx {
             adopted: self.shared.adopted.load(Ordering::Relaxed),
             pending_restarts: self.shared.pending.load(Ordering::Relaxed),
             home: self.home.root().to_path_buf(),
+            postgres: self
+                .shared
+                .postgres
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
         })
     }
 }
@@ -834,7 +866,8 @@ impl Rotation {
 }
 
 /// `tend daemon`: starts the daemon in the background and returns once it answers.
-pub fn start_background(home: &Home) -> Result<DaemonStatus> {
+/// `extra` are arguments passed on to `tend daemon --foreground` (PostgreSQL flags).
+pub fn start_background(home: &Home, extra: &[String]) -> Result<DaemonStatus> {
     if let Some(Response::Status(s)) = client::request(home, Action::Status)? {
         return Err(Error::DaemonRunning {
             home: home.root().to_path_buf(),
@@ -846,13 +879,14 @@ pub fn start_background(home: &Home) -> Result<DaemonStatus> {
         message: format!("cannot find the tend executable: {}", io_reason(&e)),
     })?;
     let log = home.root().join("daemon.log");
-    let argv = vec![
+    let mut argv = vec![
         exe.to_string_lossy().into_owned(),
         "--home".to_string(),
         home.root().to_string_lossy().into_owned(),
         "daemon".to_string(),
         "--foreground".to_string(),
     ];
+    argv.extend_from_slice(extra);
     let env = crate::process::spawn::merged_env(std::iter::empty());
     let cmd = crate::process::spawn::Command::prepare(&crate::process::spawn::Spec {
         argv: &argv,
@@ -875,7 +909,7 @@ pub fn start_background(home: &Home) -> Result<DaemonStatus> {
     loop {
         if let Some(Response::Status(s)) = client::request(home, Action::Status)? {
             if s.pid == spawned.pid {
-                return Ok(s);
+                return Ok(*s);
             }
         }
         let gone = match started {

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::{StartOutcome, StopOutcome};
+use crate::supervisor::{SignalOutcome, StartOutcome, StopOutcome};
 
 /// Bumped on any incompatible change to the types below.
 pub const VERSION: u32 = 1;
@@ -26,6 +26,10 @@ pub enum Verb {
     Start,
     Stop,
     Restart,
+    /// Send a signal (by number) to each service's main process.
+    Signal {
+        signal: i32,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,7 +53,7 @@ pub enum Action {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Response {
     Reports { reports: Vec<Report> },
-    Status(DaemonStatus),
+    Status(Box<DaemonStatus>),
     Done,
     Error { message: String, code: u8 },
 }
@@ -76,6 +80,9 @@ pub enum Outcome {
         stop: StopOutcome,
         start: StartOutcome,
     },
+    Signal {
+        outcome: SignalOutcome,
+    },
     Error {
         message: String,
         code: u8,
@@ -97,4 +104,6 @@ pub struct DaemonStatus {
     /// Services with an automatic restart pending.
     pub pending_restarts: usize,
     pub home: std::path::PathBuf,
+    /// PostgreSQL control, when configured.
+    pub postgres: Option<crate::pg::listener::PgStatus>,
 }

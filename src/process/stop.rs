@@ -172,6 +172,36 @@ fn poll_readable(fd: &OwnedFd, timeout: Duration) -> bool {
     }
 }
 
+/// Sends `signal` to the instance's main process, after the identity check, through a
+/// pidfd so the signal cannot reach a recycled pid.
+pub fn signal(t: &Target, current_boot: &str, signal: Signal) -> Result<Outcome, StopError> {
+    let pidfd = match pidfd_open(t.pid) {
+        Ok(fd) => fd,
+        Err(Errno::ESRCH) => return Ok(Outcome::AlreadyExited),
+        Err(errno) => {
+            return Err(StopError::Signal {
+                signal,
+                pgid: t.pgid,
+                errno,
+            })
+        }
+    };
+    match identity::check(t.pid, t.start_time, t.boot_id, current_boot) {
+        Liveness::Alive => {}
+        Liveness::Exited => return Ok(Outcome::AlreadyExited),
+        Liveness::Stale(why) => return Ok(Outcome::Stale(why)),
+    }
+    pidfd_send_signal(&pidfd, signal).map_err(|errno| StopError::Signal {
+        signal,
+        pgid: t.pgid,
+        errno,
+    })?;
+    Ok(Outcome::Stopped {
+        killed: false,
+        took: Duration::ZERO,
+    })
+}
+
 /// Opens a pidfd for `pid` (Linux 5.3+).
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: the pidfd_open syscall takes a pid and flags and returns a new descriptor.

@@ -507,6 +507,31 @@ impl Tx<'_> {
         )
     }
 
+    pub fn config(&self, key: &str) -> Result<Option<String>> {
+        self.0
+            .prepare_cached("SELECT value FROM config WHERE key = ?1")
+            .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn config_all(&self) -> Result<Vec<(String, String)>> {
+        self.0
+            .prepare_cached("SELECT key, value FROM config ORDER BY key")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Sets (`Some`) or removes (`None`) a setting.
+    pub fn set_config(&self, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(v) => self.exec(
+                "INSERT OR REPLACE INTO config (key, value) VALUES (?1, ?2)",
+                params![key, v],
+            ),
+            None => self.exec("DELETE FROM config WHERE key = ?1", params![key]),
+        }
+    }
+
     pub fn record(&self, service: &str, kind: &str, detail: &str) -> Result<()> {
         self.exec(
             "INSERT INTO events (at, service, kind, detail) VALUES (?1, ?2, ?3, ?4)",

@@ -57,6 +57,13 @@ pub const MIGRATIONS: &[&str] = &[
         recent_starts TEXT    NOT NULL DEFAULT '[]' -- JSON unix ms of starts, for the start limit
     );
     "#,
+    // 3: settings shared by the daemon and the CLI (`tend config`).
+    r#"
+    CREATE TABLE config (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes and understands.

@@ -1,0 +1,141 @@
+//! `tend config`: settings stored once in the database and shared by the daemon and the
+//! CLI (the PostgreSQL connection above all). Only known keys are accepted.
+
+use crate::error::{Error, Result};
+
+pub const POSTGRES_URL: &str = "postgres.url";
+pub const POSTGRES_CHANNEL: &str = "postgres.channel";
+pub const POSTGRES_HOST_ID: &str = "postgres.host_id";
+pub const POSTGRES_CA_FILE: &str = "postgres.ca_file";
+pub const POSTGRES_KEY_FILE: &str = "postgres.notify_key_file";
+
+/// Every key with what it means.
+pub const KEYS: &[(&str, &str)] = &[
+    (
+        POSTGRES_URL,
+        "PostgreSQL URL the daemon listens on and `tend notify` sends to \
+         (postgres://user[:password]@host[:port]/db?sslmode=disable|prefer|require)",
+    ),
+    (
+        POSTGRES_CHANNEL,
+        "NOTIFY channel (default: tend); lowercase letters, digits, underscore",
+    ),
+    (
+        POSTGRES_HOST_ID,
+        "this host's name in NOTIFY payloads (NAME@HOST); default: the hostname",
+    ),
+    (
+        POSTGRES_CA_FILE,
+        "PEM file of CA certificates trusted for TLS, in addition to the system roots",
+    ),
+    (
+        POSTGRES_KEY_FILE,
+        "file holding the HMAC key: NOTIFY payloads must then be signed",
+    ),
+];
+
+/// Checks a key and value; paths are made absolute so the daemon reads the same file.
+pub fn validate(key: &str, value: &str) -> Result<String> {
+    let invalid = |message: String| Error::Invalid {
+        what: "config",
+        message,
+    };
+    if !KEYS.iter().any(|(k, _)| *k == key) {
+        let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+        return Err(invalid(format!(
+            "unknown key {key:?} (known: {})",
+            known.join(", ")
+        )));
+    }
+    match key {
+        POSTGRES_URL => {
+            value
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| invalid(format!("{key}: {e}")))?;
+            Ok(value.to_string())
+        }
+        POSTGRES_CHANNEL => {
+            crate::pg::validate_channel(value).map_err(invalid)?;
+            Ok(value.to_string())
+        }
+        POSTGRES_HOST_ID => {
+            crate::pg::validate_host_id(value).map_err(invalid)?;
+            Ok(value.to_string())
+        }
+        _ => {
+            let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
+            Ok(crate::service::absolute(&here, std::path::Path::new(value))
+                .to_string_lossy()
+                .into_owned())
+        }
+    }
+}
+
+/// The value as it may be shown: a password in a URL is replaced by `****`.
+pub fn display(key: &str, value: &str) -> String {
+    if key == POSTGRES_URL {
+        mask_password(value)
+    } else {
+        value.to_string()
+    }
+}
+
+/// Hides the password of a `postgres://user:password@host` URL or of a
+/// `password=...` conninfo setting.
+pub fn mask_password(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!(
+                    "{}{}:****{}",
+                    &url[..scheme_end + 3],
+                    &rest[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=****".to_string()
+            } else {
+                kv.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(
+            mask_password("postgres://app:s3cr@t@db/ops?sslmode=require"),
+            "postgres://app:****@db/ops?sslmode=require"
+        );
+        assert_eq!(
+            mask_password("postgres://app@db/ops"),
+            "postgres://app@db/ops"
+        );
+        assert_eq!(
+            mask_password("host=db user=app password=x dbname=ops"),
+            "host=db user=app password=**** dbname=ops"
+        );
+    }
+
+    #[test]
+    fn validates() {
+        assert!(validate("postgres.nope", "x").is_err());
+        assert!(validate(POSTGRES_CHANNEL, "Bad-Channel").is_err());
+        assert!(validate(POSTGRES_CHANNEL, "tend_ops").is_ok());
+        assert!(validate(POSTGRES_URL, "postgres://u@h/db?sslmode=require").is_ok());
+        assert!(validate(POSTGRES_URL, "postgres://u@h/db?sslmode=bogus").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! Signed NOTIFY payloads (opt-in with `--notify-key-file`).
+//!
+//! Any role that can connect to the database can NOTIFY any channel, so with a key
+//! configured the daemon only obeys payloads of the form
+//!
+//! ```text
+//! sig1 <unix seconds> <64 hex digits> <payload>
+//! ```
+//!
+//! where the hex digits are HMAC-SHA256(key, "sig1 <unix seconds> <payload>"). A payload
+//! whose time is more than [`WINDOW`] away from the daemon's clock is stale; one whose
+//! signature was already seen within the window is a replay. Both are refused, as is
+//! anything unsigned or mis-signed.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// How far a signed payload's time may be from the receiver's clock, in seconds.
+pub const WINDOW: i64 = 30;
+const PREFIX: &str = "sig1";
+
+#[derive(Clone)]
+pub struct Key(Vec<u8>);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("unsigned payload (a notify key is configured)")]
+    Unsigned,
+    #[error("malformed signature envelope")]
+    Malformed,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("stale: signed {age} s from now (window {WINDOW} s)")]
+    Stale { age: i64 },
+    #[error("replayed payload")]
+    Replay,
+}
+
+impl Key {
+    /// Reads a key file: its bytes with surrounding whitespace removed; at least 16 bytes.
+    pub fn load(path: &Path) -> Result<Key, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("{}: {}", path.display(), crate::error::io_reason(&e)))?;
+        let trimmed = bytes.trim_ascii();
+        if trimmed.len() < 16 {
+            return Err(format!(
+                "{}: a notify key must be at least 16 bytes",
+                path.display()
+            ));
+        }
+        Ok(Key(trimmed.to_vec()))
+    }
+
+    fn mac(&self, ts: i64, payload: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key size");
+        mac.update(format!("{PREFIX} {ts} ").as_bytes());
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    /// Wraps `payload` in a signed envelope for time `now` (unix seconds).
+    pub fn sign(&self, payload: &str, now: i64) -> String {
+        let tag = self.mac(now, payload).finalize().into_bytes();
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{PREFIX} {now} {hex} {payload}")
+    }
+}
+
+/// Remembers signatures seen within the window, to refuse replays.
+#[derive(Default)]
+pub struct Replays(HashMap<String, i64>);
+
+/// Checks a signed envelope and returns the payload inside it.
+pub fn verify<'a>(
+    key: &Key,
+    signed: &'a str,
+    now: i64,
+    seen: &mut Replays,
+) -> Result<&'a str, AuthError> {
+    let mut parts = signed.trim_start().splitn(4, ' ');
+    if parts.next() != Some(PREFIX) {
+        return Err(AuthError::Unsigned);
+    }
+    let ts: i64 = parts
+        .next()
+        .and_then(|t| t.parse().ok())
+        .ok_or(AuthError::Malformed)?;
+    let hex = parts.next().ok_or(AuthError::Malformed)?;
+    let payload = parts.next().ok_or(AuthError::Malformed)?;
+    let tag = decode_hex(hex).ok_or(AuthError::Malformed)?;
+    key.mac(ts, payload)
+        .verify_slice(&tag)
+        .map_err(|_| AuthError::BadSignature)?;
+    let age = now - ts;
+    if age.abs() > WINDOW {
+        return Err(AuthError::Stale { age });
+    }
+    seen.0.retain(|_, t| (now - *t).abs() <= WINDOW);
+    if seen.0.insert(hex.to_ascii_lowercase(), ts).is_some() {
+        return Err(AuthError::Replay);
+    }
+    Ok(payload)
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Key {
+        Key(b"0123456789abcdef0123".to_vec())
+    }
+
+    #[test]
+    fn round_trip() {
+        let k = key();
+        let signed = k.sign("restart web", 1000);
+        let mut seen = Replays::default();
+        assert_eq!(verify(&k, &signed, 1010, &mut seen), Ok("restart web"));
+        assert_eq!(verify(&k, &signed, 1010, &mut seen), Err(AuthError::Replay));
+    }
+
+    #[test]
+    fn refusals() {
+        let k = key();
+        let mut seen = Replays::default();
+        assert_eq!(
+            verify(&k, "restart web", 0, &mut seen),
+            Err(AuthError::Unsigned)
+        );
+        let signed = k.sign("restart web", 1000);
+        assert_eq!(
+            verify(&k, &signed, 1000 + WINDOW + 1, &mut seen),
+            Err(AuthError::Stale { age: WINDOW + 1 })
+        );
+        let forged = signed.replace("restart web", "stop web");
+        assert_eq!(
+            verify(&k, &forged, 1000, &mut seen),
+            Err(AuthError::BadSignature)
+        );
+        let other = Key(b"another key of enough length".to_vec()).sign("restart web", 1000);
+        assert_eq!(
+            verify(&k, &other, 1000, &mut seen),
+            Err(AuthError::BadSignature)
+        );
+        // Moving the timestamp breaks the signature.
+        let shifted = signed.replacen("1000", "1001", 1);
+        assert_eq!(
+            verify(&k, &shifted, 1000, &mut seen),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify(&k, "sig1 x y z", 0, &mut seen),
+            Err(AuthError::Malformed)
+        );
+    }
+}

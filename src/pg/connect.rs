@@ -1,0 +1,224 @@
+//! Opening a PostgreSQL connection: URL, password sources, TLS, keepalives.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tracing::warn;
+
+/// The connection half, driven by whoever owns it.
+pub type Connection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+/// A half-open connection (peer gone without a FIN) is noticed by TCP keepalives after
+/// about IDLE + INTERVAL * RETRIES seconds, and sooner by the listener's own ping.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS that verifies the server against the system's root certificates, plus those in
+/// `ca_file` (PEM) when given.
+pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            format!(
+                "CA file {}: {}",
+                path.display(),
+                crate::error::io_reason(&e)
+            )
+        })?;
+        let mut found = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(format!(
+                "CA file {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Parses the URL, fills in the password from `PGPASSWORD` or the pgpass file when the
+/// URL has none, and sets keepalives and timeouts.
+pub fn config(url: &str) -> Result<Config, String> {
+    let mut cfg: Config = url
+        .parse()
+        .map_err(|e| format!("URL {}: {e}", crate::config::mask_password(url)))?;
+    if cfg.get_password().is_none() {
+        if let Some(pw) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
+            cfg.password(pw.as_encoded_bytes());
+        } else if let Some(pw) = pgpass_lookup(&cfg) {
+            cfg.password(pw);
+        }
+    }
+    if cfg.get_user().is_none() {
+        if let Ok(user) = std::env::var("PGUSER").or_else(|_| std::env::var("USER")) {
+            cfg.user(user);
+        }
+    }
+    cfg.application_name("tend")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
+    Ok(cfg)
+}
+
+/// Connects per the URL's `sslmode`: `disable` never uses TLS; `require` insists on TLS
+/// with a verified certificate; `prefer` (the default) uses verified TLS when the server
+/// offers it, and plain TCP when the server does not offer TLS or its certificate cannot
+/// be verified — never TLS with an unverified certificate.
+pub async fn connect(url: &str, tls: &MakeRustlsConnect) -> Result<(Client, Connection), String> {
+    let mut cfg = config(url)?;
+    match cfg.connect(tls.clone()).await {
+        Ok(pair) => Ok(pair),
+        Err(e) if cfg.get_ssl_mode() == SslMode::Prefer && is_tls_error(&e) => {
+            warn!(
+                error = %describe(&e),
+                "TLS to PostgreSQL could not be verified; connecting without TLS (sslmode=prefer)"
+            );
+            cfg.ssl_mode(SslMode::Disable);
+            cfg.connect(tls.clone()).await.map_err(|e| describe(&e))
+        }
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+fn is_tls_error(e: &tokio_postgres::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The error with its causes, on one line (tokio-postgres keeps the useful part in the
+/// source chain: "error connecting to server: Connection refused").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Looks the password up in `PGPASSFILE` or `~/.pgpass` as libpq does: lines
+/// `host:port:database:user:password`, `*` matches anything, `\` escapes `:` and `\`,
+/// and a file readable by group or others is ignored.
+fn pgpass_lookup(cfg: &Config) -> Option<String> {
+    let path = match std::env::var_os("PGPASSFILE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".pgpass"),
+    };
+    let meta = std::fs::metadata(&path).ok()?;
+    use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o077 != 0 {
+        warn!(path = %path.display(), "pgpass file is readable by others; ignored (chmod 0600)");
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(_)) | None => "localhost".to_string(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432).to_string();
+    let user = cfg.get_user().unwrap_or_default().to_string();
+    let db = cfg
+        .get_dbname()
+        .map_or_else(|| user.clone(), str::to_string);
+    pgpass_find(&text, &host, &port, &db, &user)
+}
+
+fn pgpass_find(text: &str, host: &str, port: &str, db: &str, user: &str) -> Option<String> {
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_pgpass(line);
+        if fields.len() != 5 {
+            continue;
+        }
+        let m = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+        if m(&fields[0], host) && m(&fields[1], port) && m(&fields[2], db) && m(&fields[3], user) {
+            return Some(fields[4].clone());
+        }
+    }
+    None
+}
+
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    fields.last_mut().expect("never empty").push(n);
+                }
+            }
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut().expect("never empty").push(c),
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgpass_matching() {
+        let text = "# comment\n\
+                    db.internal:5432:ops:app:s3cret\n\
+                    *:*:*:other:any\\:thing\n";
+        assert_eq!(
+            pgpass_find(text, "db.internal", "5432", "ops", "app").as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(
+            pgpass_find(text, "h", "1", "d", "other").as_deref(),
+            Some("any:thing")
+        );
+        assert_eq!(pgpass_find(text, "db.internal", "5433", "ops", "app"), None);
+    }
+}

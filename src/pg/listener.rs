@@ -1,0 +1,353 @@
+//! The daemon's LISTEN connection and the executor of what it receives.
+
+use std::collections::HashSet;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::poll_fn;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::AsyncMessage;
+use tracing::{debug, error, info, warn};
+
+use super::auth::{self, Key, Replays};
+use super::connect::{self, Connection};
+use super::payload::{self, Action};
+use super::Settings;
+use crate::daemon::protocol::{Outcome, Verb};
+use crate::home::Home;
+use crate::store::now_ms;
+use crate::supervisor::Supervisor;
+
+/// A quiet connection is pinged this often; no answer within [`PING_TIMEOUT`] means it
+/// is lost (a half-open TCP connection otherwise looks healthy for a long time).
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A connection that lasted this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// What `tend daemon status` shows about PostgreSQL. The URL is shown without password.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PgStatus {
+    /// `connecting`, `connected` or `reconnecting`.
+    pub state: String,
+    /// Unix ms: when the current state began.
+    pub since: i64,
+    pub last_error: Option<String>,
+    pub url: String,
+    pub channel: String,
+    pub host_id: String,
+    /// Notifications received since the daemon started.
+    pub received: u64,
+}
+
+/// One received notification, for the executor.
+struct Job {
+    payload: String,
+    backend_pid: i32,
+}
+
+/// Starts the listener and executor threads; returns the shared status.
+pub fn start(
+    settings: Settings,
+    key: Option<Key>,
+    home: Home,
+    spawn_lock: Arc<Mutex<()>>,
+    on_change: Box<dyn Fn() + Send>,
+) -> crate::Result<Arc<Mutex<PgStatus>>> {
+    let tls =
+        connect::tls(settings.ca_file.as_deref()).map_err(|message| crate::Error::Invalid {
+            what: "postgres TLS",
+            message,
+        })?;
+    let status = Arc::new(Mutex::new(PgStatus {
+        state: "connecting".into(),
+        since: now_ms(),
+        last_error: None,
+        url: settings.display_url(),
+        channel: settings.channel.clone(),
+        host_id: settings.host_id.clone(),
+        received: 0,
+    }));
+    let (jobs, rx) = mpsc::channel();
+    let host_id = settings.host_id.clone();
+    std::thread::Builder::new()
+        .name("tend-notify-exec".into())
+        .spawn(move || execute(rx, home, spawn_lock, host_id, key, on_change))
+        .map_err(|e| crate::Error::Daemon {
+            message: format!("cannot start the notify executor: {e}"),
+        })?;
+    let st = status.clone();
+    std::thread::Builder::new()
+        .name("tend-listen".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "cannot start the PostgreSQL runtime");
+                    return;
+                }
+            };
+            rt.block_on(listen_forever(settings, tls, jobs, st));
+        })
+        .map_err(|e| crate::Error::Daemon {
+            message: format!("cannot start the listener: {e}"),
+        })?;
+    Ok(status)
+}
+
+fn set(status: &Mutex<PgStatus>, f: impl FnOnce(&mut PgStatus)) {
+    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut s);
+}
+
+async fn listen_forever(
+    settings: Settings,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    jobs: mpsc::Sender<Job>,
+    status: Arc<Mutex<PgStatus>>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let began = std::time::Instant::now();
+        let err = session(&settings, &tls, &jobs, &status).await;
+        if began.elapsed() >= STABLE_AFTER {
+            failures = 0;
+        }
+        warn!(error = %err, "PostgreSQL connection lost; reconnecting");
+        set(&status, |s| {
+            if s.state != "reconnecting" {
+                s.state = "reconnecting".into();
+                s.since = now_ms();
+            }
+            s.last_error = Some(err);
+        });
+        let delay = backoff(failures);
+        failures = failures.saturating_add(1);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Exponential backoff with "full jitter": a random delay up to the doubled cap, so a
+/// fleet of daemons does not reconnect in lockstep after the database comes back.
+fn backoff(failures: u32) -> Duration {
+    let cap = BACKOFF_FIRST
+        .saturating_mul(1u32 << failures.min(16))
+        .min(BACKOFF_MAX);
+    let r = jitter();
+    cap.mul_f64(0.5 + 0.5 * r)
+}
+
+/// A number in [0, 1) from the std hasher's random keys; good enough for jitter.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(now_ms());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Aborts the connection driver when the session ends, whatever the reason.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One connection's life: connect, LISTEN, forward notifications, ping. Returns why it
+/// ended; every `Err` or `None` from the connection counts as lost.
+async fn session(
+    settings: &Settings,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    jobs: &mpsc::Sender<Job>,
+    status: &Mutex<PgStatus>,
+) -> String {
+    let (client, connection) = match connect::connect(&settings.url, tls).await {
+        Ok(pair) => pair,
+        Err(e) => return e,
+    };
+    let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
+    let _driver = AbortOnDrop(tokio::spawn(drive(connection, ntx)));
+    // The channel is a validated plain identifier. LISTEN runs outside any transaction
+    // (a simple query in autocommit), so it takes effect at once.
+    let listen = format!("LISTEN {}", settings.channel);
+    match tokio::time::timeout(LISTEN_TIMEOUT, client.batch_execute(&listen)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return format!("LISTEN failed: {}", connect::describe(&e)),
+        Err(_) => return "LISTEN timed out".into(),
+    }
+    info!(url = %settings.display_url(), channel = %settings.channel, "listening for NOTIFY");
+    set(status, |s| {
+        s.state = "connected".into();
+        s.since = now_ms();
+    });
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            msg = nrx.recv() => match msg {
+                Some(Ok(n)) => {
+                    set(status, |s| s.received += 1);
+                    debug!(backend_pid = n.process_id(), "notification");
+                    let job = Job { payload: n.payload().to_string(), backend_pid: n.process_id() };
+                    if jobs.send(job).is_err() {
+                        return "the executor is gone".into();
+                    }
+                }
+                Some(Err(e)) => return e,
+                None => return "connection closed".into(),
+            },
+            _ = ping.tick() => {
+                match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("ping failed: {}", connect::describe(&e)),
+                    Err(_) => return format!("no answer to a ping within {PING_TIMEOUT:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// Drives the connection by hand: notifications only come out of `poll_message`.
+async fn drive(
+    mut connection: Connection,
+    out: tokio::sync::mpsc::UnboundedSender<Result<tokio_postgres::Notification, String>>,
+) {
+    loop {
+        match poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                if out.send(Ok(n)).is_err() {
+                    return;
+                }
+            }
+            Some(Ok(AsyncMessage::Notice(notice))) => {
+                debug!(notice = %notice.message(), "server notice")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let _ = out.send(Err(connect::describe(&e)));
+                return;
+            }
+            None => {
+                let _ = out.send(Err("connection closed by the server".into()));
+                return;
+            }
+        }
+    }
+}
+
+/// Carries out notifications one at a time, in order, on a thread of its own, so a slow
+/// stop never delays the listener's pings.
+fn execute(
+    rx: mpsc::Receiver<Job>,
+    home: Home,
+    spawn_lock: Arc<Mutex<()>>,
+    host_id: String,
+    key: Option<Key>,
+    on_change: Box<dyn Fn() + Send>,
+) {
+    let mut replays = Replays::default();
+    let mut sup: Option<Supervisor> = None;
+    for job in rx {
+        if sup.is_none() {
+            match Supervisor::open(home.clone()) {
+                Ok(s) => sup = Some(s.for_daemon(spawn_lock.clone())),
+                Err(e) => {
+                    error!(error = %e, "notify: cannot open the database; dropping a command");
+                    continue;
+                }
+            }
+        }
+        let s = sup.as_mut().expect("opened above");
+        if let Err(e) = handle(s, &job, &host_id, key.as_ref(), &mut replays) {
+            error!(error = %e, "notify: database error; reopening");
+            sup = None;
+        }
+        on_change();
+    }
+}
+
+/// Authenticates, parses and carries out one notification. Every rejection is logged
+/// and recorded as a `rejected` event; nothing rejected is acted on.
+fn handle(
+    sup: &mut Supervisor,
+    job: &Job,
+    host_id: &str,
+    key: Option<&Key>,
+    replays: &mut Replays,
+) -> crate::Result<()> {
+    let who = format!("notify (backend pid {})", job.backend_pid);
+    let reject = |sup: &mut Supervisor, service: &str, why: String| {
+        warn!(%service, "{why}");
+        sup.record(service, crate::supervisor::event::REJECTED, &why)
+    };
+    let inner = match key {
+        Some(k) => match auth::verify(k, &job.payload, now_ms() / 1000, replays) {
+            Ok(p) => p,
+            Err(e) => {
+                return reject(
+                    sup,
+                    "-",
+                    format!("{who}: {e}: {}", payload::quote(&job.payload)),
+                )
+            }
+        },
+        None => job.payload.as_str(),
+    };
+    let cmd = match payload::parse(inner) {
+        Ok(c) => c,
+        Err(e) => {
+            return reject(
+                sup,
+                "-",
+                format!("{who}: malformed payload ({e}): {}", payload::quote(inner)),
+            )
+        }
+    };
+    let names = cmd.services_for(host_id);
+    if names.is_empty() {
+        debug!(payload = %payload::quote(inner), "notify for other hosts; ignored");
+        return Ok(());
+    }
+    let known: HashSet<String> = sup.names()?.into_iter().collect();
+    let mut accepted = Vec::new();
+    for name in names {
+        if known.contains(&name) {
+            sup.record(
+                &name,
+                crate::supervisor::event::NOTIFY,
+                &format!("{} requested by {who}", cmd.action),
+            )?;
+            accepted.push(name);
+        } else {
+            reject(
+                sup,
+                &name,
+                format!("{who}: {} of unknown service {name}", cmd.action),
+            )?;
+        }
+    }
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    let verb = match cmd.action {
+        Action::Start => Verb::Start,
+        Action::Stop => Verb::Stop,
+        Action::Restart => Verb::Restart,
+        Action::Signal(sig) => Verb::Signal { signal: sig as i32 },
+    };
+    for r in crate::actions::act(sup, verb, &accepted, false)? {
+        match &r.result {
+            Outcome::Error { message, .. } => warn!(service = %r.name, "{who}: {message}"),
+            other => info!(service = %r.name, outcome = ?other, "{who}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! PostgreSQL control: the daemon LISTENs on a channel and obeys NOTIFY payloads.
+//!
+//! - [`payload`] parses what arrives (strictly: start / stop / restart / signal of
+//!   services already defined, nothing else).
+//! - [`auth`] checks signed payloads when a notify key is configured.
+//! - [`connect`] builds the connection: URL, password from the URL, `PGPASSWORD` or
+//!   `~/.pgpass`, TLS verified against the system roots (plus an optional CA file).
+//! - [`listener`] keeps one dedicated connection, drives `Connection::poll_message`
+//!   itself (spawning the connection future would drop notifications), pings it, and
+//!   reconnects with jittered exponential backoff, re-LISTENing each time. It runs on its
+//!   own thread: local supervision never waits on PostgreSQL.
+//! - Commands are carried out on one more thread, in arrival order, through the same
+//!   [`crate::actions::act`] the CLI and the control socket use.
+
+pub mod auth;
+pub mod connect;
+pub mod listener;
+pub mod payload;
+
+use std::path::PathBuf;
+
+use crate::config;
+use crate::error::{Error, Result};
+use crate::supervisor::Supervisor;
+
+/// Default NOTIFY channel.
+pub const DEFAULT_CHANNEL: &str = "tend";
+
+/// Everything needed to talk to PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// May contain a password: never print it, use [`Settings::display_url`].
+    pub url: String,
+    pub channel: String,
+    pub host_id: String,
+    pub ca_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Values given on the command line, which win over `tend config`.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub url: Option<String>,
+    pub channel: Option<String>,
+    pub host_id: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Command-line values, else `tend config` values, else defaults. `None` when no URL
+    /// is configured at all (PostgreSQL control is off).
+    pub fn resolve(sup: &mut Supervisor, o: &Overrides) -> Result<Option<Settings>> {
+        let mut get = |key: &str| sup.config_get(key);
+        let Some(url) = o.url.clone().or(get(config::POSTGRES_URL)?) else {
+            return Ok(None);
+        };
+        let invalid = |message: String| Error::Invalid {
+            what: "postgres settings",
+            message,
+        };
+        url.parse::<tokio_postgres::Config>()
+            .map_err(|e| invalid(format!("URL {}: {e}", config::mask_password(&url))))?;
+        let channel = o
+            .channel
+            .clone()
+            .or(get(config::POSTGRES_CHANNEL)?)
+            .unwrap_or_else(|| DEFAULT_CHANNEL.to_string());
+        validate_channel(&channel).map_err(invalid)?;
+        let host_id = match o.host_id.clone().or(get(config::POSTGRES_HOST_ID)?) {
+            Some(h) => h,
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".to_string()),
+        };
+        validate_host_id(&host_id).map_err(invalid)?;
+        Ok(Some(Settings {
+            url,
+            channel,
+            host_id,
+            ca_file: o
+                .ca_file
+                .clone()
+                .or(get(config::POSTGRES_CA_FILE)?.map(PathBuf::from)),
+            key_file: o
+                .key_file
+                .clone()
+                .or(get(config::POSTGRES_KEY_FILE)?.map(PathBuf::from)),
+        }))
+    }
+
+    pub fn display_url(&self) -> String {
+        config::mask_password(&self.url)
+    }
+
+    /// The notify key, if one is configured.
+    pub fn key(&self) -> Result<Option<auth::Key>> {
+        self.key_file
+            .as_deref()
+            .map(|p| {
+                auth::Key::load(p).map_err(|message| Error::Invalid {
+                    what: "notify key",
+                    message,
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Channels are plain lowercase identifiers, so `NOTIFY tend, '...'` typed unquoted in
+/// psql reaches the channel the daemon LISTENs on.
+pub fn validate_channel(c: &str) -> std::result::Result<(), String> {
+    let ok = !c.is_empty()
+        && c.len() <= 63
+        && (c.as_bytes()[0].is_ascii_lowercase() || c.as_bytes()[0] == b'_')
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "channel {c:?}: use lowercase letters, digits and '_' (at most 63)"
+        ))
+    }
+}
+
+pub fn validate_host_id(h: &str) -> std::result::Result<(), String> {
+    payload::parse(&format!("start x@{h}"))
+        .map(drop)
+        .map_err(|_| format!("host id {h:?}: use letters, digits, '.', '_' and '-'"))
+}
+
+/// Sends one NOTIFY (signed when a key is configured): what `tend notify` does.
+pub fn notify(settings: &Settings, payload: &str) -> Result<()> {
+    let body = match settings.key()? {
+        Some(key) => key.sign(payload, crate::store::now_ms() / 1000),
+        None => payload.to_string(),
+    };
+    if body.len() >= payload::MAX_PAYLOAD {
+        return Err(Error::Invalid {
+            what: "notify",
+            message: format!("payload longer than {} bytes", payload::MAX_PAYLOAD),
+        });
+    }
+    let fail = |message: String| Error::Postgres { message };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("runtime: {e}")))?;
+    rt.block_on(async {
+        let tls = connect::tls(settings.ca_file.as_deref()).map_err(fail)?;
+        let (client, connection) = connect::connect(&settings.url, &tls).await.map_err(fail)?;
+        let driver = tokio::spawn(connection);
+        let sent = client
+            .execute("SELECT pg_notify($1, $2)", &[&settings.channel, &body])
+            .await
+            .map(drop)
+            .map_err(|e| fail(format!("NOTIFY failed: {}", connect::describe(&e))));
+        drop(client);
+        let _ = driver.await;
+        sent
+    })
+}

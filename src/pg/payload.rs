@@ -1,0 +1,362 @@
+//! NOTIFY payloads: what may arrive over the wire, parsed strictly.
+//!
+//! Two forms:
+//! - text: `ACTION NAME [NAME...]`, each name optionally `NAME@HOST`; for signals
+//!   `signal NAME [NAME...] SIG`.
+//! - JSON: `{"action": ..., "service": "web"}` or `"services": [...]`, optional
+//!   `"host"` (applies to every name without its own `@HOST`) and `"signal"`.
+//!
+//! Only start, stop, restart and signal exist, and only service names (never commands,
+//! paths or environment) can be named: nothing received here can define or change what
+//! runs. Anything else is an error that names the problem.
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+use crate::service::StopSignal;
+
+/// PostgreSQL refuses payloads of 8000 bytes or more; anything longer is not ours.
+pub const MAX_PAYLOAD: usize = 8000;
+/// More names than this in one payload is refused.
+pub const MAX_TARGETS: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+    Signal(Signal),
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Start => f.write_str("start"),
+            Action::Stop => f.write_str("stop"),
+            Action::Restart => f.write_str("restart"),
+            Action::Signal(s) => write!(f, "signal {}", StopSignalName(*s)),
+        }
+    }
+}
+
+struct StopSignalName(Signal);
+
+impl std::fmt::Display for StopSignalName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let full = self.0.as_str();
+        f.write_str(full.strip_prefix("SIG").unwrap_or(full))
+    }
+}
+
+/// One named service, optionally for one host only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub service: String,
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub action: Action,
+    pub targets: Vec<Target>,
+}
+
+impl Command {
+    /// The services this command names for `host` (targets without a host are for all).
+    pub fn services_for(&self, host: &str) -> Vec<String> {
+        self.targets
+            .iter()
+            .filter(|t| t.host.as_deref().is_none_or(|h| h == host))
+            .map(|t| t.service.clone())
+            .collect()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("empty payload")]
+    Empty,
+    #[error("payload longer than {MAX_PAYLOAD} bytes")]
+    TooLong,
+    #[error("unknown action {0:?} (expected start, stop, restart or signal)")]
+    UnknownAction(String),
+    #[error("no service named")]
+    NoService,
+    #[error("more than {MAX_TARGETS} services named")]
+    TooManyTargets,
+    #[error("invalid service name {0:?}")]
+    InvalidName(String),
+    #[error("invalid host {0:?}")]
+    InvalidHost(String),
+    #[error("signal: {0}")]
+    BadSignal(String),
+    #[error("`signal` needs a signal name (signal NAME SIG)")]
+    MissingSignal,
+    #[error("a signal is only valid with the signal action")]
+    UnexpectedSignal,
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("both `service` and `services` given")]
+    BothServiceFields,
+}
+
+/// Parses one payload (already authenticated, if authentication is on).
+pub fn parse(payload: &str) -> Result<Command, ParseError> {
+    if payload.len() >= MAX_PAYLOAD {
+        return Err(ParseError::TooLong);
+    }
+    let p = payload.trim();
+    if p.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if p.starts_with('{') {
+        parse_json(p)
+    } else {
+        parse_text(p)
+    }
+}
+
+fn parse_text(p: &str) -> Result<Command, ParseError> {
+    let mut words = p.split_ascii_whitespace();
+    let verb = words.next().ok_or(ParseError::Empty)?;
+    let mut rest: Vec<&str> = words.collect();
+    let action = match verb.to_ascii_lowercase().as_str() {
+        "start" => Action::Start,
+        "stop" => Action::Stop,
+        "restart" => Action::Restart,
+        "signal" => {
+            if rest.len() < 2 {
+                return Err(if rest.is_empty() {
+                    ParseError::NoService
+                } else {
+                    ParseError::MissingSignal
+                });
+            }
+            let sig = rest.pop().expect("checked above");
+            Action::Signal(parse_signal(sig)?)
+        }
+        _ => return Err(ParseError::UnknownAction(truncate(verb))),
+    };
+    targets(action, rest.iter().map(|s| s.to_string()).collect(), None)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Json {
+    action: String,
+    service: Option<String>,
+    services: Option<Vec<String>>,
+    host: Option<String>,
+    signal: Option<String>,
+}
+
+fn parse_json(p: &str) -> Result<Command, ParseError> {
+    let j: Json = serde_json::from_str(p).map_err(|e| ParseError::Json(e.to_string()))?;
+    let names = match (j.service, j.services) {
+        (Some(_), Some(_)) => return Err(ParseError::BothServiceFields),
+        (Some(s), None) => vec![s],
+        (None, Some(v)) => v,
+        (None, None) => Vec::new(),
+    };
+    let action = match (j.action.to_ascii_lowercase().as_str(), j.signal) {
+        ("start", None) => Action::Start,
+        ("stop", None) => Action::Stop,
+        ("restart", None) => Action::Restart,
+        ("signal", Some(sig)) => Action::Signal(parse_signal(&sig)?),
+        ("signal", None) => return Err(ParseError::MissingSignal),
+        ("start" | "stop" | "restart", Some(_)) => return Err(ParseError::UnexpectedSignal),
+        (other, _) => return Err(ParseError::UnknownAction(truncate(other))),
+    };
+    if let Some(h) = &j.host {
+        validate_host(h)?;
+    }
+    targets(action, names, j.host)
+}
+
+fn targets(
+    action: Action,
+    names: Vec<String>,
+    default_host: Option<String>,
+) -> Result<Command, ParseError> {
+    if names.is_empty() {
+        return Err(ParseError::NoService);
+    }
+    if names.len() > MAX_TARGETS {
+        return Err(ParseError::TooManyTargets);
+    }
+    let mut targets = Vec::with_capacity(names.len());
+    for n in names {
+        let (service, host) = match n.split_once('@') {
+            Some((s, h)) => {
+                validate_host(h)?;
+                (s.to_string(), Some(h.to_string()))
+            }
+            None => (n, default_host.clone()),
+        };
+        if crate::service::validate_name(&service).is_err() {
+            return Err(ParseError::InvalidName(truncate(&service)));
+        }
+        targets.push(Target { service, host });
+    }
+    Ok(Command { action, targets })
+}
+
+fn parse_signal(s: &str) -> Result<Signal, ParseError> {
+    // The same names the CLI accepts for stop signals, plus KILL and STOP: a signal
+    // command is explicit about what it sends.
+    match s.to_ascii_uppercase().trim_start_matches("SIG") {
+        "KILL" => return Ok(Signal::SIGKILL),
+        "STOP" => return Ok(Signal::SIGSTOP),
+        _ => {}
+    }
+    s.parse::<StopSignal>()
+        .map(|s| s.0)
+        .map_err(|e| ParseError::BadSignal(truncate(&e)))
+}
+
+fn validate_host(h: &str) -> Result<(), ParseError> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.as_bytes()[0].is_ascii_alphanumeric()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ParseError::InvalidHost(truncate(h)))
+    }
+}
+
+/// Bounds what of a hostile payload ends up in logs and events.
+fn truncate(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// A payload as it may appear in a log line or event: bounded and with control
+/// characters escaped.
+pub fn quote(payload: &str) -> String {
+    let short = truncate(payload);
+    format!("{short:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(service: &str, host: Option<&str>) -> Target {
+        Target {
+            service: service.into(),
+            host: host.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn text_forms() {
+        assert_eq!(
+            parse("restart web").unwrap(),
+            Command {
+                action: Action::Restart,
+                targets: vec![t("web", None)]
+            }
+        );
+        assert_eq!(
+            parse("  stop worker@web-3 api ").unwrap(),
+            Command {
+                action: Action::Stop,
+                targets: vec![t("worker", Some("web-3")), t("api", None)]
+            }
+        );
+        assert_eq!(
+            parse("signal web HUP").unwrap().action,
+            Action::Signal(Signal::SIGHUP)
+        );
+        assert_eq!(parse("signal a b SIGUSR1").unwrap().targets.len(), 2);
+        assert_eq!(parse("START web").unwrap().action, Action::Start);
+    }
+
+    #[test]
+    fn json_forms() {
+        assert_eq!(
+            parse(r#"{"action":"restart","service":"web"}"#).unwrap(),
+            Command {
+                action: Action::Restart,
+                targets: vec![t("web", None)]
+            }
+        );
+        assert_eq!(
+            parse(r#"{"action":"stop","services":["a","b@h2"],"host":"h1"}"#).unwrap(),
+            Command {
+                action: Action::Stop,
+                targets: vec![t("a", Some("h1")), t("b", Some("h2"))]
+            }
+        );
+        assert_eq!(
+            parse(r#"{"action":"signal","service":"web","signal":"USR2"}"#)
+                .unwrap()
+                .action,
+            Action::Signal(Signal::SIGUSR2)
+        );
+    }
+
+    #[test]
+    fn rejections() {
+        use ParseError::*;
+        let cases: &[(&str, ParseError)] = &[
+            ("", Empty),
+            ("   ", Empty),
+            ("restart", NoService),
+            ("delete web", UnknownAction("delete".into())),
+            ("start ../etc", InvalidName("../etc".into())),
+            ("start web@", InvalidHost(String::new())),
+            ("start web@h/x", InvalidHost("h/x".into())),
+            ("signal web", MissingSignal),
+            (
+                "signal web NOPE",
+                BadSignal("unknown signal \"NOPE\"".into()),
+            ),
+            (r#"{"action":"signal","service":"web"}"#, MissingSignal),
+            (
+                r#"{"action":"start","service":"web","signal":"HUP"}"#,
+                UnexpectedSignal,
+            ),
+            (
+                r#"{"action":"start","service":"a","services":["b"]}"#,
+                BothServiceFields,
+            ),
+            (r#"{"action":"start"}"#, NoService),
+        ];
+        for (payload, want) in cases {
+            assert_eq!(&parse(payload).unwrap_err(), want, "{payload}");
+        }
+        // Anything that could define or change a service is not even a field.
+        assert!(matches!(
+            parse(r#"{"action":"start","service":"web","command":"rm -rf /"}"#),
+            Err(Json(_))
+        ));
+        assert!(matches!(parse("{not json"), Err(Json(_))));
+        assert_eq!(parse(&"x".repeat(MAX_PAYLOAD)).unwrap_err(), TooLong);
+        let many = format!("start {}", vec!["a"; MAX_TARGETS + 1].join(" "));
+        assert_eq!(parse(&many).unwrap_err(), TooManyTargets);
+    }
+
+    #[test]
+    fn host_targeting() {
+        let c = parse("restart a@h1 b@h2 c").unwrap();
+        assert_eq!(c.services_for("h1"), vec!["a", "c"]);
+        assert_eq!(c.services_for("h3"), vec!["c"]);
+    }
+
+    #[test]
+    fn quoting_is_bounded_and_escaped() {
+        assert_eq!(quote("a\nb"), "\"a\\nb\"");
+        assert!(quote(&"é".repeat(100)).len() < 160);
+    }
+}
