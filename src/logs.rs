@@ -29,121 +29,132 @@ pub fn backup(path: &Path, n: u32) -> PathBuf {
 }
 
 /// Writes the last `n` lines of `path`, reaching back into its rotated backups
-/// (`path.1`, `path.2`, ...) when the current file holds fewer lines. Returns the current
-/// file's length, where a follow continues.
+/// (`path.1`, `path.2`, ...) when the current file holds fewer lines: the backups and the
+/// file are read as one stream, since a rotation may split a line between them. Returns
+/// the current file's length, where a follow continues.
 pub fn tail(out: &mut dyn Write, path: &Path, n: usize) -> io::Result<u64> {
-    let mut parts = Vec::new();
-    let mut need = n;
-    let mut current_len = 0;
-    for i in 0..=crate::service::LOG_BACKUPS {
-        let p = if i == 0 {
-            path.to_path_buf()
-        } else {
-            backup(path, i)
-        };
-        let mut f = match File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if i == 0 {
-                    continue;
-                }
-                break;
+    let mut files: Vec<(File, u64)> = Vec::new();
+    for i in (1..=crate::service::LOG_BACKUPS).rev() {
+        match File::open(backup(path, i)) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                files.push((f, len));
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
-        };
-        let len = f.metadata()?.len();
-        if i == 0 {
-            current_len = len;
-        }
-        if need == 0 {
-            break;
-        }
-        let (start, found) = tail_start(&mut f, len, need)?;
-        parts.push((f, start, len));
-        need -= found;
-        if need == 0 {
-            break;
         }
     }
-    for (mut f, start, len) in parts.into_iter().rev() {
+    let current_len = match File::open(path) {
+        Ok(f) => {
+            let len = f.metadata()?.len();
+            files.push((f, len));
+            len
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let (first, offset) = tail_start(&mut files, n)?;
+    for (i, (f, len)) in files.iter_mut().enumerate().skip(first) {
+        let start = if i == first { offset } else { 0 };
         f.seek(SeekFrom::Start(start))?;
-        io::copy(&mut (&mut f).take(len - start), out)?;
+        io::copy(&mut (&mut *f).take(*len - start), out)?;
     }
     Ok(current_len)
 }
 
-/// Rotates `path` by copy and truncate: `path.N-1` becomes `path.N` (the oldest is
-/// dropped), a copy of `path` becomes `path.1`, and `path` is truncated to zero. The
-/// service keeps its descriptor (opened with O_APPEND, so its next write lands at the new
-/// end) and is never interrupted. Output written between the last copy pass and the
-/// truncation is lost; the copy is repeated while the file grows to keep that window to
-/// microseconds.
-pub fn rotate(path: &Path, backups: u32) -> io::Result<()> {
-    if backups == 0 {
-        return std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)?
-            .set_len(0);
+/// Rotates `path`: `path.N-1` becomes `path.N` (the oldest is dropped), and the file's
+/// content moves to `path.1` while the service keeps writing to it (it holds the file
+/// open with O_APPEND and is never interrupted).
+///
+/// The move is lossless where the file system can collapse a range (ext4, XFS): the
+/// whole blocks at the start of the file are copied to `path.1` and then cut out of the
+/// file in one atomic `fallocate(FALLOC_FL_COLLAPSE_RANGE)`, so whatever the service
+/// writes meanwhile stays in the file. Only the partial last block stays behind, which is
+/// why a file smaller than one block (4 KiB) is not rotated. Elsewhere it falls back to
+/// copy and truncate, which loses what is written between the last copy pass and the
+/// truncation.
+pub fn rotate(path: &Path, backups: u32) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let block = meta.blksize().max(512);
+    let whole = meta.len() / block * block;
+    if whole == 0 {
+        return Ok(false);
     }
-    for i in (1..backups).rev() {
+    for i in (1..backups.max(1)).rev() {
         match std::fs::rename(backup(path, i), backup(path, i + 1)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
     }
-    let mut src = File::open(path)?;
     let mut dst = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(backup(path, 1))?;
-    let mut copied = io::copy(&mut src, &mut dst)?;
+    let mut src = &file;
+    src.seek(SeekFrom::Start(0))?;
+    let copied = io::copy(&mut src.take(whole), &mut dst)?;
+    if copied == whole {
+        let collapse = nix::fcntl::FallocateFlags::FALLOC_FL_COLLAPSE_RANGE;
+        match nix::fcntl::fallocate(file.as_raw_fd(), collapse, 0, whole as i64) {
+            Ok(()) => return Ok(true),
+            Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // No collapse here: copy the rest as it grows, then truncate.
+    let mut copied = copied;
     for _ in 0..3 {
-        let len = src.metadata()?.len();
+        let len = file.metadata()?.len();
         if len <= copied {
             break;
         }
-        copied += io::copy(&mut (&mut src).take(len - copied), &mut dst)?;
+        src.seek(SeekFrom::Start(copied))?;
+        copied += io::copy(&mut src.take(len - copied), &mut dst)?;
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .set_len(0)
+    file.set_len(0)?;
+    Ok(true)
 }
 
-/// The offset where the last `n` lines begin and how many lines were found, read
-/// backwards in blocks so a large log costs only as much as the lines printed.
-fn tail_start(f: &mut File, len: u64, n: usize) -> io::Result<(u64, usize)> {
+/// Where the last `n` lines of the stream `files` (oldest first) begin: (file index,
+/// offset). Read backwards in blocks, so a large log costs only what is printed.
+fn tail_start(files: &mut [(File, u64)], n: usize) -> io::Result<(usize, u64)> {
     if n == 0 {
-        return Ok((len, 0));
+        return Ok((files.len(), 0));
     }
     const BLOCK: u64 = 8192;
     let mut buf = vec![0u8; BLOCK as usize];
-    let mut pos = len;
     let mut newlines = 0;
-    // A trailing newline ends the last line; it does not start a new one.
-    let mut skip_last = true;
-    while pos > 0 {
-        let size = BLOCK.min(pos);
-        pos -= size;
-        f.seek(SeekFrom::Start(pos))?;
-        f.read_exact(&mut buf[..size as usize])?;
-        for i in (0..size as usize).rev() {
-            if buf[i] == b'\n' {
-                if skip_last && pos + i as u64 == len - 1 {
+    // A newline that ends the whole stream ends the last line; it does not start one.
+    let mut last_byte = true;
+    for fi in (0..files.len()).rev() {
+        let (f, len) = &mut files[fi];
+        let mut pos = *len;
+        while pos > 0 {
+            let size = BLOCK.min(pos);
+            pos -= size;
+            f.seek(SeekFrom::Start(pos))?;
+            f.read_exact(&mut buf[..size as usize])?;
+            for i in (0..size as usize).rev() {
+                if std::mem::take(&mut last_byte) && buf[i] == b'\n' {
                     continue;
                 }
-                newlines += 1;
-                if newlines == n {
-                    return Ok((pos + i as u64 + 1, n));
+                if buf[i] == b'\n' {
+                    newlines += 1;
+                    if newlines == n {
+                        return Ok((fi, pos + i as u64 + 1));
+                    }
                 }
             }
         }
-        skip_last = false;
     }
-    // Reached the start: every line counts, the first one included.
-    let lines = if len == 0 { 0 } else { newlines + 1 };
-    Ok((0, lines.min(n)))
+    Ok((0, 0))
 }
 
 /// Follows `paths` from the given offsets, printing what is appended, until writing to
@@ -161,9 +172,14 @@ pub fn follow(out: &mut dyn Write, paths: &[PathBuf], mut offsets: Vec<u64>) -> 
             let Ok(meta) = std::fs::metadata(path) else {
                 continue;
             };
-            if inodes[i] != Some(meta.ino()) || meta.len() < offsets[i] {
+            if inodes[i] != Some(meta.ino()) {
                 inodes[i] = Some(meta.ino());
                 offsets[i] = 0;
+            } else if meta.len() < offsets[i] {
+                // Rotated: the first bytes moved to NAME.1 (collapse) or all of them did
+                // (truncate). Continue where the moved part ended.
+                let moved = std::fs::metadata(backup(path, 1)).map_or(0, |m| m.len());
+                offsets[i] = offsets[i].saturating_sub(moved).min(meta.len());
             }
             if meta.len() == offsets[i] {
                 continue;
@@ -198,31 +214,64 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    fn lines(from: usize, to: usize) -> String {
+        (from..to).map(|i| format!("line {i:04}\n")).collect()
+    }
+
+    fn append(p: &Path, text: &str) {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn concat(p: &Path) -> String {
+        let mut all = String::new();
+        for i in (1..=crate::service::LOG_BACKUPS).rev() {
+            all.push_str(&std::fs::read_to_string(backup(p, i)).unwrap_or_default());
+        }
+        all + &std::fs::read_to_string(p).unwrap()
+    }
+
     #[test]
-    fn tails_across_rotation() {
+    fn rotation_keeps_every_byte_and_tail_reads_across() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log");
-        std::fs::write(&p, "a\nb\n").unwrap();
-        rotate(&p, 3).unwrap();
-        std::fs::write(&p, "c\nd\n").unwrap();
-        rotate(&p, 3).unwrap();
-        std::fs::write(&p, "e\n").unwrap();
-        assert_eq!(std::fs::read_to_string(backup(&p, 2)).unwrap(), "a\nb\n");
-        assert_eq!(std::fs::read_to_string(backup(&p, 1)).unwrap(), "c\nd\n");
+        // Below one block: left alone.
+        append(&p, &lines(0, 10));
+        assert!(!rotate(&p, 3).unwrap());
+        assert!(!backup(&p, 1).exists());
+
+        append(&p, &lines(10, 1000));
+        assert!(rotate(&p, 3).unwrap());
+        assert_eq!(concat(&p), lines(0, 1000));
+        assert_eq!(std::fs::metadata(backup(&p, 1)).unwrap().len() % 4096, 0);
+        append(&p, &lines(1000, 2000));
+        assert!(rotate(&p, 3).unwrap());
+        assert!(backup(&p, 2).exists());
+        assert_eq!(concat(&p), lines(0, 2000));
+
         let mut out = Vec::new();
-        tail(&mut out, &p, 4).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "b\nc\nd\ne\n");
+        tail(&mut out, &p, 3).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), lines(1997, 2000));
+        // Reaching back through the backups, across lines split by a rotation.
         let mut out = Vec::new();
-        tail(&mut out, &p, 100).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "a\nb\nc\nd\ne\n");
-        // The oldest backup is dropped past the limit.
-        rotate(&p, 3).unwrap();
-        for _ in 0..2 {
-            std::fs::write(&p, "x\n").unwrap();
-            rotate(&p, 3).unwrap();
+        tail(&mut out, &p, 1500).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), lines(500, 2000));
+
+        // Only LOG_BACKUPS backups are kept.
+        for k in 0..4 {
+            append(&p, &lines(2000 + k * 1000, 3000 + k * 1000));
+            assert!(rotate(&p, 3).unwrap());
         }
+        assert!(backup(&p, 3).exists());
         assert!(!backup(&p, 4).exists());
-        assert_eq!(std::fs::read_to_string(backup(&p, 3)).unwrap(), "e\n");
+        let mut out = Vec::new();
+        tail(&mut out, &p, 2).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), lines(5998, 6000));
     }
 
     #[test]

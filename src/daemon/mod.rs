@@ -858,7 +858,8 @@ impl Rotation {
         };
         if meta.is_file() && meta.len() > max {
             match crate::logs::rotate(path, crate::service::LOG_BACKUPS) {
-                Ok(()) => info!(path = %path.display(), size = meta.len(), "rotated log"),
+                Ok(true) => info!(path = %path.display(), size = meta.len(), "rotated log"),
+                Ok(false) => debug!(path = %path.display(), "log below one block; not rotated"),
                 Err(e) => warn!(path = %path.display(), error = %e, "log rotation failed"),
             }
         }

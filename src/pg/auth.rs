@@ -60,6 +60,11 @@ impl Key {
         Ok(Key(trimmed.to_vec()))
     }
 
+    /// A key from bytes already in memory (tests, fuzzing).
+    pub fn load_bytes(bytes: &[u8]) -> Key {
+        Key(bytes.to_vec())
+    }
+
     fn mac(&self, ts: i64, payload: &str) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key size");
         mac.update(format!("{PREFIX} {ts} ").as_bytes());

@@ -354,6 +354,91 @@ mod tests {
         assert_eq!(c.services_for("h3"), vec!["c"]);
     }
 
+    // Property tests: the parser is a trust boundary, so it is fuzzed on every
+    // `cargo test` (a coverage-guided target for cargo-fuzz lives in fuzz/).
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Arbitrary text never panics, and whatever is accepted names only valid
+            /// services and hosts.
+            #[test]
+            fn arbitrary_text(s in "\\PC{0,200}") {
+                if let Ok(c) = parse(&s) {
+                    prop_assert!(!c.targets.is_empty());
+                    for t in &c.targets {
+                        prop_assert!(crate::service::validate_name(&t.service).is_ok());
+                        if let Some(h) = &t.host {
+                            prop_assert!(validate_host(h).is_ok());
+                        }
+                    }
+                }
+            }
+
+            /// Arbitrary bytes (as PostgreSQL would deliver them, lossily decoded).
+            #[test]
+            fn arbitrary_bytes(v in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let _ = parse(&String::from_utf8_lossy(&v));
+            }
+
+            /// Near-miss commands: a real verb followed by anything.
+            #[test]
+            fn verbs_with_noise(verb in "(start|stop|restart|signal|START)", rest in "[ -~]{0,120}") {
+                let _ = parse(&format!("{verb} {rest}"));
+            }
+
+            /// JSON objects with arbitrary keys and values: only the known keys pass.
+            #[test]
+            fn arbitrary_json(
+                keys in proptest::collection::vec("[a-z]{1,8}", 0..6),
+                vals in proptest::collection::vec("[ -~]{0,20}", 0..6),
+            ) {
+                let mut obj = serde_json::Map::new();
+                for (k, v) in keys.iter().zip(vals.iter()) {
+                    obj.insert(k.clone(), serde_json::Value::String(v.clone()));
+                }
+                let text = serde_json::Value::Object(obj.clone()).to_string();
+                if parse(&text).is_ok() {
+                    let allowed = ["action", "service", "services", "host", "signal"];
+                    prop_assert!(obj.keys().all(|k| allowed.contains(&k.as_str())));
+                }
+            }
+
+            /// Well-formed text commands parse to exactly what was written.
+            #[test]
+            fn valid_text_round_trips(
+                action in "(start|stop|restart)",
+                names in proptest::collection::vec("[A-Za-z0-9][A-Za-z0-9._-]{0,20}", 1..6),
+                host in proptest::option::of("[a-z][a-z0-9-]{0,12}"),
+            ) {
+                let words: Vec<String> = names
+                    .iter()
+                    .map(|n| match &host {
+                        Some(h) => format!("{n}@{h}"),
+                        None => n.clone(),
+                    })
+                    .collect();
+                let c = parse(&format!("{action} {}", words.join(" "))).unwrap();
+                prop_assert_eq!(c.action.to_string(), action);
+                let got: Vec<&str> = c.targets.iter().map(|t| t.service.as_str()).collect();
+                let want: Vec<&str> = names.iter().map(String::as_str).collect();
+                prop_assert_eq!(got, want);
+                prop_assert!(c.targets.iter().all(|t| t.host == host));
+            }
+
+            /// Signature checking never panics on arbitrary envelopes.
+            #[test]
+            fn arbitrary_envelopes(s in "sig1 [0-9-]{0,12} [0-9a-fA-F]{0,70} \\PC{0,40}") {
+                let key = crate::pg::auth::Key::load_bytes(b"0123456789abcdef");
+                let mut seen = crate::pg::auth::Replays::default();
+                let _ = crate::pg::auth::verify(&key, &s, 0, &mut seen);
+            }
+        }
+    }
+
     #[test]
     fn quoting_is_bounded_and_escaped() {
         assert_eq!(quote("a\nb"), "\"a\\nb\"");

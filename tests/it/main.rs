@@ -2,5 +2,6 @@
 //! real processes and real signals. One test crate with modules keeps link time down.
 
 mod bad_input;
+mod daemon;
 mod lifecycle;
 mod util;

@@ -96,9 +96,15 @@ impl Env {
         self.home().join("logs").join(format!("{name}.log"))
     }
 
-    /// The pid written in the daemon lock file, if a daemon holds the lock.
+    /// The pid written in the daemon lock file, if a daemon holds the lock (a pid left
+    /// in the file by a dead daemon may belong to another process by now).
     pub fn daemon_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.home().join("daemon.lock")).ok()?;
+        let lock = self.home().join("daemon.lock");
+        let file = std::fs::File::open(&lock).ok()?;
+        if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock).is_ok() {
+            return None;
+        }
+        let text = std::fs::read_to_string(&lock).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
         alive(pid).then_some(pid)
     }
