@@ -350,7 +350,11 @@ impl Ctx {
                     })?;
                 }
                 drop(sup);
-                let s = crate::daemon::start_background(home, &overrides_argv(&overrides))?;
+                let s = crate::daemon::start_background(
+                    home,
+                    &overrides_argv(&overrides),
+                    overrides.url.as_deref(),
+                )?;
                 writeln!(
                     out,
                     "daemon: started (pid {}); log: {}",
@@ -456,7 +460,8 @@ fn overrides_argv(o: &crate::pg::Overrides) -> Vec<String> {
             argv.push(v);
         }
     };
-    push("--postgres", o.url.clone());
+    // The URL goes through the environment (see `start_background`): it may hold a
+    // password, and any user can read a process's arguments.
     push("--channel", o.channel.clone());
     push("--host-id", o.host_id.clone());
     push(

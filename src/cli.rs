@@ -113,7 +113,13 @@ pub struct DaemonArgs {
 #[derive(Debug, Args, Default)]
 pub struct PgArgs {
     /// PostgreSQL URL (default: config postgres.url). sslmode=disable|prefer|require.
-    #[arg(long = "postgres", value_name = "URL")]
+    /// The environment variable keeps a password out of the process list.
+    #[arg(
+        long = "postgres",
+        value_name = "URL",
+        env = "TEND_POSTGRES_URL",
+        hide_env_values = true
+    )]
     pub url: Option<String>,
     /// NOTIFY channel (default: config postgres.channel, else "tend").
     #[arg(long, value_name = "CHANNEL")]

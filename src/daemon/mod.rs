@@ -83,6 +83,9 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     let spawn_lock = Arc::new(Mutex::new(()));
     let mut sup = Supervisor::open(home.clone())?.for_daemon(spawn_lock.clone());
     let pg_settings = crate::pg::Settings::resolve(&mut sup, &pg)?;
+    // Read once; the services this daemon starts must not inherit a password. No other
+    // thread exists yet, so changing the environment is safe.
+    std::env::remove_var("TEND_POSTGRES_URL");
     let pg_key = match &pg_settings {
         Some(s) => s.key()?,
         None => None,
@@ -867,8 +870,13 @@ impl Rotation {
 }
 
 /// `tend daemon`: starts the daemon in the background and returns once it answers.
-/// `extra` are arguments passed on to `tend daemon --foreground` (PostgreSQL flags).
-pub fn start_background(home: &Home, extra: &[String]) -> Result<DaemonStatus> {
+/// `extra` are arguments passed on to `tend daemon --foreground` (PostgreSQL flags);
+/// `pg_url` travels in `TEND_POSTGRES_URL`, which only the user can read.
+pub fn start_background(
+    home: &Home,
+    extra: &[String],
+    pg_url: Option<&str>,
+) -> Result<DaemonStatus> {
     if let Some(Response::Status(s)) = client::request(home, Action::Status)? {
         return Err(Error::DaemonRunning {
             home: home.root().to_path_buf(),
@@ -888,7 +896,15 @@ pub fn start_background(home: &Home, extra: &[String]) -> Result<DaemonStatus> {
         "--foreground".to_string(),
     ];
     argv.extend_from_slice(extra);
-    let env = crate::process::spawn::merged_env(std::iter::empty());
+    let url_var = (
+        "TEND_POSTGRES_URL".to_string(),
+        pg_url.unwrap_or_default().to_string(),
+    );
+    let mut env = crate::process::spawn::merged_env(std::iter::empty());
+    env.retain(|(k, _)| k != &url_var.0);
+    if pg_url.is_some() {
+        env.push(url_var);
+    }
     let cmd = crate::process::spawn::Command::prepare(&crate::process::spawn::Spec {
         argv: &argv,
         cwd: home.root(),

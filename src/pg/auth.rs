@@ -4,13 +4,14 @@
 //! configured the daemon only obeys payloads of the form
 //!
 //! ```text
-//! sig1 <unix seconds> <64 hex digits> <payload>
+//! sig1 <unix seconds> <nonce> <64 hex digits> <payload>
 //! ```
 //!
-//! where the hex digits are HMAC-SHA256(key, "sig1 <unix seconds> <payload>"). A payload
-//! whose time is more than [`WINDOW`] away from the daemon's clock is stale; one whose
-//! signature was already seen within the window is a replay. Both are refused, as is
-//! anything unsigned or mis-signed.
+//! where the hex digits are HMAC-SHA256(key, "sig1 <unix seconds> <nonce> <payload>")
+//! and the nonce is 16 random hex digits, so that the same command sent twice in one
+//! second is two different messages. A payload whose time is more than [`WINDOW`] away
+//! from the daemon's clock is stale; one whose signature was already seen within the
+//! window is a replay. Both are refused, as is anything unsigned or mis-signed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,7 +40,7 @@ pub enum AuthError {
     Malformed,
     #[error("bad signature")]
     BadSignature,
-    #[error("stale: signed {age} s from now (window {WINDOW} s)")]
+    #[error("stale: signed {} s {} (window {WINDOW} s)", age.abs(), if *age >= 0 { "ago" } else { "in the future" })]
     Stale { age: i64 },
     #[error("replayed payload")]
     Replay,
@@ -65,18 +66,24 @@ impl Key {
         Key(bytes.to_vec())
     }
 
-    fn mac(&self, ts: i64, payload: &str) -> Hmac<Sha256> {
+    fn mac(&self, ts: i64, nonce: &str, payload: &str) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key size");
-        mac.update(format!("{PREFIX} {ts} ").as_bytes());
+        mac.update(format!("{PREFIX} {ts} {nonce} ").as_bytes());
         mac.update(payload.as_bytes());
         mac
     }
 
-    /// Wraps `payload` in a signed envelope for time `now` (unix seconds).
-    pub fn sign(&self, payload: &str, now: i64) -> String {
-        let tag = self.mac(now, payload).finalize().into_bytes();
-        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{PREFIX} {now} {hex} {payload}")
+    /// Wraps `payload` in a signed envelope for time `now` (unix seconds) with a fresh
+    /// random nonce.
+    pub fn sign(&self, payload: &str, now: i64) -> std::io::Result<String> {
+        let mut bytes = [0u8; 8];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        Ok(self.sign_with_nonce(payload, now, &hex(&bytes)))
+    }
+
+    fn sign_with_nonce(&self, payload: &str, now: i64, nonce: &str) -> String {
+        let tag = self.mac(now, nonce, payload).finalize().into_bytes();
+        format!("{PREFIX} {now} {nonce} {} {payload}", hex(&tag))
     }
 }
 
@@ -91,7 +98,7 @@ pub fn verify<'a>(
     now: i64,
     seen: &mut Replays,
 ) -> Result<&'a str, AuthError> {
-    let mut parts = signed.trim_start().splitn(4, ' ');
+    let mut parts = signed.trim_start().splitn(5, ' ');
     if parts.next() != Some(PREFIX) {
         return Err(AuthError::Unsigned);
     }
@@ -99,10 +106,14 @@ pub fn verify<'a>(
         .next()
         .and_then(|t| t.parse().ok())
         .ok_or(AuthError::Malformed)?;
+    let nonce = parts
+        .next()
+        .filter(|n| n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or(AuthError::Malformed)?;
     let hex = parts.next().ok_or(AuthError::Malformed)?;
     let payload = parts.next().ok_or(AuthError::Malformed)?;
     let tag = decode_hex(hex).ok_or(AuthError::Malformed)?;
-    key.mac(ts, payload)
+    key.mac(ts, nonce, payload)
         .verify_slice(&tag)
         .map_err(|_| AuthError::BadSignature)?;
     let age = now - ts;
@@ -114,6 +125,10 @@ pub fn verify<'a>(
         return Err(AuthError::Replay);
     }
     Ok(payload)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
@@ -137,10 +152,14 @@ mod tests {
     #[test]
     fn round_trip() {
         let k = key();
-        let signed = k.sign("restart web", 1000);
+        let signed = k.sign("restart web", 1000).unwrap();
         let mut seen = Replays::default();
         assert_eq!(verify(&k, &signed, 1010, &mut seen), Ok("restart web"));
         assert_eq!(verify(&k, &signed, 1010, &mut seen), Err(AuthError::Replay));
+        // The same command signed again in the same second is a new message.
+        let again = k.sign("restart web", 1000).unwrap();
+        assert_ne!(again, signed);
+        assert_eq!(verify(&k, &again, 1010, &mut seen), Ok("restart web"));
     }
 
     #[test]
@@ -151,17 +170,25 @@ mod tests {
             verify(&k, "restart web", 0, &mut seen),
             Err(AuthError::Unsigned)
         );
-        let signed = k.sign("restart web", 1000);
+        let signed = k.sign_with_nonce("restart web", 1000, "0123456789abcdef");
         assert_eq!(
             verify(&k, &signed, 1000 + WINDOW + 1, &mut seen),
             Err(AuthError::Stale { age: WINDOW + 1 })
+        );
+        assert_eq!(
+            AuthError::Stale { age: -40 }.to_string(),
+            "stale: signed 40 s in the future (window 30 s)"
         );
         let forged = signed.replace("restart web", "stop web");
         assert_eq!(
             verify(&k, &forged, 1000, &mut seen),
             Err(AuthError::BadSignature)
         );
-        let other = Key(b"another key of enough length".to_vec()).sign("restart web", 1000);
+        let other = Key(b"another key of enough length".to_vec()).sign_with_nonce(
+            "restart web",
+            1000,
+            "0123456789abcdef",
+        );
         assert_eq!(
             verify(&k, &other, 1000, &mut seen),
             Err(AuthError::BadSignature)
@@ -174,6 +201,12 @@ mod tests {
         );
         assert_eq!(
             verify(&k, "sig1 x y z", 0, &mut seen),
+            Err(AuthError::Malformed)
+        );
+        // A nonce is required.
+        let no_nonce = signed.replacen(" 0123456789abcdef", "", 1);
+        assert_eq!(
+            verify(&k, &no_nonce, 1000, &mut seen),
             Err(AuthError::Malformed)
         );
     }

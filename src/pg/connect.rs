@@ -27,6 +27,7 @@ pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+    let mut pinned = Vec::new();
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| {
             format!(
@@ -35,15 +36,14 @@ pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
                 crate::error::io_reason(&e)
             )
         })?;
-        let mut found = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
             roots
-                .add(cert)
+                .add(cert.clone())
                 .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            found += 1;
+            pinned.push(cert);
         }
-        if found == 0 {
+        if pinned.is_empty() {
             return Err(format!(
                 "CA file {}: no PEM certificate in it",
                 path.display()
@@ -51,12 +51,99 @@ pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("TLS setup: {e}"))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Verifier { webpki, pinned }))
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
+}
+
+/// The standard WebPKI verification, plus one case it refuses: a server presenting
+/// exactly a certificate from `--ca-file`. That is the usual self-signed server
+/// certificate (PostgreSQL's documentation makes one with `openssl req -x509`, which marks
+/// it a CA), and WebPKI will not accept a CA certificate as the server's own. Trusting
+/// the file's certificate byte for byte is what the person asked for; the server name
+/// must still match it.
+#[derive(Debug)]
+struct Verifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// The errors WebPKI gives for a self-signed certificate presented as the server's own:
+/// it is a CA (OpenSSL's default for `req -x509`), or has no issuer in the store.
+fn refused_as_anchor(e: &rustls::Error) -> bool {
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => true,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => matches!(
+            other.0.downcast_ref::<webpki::Error>(),
+            Some(webpki::Error::CaUsedAsEndEntity)
+        ),
+        _ => false,
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Ok(v) => Ok(v),
+            Err(e)
+                if refused_as_anchor(&e)
+                    && self
+                        .pinned
+                        .iter()
+                        .any(|c| c.as_ref() == end_entity.as_ref()) =>
+            {
+                let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| e)?;
+                cert.verify_is_valid_for_subject_name(server_name)
+                    .map_err(|_| {
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                    })?;
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// Parses the URL, fills in the password from `PGPASSWORD` or the pgpass file when the

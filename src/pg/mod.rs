@@ -134,7 +134,11 @@ pub fn validate_host_id(h: &str) -> std::result::Result<(), String> {
 /// Sends one NOTIFY (signed when a key is configured): what `tend notify` does.
 pub fn notify(settings: &Settings, payload: &str) -> Result<()> {
     let body = match settings.key()? {
-        Some(key) => key.sign(payload, crate::store::now_ms() / 1000),
+        Some(key) => key
+            .sign(payload, crate::store::now_ms() / 1000)
+            .map_err(|e| Error::Postgres {
+                message: format!("cannot read random bytes for the nonce: {e}"),
+            })?,
         None => payload.to_string(),
     };
     if body.len() >= payload::MAX_PAYLOAD {

@@ -4,4 +4,5 @@
 mod bad_input;
 mod daemon;
 mod lifecycle;
+mod postgres;
 mod util;
