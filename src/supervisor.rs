@@ -441,7 +441,7 @@ impl Supervisor {
                     .read(|tx| tx.instance(id))?
                     .is_some_and(|i| i.pid == inst.pid && i.start_time == inst.start_time)
             {
-                std::thread::sleep(Duration::from_micros(500));
+                std::thread::sleep(Duration::from_micros(100));
             }
         }
         self.store.write(|tx| {

@@ -153,6 +153,11 @@ pub fn group_alive(pgid: i32) -> bool {
         else {
             continue;
         };
+        // getpgid is one cheap syscall; reading /proc/PID/stat is an open, a read and a
+        // close. Only members of the group get the closer look.
+        if nix::unistd::getpgid(Some(Pid::from_raw(pid))) != Ok(Pid::from_raw(pgid)) {
+            continue;
+        }
         if let Ok(Some(s)) = stat(pid) {
             if s.pgrp == pgid && !s.exited() {
                 return true;

@@ -142,7 +142,9 @@ fn wait_gone(t: &Target, pidfd: Option<&OwnedFd>, deadline: Instant, boot: &str)
         std::thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(20));
     }
-    // Then the rest of the group (helpers the service forked).
+    // Then the rest of the group (helpers the service forked). `group_alive` tells
+    // live members from zombies, since the leader stays a zombie until its parent
+    // (init, or the daemon) reaps it.
     let mut pause = Duration::from_micros(200);
     loop {
         if !identity::group_alive(t.pgid) {

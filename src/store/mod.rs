@@ -25,6 +25,10 @@ pub use schema::latest as schema_version;
 
 /// How long one statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// WAL size past which a committer checkpoints and truncates it (about 30 pages: the
+/// checkpoint's fsyncs every few commits cost less than re-reading a longer WAL on
+/// every open).
+const WAL_LIMIT: u64 = 128 * 1024;
 /// How many times a whole transaction is tried when it still meets contention.
 const ATTEMPTS: u32 = 3;
 
@@ -193,6 +197,28 @@ impl Store {
             wrapped.0.commit().map_err(|e| db_err(&path, e))?;
             Ok(value)
         })
+        .inspect(|_| {
+            if matches!(behavior, TransactionBehavior::Immediate) {
+                self.keep_wal_short();
+            }
+        })
+    }
+
+    /// Every CLI call is the first connection to open the database, and the first opener
+    /// rebuilds the WAL index by reading every frame in the WAL. It also cannot know
+    /// that those frames were checkpointed already, so SQLite's automatic checkpoints
+    /// never let a one-commit-per-process WAL start over: it grew without bound and
+    /// reading it became most of a `tend start`. So once the WAL passes [`WAL_LIMIT`],
+    /// the committer checkpoints it and truncates it to nothing (one fsync, every few
+    /// dozen commits). Contention is not an error: someone else will do it.
+    fn keep_wal_short(&mut self) {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT) {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
     }
 }
 
