@@ -352,73 +352,40 @@ impl Tx<'_> {
 
     pub fn insert_service(&self, s: &Service) -> Result<i64> {
         let raw = RawService::from_service(s)?;
-        let mut stmt = self
-            .0
-            .prepare_cached(
-                "INSERT INTO services (name, argv, cwd, stdin, stdout, stderr, env, stop_signal, \
-                 stop_timeout_ms, restart, created_at, updated_at, autostart, restart_delay_ms, \
-                 start_limit, start_limit_interval_ms, log_max_bytes) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                 ?17)",
-            )
-            .map_err(|e| self.err(e))?;
-        stmt.execute(params![
-            raw.name,
-            raw.argv,
-            raw.cwd,
-            raw.stdin,
-            raw.stdout,
-            raw.stderr,
-            raw.env,
-            raw.stop_signal,
-            raw.stop_timeout_ms,
-            raw.restart,
-            raw.created_at,
-            raw.updated_at,
-            raw.autostart,
-            raw.restart_delay_ms,
-            raw.start_limit,
-            raw.start_limit_interval_ms,
-            raw.log_max_bytes
-        ])
-        .map_err(|e| match e.sqlite_error_code() {
-            Some(ErrorCode::ConstraintViolation) => Error::AlreadyExists(s.name.clone()),
-            _ => self.err(e),
-        })?;
+        let sql = format!(
+            "INSERT INTO services (name, created_at, {}) VALUES (?1, ?2, {})",
+            RawService::COLUMNS.join(", "),
+            (3..3 + RawService::COLUMNS.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&raw.name, &raw.created_at];
+        values.extend(raw.values());
+        self.0
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| stmt.execute(values.as_slice()))
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(ErrorCode::ConstraintViolation) => Error::AlreadyExists(s.name.clone()),
+                _ => self.err(e),
+            })?;
         Ok(self.0.last_insert_rowid())
     }
 
     pub fn update_service(&self, id: i64, s: &Service) -> Result<()> {
         let raw = RawService::from_service(s)?;
-        self.0
-            .prepare_cached(
-                "UPDATE services SET argv = ?2, cwd = ?3, stdin = ?4, stdout = ?5, stderr = ?6, \
-                 env = ?7, stop_signal = ?8, stop_timeout_ms = ?9, restart = ?10, \
-                 updated_at = ?11, autostart = ?12, restart_delay_ms = ?13, start_limit = ?14, \
-                 start_limit_interval_ms = ?15, log_max_bytes = ?16 WHERE id = ?1",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    id,
-                    raw.argv,
-                    raw.cwd,
-                    raw.stdin,
-                    raw.stdout,
-                    raw.stderr,
-                    raw.env,
-                    raw.stop_signal,
-                    raw.stop_timeout_ms,
-                    raw.restart,
-                    raw.updated_at,
-                    raw.autostart,
-                    raw.restart_delay_ms,
-                    raw.start_limit,
-                    raw.start_limit_interval_ms,
-                    raw.log_max_bytes
-                ])
-            })
-            .map(drop)
-            .map_err(|e| self.err(e))
+        let sql = format!(
+            "UPDATE services SET {} WHERE id = ?1",
+            RawService::COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ?{}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&id];
+        values.extend(raw.values());
+        self.exec(&sql, values.as_slice())
     }
 
     pub fn delete_service(&self, id: i64) -> Result<()> {
@@ -661,6 +628,46 @@ fn from_ms(v: i64) -> Duration {
 }
 
 impl RawService {
+    /// The columns a definition writes (all but id, name and created_at), in the order
+    /// of [`RawService::values`].
+    const COLUMNS: [&'static str; 15] = [
+        "argv",
+        "cwd",
+        "stdin",
+        "stdout",
+        "stderr",
+        "env",
+        "stop_signal",
+        "stop_timeout_ms",
+        "restart",
+        "updated_at",
+        "autostart",
+        "restart_delay_ms",
+        "start_limit",
+        "start_limit_interval_ms",
+        "log_max_bytes",
+    ];
+
+    fn values(&self) -> [&dyn rusqlite::ToSql; 15] {
+        [
+            &self.argv,
+            &self.cwd,
+            &self.stdin,
+            &self.stdout,
+            &self.stderr,
+            &self.env,
+            &self.stop_signal,
+            &self.stop_timeout_ms,
+            &self.restart,
+            &self.updated_at,
+            &self.autostart,
+            &self.restart_delay_ms,
+            &self.start_limit,
+            &self.start_limit_interval_ms,
+            &self.log_max_bytes,
+        ]
+    }
+
     fn from_row(r: &rusqlite::Row) -> rusqlite::Result<RawService> {
         Ok(RawService {
             id: r.get(0)?,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -38,21 +38,6 @@ fn unique() -> u32 {
 /// A channel no other test (in this or another test process) listens on.
 fn new_channel() -> String {
     format!("t_{}_{}", std::process::id(), unique())
-}
-
-/// Polls `cond` every 20 ms (each poll usually runs a `tend` or `psql` process) until it
-/// holds or `deadline` passes.
-fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A string as an SQL literal (standard_conforming_strings is on since PostgreSQL 9.1).
@@ -197,7 +182,7 @@ fn pg_status(env: &Env) -> Value {
 /// Waits until the daemon's `postgres` status satisfies `cond`; returns it.
 fn wait_pg(env: &Env, deadline: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
-    let ok = wait_for(deadline, || {
+    let ok = wait_until(deadline, || {
         last = pg_status(env);
         cond(&last)
     });
@@ -242,7 +227,7 @@ fn of_kind(env: &Env, kind: &str) -> Vec<Ev> {
 /// Waits until there are `n` `rejected` events; returns the last one.
 fn wait_rejected(env: &Env, n: usize) -> Ev {
     let mut got = Vec::new();
-    let ok = wait_for(LONG, || {
+    let ok = wait_until(LONG, || {
         got = of_kind(env, "rejected");
         got.len() >= n
     });
@@ -258,7 +243,7 @@ fn wait_rejected(env: &Env, n: usize) -> Ev {
 /// Waits for a running instance of `name` whose pid differs from `old`; returns it.
 fn wait_new_pid(env: &Env, name: &str, old: i32) -> i32 {
     let mut new = None;
-    let ok = wait_for(LONG, || {
+    let ok = wait_until(LONG, || {
         new = env.pid(name).filter(|&p| p != old && alive(p));
         new.is_some()
     });
@@ -273,7 +258,7 @@ fn wait_new_pid(env: &Env, name: &str, old: i32) -> i32 {
 
 /// Waits until `name` has no running instance and `old` is gone.
 fn wait_stopped(env: &Env, name: &str, old: i32) {
-    let ok = wait_for(LONG, || env.pid(name).is_none() && !alive(old));
+    let ok = wait_until(LONG, || env.pid(name).is_none() && !alive(old));
     assert!(
         ok,
         "{name} was not stopped; events: {:#?}\ndaemon.log:\n{}",
@@ -289,7 +274,7 @@ fn wait_stopped(env: &Env, name: &str, old: i32) {
 fn fence(env: &Env, pg: &Pg) {
     let name = format!("fence-{}", unique());
     pg.notify(&format!("start {name}"));
-    let ok = wait_for(LONG, || {
+    let ok = wait_until(LONG, || {
         of_kind(env, "rejected").iter().any(|e| e.service == name)
     });
     assert!(
@@ -611,7 +596,7 @@ fn host_targeting() {
     wait_stopped(&env, "web", pid);
 
     pg.pg_notify(r#"{"action":"start","service":"web","host":"h1"}"#);
-    let ok = wait_for(LONG, || env.pid("web").is_some_and(alive));
+    let ok = wait_until(LONG, || env.pid("web").is_some_and(alive));
     assert!(ok, "JSON start for h1 not obeyed: {:#?}", events(&env));
 }
 
@@ -704,7 +689,7 @@ fn signal_action() {
     let pid = env.pid("web").unwrap();
     let log = env.log_path("web");
     assert!(
-        wait_for(LONG, || read(&log).contains("ready")),
+        wait_until(LONG, || read(&log).contains("ready")),
         "the trap is set before any HUP is sent"
     );
     start_listening(&env, &pg.daemon_args());
@@ -712,7 +697,7 @@ fn signal_action() {
 
     let backend = pg.notify("signal web HUP");
     assert!(
-        wait_for(LONG, || hups() == 1),
+        wait_until(LONG, || hups() == 1),
         "no HUP seen: {:?}\n{:#?}",
         read(&log),
         events(&env)
@@ -727,10 +712,10 @@ fn signal_action() {
     );
 
     pg.pg_notify(r#"{"action":"signal","service":"web","signal":"SIGHUP"}"#);
-    assert!(wait_for(LONG, || hups() == 2), "{:?}", read(&log));
+    assert!(wait_until(LONG, || hups() == 2), "{:?}", read(&log));
 
     env.ok(&["signal", "HUP", "web"]);
-    assert!(wait_for(LONG, || hups() == 3), "{:?}", read(&log));
+    assert!(wait_until(LONG, || hups() == 3), "{:?}", read(&log));
     assert_eq!(env.pid("web"), Some(pid));
     assert!(alive(pid));
 }
@@ -973,7 +958,7 @@ fn tls_scenario(certs: &Path, ca: &Path) {
     // Whether the daemon's connection uses TLS ("t"/"f"), once it is the only one.
     let daemon_ssl = |want: &str| {
         let mut got = String::new();
-        let ok = wait_for(LONG, || {
+        let ok = wait_until(LONG, || {
             got = psql(
                 &admin.url,
                 &[
@@ -1216,7 +1201,7 @@ fn signed_notify_repeated_quickly() {
             key_path,
         ]);
     }
-    let ok = wait_for(LONG, || {
+    let ok = wait_until(LONG, || {
         let evs = events(&env);
         let done = |k: &str| evs.iter().filter(|e| e.kind == k).count();
         done("notify") + done("rejected") >= 3
