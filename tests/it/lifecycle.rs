@@ -197,15 +197,36 @@ fn recycled_pid_is_never_signalled() {
     kill_group(pgid);
     assert!(wait_until(LONG, || group_members(pgid).is_empty()));
 
-    // An unrelated live process in a group of its own.
+    // An unrelated live process in a group of its own. A recycled PID always belongs to
+    // a process created later than the original (the PID space must wrap first), so its
+    // start time differs; start times count 10 ms clock ticks, so make sure this one
+    // was not created within the service's tick.
     use std::os::unix::process::CommandExt;
-    let stranger = KillOnDrop(
-        std::process::Command::new("sleep")
-            .arg("600")
-            .process_group(0)
-            .spawn()
-            .unwrap(),
-    );
+    let service_start: u64 = {
+        let conn = rusqlite::Connection::open(env.db()).unwrap();
+        let t: i64 = conn
+            .query_row("SELECT start_time FROM instances", [], |r| r.get(0))
+            .unwrap();
+        t as u64
+    };
+    let mut stranger;
+    loop {
+        stranger = KillOnDrop(
+            std::process::Command::new("sleep")
+                .arg("600")
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        );
+        let start: u64 = stat_field(stranger.0.id() as i32, 19)
+            .unwrap()
+            .parse()
+            .unwrap();
+        if start != service_start {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let spid = stranger.0.id() as i32;
     let conn = rusqlite::Connection::open(env.db()).unwrap();
     let n = conn
