@@ -19,12 +19,13 @@
 //!
 //! Everything runs in a temporary state home and is stopped at the end.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{alive, Tend};
+
 fn main() {
-    let bin = tend_binary();
+    let t = Tend::new();
     let n: usize = env_num("TEND_BENCH_N", 200);
     let idle_secs: u64 = env_num("TEND_BENCH_IDLE_SECS", 60);
     let services: usize = env_num("TEND_BENCH_SERVICES", 1000);
@@ -34,16 +35,9 @@ fn main() {
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim(),
-        bin.display()
+        t.bin.display()
     );
-
-    let home = tempfile::tempdir().expect("temporary home");
-    let t = Tend {
-        bin: bin.clone(),
-        home: home.path().to_path_buf(),
-    };
     t.run(&["daemon"]);
-    let guard = Cleanup(&t);
 
     // 1a. Default policy.
     t.run(&["add", "dflt", "--", "sleep", "1000000"]);
@@ -113,13 +107,12 @@ fn main() {
         "targets: restart <= 3 ms with zero backoff; idle RSS <= 8 MB and idle CPU <= 0.05 s \
          per minute with 1,000 services"
     );
-    drop(guard);
 }
 
 /// SIGKILLs the service's process and waits until a new instance is recorded and alive.
 fn crash_to_restart(t: &Tend, name: &str) -> Duration {
     let db = rusqlite::Connection::open_with_flags(
-        t.home.join("tend.db"),
+        t.home.path().join("tend.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open the database");
@@ -157,9 +150,16 @@ fn crash_to_restart(t: &Tend, name: &str) -> Duration {
     }
 }
 
+/// The daemon's pid, from `tend daemon status --json`.
+fn daemon_pid(t: &Tend) -> i32 {
+    let out = t.run(&["daemon", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    v["pid"].as_i64().expect("daemon pid") as i32
+}
+
 /// The daemon's CPU time, context switches and RSS over `secs` of doing nothing.
 fn idle(t: &Tend, secs: u64) -> String {
-    let pid = t.daemon_pid();
+    let pid = daemon_pid(t);
     // Let the start-up and adoption work finish before measuring.
     std::thread::sleep(Duration::from_secs(2));
     let (cpu0, sw0) = (cpu_ticks(pid), switches(pid));
@@ -197,66 +197,6 @@ fn status_kb(pid: i32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
-        })
-        .unwrap_or(false)
-}
-
-struct Tend {
-    bin: PathBuf,
-    home: PathBuf,
-}
-
-impl Tend {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.bin)
-            .arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env_remove("TEND_HOME")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tend");
-        assert!(
-            out.status.success(),
-            "tend {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn daemon_pid(&self) -> i32 {
-        let out = self.run(&["daemon", "status", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
-        v["pid"].as_i64().expect("daemon pid") as i32
-    }
-}
-
-/// Stops every service and the daemon, whatever happened.
-struct Cleanup<'a>(&'a Tend);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.0.bin)
-            .arg("--home")
-            .arg(&self.0.home)
-            .args(["daemon", "stop", "--all"])
-            .stdout(Stdio::null())
-            .status();
-        let _ = Command::new(&self.0.bin)
-            .arg("--home")
-            .arg(&self.0.home)
-            .args(["stop", "--all"])
-            .stdout(Stdio::null())
-            .status();
-    }
-}
-
 struct Stats(Vec<Duration>);
 
 impl Stats {
@@ -291,11 +231,4 @@ fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
             .unwrap_or_else(|_| panic!("{key} must be a number, got {v:?}")),
         Err(_) => default,
     }
-}
-
-/// The tend binary cargo built for this bench (the release profile), or `TEND_BIN`.
-fn tend_binary() -> PathBuf {
-    std::env::var_os("TEND_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tend")))
 }

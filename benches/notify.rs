@@ -15,9 +15,10 @@
 //! `postgres://postgres@127.0.0.1:5432/test`), `TEND_BENCH_N` (samples, default 200),
 //! `TEND_BIN`.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{alive, Tend};
 
 fn main() {
     let url = std::env::var("TEND_BENCH_DATABASE_URL")
@@ -27,31 +28,12 @@ fn main() {
         .ok()
         .map(|v| v.parse().expect("TEND_BENCH_N must be a number"))
         .unwrap_or(200);
-    let bin = std::env::var_os("TEND_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tend")));
     let channel = format!("tend_bench_{}", std::process::id());
 
-    let home = tempfile::tempdir().expect("temporary home");
-    let tend = |args: &[&str]| {
-        let out = Command::new(&bin)
-            .arg("--home")
-            .arg(home.path())
-            .args(args)
-            .env_remove("TEND_HOME")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tend");
-        assert!(
-            out.status.success(),
-            "tend {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let t = Tend::new();
+    let tend = |args: &[&str]| t.run(args);
     tend(&["add", "svc", "--", "sleep", "1000000"]);
     tend(&["daemon", "--postgres", &url, "--channel", &channel]);
-    let _cleanup = Cleanup(bin.clone(), home.path().to_path_buf());
     tend(&["start", "svc"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !tend(&["daemon", "status", "--json"]).contains("\"state\": \"connected\"") {
@@ -72,7 +54,7 @@ fn main() {
             .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
         tokio::spawn(connection);
         let db = rusqlite::Connection::open_with_flags(
-            home.path().join("tend.db"),
+            t.home.path().join("tend.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .expect("open tend.db");
@@ -118,31 +100,4 @@ fn main() {
         s.len()
     );
     println!("target: median <= 5 ms");
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
-        })
-        .unwrap_or(false)
-}
-
-/// Stops the service and the daemon, whatever happened.
-struct Cleanup(PathBuf, PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for args in [&["daemon", "stop", "--all"][..], &["stop", "--all"][..]] {
-            let _ = Command::new(&self.0)
-                .arg("--home")
-                .arg(&self.1)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
 }

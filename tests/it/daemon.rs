@@ -90,26 +90,6 @@ fn state(env: &Env, name: &str) -> String {
         .to_string()
 }
 
-fn daemon_log(env: &Env) -> String {
-    read(&env.home().join("daemon.log"))
-}
-
-/// Waits for a running instance whose pid differs from `old`; returns it.
-fn wait_new_pid(env: &Env, name: &str, old: i32) -> i32 {
-    let mut new = None;
-    let ok = wait_until(LONG, || {
-        new = env.pid(name).filter(|&p| p != old && alive(p));
-        new.is_some()
-    });
-    assert!(
-        ok,
-        "{name} was not restarted; events: {:?}\ndaemon.log:\n{}",
-        events(env, name),
-        daemon_log(env)
-    );
-    new.unwrap()
-}
-
 /// Number of `STARTED` markers in the service's log: how many times it was started.
 fn started_markers(env: &Env, name: &str) -> usize {
     read(&env.log_path(name)).matches("STARTED pid=").count()
@@ -234,7 +214,7 @@ fn crash_is_restarted() {
     let pid = env.pid("web").unwrap();
 
     signal(pid, libc::SIGKILL);
-    let new = wait_new_pid(&env, "web", pid);
+    let new = env.wait_new_pid("web", pid);
     assert!(alive(new));
     assert!(wait_until(LONG, || started_markers(&env, "web") == 2));
 
@@ -334,7 +314,7 @@ fn crash_loop_backs_off_then_fails() {
         wait_until(LONG, || state(&env, "crash") == "failed"),
         "{:?}\ndaemon.log:\n{}",
         events(&env, "crash"),
-        daemon_log(&env)
+        env.daemon_log()
     );
     let ev = events(&env, "crash");
     let failed: Vec<_> = ev.iter().filter(|(k, _)| k == "failed").collect();
@@ -463,7 +443,7 @@ fn killed_daemon_is_succeeded_by_adoption() {
 
     // An adopted service is not the daemon's child: its status cannot be known.
     signal(pids[1], libc::SIGKILL);
-    let new = wait_new_pid(&env, "b", pids[1]);
+    let new = env.wait_new_pid("b", pids[1]);
     assert!(alive(new));
     assert!(
         has_event(&env, "b", "exit", &format!("pid {}: unknown", pids[1])),
@@ -503,7 +483,7 @@ fn cli_started_services_are_adopted_or_restarted() {
     assert!(has_event(&env, "live", "adopted", &format!("pid {live}")));
     assert_eq!(started_markers(&env, "live"), 1);
 
-    let new = wait_new_pid(&env, "dead", dead);
+    let new = env.wait_new_pid("dead", dead);
     assert!(alive(new));
     let ev = events(&env, "dead");
     assert!(
@@ -548,9 +528,10 @@ fn stale_socket() {
     assert_eq!(env.tend(&["daemon", "status"]).code, 0);
     assert!(has_event(&env, "web", "adopted", &format!("pid {pid}")));
     assert!(
-        daemon_log(&env).contains("removed the socket of a previous daemon"),
+        env.daemon_log()
+            .contains("removed the socket of a previous daemon"),
         "{}",
-        daemon_log(&env)
+        env.daemon_log()
     );
 }
 
@@ -653,9 +634,10 @@ fn sigterm_exits_and_keeps_services() {
     assert!(alive(pid));
     assert_eq!(env.pid("web"), Some(pid));
     assert!(
-        daemon_log(&env).contains("daemon stopped; services keep running"),
+        env.daemon_log()
+            .contains("daemon stopped; services keep running"),
         "{}",
-        daemon_log(&env)
+        env.daemon_log()
     );
 
     let dpid2 = start_daemon(&env);
@@ -688,9 +670,9 @@ fn reload_and_sighup() {
 
     signal(dpid, libc::SIGHUP);
     assert!(
-        wait_until(LONG, || daemon_log(&env).contains("SIGHUP: reloading")),
+        wait_until(LONG, || env.daemon_log().contains("SIGHUP: reloading")),
         "{}",
-        daemon_log(&env)
+        env.daemon_log()
     );
     assert!(alive(dpid), "SIGHUP killed the daemon");
     let j = daemon_json(&env);
@@ -706,7 +688,7 @@ fn reload_and_sighup() {
 
     // Still watching the adopted one after the reloads: its death is noticed.
     signal(p_old, libc::SIGKILL);
-    let again = wait_new_pid(&env, "old", p_old);
+    let again = env.wait_new_pid("old", p_old);
     assert!(alive(again));
     assert!(has_event(
         &env,
@@ -760,9 +742,9 @@ fn log_rotation() {
         wait_until(LONG, || b1.exists() && size(&log) < 4096),
         "no rotation; log size {}\ndaemon.log:\n{}",
         size(&log),
-        daemon_log(&env)
+        env.daemon_log()
     );
-    assert!(daemon_log(&env).contains("rotated log"));
+    assert!(env.daemon_log().contains("rotated log"));
     assert!(!backups(4).exists(), "only 3 backups are kept");
     // Nothing is lost or duplicated: the backups and the file, oldest first, are exactly
     // the end of what the service wrote.
@@ -797,7 +779,7 @@ fn log_rotation() {
                 (n, text.len(), first, last)
             })
             .collect::<Vec<_>>(),
-        daemon_log(&env)
+        env.daemon_log()
     );
 }
 

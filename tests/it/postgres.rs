@@ -189,13 +189,9 @@ fn wait_pg(env: &Env, deadline: Duration, what: &str, cond: impl Fn(&Value) -> b
     assert!(
         ok,
         "postgres status never became {what}; last: {last}\ndaemon.log:\n{}",
-        daemon_log(env)
+        env.daemon_log()
     );
     last
-}
-
-fn daemon_log(env: &Env) -> String {
-    read(&env.home().join("daemon.log"))
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -234,26 +230,10 @@ fn wait_rejected(env: &Env, n: usize) -> Ev {
     assert!(
         ok,
         "expected {n} rejected events, got {got:#?}\ndaemon.log:\n{}",
-        daemon_log(env)
+        env.daemon_log()
     );
     assert_eq!(got.len(), n, "one payload, one rejection: {got:#?}");
     got.pop().unwrap()
-}
-
-/// Waits for a running instance of `name` whose pid differs from `old`; returns it.
-fn wait_new_pid(env: &Env, name: &str, old: i32) -> i32 {
-    let mut new = None;
-    let ok = wait_until(LONG, || {
-        new = env.pid(name).filter(|&p| p != old && alive(p));
-        new.is_some()
-    });
-    assert!(
-        ok,
-        "{name} was not restarted; events: {:#?}\ndaemon.log:\n{}",
-        events(env),
-        daemon_log(env)
-    );
-    new.unwrap()
 }
 
 /// Waits until `name` has no running instance and `old` is gone.
@@ -263,7 +243,7 @@ fn wait_stopped(env: &Env, name: &str, old: i32) {
         ok,
         "{name} was not stopped; events: {:#?}\ndaemon.log:\n{}",
         events(env),
-        daemon_log(env)
+        env.daemon_log()
     );
 }
 
@@ -281,7 +261,7 @@ fn fence(env: &Env, pg: &Pg) {
         ok,
         "fence {name} was not rejected; events: {:#?}\ndaemon.log:\n{}",
         events(env),
-        daemon_log(env)
+        env.daemon_log()
     );
 }
 
@@ -518,7 +498,7 @@ fn notify_text_restarts() {
     assert!(status["last_error"].is_null(), "{status}");
 
     let backend = pg.notify("restart web");
-    let new = wait_new_pid(&env, "web", old);
+    let new = env.wait_new_pid("web", old);
     assert!(!alive(old), "the old instance is gone");
     assert!(alive(new));
 
@@ -554,13 +534,13 @@ fn notify_json_restarts() {
     start_listening(&env, &pg.daemon_args());
 
     pg.pg_notify(r#"{"action":"restart","service":"web"}"#);
-    let web2 = wait_new_pid(&env, "web", web);
+    let web2 = env.wait_new_pid("web", web);
     fence(&env, &pg);
     assert_eq!(env.pid("api"), Some(api), "only web was named");
 
     pg.pg_notify(r#"{"action":"restart","services":["web","api"]}"#);
-    wait_new_pid(&env, "web", web2);
-    wait_new_pid(&env, "api", api);
+    env.wait_new_pid("web", web2);
+    env.wait_new_pid("api", api);
     assert!(of_kind(&env, "rejected")
         .iter()
         .all(|e| e.service.starts_with("fence-")));
@@ -668,7 +648,7 @@ fn rejections() {
 
     // Still obeying.
     pg.notify("restart web");
-    wait_new_pid(&env, "web", pid);
+    env.wait_new_pid("web", pid);
 }
 
 /// `signal web HUP` (text and JSON) sends SIGHUP to the main process, which stays the
@@ -741,7 +721,7 @@ fn tend_notify_round_trip() {
         out.stdout,
         format!("notified {} on channel {}: restart web\n", pg.url, pg.chan)
     );
-    let pid2 = wait_new_pid(&env, "web", pid);
+    let pid2 = env.wait_new_pid("web", pid);
     assert!(
         of_kind(&env, "notify")
             .iter()
@@ -761,7 +741,7 @@ fn tend_notify_round_trip() {
 
     let out = env.ok(&["notify", "RESTART", "web", "--host", "h1"]);
     assert!(out.stdout.ends_with(": restart web@h1\n"), "{}", out.stdout);
-    wait_new_pid(&env, "web", pid2);
+    env.wait_new_pid("web", pid2);
 }
 
 /// With `--notify-key-file`, only correctly signed, fresh, first-seen payloads are
@@ -794,7 +774,7 @@ fn signed_payloads() {
         key_path,
     ]);
     assert!(out.stdout.ends_with(": restart web\n"), "{}", out.stdout);
-    let pid = wait_new_pid(&env, "web", pid);
+    let pid = env.wait_new_pid("web", pid);
 
     // Unsigned.
     pg.notify("restart web");
@@ -833,7 +813,7 @@ fn signed_payloads() {
     // (JSON, so it cannot equal what `tend notify` signed above within the same second.)
     let signed = sign(key, now_secs(), r#"{"action":"restart","service":"web"}"#);
     pg.notify(&signed);
-    let pid2 = wait_new_pid(&env, "web", pid);
+    let pid2 = env.wait_new_pid("web", pid);
     pg.notify(&signed);
     let ev = wait_rejected(&env, 6);
     assert!(ev.detail.contains("replayed payload"), "{ev:?}");
@@ -872,7 +852,7 @@ fn reconnects_after_server_restart() {
 
     // Local supervision does not depend on PostgreSQL.
     kill(pid, libc::SIGKILL);
-    let pid2 = wait_new_pid(&env, "web", pid);
+    let pid2 = env.wait_new_pid("web", pid);
     assert_ne!(pg_status(&env)["state"], "connected");
     env.ok(&["status", "web"]);
 
@@ -881,7 +861,7 @@ fn reconnects_after_server_restart() {
         p["state"] == "connected"
     });
     pg.notify("restart web");
-    wait_new_pid(&env, "web", pid2);
+    env.wait_new_pid("web", pid2);
 }
 
 /// TLS on a private cluster whose certificate is signed by a test CA: `sslmode=require`
@@ -989,7 +969,7 @@ fn tls_scenario(certs: &Path, ca: &Path) {
     wait_pg(&env, LONG, "connected", |p| p["state"] == "connected");
     daemon_ssl("t");
     admin.notify("restart web");
-    wait_new_pid(&env, "web", pid);
+    env.wait_new_pid("web", pid);
     env.ok(&["daemon", "stop"]);
 
     // prefer, without the CA: the certificate cannot be verified, so plain TCP.
@@ -1107,7 +1087,7 @@ fn server_unreachable() {
     });
     assert_eq!(status["url"], url, "{status}");
     kill(pid, libc::SIGKILL);
-    wait_new_pid(&env, "web", pid);
+    env.wait_new_pid("web", pid);
     assert_eq!(daemon_json(&env)["running"], true);
 }
 
@@ -1147,7 +1127,7 @@ fn password_never_printed() {
             "{args:?}: {out:?}"
         );
     }
-    let log = daemon_log(&env);
+    let log = env.daemon_log();
     assert!(!log.contains("hunter2"), "daemon.log:\n{log}");
 }
 

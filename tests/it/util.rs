@@ -96,6 +96,28 @@ impl Env {
         self.home().join("logs").join(format!("{name}.log"))
     }
 
+    /// What the background daemon wrote to its log.
+    pub fn daemon_log(&self) -> String {
+        read(&self.home().join("daemon.log"))
+    }
+
+    /// Waits (up to 30 s) for a running instance of `name` whose pid differs from `old`,
+    /// and returns its pid.
+    pub fn wait_new_pid(&self, name: &str, old: i32) -> i32 {
+        let mut new = None;
+        let ok = wait_until(Duration::from_secs(30), || {
+            new = self.pid(name).filter(|&p| p != old && alive(p));
+            new.is_some()
+        });
+        assert!(
+            ok,
+            "{name} was not restarted; events:\n{}\ndaemon.log:\n{}",
+            self.tend(&["events", name]).stdout,
+            self.daemon_log()
+        );
+        new.expect("checked above")
+    }
+
     /// The pid written in the daemon lock file, if a daemon holds the lock (a pid left
     /// in the file by a dead daemon may belong to another process by now).
     pub fn daemon_pid(&self) -> Option<i32> {
