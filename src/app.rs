@@ -7,14 +7,14 @@ use crate::cli::{
     Cli, Command, ConfigAction, DaemonAction, DaemonArgs, DefinitionArgs, NotifyArgs, PgArgs,
     Targets,
 };
-use crate::daemon::protocol::{Action, Outcome, Report, Response, Verb};
+use crate::daemon::protocol::{Action, Outcome, Report, Response, Selection, Verb};
 use crate::error::{exit, Error, Result};
 use crate::home::Home;
 use crate::output;
 use crate::service::{self, Service};
 use crate::store::now_ms;
 use crate::supervisor::{
-    fmt_duration, Changes, SignalOutcome, StartOutcome, StopOutcome, Supervisor,
+    fmt_duration, Changes, Context, SignalOutcome, StartOutcome, StopOutcome, Supervisor,
 };
 
 /// Runs one command. Errors are printed as one line on stderr; the return value is the
@@ -116,7 +116,7 @@ impl Ctx {
         // Everything that can be checked without the database is checked before it is
         // opened, so bad input never even creates a state home.
         let prepared = prepare(&home, command)?;
-        let mut sup = Supervisor::open(home)?;
+        let mut sup = open_supervisor(&home)?;
         let result = self.command(&mut sup, prepared, out);
         notices(&mut sup);
         result
@@ -243,10 +243,16 @@ impl Ctx {
         for n in &t.names {
             service::validate_name(n)?;
         }
+        let selection = if t.all {
+            Selection::All
+        } else {
+            Selection::Names {
+                names: t.names.clone(),
+            }
+        };
         let action = Action::Act {
             verb,
-            names: t.names.clone(),
-            all: t.all,
+            selection: selection.clone(),
         };
         let reports = match crate::daemon::client::request(home, action)? {
             Some(Response::Reports { reports }) => reports,
@@ -262,8 +268,9 @@ impl Ctx {
                 .into())
             }
             None => {
-                let mut sup = Supervisor::open(home.clone())?;
-                crate::actions::act(&mut sup, verb, &t.names, t.all)?
+                // No daemon took it: act here, the same way.
+                let mut sup = open_supervisor(home)?;
+                crate::actions::act(&mut sup, verb, &selection, &|| true)?
             }
         };
         self.reports(out, &reports)
@@ -314,11 +321,15 @@ impl Ctx {
                 writeln!(out, "{name}: already running (pid {pid})")
             }
             StartOutcome::NotDue => Ok(()),
-            StartOutcome::ExitedAtOnce { pid } => {
+            StartOutcome::ExitedAtOnce { pid, status } => {
+                let how = match status {
+                    Some(s) => format!(" ({s})"),
+                    None => String::new(),
+                };
                 self.fail(&Error::Start {
                     service: name.to_string(),
                     message: format!(
-                        "started (pid {pid}) but exited at once; see `tend logs {name}`"
+                        "started (pid {pid}) but exited at once{how}; see `tend logs {name}`"
                     ),
                 });
                 Ok(())
@@ -350,7 +361,7 @@ impl Ctx {
                     })?;
                 }
                 drop(sup);
-                let s = crate::daemon::start_background(
+                let s = crate::daemon::client::start_background(
                     home,
                     &overrides_argv(&overrides),
                     overrides.url.as_deref(),
@@ -395,8 +406,21 @@ impl Ctx {
                         return Ok(());
                     }
                 };
-                match crate::daemon::require(home, Action::Shutdown { stop_services: all })? {
-                    Response::Reports { reports } => self.reports(out, &reports)?,
+                match crate::daemon::client::require(home, Action::Shutdown { stop_services: all })?
+                {
+                    Response::ShuttingDown { reports, left_down } => {
+                        self.reports(out, &reports)?;
+                        for l in left_down {
+                            let due = (l.due_at - now_ms()).max(0) as u64;
+                            eprintln!(
+                                "tend: {}: its automatic restart (due in {}) was not carried \
+                                 out; it stays down until `tend start {}` or a new daemon",
+                                l.name,
+                                fmt_duration(std::time::Duration::from_millis(due)),
+                                l.name
+                            );
+                        }
+                    }
                     Response::Error { message, code } => {
                         eprintln!("tend: {message}");
                         self.code = code;
@@ -404,7 +428,7 @@ impl Ctx {
                     }
                     _ => {}
                 }
-                if crate::daemon::wait_exit(&status, std::time::Duration::from_secs(30)) {
+                if crate::daemon::client::wait_exit(&status, std::time::Duration::from_secs(30)) {
                     writeln!(out, "daemon: stopped (pid {})", status.pid)?;
                 } else {
                     return Err(Error::Daemon {
@@ -414,7 +438,7 @@ impl Ctx {
                 }
             }
             Some(DaemonAction::Reload) => {
-                crate::daemon::require(home, Action::Reload)?;
+                crate::daemon::client::require(home, Action::Reload)?;
                 writeln!(out, "daemon: reloaded")?;
             }
         }
@@ -612,16 +636,50 @@ fn stopped(out: &mut dyn Write, name: &str, o: &StopOutcome) -> io::Result<()> {
         StopOutcome::NotRunning => writeln!(out, "{name}: not running"),
         StopOutcome::Stopped {
             pid,
-            killed: false,
+            killed,
             took,
-        } => writeln!(out, "{name}: stopped (pid {pid}, {})", fmt_duration(took)),
-        StopOutcome::Stopped {
-            pid, killed: true, ..
-        } => writeln!(
-            out,
-            "{name}: stopped (pid {pid} ignored the stop signal; killed)"
-        ),
+            others,
+            left_session,
+            left_alone,
+        } => {
+            let mut line = if killed {
+                format!("{name}: stopped (pid {pid} ignored the stop signal; killed")
+            } else {
+                format!("{name}: stopped (pid {pid}, {}", fmt_duration(took))
+            };
+            if others > 0 {
+                line.push_str(&format!("; {others} other process(es)"));
+            }
+            line.push(')');
+            writeln!(out, "{line}")?;
+            if left_session {
+                eprintln!(
+                    "tend: {name}: pid {pid} had left the session tend created for it; it was \
+                     stopped through its own handle"
+                );
+            }
+            if left_alone > 0 {
+                eprintln!(
+                    "tend: {name}: {left_alone} process(es) in the service's old session/group \
+                     number could not be proven to be its own (the number may have been \
+                     reused) and were left alone"
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// Opens the supervisor for a command the CLI carries out itself, telling it whether a
+/// daemon watches this home (then exits are left for the daemon to record).
+fn open_supervisor(home: &Home) -> Result<Supervisor> {
+    Supervisor::open_with(
+        home.clone(),
+        Context {
+            daemon_watching: crate::daemon::client::present(home),
+            board: None,
+        },
+    )
 }
 
 fn notices(sup: &mut Supervisor) {

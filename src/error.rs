@@ -60,6 +60,13 @@ pub enum Error {
     #[error("database {path} is locked by another process; try again")]
     Locked { path: PathBuf },
 
+    #[error(
+        "database {path} is in journal mode {mode:?}, not WAL, and cannot be switched back \
+         now (another process has it open); tend needs WAL mode: close the other program \
+         and try again"
+    )]
+    JournalMode { path: PathBuf, mode: String },
+
     #[error("database {path}: {source}")]
     Database {
         path: PathBuf,
@@ -99,6 +106,7 @@ impl Error {
             | Error::NotADatabase { .. }
             | Error::SchemaTooNew { .. }
             | Error::Locked { .. }
+            | Error::JournalMode { .. }
             | Error::Database { .. }
             | Error::Corrupt { .. } => exit::STATE,
             Error::Start { .. }

@@ -16,8 +16,10 @@ use crate::supervisor::{fmt_duration, Status};
 #[derive(Serialize)]
 pub struct ServiceJson<'a> {
     pub name: &'a str,
-    /// `running` or `stopped`.
+    /// `running`, `stopped`, `restarting` or `failed`.
     pub state: &'static str,
+    /// `restarting`, but no daemon runs to carry the restart out.
+    pub waiting_for_daemon: bool,
     pub pid: Option<i32>,
     pub pgid: Option<i32>,
     /// RFC 3339, UTC.
@@ -58,6 +60,7 @@ impl<'a> ServiceJson<'a> {
         ServiceJson {
             name: &s.name,
             state: state(st),
+            waiting_for_daemon: waiting_for_daemon(st),
             pid: i.map(|i| i.pid),
             pgid: i.map(|i| i.pgid),
             started_at: i.map(|i| rfc3339(i.started_at)),
@@ -196,6 +199,20 @@ pub fn daemon_status(
     }
 }
 
+/// A restart is pending that no daemon will carry out until one is started.
+pub fn waiting_for_daemon(st: &Status) -> bool {
+    state(st) == "restarting" && !st.daemon
+}
+
+/// The state as a person reads it: `restarting (no daemon)` when nobody will restart it.
+pub fn state_label(st: &Status) -> String {
+    if waiting_for_daemon(st) {
+        "restarting (no daemon)".to_string()
+    } else {
+        state(st).to_string()
+    }
+}
+
 pub fn state(st: &Status) -> &'static str {
     if st.instance.is_some() {
         "running"
@@ -248,7 +265,7 @@ pub fn list_table(out: &mut dyn Write, rows: &[Status]) -> io::Result<()> {
             let i = st.instance.as_ref();
             [
                 st.service.name.clone(),
-                state(st).to_string(),
+                state_label(st),
                 i.map_or("-".into(), |i| i.pid.to_string()),
                 i.map_or("-".into(), |i| fmt_uptime(uptime(i.started_at))),
                 st.service.command_line(),
@@ -293,7 +310,7 @@ pub fn status_detail(out: &mut dyn Write, st: &Status) -> io::Result<()> {
                 fmt_uptime(uptime(i.started_at))
             )?;
         }
-        None => writeln!(out, "{} - {}", s.name, state(st))?,
+        None => writeln!(out, "{} - {}", s.name, state_label(st))?,
     }
     let rt = &st.runtime;
     if let Some(reason) = &rt.failed {
@@ -304,7 +321,16 @@ pub fn status_detail(out: &mut dyn Write, st: &Status) -> io::Result<()> {
         )?;
     }
     if let Some(at) = rt.next_retry_at {
-        writeln!(out, "  retry at: {}", rfc3339_millis(at))?;
+        if st.daemon {
+            writeln!(out, "  retry at: {}", rfc3339_millis(at))?;
+        } else {
+            writeln!(
+                out,
+                "  retry at: {} (no daemon runs to carry it out: `tend daemon`, or `tend start {}`)",
+                rfc3339_millis(at),
+                s.name
+            )?;
+        }
     }
     if let (Some(exit), Some(at)) = (&rt.last_exit, rt.last_exit_at) {
         writeln!(out, "  last exit: {exit} at {}", rfc3339(at))?;

@@ -1,12 +1,28 @@
-//! The CLI's side of the control socket.
+//! The CLI's side of the daemon: is one running, talking to it, starting it in the
+//! background, waiting for it to exit.
+//!
+//! The CLI never needs the socket when no daemon runs: it first probes the daemon's lock
+//! (which it never takes). A request the daemon has not accepted was not carried out, so
+//! when the connection is refused or reset before `accepted` (a daemon that died or is
+//! going away), the CLI acts itself. A daemon that does not accept within
+//! [`ACCEPT_TIMEOUT`] (stopped, wedged) gets an error, and the request's deadline makes
+//! sure it is never carried out later.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use super::protocol::{Action, Request, Response, MAX_MESSAGE, VERSION};
-use crate::error::{Error, Result};
+use super::protocol::{
+    Action, DaemonStatus, Request, Response, ACCEPT_DEADLINE, ACCEPT_TIMEOUT, MAX_MESSAGE,
+    SILENCE_TIMEOUT, VERSION,
+};
+use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
+use crate::process::handle::{Found, Handle};
+use crate::store::now_ms;
 
 pub fn socket_path(home: &Home) -> PathBuf {
     home.root().join("daemon.sock")
@@ -16,25 +32,45 @@ pub fn lock_path(home: &Home) -> PathBuf {
     home.root().join("daemon.lock")
 }
 
-/// True when a daemon holds this home's lock. Cheap (an open and a flock), so the CLI can
-/// ask before every command.
-pub fn daemon_holds_lock(home: &Home) -> bool {
-    let Ok(file) = std::fs::File::open(lock_path(home)) else {
-        return false;
-    };
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
-        Ok(_) => false,
-        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
-    }
+/// True when a daemon holds this home's lock. Cheap (an open and an `F_OFD_GETLK`), and
+/// takes nothing, so the CLI can ask before every command.
+pub fn present(home: &Home) -> bool {
+    crate::process::lock::probe(&lock_path(home))
 }
 
-/// Sends one request to the daemon of `home`. `Ok(None)`: no daemon is listening, and
-/// the caller acts itself.
+/// A path to the socket that fits in `sockaddr_un` (108 bytes) however long the state
+/// home's path is: beyond that, the home directory is opened and the socket is named
+/// through `/proc/self/fd/N/`. The returned file must stay open while the path is used.
+pub fn short_socket_path(home: &Home) -> Result<(Option<File>, PathBuf)> {
+    let full = socket_path(home);
+    if full.as_os_str().len() < 100 {
+        return Ok((None, full));
+    }
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(home.root())
+        .map_err(|e| Error::Io {
+            path: home.root().to_path_buf(),
+            reason: io_reason(&e),
+        })?;
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(format!("/proc/self/fd/{}/daemon.sock", dir.as_raw_fd()));
+    Ok((Some(dir), path))
+}
+
+/// Sends one request to the daemon of `home`. `Ok(None)`: no daemon took it (none runs,
+/// or it is going away), and the caller acts itself.
 pub fn request(home: &Home, action: Action) -> Result<Option<Response>> {
-    let path = socket_path(home);
+    if !present(home) {
+        return Ok(None);
+    }
     let fail = |message: String| Error::Daemon { message };
+    let (_dir, path) = short_socket_path(home)?;
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
+        // No socket, or nobody listening on it: a daemon that is exiting (it stops
+        // accepting first) or has just died.
         Err(e)
             if matches!(
                 e.kind(),
@@ -46,40 +82,206 @@ pub fn request(home: &Home, action: Action) -> Result<Option<Response>> {
         Err(e) => {
             return Err(fail(format!(
                 "cannot connect to {}: {}",
-                path.display(),
-                crate::error::io_reason(&e)
+                socket_path(home).display(),
+                io_reason(&e)
             )))
         }
     };
     let mut line = serde_json::to_string(&Request {
         version: VERSION,
+        deadline_ms: now_ms() + ACCEPT_DEADLINE.as_millis() as i64,
         action,
     })
     .expect("requests always serialize");
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(|e| {
-        fail(format!(
-            "sending the request: {}",
-            crate::error::io_reason(&e)
-        ))
-    })?;
-    let mut reply = String::new();
-    let n = BufReader::new((&stream).take(MAX_MESSAGE))
-        .read_line(&mut reply)
-        .map_err(|e| {
-            fail(format!(
-                "reading the answer: {}",
-                crate::error::io_reason(&e)
-            ))
-        })?;
-    if n == 0 || !reply.ends_with('\n') {
-        return Err(fail(
-            "the daemon closed the connection without answering (did it die? see \
-             `tend daemon status`); the request may or may not have been carried out"
-                .into(),
-        ));
+    if let Err(e) = stream.write_all(line.as_bytes()) {
+        if gone(&e) {
+            return Ok(None);
+        }
+        return Err(fail(format!("sending the request: {}", io_reason(&e))));
     }
-    serde_json::from_str(&reply)
-        .map(Some)
-        .map_err(|e| fail(format!("unreadable answer from the daemon: {e}")))
+    let mut reader = BufReader::new((&stream).take(MAX_MESSAGE));
+    let mut accepted = false;
+    loop {
+        let limit = if accepted {
+            SILENCE_TIMEOUT
+        } else {
+            ACCEPT_TIMEOUT
+        };
+        let _ = stream.set_read_timeout(Some(limit));
+        let mut reply = String::new();
+        let read = reader.read_line(&mut reply);
+        match read {
+            Ok(n) if n > 0 && reply.ends_with('\n') => {}
+            Ok(_) if !accepted => return Ok(None),
+            Err(e) if !accepted && gone(&e) => return Ok(None),
+            Err(e) if is_timeout(&e) && !accepted => {
+                return Err(fail(format!(
+                    "the daemon did not accept the request within {} s (is it stopped? see \
+                     `tend daemon status`); the request was withdrawn and will not be \
+                     carried out",
+                    ACCEPT_TIMEOUT.as_secs()
+                )))
+            }
+            Err(e) if is_timeout(&e) => {
+                return Err(fail(format!(
+                    "the daemon stopped answering for {} s in the middle of the request (is \
+                     it stopped?); it may have been partly carried out",
+                    SILENCE_TIMEOUT.as_secs()
+                )))
+            }
+            _ => {
+                return Err(fail(
+                    "the daemon closed the connection without answering (did it die? see \
+                     `tend daemon status`); the request may or may not have been carried out"
+                        .into(),
+                ))
+            }
+        }
+        match serde_json::from_str::<Response>(&reply) {
+            Ok(Response::Accepted) => accepted = true,
+            Ok(Response::Working) => {}
+            Ok(final_answer) => return Ok(Some(final_answer)),
+            Err(e) => return Err(fail(format!("unreadable answer from the daemon: {e}"))),
+        }
+    }
+}
+
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::UnexpectedEof
+    )
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Sends `action` to the running daemon; an error when none runs.
+pub fn require(home: &Home, action: Action) -> Result<Response> {
+    request(home, action)?.ok_or_else(|| Error::Daemon {
+        message: format!("no daemon is running for {}", home.root().display()),
+    })
+}
+
+/// The running daemon's status, if one answers.
+pub fn status(home: &Home) -> Result<Option<DaemonStatus>> {
+    match request(home, Action::Status)? {
+        Some(Response::Status(s)) => Ok(Some(*s)),
+        Some(Response::Error { message, .. }) => Err(Error::Daemon { message }),
+        Some(other) => Err(Error::Daemon {
+            message: format!("unexpected answer: {other:?}"),
+        }),
+        None => Ok(None),
+    }
+}
+
+/// Waits until the daemon `s` has exited.
+pub fn wait_exit(s: &DaemonStatus, within: Duration) -> bool {
+    match Handle::open(s.pid, s.start_time, "", "") {
+        Found::Alive(h) => h.wait(within),
+        Found::Exited | Found::Stale(_) => true,
+    }
+}
+
+/// `tend daemon`: starts the daemon in the background and returns once it answers.
+/// `extra` are arguments passed on to `tend daemon --foreground` (PostgreSQL flags);
+/// `pg_url` travels in `TEND_POSTGRES_URL`, which only the user can read.
+pub fn start_background(
+    home: &Home,
+    extra: &[String],
+    pg_url: Option<&str>,
+) -> Result<DaemonStatus> {
+    if let Some(s) = status(home)? {
+        return Err(Error::DaemonRunning {
+            home: home.root().to_path_buf(),
+            pid: s.pid.to_string(),
+        });
+    }
+    home.ensure()?;
+    let exe = std::env::current_exe().map_err(|e| Error::Daemon {
+        message: format!("cannot find the tend executable: {}", io_reason(&e)),
+    })?;
+    let log = home.root().join("daemon.log");
+    let mut argv = vec![
+        exe.to_string_lossy().into_owned(),
+        "--home".to_string(),
+        home.root().to_string_lossy().into_owned(),
+        "daemon".to_string(),
+        "--foreground".to_string(),
+    ];
+    argv.extend_from_slice(extra);
+    let url_var = (
+        "TEND_POSTGRES_URL".to_string(),
+        pg_url.unwrap_or_default().to_string(),
+    );
+    let mut env = crate::process::spawn::merged_env(std::iter::empty());
+    env.retain(|(k, _)| k != &url_var.0);
+    if pg_url.is_some() {
+        env.push(url_var);
+    }
+    let cmd = crate::process::spawn::Command::prepare(&crate::process::spawn::Spec {
+        argv: &argv,
+        cwd: home.root(),
+        env: &env,
+        stdin: Path::new("/dev/null"),
+        stdout: &log,
+        stderr: &log,
+    })
+    .map_err(|e| Error::Daemon {
+        message: e.to_string(),
+    })?;
+    let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
+    let started = cmd
+        .spawn()
+        .and_then(|p| p.release())
+        .map_err(|e| Error::Daemon {
+            message: e.to_string(),
+        })?;
+    let pid = started.pid();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(s) = status(home)? {
+            if s.pid == pid {
+                return Ok(s);
+            }
+        }
+        if started.handle.exited() {
+            return Err(Error::Daemon {
+                message: format!(
+                    "the daemon exited during startup: {}",
+                    last_error_line(&log, log_start)
+                ),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Daemon {
+                message: format!(
+                    "the daemon (pid {pid}) did not become ready within 30 s; see {}",
+                    log.display()
+                ),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// The last line the daemon wrote to its log since `from`, for a startup failure.
+fn last_error_line(log: &Path, from: u64) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let tail = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+    tail.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim_start_matches("tend: ").to_string())
+        .unwrap_or_else(|| format!("no message; see {}", log.display()))
 }

@@ -1,22 +1,45 @@
 //! The control-socket protocol, shared by the CLI (client) and the daemon (server).
 //!
-//! One request per connection: the client writes one JSON line, the daemon answers with
-//! one JSON line and closes. Both carry [`VERSION`]; a daemon answers a request of
-//! another version with an error instead of guessing.
+//! One request per connection. The client writes one JSON line carrying a deadline; the
+//! daemon answers with JSON lines: `accepted` as soon as it has read a request it will
+//! carry out, `working` once a second while it does, and one final line, then closes.
+//! A request whose deadline has passed when the daemon gets to it is dropped unread: its
+//! caller has given up on it, so it must never be carried out later. Both sides carry
+//! [`VERSION`]; a daemon answers a request of another version with an error instead of
+//! guessing.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::supervisor::{SignalOutcome, StartOutcome, StopOutcome};
 
 /// Bumped on any incompatible change to the types below.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Largest request or response line accepted, in bytes.
 pub const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
 
+/// How long the CLI waits for `accepted` before it gives the request up.
+pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The deadline a request carries: the daemon must have accepted it by then. Shorter
+/// than [`ACCEPT_TIMEOUT`], so an `accepted` sent just in time still reaches a client
+/// that is still waiting for it.
+pub const ACCEPT_DEADLINE: Duration = Duration::from_secs(4);
+
+/// How often the daemon says it is still working on a request.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long the CLI waits for the next line of an accepted request before it decides
+/// the daemon stopped answering.
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Request {
     pub version: u32,
+    /// Unix ms by which the daemon must have accepted the request.
+    pub deadline_ms: i64,
     pub action: Action,
 }
 
@@ -32,15 +55,19 @@ pub enum Verb {
     },
 }
 
+/// Which services a verb applies to: some by name, or all of them (never both).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Selection {
+    Names { names: Vec<String> },
+    All,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Action {
-    /// start / stop / restart of `names`, or of every service with `all`.
-    Act {
-        verb: Verb,
-        names: Vec<String>,
-        all: bool,
-    },
+    /// start / stop / restart / signal of the selected services.
+    Act { verb: Verb, selection: Selection },
     /// The daemon's own status.
     Status,
     /// Exit; with `stop_services`, stop every service first.
@@ -52,10 +79,33 @@ pub enum Action {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Response {
-    Reports { reports: Vec<Report> },
+    /// The request was read in time and will be carried out.
+    Accepted,
+    /// Still working on it.
+    Working,
+    Reports {
+        reports: Vec<Report>,
+    },
     Status(Box<DaemonStatus>),
     Done,
-    Error { message: String, code: u8 },
+    /// The daemon is exiting; these services had an automatic restart pending that it
+    /// did not carry out (due later than it waited for).
+    ShuttingDown {
+        reports: Vec<Report>,
+        left_down: Vec<LeftDown>,
+    },
+    Error {
+        message: String,
+        code: u8,
+    },
+}
+
+/// A service left down by a daemon that exited with its restart pending.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftDown {
+    pub name: String,
+    /// Unix ms the restart was due.
+    pub due_at: i64,
 }
 
 /// The result of one verb on one service, as the CLI prints it.

@@ -13,10 +13,12 @@ use super::auth::{self, Key, Replays};
 use super::connect::{self, Connection};
 use super::payload::{self, Action};
 use super::Settings;
-use crate::daemon::protocol::{Outcome, Verb};
+use crate::daemon::protocol::{Outcome, Selection, Verb};
+use crate::daemon::server::{InFlight, ToLoop, Waker};
+use crate::daemon::Msg;
 use crate::home::Home;
 use crate::store::now_ms;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Context, Supervisor};
 
 /// A quiet connection is pinged this often; no answer within [`PING_TIMEOUT`] means it
 /// is lost (a half-open TCP connection otherwise looks healthy for a long time).
@@ -54,8 +56,9 @@ pub fn start(
     settings: Settings,
     key: Option<Key>,
     home: Home,
-    spawn_lock: Arc<Mutex<()>>,
-    on_change: Box<dyn Fn() + Send>,
+    ctx: Context,
+    waker: Waker,
+    in_flight: Arc<InFlight>,
 ) -> crate::Result<Arc<Mutex<PgStatus>>> {
     let tls =
         connect::tls(settings.ca_file.as_deref()).map_err(|message| crate::Error::Invalid {
@@ -75,7 +78,7 @@ pub fn start(
     let host_id = settings.host_id.clone();
     std::thread::Builder::new()
         .name("tend-notify-exec".into())
-        .spawn(move || execute(rx, home, spawn_lock, host_id, key, on_change))
+        .spawn(move || execute(rx, home, ctx, host_id, key, waker, in_flight))
         .map_err(|e| crate::Error::Daemon {
             message: format!("cannot start the notify executor: {e}"),
         })?;
@@ -244,21 +247,30 @@ async fn drive(
 }
 
 /// Carries out notifications one at a time, in order, on a thread of its own, so a slow
-/// stop never delays the listener's pings.
+/// stop never delays the listener's pings. Each counts as a request in flight, so a
+/// daemon shutting down finishes it first (and takes no new one).
 fn execute(
     rx: mpsc::Receiver<Job>,
     home: Home,
-    spawn_lock: Arc<Mutex<()>>,
+    ctx: Context,
     host_id: String,
     key: Option<Key>,
-    on_change: Box<dyn Fn() + Send>,
+    waker: Waker,
+    in_flight: Arc<InFlight>,
 ) {
     let mut replays = Replays::default();
     let mut sup: Option<Supervisor> = None;
     for job in rx {
+        let Some(_ticket) = in_flight.enter_always() else {
+            warn!(
+                backend_pid = job.backend_pid,
+                "notify: the daemon is shutting down; command not carried out"
+            );
+            continue;
+        };
         if sup.is_none() {
-            match Supervisor::open(home.clone()) {
-                Ok(s) => sup = Some(s.for_daemon(spawn_lock.clone())),
+            match Supervisor::open_with(home.clone(), ctx.clone()) {
+                Ok(s) => sup = Some(s),
                 Err(e) => {
                     error!(error = %e, "notify: cannot open the database; dropping a command");
                     continue;
@@ -270,7 +282,8 @@ fn execute(
             error!(error = %e, "notify: database error; reopening");
             sup = None;
         }
-        on_change();
+        drop(_ticket);
+        waker.send(Msg::FromRequest(ToLoop::Changed));
     }
 }
 
@@ -343,7 +356,8 @@ fn handle(
         Action::Restart => Verb::Restart,
         Action::Signal(sig) => Verb::Signal { signal: sig as i32 },
     };
-    for r in crate::actions::act(sup, verb, &accepted, false)? {
+    let selection = Selection::Names { names: accepted };
+    for r in crate::actions::act(sup, verb, &selection, &|| true)? {
         match &r.result {
             Outcome::Error { message, .. } => warn!(service = %r.name, "{who}: {message}"),
             other => info!(service = %r.name, outcome = ?other, "{who}"),

@@ -1,11 +1,19 @@
-//! The only module with `fork`, `exec`, raw signals and `unsafe`.
+//! The only module with `fork`, `exec`, signals and `unsafe`.
 //!
-//! - [`spawn`]: double fork, `setsid`, stdio redirection, exec with an error pipe.
-//! - [`identity`]: `(pid, start time, boot id)` identity and liveness checks.
-//! - [`stop`]: stop signal to the process group, bounded wait, SIGKILL, confirmation.
-//! - [`reap`]: child subreaper and reaping, for the daemon.
+//! - [`handle`]: a pidfd plus the identity it was opened for; every signal tend sends
+//!   goes through one.
+//! - [`spawn`]: double fork, `setsid`, stdio redirection, a gate that holds the new
+//!   process before exec until its record is committed, exec with an error pipe.
+//! - [`identity`]: `(pid, start time, boot id)` and /proc parsing.
+//! - [`stop`]: which processes are proven to be a service's, and stopping them.
+//! - [`reap`]: child subreaper, reaping, and the board of reaped exit statuses.
+//! - [`signals`]: signal masks around a start.
+//! - [`lock`]: the daemon's lock, which readers probe without taking.
 
+pub mod handle;
 pub mod identity;
+pub mod lock;
 pub mod reap;
+pub mod signals;
 pub mod spawn;
 pub mod stop;

@@ -1,13 +1,18 @@
-//! The daemon's side of being a parent: child subreaper and reaping.
+//! Being a parent: child subreaper, reaping, and the board where reaped exit statuses
+//! wait for whoever asks about them.
 
+use std::collections::VecDeque;
 use std::io;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
 use super::identity;
 
-/// Makes this process the reaper of every orphan below it: services double-forked by the
-/// daemon re-parent to it when their intermediate exits, so it learns their exit status.
+/// Makes this process the reaper of every orphan below it: services double-forked by
+/// this process re-parent to it when their intermediate exits, so it learns their exit
+/// status.
 pub fn become_subreaper() -> io::Result<()> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes plain integers and touches no memory.
     let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -68,6 +73,63 @@ pub fn reap_one() -> Option<Reaped> {
             });
         }
         // Someone else reaped it meanwhile (a spawning thread reaping its intermediate
-        // child): look again.
+        // child, or discarding a process that never ran): look again.
     }
+}
+
+/// Exit statuses of reaped children, kept for a while so that a thread that signalled a
+/// process (a stop) can learn how it ended without polling the database. The reaper posts;
+/// anyone may wait.
+#[derive(Default)]
+pub struct ExitBoard {
+    entries: Mutex<VecDeque<(i32, u64, i32)>>,
+    posted: Condvar,
+}
+
+/// How many statuses the board remembers; the oldest go first.
+const BOARD_SIZE: usize = 4096;
+
+impl ExitBoard {
+    /// Records that `(pid, start_time)` exited with the `waitpid` status word `status`.
+    pub fn post(&self, pid: i32, start_time: u64, status: i32) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if e.len() >= BOARD_SIZE {
+            e.pop_front();
+        }
+        e.push_back((pid, start_time, status));
+        self.posted.notify_all();
+    }
+
+    /// The status of `(pid, start_time)` if it has been posted.
+    pub fn get(&self, pid: i32, start_time: u64) -> Option<i32> {
+        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        find(&e, pid, start_time)
+    }
+
+    /// Waits up to `timeout` for the status of `(pid, start_time)`.
+    pub fn wait_for(&self, pid: i32, start_time: u64, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(s) = find(&e, pid, start_time) {
+                return Some(s);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            e = self
+                .posted
+                .wait_timeout(e, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+fn find(e: &VecDeque<(i32, u64, i32)>, pid: i32, start_time: u64) -> Option<i32> {
+    e.iter()
+        .rev()
+        .find(|(p, t, _)| *p == pid && *t == start_time)
+        .map(|(_, _, s)| *s)
 }

@@ -1,15 +1,32 @@
-//! Daemonizing a service: double fork, `setsid`, stdio redirection, exec.
+//! Daemonizing a service: double fork, `setsid`, stdio redirection, a gate, exec.
 //!
 //! ```text
-//! tend ──fork──▶ intermediate ──setsid, fork──▶ service ──dup2, chdir, umask, exec──▶
-//!   │                  └─ reports the service pid, _exit(0)
-//!   └─ reads the report pipe until EOF, reaps the intermediate
+//! tend ──fork──▶ intermediate ──setsid, fork──▶ service: signals to default, dup2, chdir,
+//!   │                 └─ reports the service pid,      umask, reports READY, waits at the
+//!   │                    _exit(0)                      gate ... GO: unblock signals, exec
+//!   ├─ reads PID and READY, reaps the intermediate, pins the service with a pidfd
+//!   ├─ (the caller commits the record)
+//!   └─ release(): writes GO, reads the report until EOF (exec succeeded) or an error
 //! ```
-//! Everything that allocates (argv, envp, paths, files) is prepared before the first
-//! fork: between fork and exec only async-signal-safe calls are made, because another
-//! thread of the parent may have held the allocator's lock at the moment of the fork.
-//! The report pipe is close-on-exec, so the parent sees EOF exactly when exec succeeded,
-//! or an error record saying which step failed and with what errno.
+//!
+//! **The gate.** The new process does everything but exec, then waits on a pipe. Only
+//! after the caller has committed the instance to the database does [`Pending::release`]
+//! write the go byte. If the caller fails, or dies at any instant (even by SIGKILL, which
+//! cannot be deferred), the pipe closes unwritten and the process exits without exec'ing:
+//! a service never runs unless its record is committed.
+//!
+//! **Async-signal safety.** Everything that allocates (argv, envp, paths, files) is
+//! prepared before the first fork: between fork and exec only async-signal-safe calls are
+//! made, because another thread of the parent may have held the allocator's lock at the
+//! moment of the fork. Right after the fork the child closes every descriptor it does not
+//! need, so it never holds another thread's pipes (whose readers would then wait for an
+//! end of file that never comes) or the daemon's lock.
+//!
+//! **Signals.** All signals are blocked in the forking thread around `fork`, so the child
+//! starts with every signal blocked and none of tend's handlers can run in it. The child
+//! resets every disposition (real-time signals included) to the default *before* it
+//! restores an empty mask, as `posix_spawn` does, so a pending signal meets the default
+//! action and an ignored disposition of tend's never survives into the service.
 
 use std::ffi::{CString, OsStr};
 use std::fs::OpenOptions;
@@ -20,6 +37,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+use super::handle::Handle;
+use super::signals::BlockAll;
 
 /// The step of the child's setup that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +70,8 @@ impl Stage {
 pub enum SpawnError {
     #[error("no such program: {0}")]
     NoSuchProgram(String),
+    #[error("cannot execute {0}: permission denied")]
+    NotExecutable(String),
     #[error("working directory {}: {reason}", path.display())]
     Cwd { path: PathBuf, reason: String },
     #[error("{what} {}: {reason}", path.display())]
@@ -67,8 +90,10 @@ pub enum SpawnError {
         errno: Errno,
         program: String,
     },
-    #[error("the intermediate process did not report the service pid")]
-    NoPid,
+    #[error("the new process did not report in (killed before it was ready?)")]
+    NoReport,
+    #[error("the new process (pid {0}) died before exec")]
+    Died(i32),
 }
 
 fn describe(stage: Stage, errno: Errno, program: &str) -> String {
@@ -108,11 +133,28 @@ pub struct Spec<'a> {
     pub stderr: &'a Path,
 }
 
-/// A started service: its pid and process group (the intermediate's pid).
-#[derive(Clone, Copy, Debug)]
-pub struct Spawned {
-    pub pid: i32,
-    pub pgid: i32,
+/// A new process waiting at the gate: set up, pinned, not yet exec'd. Dropping it
+/// without [`Pending::release`] kills it before it ever runs the program.
+pub struct Pending {
+    handle: Option<Handle>,
+    session: i32,
+    gate: Option<OwnedFd>,
+    report: OwnedFd,
+    program_display: String,
+}
+
+/// A started service: exec succeeded.
+#[derive(Debug)]
+pub struct Started {
+    pub handle: Handle,
+    /// The session (and first process group) created for it: the intermediate's pid.
+    pub session: i32,
+}
+
+impl Started {
+    pub fn pid(&self) -> i32 {
+        self.handle.pid()
+    }
 }
 
 impl Command {
@@ -141,6 +183,12 @@ impl Command {
             .first()
             .ok_or(SpawnError::NoSuchProgram(String::new()))?;
         let program = find_program(spec).ok_or_else(|| SpawnError::NoSuchProgram(arg0.clone()))?;
+        // Caught here rather than at exec, which comes after the record is committed.
+        let runnable = program.metadata().is_ok_and(|m| m.is_file())
+            && nix::unistd::access(&program, nix::unistd::AccessFlags::X_OK).is_ok();
+        if !runnable {
+            return Err(SpawnError::NotExecutable(arg0.clone()));
+        }
 
         let argv = spec
             .argv
@@ -172,61 +220,191 @@ impl Command {
         })
     }
 
-    /// Double-forks and execs. Returns once exec has succeeded or failed.
-    pub fn spawn(&self) -> Result<Spawned, SpawnError> {
+    /// Double-forks and sets the new process up; returns once it waits at the gate (or
+    /// failed to get there). Nothing of the program has run yet.
+    pub fn spawn(&self) -> Result<Pending, SpawnError> {
+        // The service re-parents to us when the intermediate exits, so it is our child
+        // while we look at it: its pid cannot be reused under us, and an exit right after
+        // exec can be reaped here with its status.
+        super::reap::become_subreaper().map_err(|e| SpawnError::Os {
+            what: "prctl(PR_SET_CHILD_SUBREAPER)",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
+        })?;
         let argv_ptrs = null_terminated(&self.argv);
         let envp_ptrs = null_terminated(&self.envp);
-        let (read_end, write_end) = pipe_cloexec()?;
+        let (report_r, report_w) = pipe_high()?;
+        let (gate_r, gate_w) = pipe_high()?;
+        let mut keep = [
+            self.stdin.as_raw_fd(),
+            self.stdout.as_raw_fd(),
+            self.stderr.as_raw_fd(),
+            report_w.as_raw_fd(),
+            gate_r.as_raw_fd(),
+        ];
+        keep.sort_unstable();
+        let args = ChildArgs {
+            program: &self.program,
+            argv: argv_ptrs.as_ptr(),
+            envp: envp_ptrs.as_ptr(),
+            cwd: &self.cwd,
+            stdio: [
+                self.stdin.as_raw_fd(),
+                self.stdout.as_raw_fd(),
+                self.stderr.as_raw_fd(),
+            ],
+            report: report_w.as_raw_fd(),
+            gate: gate_r.as_raw_fd(),
+            keep,
+            // SAFETY: SIGRTMAX only reads a value glibc fixed at startup.
+            sigmax: libc::SIGRTMAX(),
+        };
 
-        // SAFETY: fork is called with all allocations done; the child branch below only
-        // calls async-signal-safe functions (setsid, fork, write, dup2, chdir, umask,
-        // sigprocmask, signal, close_range, execve, _exit) before exec or _exit.
-        let pid = unsafe { libc::fork() };
+        let pid = {
+            let _blocked = BlockAll::new();
+            // SAFETY: fork is called with all allocations done and every signal blocked;
+            // the child branch only calls async-signal-safe functions (close_range,
+            // setsid, fork, sigaction, dup2, chdir, umask, write, read, sigprocmask,
+            // execve, _exit) before exec or _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: we are the freshly forked child; see `intermediate`.
+                unsafe { intermediate(&args) }
+            }
+            pid
+        };
         if pid < 0 {
             return Err(SpawnError::Os {
                 what: "fork",
                 errno: Errno::last(),
             });
         }
-        if pid == 0 {
-            // SAFETY: we are the freshly forked child; see `intermediate`.
-            unsafe {
-                intermediate(
-                    write_end.as_raw_fd(),
-                    &ChildArgs {
-                        program: &self.program,
-                        argv: argv_ptrs.as_ptr(),
-                        envp: envp_ptrs.as_ptr(),
-                        cwd: &self.cwd,
-                        stdio: [
-                            self.stdin.as_raw_fd(),
-                            self.stdout.as_raw_fd(),
-                            self.stderr.as_raw_fd(),
-                        ],
-                    },
-                )
+        drop(report_w);
+        drop(gate_r);
+        let mut child = None;
+        let outcome = loop {
+            match read_record(&report_r) {
+                Ok(Some(Record::Pid(p))) => child = Some(p),
+                Ok(Some(Record::Ready)) => break Ok(()),
+                Ok(Some(Record::Error(stage, errno))) => {
+                    break Err(SpawnError::Child {
+                        stage,
+                        errno,
+                        program: self.program_display.clone(),
+                    })
+                }
+                Ok(None) => break Err(SpawnError::NoReport),
+                Err(e) => {
+                    break Err(SpawnError::Os {
+                        what: "reading the spawn report",
+                        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                    })
+                }
             }
-        }
-        drop(write_end);
-        let report = read_report(&read_end);
+        };
+        // The intermediate exits right after reporting; once it is reaped, the service
+        // has been re-parented to us.
         reap(pid);
-        let report = report.map_err(|e| SpawnError::Os {
-            what: "reading the spawn report",
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
-        if let Some((stage, errno)) = report.error {
-            return Err(SpawnError::Child {
-                stage,
-                errno,
-                program: self.program_display.clone(),
-            });
+        let handle = child.and_then(pin_child);
+        if let Err(e) = outcome {
+            if let Some(h) = handle {
+                discard(h);
+            }
+            return Err(e);
         }
-        let child = report.pid.ok_or(SpawnError::NoPid)?;
-        Ok(Spawned {
-            pid: child,
-            pgid: pid,
+        let Some(handle) = handle else {
+            return Err(SpawnError::NoReport);
+        };
+        Ok(Pending {
+            handle: Some(handle),
+            session: pid,
+            gate: Some(gate_w),
+            report: report_r,
+            program_display: self.program_display.clone(),
         })
     }
+}
+
+impl Pending {
+    pub fn pid(&self) -> i32 {
+        self.handle.as_ref().map_or(0, Handle::pid)
+    }
+
+    pub fn start_time(&self) -> u64 {
+        self.handle.as_ref().map_or(0, Handle::start_time)
+    }
+
+    /// The session (and first process group) id: the intermediate's pid.
+    pub fn session(&self) -> i32 {
+        self.session
+    }
+
+    /// Opens the gate: the process execs the program. Returns once exec succeeded or
+    /// failed.
+    pub fn release(mut self) -> Result<Started, SpawnError> {
+        let gate = self.gate.take().expect("the gate is open until release");
+        let handle = self.handle.take().expect("pinned until release");
+        let pid = handle.pid();
+        let go = [GO];
+        // SAFETY: writing one byte from a valid buffer to our own pipe.
+        let n = unsafe { libc::write(gate.as_raw_fd(), go.as_ptr().cast(), 1) };
+        drop(gate);
+        if n != 1 {
+            discard(handle);
+            return Err(SpawnError::Died(pid));
+        }
+        loop {
+            match read_record(&self.report) {
+                Ok(None) => break,
+                Ok(Some(Record::Error(stage, errno))) => {
+                    discard(handle);
+                    return Err(SpawnError::Child {
+                        stage,
+                        errno,
+                        program: self.program_display.clone(),
+                    });
+                }
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    return Err(SpawnError::Os {
+                        what: "reading the spawn report",
+                        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                    })
+                }
+            }
+        }
+        Ok(Started {
+            handle,
+            session: self.session,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Not released: closing the gate alone makes the process exit without exec;
+        // killing it as well means it is gone before the caller goes on.
+        self.gate.take();
+        if let Some(h) = self.handle.take() {
+            discard(h);
+        }
+    }
+}
+
+/// Kills a process that must not run (pre-exec, or one whose exec failed) and reaps it
+/// if it is our child.
+fn discard(h: Handle) {
+    let _ = h.signal(Signal::SIGKILL);
+    if h.wait(std::time::Duration::from_secs(1)) {
+        let _ = h.try_reap();
+    }
+}
+
+/// Pins the reported service pid: it must be our child (we are a subreaper and its
+/// intermediate is reaped) and not have exited.
+fn pin_child(pid: i32) -> Option<Handle> {
+    let (h, st) = Handle::pin(pid)?;
+    let me = std::process::id() as i32;
+    (st.ppid == me && !st.exited()).then_some(h)
 }
 
 /// Finds the executable the way execvp would (a name with a slash is a path, relative to
@@ -253,7 +431,6 @@ fn resolve_program(arg0: &str, cwd: &Path, path_var: &str) -> Option<PathBuf> {
     }
     if arg0.contains('/') {
         let p = crate::service::absolute(cwd, Path::new(arg0));
-        // Let exec report EACCES / ENOEXEC for files that exist; only absence is ours.
         return p.exists().then_some(p);
     }
     path_var
@@ -293,7 +470,8 @@ fn dup_high(fd: RawFd) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+/// A close-on-exec pipe whose ends are both above 2 (see [`open_fd`]).
+fn pipe_high() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two descriptors into a valid two-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -303,7 +481,14 @@ fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), SpawnError> {
         });
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let high = |fd: OwnedFd| -> Result<OwnedFd, SpawnError> {
+        if fd.as_raw_fd() > 2 {
+            return Ok(fd);
+        }
+        dup_high(fd.as_raw_fd()).map_err(|errno| SpawnError::Os { what: "dup", errno })
+    };
+    Ok((high(r)?, high(w)?))
 }
 
 fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
@@ -314,7 +499,8 @@ fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// Reaps the intermediate process (it exits at once), retrying on EINTR.
+/// Reaps the intermediate process (it exits at once), retrying on EINTR. ECHILD means a
+/// daemon's event loop reaped it first, which is as good.
 fn reap(pid: libc::pid_t) {
     loop {
         let mut status = 0;
@@ -328,124 +514,187 @@ fn reap(pid: libc::pid_t) {
 
 const TAG_PID: u32 = 1;
 const TAG_ERROR: u32 = 2;
+const TAG_READY: u32 = 3;
 const RECORD: usize = 12;
+/// The byte that opens the gate; anything else (or end of file) means "do not run".
+const GO: u8 = b'G';
 
-struct Report {
-    pid: Option<i32>,
-    error: Option<(Stage, Errno)>,
+enum Record {
+    Pid(i32),
+    Ready,
+    Error(Stage, Errno),
 }
 
-/// Reads fixed-size records until EOF (exec closed the last write end).
-fn read_report(fd: &OwnedFd) -> io::Result<Report> {
-    let mut data = Vec::with_capacity(2 * RECORD);
-    let mut buf = [0u8; 64];
+/// Reads one fixed-size record; `None` at end of file (every write end closed: the
+/// intermediate exited and the service exec'd or exited).
+fn read_record(fd: &OwnedFd) -> io::Result<Option<Record>> {
     loop {
-        // SAFETY: reading into a valid, writable buffer of the given length.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        match n {
-            0 => break,
-            n if n > 0 => data.extend_from_slice(&buf[..n as usize]),
-            _ if Errno::last() == Errno::EINTR => continue,
-            _ => return Err(io::Error::last_os_error()),
+        let mut rec = [0u8; RECORD];
+        let mut got = 0;
+        while got < RECORD {
+            // SAFETY: reading into the unfilled part of a valid, writable buffer.
+            let n =
+                unsafe { libc::read(fd.as_raw_fd(), rec[got..].as_mut_ptr().cast(), RECORD - got) };
+            match n {
+                0 if got == 0 => return Ok(None),
+                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                n if n > 0 => got += n as usize,
+                _ if Errno::last() == Errno::EINTR => continue,
+                _ => return Err(io::Error::last_os_error()),
+            }
         }
-    }
-    let mut report = Report {
-        pid: None,
-        error: None,
-    };
-    for rec in data.chunks_exact(RECORD) {
         let word = |i: usize| u32::from_ne_bytes(rec[i..i + 4].try_into().expect("4 bytes"));
         match word(0) {
-            TAG_PID => report.pid = Some(word(4) as i32),
+            TAG_PID => return Ok(Some(Record::Pid(word(4) as i32))),
+            TAG_READY => return Ok(Some(Record::Ready)),
             TAG_ERROR => {
                 if let Some(stage) = Stage::from_u32(word(4)) {
-                    report.error = Some((stage, Errno::from_raw(word(8) as i32)));
+                    return Ok(Some(Record::Error(stage, Errno::from_raw(word(8) as i32))));
                 }
             }
             _ => {}
         }
     }
-    Ok(report)
 }
 
-/// Raw pointers for the child, computed before the fork.
+/// Raw pointers and descriptors for the child, computed before the fork.
 struct ChildArgs<'a> {
     program: &'a CString,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     cwd: &'a CString,
     stdio: [RawFd; 3],
+    report: RawFd,
+    gate: RawFd,
+    /// Descriptors the child keeps, sorted.
+    keep: [RawFd; 5],
+    sigmax: libc::c_int,
 }
 
 /// Writes one record; async-signal-safe.
+///
+/// # Safety
+/// Only async-signal-safe calls; `fd` may be any descriptor (a failed write is ignored).
 unsafe fn send(fd: RawFd, tag: u32, a: u32, b: u32) {
     let mut rec = [0u8; RECORD];
     rec[0..4].copy_from_slice(&tag.to_ne_bytes());
     rec[4..8].copy_from_slice(&a.to_ne_bytes());
     rec[8..12].copy_from_slice(&b.to_ne_bytes());
-    // A 12-byte write to a pipe is atomic (below PIPE_BUF); nothing to do on failure.
-    libc::write(fd, rec.as_ptr().cast(), RECORD);
+    // SAFETY: a 12-byte write from a valid buffer; below PIPE_BUF, so it is atomic.
+    // Nothing to do on failure: the parent is gone or will see end of file.
+    unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
 }
 
+/// Reports a failed step and exits.
+///
+/// # Safety
+/// Must only be called in a forked child.
 unsafe fn fail(fd: RawFd, stage: Stage) -> ! {
-    send(fd, TAG_ERROR, stage as u32, Errno::last_raw() as u32);
-    libc::_exit(127)
+    let errno = Errno::last_raw() as u32;
+    // SAFETY: async-signal-safe write and _exit in a forked child.
+    unsafe {
+        send(fd, TAG_ERROR, stage as u32, errno);
+        libc::_exit(127)
+    }
 }
 
-/// The intermediate child: new session, fork the service, report its pid, exit.
+/// Closes every descriptor except `keep` (sorted, all above 2) and 0-2.
+///
+/// # Safety
+/// Must only be called in a forked child, where no other thread uses descriptors.
+unsafe fn close_others(keep: &[RawFd]) {
+    let mut from: libc::c_uint = 3;
+    for &k in keep {
+        let k = k as libc::c_uint;
+        if k > from {
+            // SAFETY: close_range on a range of our own descriptors; async-signal-safe.
+            unsafe { libc::close_range(from, k - 1, 0) };
+        }
+        from = from.max(k + 1);
+    }
+    // SAFETY: as above, up to the highest possible descriptor.
+    unsafe { libc::close_range(from, libc::c_uint::MAX, 0) };
+}
+
+/// The intermediate child: only what it needs open, new session, fork the service,
+/// report its pid, exit.
 ///
 /// # Safety
 /// Must only be called in a freshly forked child; never returns.
-unsafe fn intermediate(report: RawFd, args: &ChildArgs) -> ! {
-    if libc::setsid() < 0 {
-        fail(report, Stage::Setsid);
+unsafe fn intermediate(a: &ChildArgs) -> ! {
+    // SAFETY: every call below is async-signal-safe and made in a forked child.
+    unsafe {
+        close_others(&a.keep);
+        if libc::setsid() < 0 {
+            fail(a.report, Stage::Setsid);
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            fail(a.report, Stage::Fork);
+        }
+        if pid == 0 {
+            service(a);
+        }
+        send(a.report, TAG_PID, pid as u32, 0);
+        libc::_exit(0)
     }
-    let pid = libc::fork();
-    if pid < 0 {
-        fail(report, Stage::Fork);
-    }
-    if pid == 0 {
-        service(report, args);
-    }
-    send(report, TAG_PID, pid as u32, 0);
-    libc::_exit(0)
 }
 
-/// The service process: reset signals, redirect stdio, chdir, exec.
+/// The service process: default dispositions, stdio, chdir, umask; report ready; wait
+/// at the gate; unblock signals; exec.
 ///
 /// # Safety
 /// Must only be called in a freshly forked child; never returns.
-unsafe fn service(report: RawFd, args: &ChildArgs) -> ! {
-    // Signal masks and ignored dispositions survive exec. tend (like every Rust program)
-    // ignores SIGPIPE, and a caller may have blocked signals: give the service defaults.
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    // 1..32 are the classic signals; the real-time ones start at glibc's SIGRTMIN.
-    for sig in 1..32 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
+unsafe fn service(a: &ChildArgs) -> ! {
+    // SAFETY: every call below is async-signal-safe and made in a forked child; the
+    // pointers passed point to data prepared before the fork and still alive.
+    unsafe {
+        // Every signal is still blocked (inherited from the forking thread): reset the
+        // dispositions before anything can be delivered. Handlers would run tend's code
+        // in this process, and SIG_IGN would survive exec. (glibc refuses its two
+        // internal signals, 32 and 33; they are never ignored, and exec resets handled
+        // signals anyway.)
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=a.sigmax {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
         }
-    }
-    for (target, &fd) in args.stdio.iter().enumerate() {
-        if libc::dup2(fd, target as RawFd) < 0 {
-            fail(report, Stage::Stdio);
+        for (target, &fd) in a.stdio.iter().enumerate() {
+            if libc::dup2(fd, target as RawFd) < 0 {
+                fail(a.report, Stage::Stdio);
+            }
         }
+        if libc::chdir(a.cwd.as_ptr()) < 0 {
+            fail(a.report, Stage::Chdir);
+        }
+        libc::umask(0o022);
+        send(a.report, TAG_READY, libc::getpid() as u32, 0);
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(a.gate, (&mut byte as *mut u8).cast(), 1);
+            if n == 1 && byte == GO {
+                break;
+            }
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            // End of file or anything else: the caller did not commit. Never run.
+            libc::_exit(0);
+        }
+        // Keep nothing of tend's descriptors (the database above all) in the service.
+        // Marking them close-on-exec rather than closing keeps the report pipe usable
+        // until exec.
+        libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        );
+        super::signals::unblock_all_raw();
+        libc::execve(a.program.as_ptr(), a.argv, a.envp);
+        fail(a.report, Stage::Exec)
     }
-    if libc::chdir(args.cwd.as_ptr()) < 0 {
-        fail(report, Stage::Chdir);
-    }
-    libc::umask(0o022);
-    // Keep nothing of tend's open descriptors (the database above all) in the service.
-    // Marking them close-on-exec rather than closing keeps the report pipe usable until
-    // exec. Kernels without close_range fall back to the descriptors' own CLOEXEC flags.
-    libc::close_range(
-        3,
-        libc::c_uint::MAX,
-        libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-    );
-    libc::execve(args.program.as_ptr(), args.argv, args.envp);
-    fail(report, Stage::Exec)
 }
 
 /// The current process environment with `overrides` applied, as the service will see it.

@@ -1,30 +1,54 @@
-//! Stopping a service: its stop signal to the whole process group, a bounded wait, then
-//! SIGKILL to the group, then confirmation that nothing of it is left.
+//! Stopping a service: its stop signal to the main process and every process proven to
+//! be the service's, a bounded wait, then SIGKILL, then confirmation.
 //!
-//! The leader is pinned with a pidfd before anything is sent: once the pidfd is open and
-//! the identity check passes, the pidfd can only ever refer to our process, and polling it
-//! wakes the moment the process exits, with no sleep loop. The group itself cannot be
-//! recycled while any member lives (Linux keeps a process group's id allocated until the
-//! group is empty), so signalling it while our leader is alive only reaches our processes.
+//! # Which processes are the service's
+//!
+//! A service runs in a session tend created for it: the intermediate process of the
+//! double fork called `setsid()`, so the session and its first process group are both
+//! numbered `N`, the intermediate's pid (recorded as the instance's `pgid`). The
+//! intermediate exits at once, so nothing pins the *number*: once every process has left
+//! the session, `N` can be handed to an unrelated process that makes itself a session or
+//! group leader. Signalling "group `N`" by number (`killpg`) could then reach a stranger.
+//!
+//! So tend never signals by number. Every process is signalled through its own pidfd
+//! ([`Handle`]), and a process is pinned as the service's only with proof:
+//!
+//! - **the main process**, by its recorded identity (pid, start time, boot id);
+//! - **a child of a proven process**: its parent pid was the proven process while that
+//!   process was still there (checked after the read, through its pidfd);
+//! - **a member of session `N`** while a proven process (a *witness*) is itself in session
+//!   `N`, seen there before and after the member was pinned: a number that is in use as a
+//!   session id cannot be reused, and only descendants of tend's intermediate can be in
+//!   that session, so while the witness holds it, every member is the service's;
+//! - **a child of the reaper** (the daemon, which is a child subreaper) in session `N`,
+//!   while no process has pid `N`: orphans of what the daemon started re-parent to it.
+//!
+//! A process seen in session or group `N` that nothing proves is left alone and counted.
+//! That happens when the main process has left the session (`setsid()`) and the number
+//! was reused by a stranger, which is exactly the process tend must not signal.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-use super::identity::{self, Liveness};
+use super::handle::{self, Found, Handle};
+use super::identity::Stat;
 
-/// How long to wait for the group to vanish after SIGKILL before reporting failure.
+/// How long to wait for the service's processes to vanish after SIGKILL.
 const KILL_CONFIRM: Duration = Duration::from_secs(5);
+/// While waiting, look for processes forked meanwhile this often.
+const RESCAN: Duration = Duration::from_millis(20);
+/// Bound on discovery rounds (each round can only add processes).
+const MAX_ROUNDS: usize = 16;
 
 /// The recorded identity of a service instance.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {
     pub pid: i32,
-    pub pgid: i32,
+    /// The session (and first process group) tend created for the service.
+    pub session: i32,
     pub start_time: u64,
     pub boot_id: &'a str,
 }
@@ -33,202 +57,311 @@ pub struct Target<'a> {
 pub enum Outcome {
     /// The record does not describe a live process of ours; nothing was signalled.
     Stale(String),
-    /// The process had already exited; nothing was signalled.
+    /// The main process had already exited; nothing was signalled.
     AlreadyExited,
-    /// Stopped by the stop signal (`killed == false`) or by SIGKILL after the timeout.
-    Stopped { killed: bool, took: Duration },
+    Stopped(Stopped),
+}
+
+/// What a stop did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// SIGKILL was needed after the stop timeout.
+    pub killed: bool,
+    pub took: Duration,
+    /// The main process was no longer in the session tend created for it.
+    pub left_session: bool,
+    /// Other processes of the service that were stopped with it.
+    pub others: usize,
+    /// Processes in session or group `N` not proven to be the service's; not signalled.
+    pub left_alone: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
-    #[error("sending {signal} to process group {pgid}: {errno}")]
+    #[error("{alive} process(es) of the service still alive {waited:?} after SIGKILL")]
+    Survived { alive: usize, waited: Duration },
+    #[error("sending {signal} to pid {pid}: {errno}")]
     Signal {
         signal: Signal,
-        pgid: i32,
+        pid: i32,
         errno: Errno,
     },
-    #[error("process group {pgid} still has live processes {waited:?} after SIGKILL")]
-    Survived { pgid: i32, waited: Duration },
 }
 
-/// Stops the instance `t`: `signal` to its group, up to `timeout`, then SIGKILL.
+/// Stops the instance `t`: `signal` to every proven process, up to `timeout`, then
+/// SIGKILL. `reaper` is the caller's own pid when it is a child subreaper (the daemon).
 pub fn stop(
     t: &Target,
     current_boot: &str,
     signal: Signal,
     timeout: Duration,
+    reaper: Option<i32>,
 ) -> Result<Outcome, StopError> {
     let started = Instant::now();
-    let pidfd = match pidfd_open(t.pid) {
-        Ok(fd) => Some(fd),
-        Err(Errno::ESRCH) => return Ok(Outcome::AlreadyExited),
-        // Kernels before 5.3 have no pidfd: fall back to polling the identity.
-        Err(_) => None,
+    let main = match Handle::open(t.pid, t.start_time, t.boot_id, current_boot) {
+        Found::Alive(h) => h,
+        Found::Exited => return Ok(Outcome::AlreadyExited),
+        Found::Stale(why) => return Ok(Outcome::Stale(why)),
     };
-    // Checked after opening the pidfd, so the process we checked is the one it pins.
-    match identity::check(t.pid, t.start_time, t.boot_id, current_boot) {
-        Liveness::Alive => {}
-        Liveness::Exited => return Ok(Outcome::AlreadyExited),
-        Liveness::Stale(why) => return Ok(Outcome::Stale(why)),
-    }
-
-    send(t, pidfd.as_ref(), signal)?;
+    let left_session = main
+        .stat()
+        .is_some_and(|s| s.session != t.session && s.pgrp != t.session);
+    let mut m = Members::new(t.session, reaper, vec![main]);
+    m.discover();
+    let others = m.pinned.len() - 1;
+    m.signal_from(0, signal);
     let deadline = started + timeout;
-    if wait_gone(t, pidfd.as_ref(), deadline, current_boot) {
-        return Ok(Outcome::Stopped {
+    if m.wait_gone(deadline, signal) {
+        return Ok(Outcome::Stopped(Stopped {
             killed: false,
             took: started.elapsed(),
-        });
+            left_session,
+            others: m.pinned.len().saturating_sub(1).max(others),
+            left_alone: m.left_alone(),
+        }));
     }
-
-    send(t, pidfd.as_ref(), Signal::SIGKILL)?;
-    let confirm = Instant::now() + KILL_CONFIRM;
-    if wait_gone(t, pidfd.as_ref(), confirm, current_boot) {
-        return Ok(Outcome::Stopped {
+    m.signal_from(0, Signal::SIGKILL);
+    if m.wait_gone(Instant::now() + KILL_CONFIRM, Signal::SIGKILL) {
+        return Ok(Outcome::Stopped(Stopped {
             killed: true,
             took: started.elapsed(),
-        });
+            left_session,
+            others: m.pinned.len().saturating_sub(1).max(others),
+            left_alone: m.left_alone(),
+        }));
     }
     Err(StopError::Survived {
-        pgid: t.pgid,
+        alive: m.live().len(),
         waited: KILL_CONFIRM,
     })
 }
 
-/// Sends `signal` to the group, and to the leader itself if it left the group.
-fn send(t: &Target, pidfd: Option<&OwnedFd>, signal: Signal) -> Result<(), StopError> {
-    match killpg(Pid::from_raw(t.pgid), signal) {
-        Ok(()) | Err(Errno::ESRCH) => {}
-        Err(errno) => {
-            return Err(StopError::Signal {
-                signal,
-                pgid: t.pgid,
-                errno,
-            })
-        }
-    }
-    let leader_elsewhere = matches!(identity::stat(t.pid), Ok(Some(s)) if s.pgrp != t.pgid);
-    if leader_elsewhere {
-        if let Some(fd) = pidfd {
-            // The pidfd pins our process, so this cannot reach a recycled pid.
-            let _ = pidfd_send_signal(fd, signal);
-        }
-    }
-    Ok(())
+/// What [`kill_leftovers`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Processes of the service that were still running and were killed.
+    pub killed: usize,
+    /// Processes seen in session or group `N` that nothing proves to be the service's.
+    pub left_alone: usize,
+    /// Killed processes still alive after the confirmation wait.
+    pub survived: usize,
 }
 
-/// Waits until the leader has exited and no live process is left in the group.
-fn wait_gone(t: &Target, pidfd: Option<&OwnedFd>, deadline: Instant, boot: &str) -> bool {
-    // Leader first: with a pidfd this is a single poll that wakes on exit.
-    let mut pause = Duration::from_micros(200);
-    loop {
-        let now = Instant::now();
-        let leader_gone = match pidfd {
-            Some(fd) => {
-                let left = deadline.saturating_duration_since(now);
-                poll_readable(fd, left)
-            }
-            None => !matches!(
-                identity::check(t.pid, t.start_time, t.boot_id, boot),
-                Liveness::Alive
-            ),
+/// After a service's main process exited on its own: SIGKILL whatever else of the
+/// service still runs, before a new instance competes with it for ports and files.
+/// `witnesses` are handles still held on the service's processes (the exited main
+/// process, when it has not been reaped yet, still proves the session is ours).
+pub fn kill_leftovers(session: i32, witnesses: Vec<Handle>, reaper: Option<i32>) -> Leftovers {
+    let mut m = Members::new(session, reaper, witnesses);
+    m.discover();
+    let live = m.live().len();
+    if live == 0 {
+        return Leftovers {
+            left_alone: m.left_alone(),
+            ..Leftovers::default()
         };
-        if leader_gone {
-            break;
-        }
-        if now >= deadline {
-            return false;
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(20));
     }
-    // Then the rest of the group (helpers the service forked). `group_alive` tells
-    // live members from zombies, since the leader stays a zombie until its parent
-    // (init, or the daemon) reaps it.
-    let mut pause = Duration::from_micros(200);
-    loop {
-        if !identity::group_alive(t.pgid) {
-            return true;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return false;
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(20));
+    m.signal_from(0, Signal::SIGKILL);
+    let gone = m.wait_gone(Instant::now() + KILL_CONFIRM, Signal::SIGKILL);
+    Leftovers {
+        killed: live,
+        left_alone: m.left_alone(),
+        survived: if gone { 0 } else { m.live().len() },
     }
 }
 
-fn poll_readable(fd: &OwnedFd, timeout: Duration) -> bool {
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    loop {
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(n) => return n > 0,
-            Err(Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
-/// Sends `signal` to the instance's main process, after the identity check, through a
-/// pidfd so the signal cannot reach a recycled pid.
+/// Sends `signal` to the instance's main process only, after the identity check.
 pub fn signal(t: &Target, current_boot: &str, signal: Signal) -> Result<Outcome, StopError> {
-    let pidfd = match pidfd_open(t.pid) {
-        Ok(fd) => fd,
-        Err(Errno::ESRCH) => return Ok(Outcome::AlreadyExited),
-        Err(errno) => {
-            return Err(StopError::Signal {
-                signal,
-                pgid: t.pgid,
-                errno,
-            })
+    let main = match Handle::open(t.pid, t.start_time, t.boot_id, current_boot) {
+        Found::Alive(h) => h,
+        Found::Exited => return Ok(Outcome::AlreadyExited),
+        Found::Stale(why) => return Ok(Outcome::Stale(why)),
+    };
+    match main.signal(signal) {
+        Ok(()) => Ok(Outcome::Stopped(Stopped {
+            killed: false,
+            took: Duration::ZERO,
+            left_session: false,
+            others: 0,
+            left_alone: 0,
+        })),
+        Err(Errno::ESRCH) => Ok(Outcome::AlreadyExited),
+        Err(errno) => Err(StopError::Signal {
+            signal,
+            pid: t.pid,
+            errno,
+        }),
+    }
+}
+
+/// The processes proven to be one service's.
+struct Members {
+    session: i32,
+    reaper: Option<i32>,
+    /// Proven, in the order they were found (the main process first, when alive).
+    pinned: Vec<Handle>,
+    /// Seen in session or group `N` but not proven.
+    unproven: BTreeSet<i32>,
+}
+
+impl Members {
+    fn new(session: i32, reaper: Option<i32>, pinned: Vec<Handle>) -> Members {
+        Members {
+            session,
+            reaper,
+            pinned,
+            unproven: BTreeSet::new(),
         }
-    };
-    match identity::check(t.pid, t.start_time, t.boot_id, current_boot) {
-        Liveness::Alive => {}
-        Liveness::Exited => return Ok(Outcome::AlreadyExited),
-        Liveness::Stale(why) => return Ok(Outcome::Stale(why)),
     }
-    pidfd_send_signal(&pidfd, signal).map_err(|errno| StopError::Signal {
-        signal,
-        pgid: t.pgid,
-        errno,
-    })?;
-    Ok(Outcome::Stopped {
-        killed: false,
-        took: Duration::ZERO,
-    })
-}
 
-/// Opens a pidfd for `pid` (Linux 5.3+).
-pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
-    // SAFETY: the pidfd_open syscall takes a pid and flags and returns a new descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(Errno::last());
+    fn has(&self, pid: i32) -> bool {
+        self.pinned.iter().any(|h| h.pid() == pid)
     }
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
 
-fn pidfd_send_signal(fd: &OwnedFd, signal: Signal) -> Result<(), Errno> {
-    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo, flags 0.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            signal as libc::c_int,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
+    fn holds(&self, s: &Stat) -> bool {
+        s.session == self.session
+    }
+
+    /// Finds and pins every process that can be proven to be the service's.
+    fn discover(&mut self) {
+        for _ in 0..MAX_ROUNDS {
+            let before = self.pinned.len();
+            self.by_ancestry();
+            self.by_reaper();
+            self.by_session();
+            if self.pinned.len() == before {
+                break;
+            }
+        }
+        let pinned: Vec<i32> = self.pinned.iter().map(Handle::pid).collect();
+        self.unproven.retain(|p| !pinned.contains(p));
+    }
+
+    /// Children of proven processes are the service's.
+    fn by_ancestry(&mut self) {
+        let mut i = 0;
+        while i < self.pinned.len() {
+            let parent = self.pinned[i].pid();
+            for child in handle::children(parent) {
+                if self.has(child) {
+                    continue;
+                }
+                let Some((h, st)) = Handle::pin(child) else {
+                    continue;
+                };
+                // The parent must still be there after the child's stat was read: then
+                // `parent` in that stat was our process, not a reuse of its number.
+                if st.ppid == parent && self.pinned[i].stat().is_some() {
+                    self.pinned.push(h);
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Orphans re-parented to the daemon (a child subreaper) that are in session `N`.
+    fn by_reaper(&mut self) {
+        let Some(reaper) = self.reaper else { return };
+        // A process with pid N would be the leader of a session that reused the number.
+        if handle::exists(self.session) {
+            return;
+        }
+        for child in handle::children(reaper) {
+            if self.has(child) {
+                continue;
+            }
+            let Some((h, st)) = Handle::pin(child) else {
+                continue;
+            };
+            if st.ppid == reaper && (st.session == self.session || st.pgrp == self.session) {
+                self.pinned.push(h);
+            }
+        }
+    }
+
+    /// Members of session (or group) `N`, proven while a pinned witness holds `N`.
+    fn by_session(&mut self) {
+        let candidates: Vec<i32> = handle::in_session_or_group(self.session)
+            .into_iter()
+            .filter(|p| !self.has(*p))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let witness = self
+            .pinned
+            .iter()
+            .position(|h| h.stat().is_some_and(|s| self.holds(&s)));
+        let Some(w) = witness else {
+            self.unproven.extend(candidates);
+            return;
+        };
+        let mut fresh = Vec::new();
+        for pid in candidates {
+            if let Some((h, st)) = Handle::pin(pid) {
+                if st.session == self.session || st.pgrp == self.session {
+                    fresh.push(h);
+                }
+            }
+        }
+        // Seen in session N before and after: it held the number all along (it could
+        // only leave by setsid(), which is for good).
+        if self.pinned[w].stat().is_some_and(|s| self.holds(&s)) {
+            self.pinned.extend(fresh);
+        } else {
+            self.unproven.extend(fresh.iter().map(Handle::pid));
+        }
+    }
+
+    fn signal_from(&self, first: usize, signal: Signal) {
+        for h in &self.pinned[first.min(self.pinned.len())..] {
+            if !h.exited() {
+                // ESRCH: it exited meanwhile. Nothing else can fail for our own process.
+                let _ = h.signal(signal);
+            }
+        }
+    }
+
+    fn live(&self) -> Vec<&Handle> {
+        self.pinned.iter().filter(|h| !h.exited()).collect()
+    }
+
+    /// Unproven processes that are still alive.
+    fn left_alone(&self) -> usize {
+        self.unproven
+            .iter()
+            .filter(|&&p| {
+                super::identity::stat(p)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| !s.exited())
+            })
+            .count()
+    }
+
+    /// Waits until every proven process has exited, signalling (with `signal`) any that
+    /// are found meanwhile (forked after the last look). False at the deadline.
+    fn wait_gone(&mut self, deadline: Instant, signal: Signal) -> bool {
+        loop {
+            let live = self.live();
+            if live.is_empty() {
+                let before = self.pinned.len();
+                self.discover();
+                if self.pinned.len() == before {
+                    return true;
+                }
+                self.signal_from(before, signal);
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = RESCAN.min(deadline - now);
+            let _ = handle::wait_any(&live, wait);
+            let before = self.pinned.len();
+            self.discover();
+            self.signal_from(before, signal);
+        }
     }
 }

@@ -139,7 +139,37 @@ impl Store {
         if version < latest {
             self.migrate()?;
         }
-        Ok(())
+        self.require_wal()
+    }
+
+    /// tend's concurrency rests on WAL mode: readers never block the writer, and a
+    /// writer waits only for another writer. In a rollback journal a reader blocks every
+    /// commit, so a held read lock would stall starts and stops. The mode is persistent;
+    /// if something switched the file away from WAL, switch it back, and if that is not
+    /// possible now (another process has it open), refuse with a clear error rather than
+    /// run without the guarantees.
+    fn require_wal(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let mode = |conn: &Connection, sql: &str| -> Result<String> {
+            conn.query_row(sql, [], |r| r.get::<_, String>(0))
+                .map_err(|e| db_err(&path, e))
+        };
+        let current = mode(&self.conn, "PRAGMA journal_mode")?;
+        if current.eq_ignore_ascii_case("wal") {
+            return Ok(());
+        }
+        match mode(&self.conn, "PRAGMA journal_mode = WAL") {
+            Ok(m) if m.eq_ignore_ascii_case("wal") => Ok(()),
+            Ok(_) => Err(Error::JournalMode {
+                path: self.path.clone(),
+                mode: current,
+            }),
+            Err(e) if e.is_busy() => Err(Error::JournalMode {
+                path: self.path.clone(),
+                mode: current,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -549,10 +579,33 @@ impl Tx<'_> {
     }
 
     pub fn record(&self, service: &str, kind: &str, detail: &str) -> Result<()> {
+        self.record_id(service, kind, detail).map(drop)
+    }
+
+    /// Appends an event and returns its id.
+    pub fn record_id(&self, service: &str, kind: &str, detail: &str) -> Result<i64> {
         self.exec(
             "INSERT INTO events (at, service, kind, detail) VALUES (?1, ?2, ?3, ?4)",
             params![now_ms(), service, kind, detail],
-        )
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    /// Removes an event written earlier in an operation that is being taken back as a
+    /// whole (a start whose exec failed after its record was committed).
+    pub fn delete_event(&self, id: i64) -> Result<()> {
+        self.exec("DELETE FROM events WHERE id = ?1", params![id])
+    }
+
+    /// The service with row id `id`.
+    pub fn service_by_id(&self, id: i64) -> Result<Option<Service>> {
+        let sql = format!("SELECT {SERVICE_COLUMNS} FROM services WHERE id = ?1");
+        let mut stmt = self.0.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let row = stmt
+            .query_row([id], RawService::from_row)
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(|r| r.into_service().map(|(_, s)| s)).transpose()
     }
 
     /// The last `limit` events, oldest first; only `service`'s when given.

@@ -291,7 +291,17 @@ fn exit_is_noticed() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["added", "start", "exit"]);
+    // The exit went through the restart policy (on-failure, and an unknown status
+    // counts as a failure), and the state says that no daemon will carry it out.
+    assert_eq!(kinds, ["added", "start", "exit", "backoff"]);
+    let st = env.tend(&["status", "brief"]);
+    assert_eq!(st.code, 3);
+    assert!(
+        st.stdout.contains("restarting (no daemon)"),
+        "{}",
+        st.stdout
+    );
+    assert_eq!(env.status_json("brief")["waiting_for_daemon"], true);
 }
 
 /// Ten `tend start web` at the same moment start exactly one instance.

@@ -122,8 +122,7 @@ impl Env {
     /// in the file by a dead daemon may belong to another process by now).
     pub fn daemon_pid(&self) -> Option<i32> {
         let lock = self.home().join("daemon.lock");
-        let file = std::fs::File::open(&lock).ok()?;
-        if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock).is_ok() {
+        if !lock_held(&lock) {
             return None;
         }
         let text = std::fs::read_to_string(&lock).ok()?;
@@ -170,6 +169,30 @@ impl Drop for Env {
                 kill_group(g);
             }
         }
+    }
+}
+
+/// True when someone holds the daemon's lock at `path`. Probes with `F_OFD_GETLK`, which
+/// takes nothing, as tend itself does (a test that took the lock to look would be exactly
+/// the kind of reader that must never make `tend daemon` fail).
+pub fn lock_held(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut probe = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    match nix::fcntl::fcntl(
+        file.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_OFD_GETLK(&mut probe),
+    ) {
+        Ok(_) => probe.l_type != libc::F_UNLCK as libc::c_short,
+        Err(_) => false,
     }
 }
 

@@ -1,0 +1,249 @@
+//! The daemon's supervision worker: one thread that does, in order, everything the event
+//! loop learns about and that needs the database: recording exits and deciding restarts,
+//! killing what a crashed service left behind, carrying out due restarts, adopting
+//! running services, autostart. The loop itself never waits for it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+use tracing::{debug, error, info, warn};
+
+use super::server::Waker;
+use super::Msg;
+use crate::policy::{Decision, ExitStatus};
+use crate::process::handle::Handle;
+use crate::process::stop::kill_leftovers;
+use crate::supervisor::{Exit, StartOutcome, Supervisor, Watch};
+
+/// Work for the worker, from the event loop.
+pub enum Job {
+    /// Adopt what runs, schedule pending restarts, autostart; then tell the loop.
+    Startup,
+    /// A child of the daemon was reaped with this `waitpid` status.
+    Exit {
+        pid: i32,
+        start_time: u64,
+        status: i32,
+    },
+    /// An adopted service exited (its pidfd became readable); the handle still pins it.
+    AdoptedExit { handle: Handle, watch: Watch },
+    /// A pending automatic restart is due.
+    Restart(String),
+    /// Re-read pending restarts (a request changed them).
+    Sync,
+    /// Adopt running services not watched yet (SIGHUP, `tend daemon reload`).
+    Reload,
+}
+
+/// The loop's end: sends jobs and counts those not finished yet.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    tx: mpsc::Sender<Job>,
+    outstanding: Arc<AtomicUsize>,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, job: Job) {
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(job).is_err() {
+            self.outstanding.fetch_sub(1, Ordering::SeqCst);
+            error!("the supervision worker is gone");
+        }
+    }
+
+    /// Jobs sent and not finished.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts the worker thread with its own supervisor.
+pub fn start(sup: Supervisor, waker: Waker) -> crate::Result<WorkerHandle> {
+    let (tx, rx) = mpsc::channel();
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let count = outstanding.clone();
+    let mut w = Worker {
+        sup,
+        waker,
+        me: std::process::id() as i32,
+        watched: HashSet::new(),
+    };
+    std::thread::Builder::new()
+        .name("tend-worker".into())
+        .spawn(move || {
+            for job in rx {
+                w.run(job);
+                count.fetch_sub(1, Ordering::SeqCst);
+                // Also wakes a draining loop that waits for the worker to be idle.
+                w.sync_timers();
+            }
+        })
+        .map_err(|e| crate::Error::Daemon {
+            message: format!("cannot start the supervision worker: {e}"),
+        })?;
+    Ok(WorkerHandle { tx, outstanding })
+}
+
+struct Worker {
+    sup: Supervisor,
+    waker: Waker,
+    me: i32,
+    /// Pids of adopted services handed to the loop to watch.
+    watched: HashSet<i32>,
+}
+
+impl Worker {
+    fn run(&mut self, job: Job) {
+        match job {
+            Job::Startup => {
+                self.adopt();
+                self.autostart();
+                self.waker.send(Msg::Ready);
+            }
+            Job::Exit {
+                pid,
+                start_time,
+                status,
+            } => {
+                let status = ExitStatus::from_wait(status);
+                match self.sup.on_exit(pid, start_time, status) {
+                    Ok(Some(exit)) => self.after_exit(exit, status, Vec::new()),
+                    // Intermediate processes of the double fork, orphaned helpers,
+                    // processes that never passed the gate.
+                    Ok(None) => debug!(pid, %status, "reaped a non-service child"),
+                    Err(e) => error!(pid, error = %e, "recording an exit failed"),
+                }
+            }
+            Job::AdoptedExit { handle, watch } => {
+                self.watched.remove(&watch.pid);
+                match self
+                    .sup
+                    .on_exit(watch.pid, watch.start_time, ExitStatus::Unknown)
+                {
+                    // The handle pins the exited process: while it is not reaped (it is
+                    // not our child), it proves the session is still the service's.
+                    Ok(Some(exit)) => self.after_exit(exit, ExitStatus::Unknown, vec![handle]),
+                    Ok(None) => {
+                        debug!(service = %watch.name, pid = watch.pid, "adopted process exited; record already cleared")
+                    }
+                    Err(e) => error!(service = %watch.name, error = %e, "recording an exit failed"),
+                }
+            }
+            Job::Restart(name) => self.restart(&name),
+            Job::Sync => {}
+            Job::Reload => self.adopt(),
+        }
+        for n in self.sup.take_notices() {
+            info!("{n}");
+        }
+    }
+
+    fn after_exit(&mut self, exit: Exit, status: ExitStatus, witnesses: Vec<Handle>) {
+        if !exit.requested {
+            // The main process ended on its own, but helpers it forked may live on: take
+            // them down before a new instance competes with them for ports and files.
+            // Only processes proven to be the service's are signalled.
+            let l = kill_leftovers(exit.pgid, witnesses, Some(self.me));
+            if l.killed > 0 {
+                info!(service = %exit.name, killed = l.killed, "killed processes the service left behind");
+            }
+            if l.left_alone > 0 {
+                warn!(service = %exit.name, session = exit.pgid, count = l.left_alone,
+                    "processes in the service's session number not proven to be its own; left alone");
+            }
+            if l.survived > 0 {
+                warn!(service = %exit.name, count = l.survived, "processes the service left behind survived SIGKILL");
+            }
+        }
+        match &exit.decision {
+            Decision::Leave => {
+                info!(service = %exit.name, %status, requested = exit.requested, "exited")
+            }
+            Decision::Restart { delay } => {
+                info!(service = %exit.name, %status, delay_ms = delay.as_millis() as u64, "exited; restart scheduled")
+            }
+            Decision::Fail { reason } => {
+                warn!(service = %exit.name, %status, reason = %reason, "exited; marked failed")
+            }
+        }
+    }
+
+    fn restart(&mut self, name: &str) {
+        match self.sup.restart_due(name) {
+            Ok(StartOutcome::Started { pid }) => info!(service = %name, pid, "restarted"),
+            Ok(StartOutcome::NotDue) => debug!(service = %name, "restart cancelled"),
+            Ok(other) => info!(service = %name, outcome = ?other, "restart"),
+            Err(e) => {
+                error!(service = %name, error = %e, "restart failed");
+                if let Err(e) = self.sup.give_up(name, &format!("restart failed: {e}")) {
+                    error!(service = %name, error = %e, "recording the failure failed");
+                }
+            }
+        }
+    }
+
+    /// Tells the loop which restarts are pending (the database's word, not a guess).
+    fn sync_timers(&mut self) {
+        match self.sup.pending_restarts() {
+            Ok(pending) => self.waker.send(Msg::Timers(pending)),
+            Err(e) => error!(error = %e, "reading pending restarts failed"),
+        }
+    }
+
+    /// Adopts running services this daemon does not watch yet, and handles the ones that
+    /// died (or whose pid was reused) while no daemon was watching.
+    fn adopt(&mut self) {
+        let me = self.me;
+        let watched = self.watched.clone();
+        let skip = |pid: i32| {
+            watched.contains(&pid)
+                || crate::process::identity::stat(pid)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.ppid == me)
+        };
+        let (watches, exits) = match self.sup.adopt_all(&skip) {
+            Ok(v) => v,
+            Err(e) => {
+                error!(error = %e, "adoption failed");
+                return;
+            }
+        };
+        for (_, w) in &watches {
+            info!(service = %w.name, pid = w.pid, "adopted");
+            self.watched.insert(w.pid);
+        }
+        if !watches.is_empty() {
+            self.waker.send(Msg::Watch(watches));
+        }
+        for exit in exits {
+            self.after_exit(exit, ExitStatus::Unknown, Vec::new());
+        }
+    }
+
+    /// Starts `--autostart` services that are neither running, failed nor pending.
+    fn autostart(&mut self) {
+        let names = match self.sup.autostart_names() {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "reading autostart services failed");
+                return;
+            }
+        };
+        for name in names {
+            let idle = self.sup.status(&name).is_ok_and(|st| {
+                st.instance.is_none()
+                    && st.runtime.failed.is_none()
+                    && st.runtime.next_retry_at.is_none()
+            });
+            if !idle {
+                continue;
+            }
+            match self.sup.start(&name) {
+                Ok(o) => info!(service = %name, outcome = ?o, "autostart"),
+                Err(e) => error!(service = %name, error = %e, "autostart failed"),
+            }
+        }
+    }
+}
