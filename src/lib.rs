@@ -25,6 +25,7 @@
 //! still the one it stopped.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod actions;
 pub mod app;

@@ -135,38 +135,6 @@ pub fn check(pid: i32, start_time: u64, recorded_boot: &str, current_boot: &str)
     }
 }
 
-/// True when some process other than a zombie is still in process group `pgid`.
-pub fn group_alive(pgid: i32) -> bool {
-    if let Err(Errno::ESRCH) = kill(Pid::from_raw(-pgid), None) {
-        return false;
-    }
-    // kill() also finds zombies, which only wait for their parent to reap them; look at
-    // the members themselves.
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // getpgid is one cheap syscall; reading /proc/PID/stat is an open, a read and a
-        // close. Only members of the group get the closer look.
-        if nix::unistd::getpgid(Some(Pid::from_raw(pid))) != Ok(Pid::from_raw(pgid)) {
-            continue;
-        }
-        if let Ok(Some(s)) = stat(pid) {
-            if s.pgrp == pgid && !s.exited() {
-                return true;
-            }
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,7 +255,6 @@ impl Command {
             report: report_w.as_raw_fd(),
             gate: gate_r.as_raw_fd(),
             keep,
-            // SAFETY: SIGRTMAX only reads a value glibc fixed at startup.
             sigmax: libc::SIGRTMAX(),
         };
 

@@ -3,6 +3,8 @@
 
 mod bad_input;
 mod daemon;
+mod faults;
 mod lifecycle;
 mod postgres;
+mod races;
 mod util;

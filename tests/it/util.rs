@@ -339,3 +339,15 @@ pub fn dump(db: &Path) -> String {
     out.push_str(&format!("user_version {v}\n"));
     out
 }
+
+/// True when the test runs as root. A test that can only stage its corner as root (writing
+/// `/proc/sys/kernel/ns_last_pid`, scheduling classes) calls this first and, when it says
+/// no, returns at once after recording why it did not run.
+pub fn require_root(test: &str, why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("{test}: not run: needs root to {why}");
+    false
+}
