@@ -90,8 +90,8 @@ pub enum SpawnError {
         errno: Errno,
         program: String,
     },
-    #[error("the new process did not report in (killed before it was ready?)")]
-    NoReport,
+    #[error("the new process did not report in ({0})")]
+    NoReport(String),
     #[error("the new process (pid {0}) died before exec")]
     Died(i32),
 }
@@ -291,7 +291,7 @@ impl Command {
                         program: self.program_display.clone(),
                     })
                 }
-                Ok(None) => break Err(SpawnError::NoReport),
+                Ok(None) => break Err(SpawnError::NoReport(String::new())),
                 Err(e) => {
                     break Err(SpawnError::Os {
                         what: "reading the spawn report",
@@ -302,8 +302,19 @@ impl Command {
         };
         // The intermediate exits right after reporting; once it is reaped, the service
         // has been re-parented to us.
-        reap(pid);
+        let ended = reap(pid);
         let handle = child.and_then(pin_child);
+        let outcome = outcome.map_err(|e| match e {
+            SpawnError::NoReport(_) => SpawnError::NoReport(match (ended, child) {
+                (Some(st), _) if libc::WIFSIGNALED(st) => format!(
+                    "its intermediate process was killed by signal {}",
+                    libc::WTERMSIG(st)
+                ),
+                (_, Some(c)) => format!("pid {c} ended before it was set up"),
+                _ => "the intermediate process ended without a word".into(),
+            }),
+            other => other,
+        });
         if let Err(e) = outcome {
             if let Some(h) = handle {
                 discard(h);
@@ -311,7 +322,9 @@ impl Command {
             return Err(e);
         }
         let Some(handle) = handle else {
-            return Err(SpawnError::NoReport);
+            return Err(SpawnError::NoReport(
+                "it could not be pinned: gone before tend looked".into(),
+            ));
         };
         Ok(Pending {
             handle: Some(handle),
@@ -498,16 +511,20 @@ fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// Reaps the intermediate process (it exits at once), retrying on EINTR. ECHILD means a
-/// daemon's event loop reaped it first, which is as good.
-fn reap(pid: libc::pid_t) {
+/// Reaps the intermediate process (it exits at once), retrying on EINTR; its status.
+/// `None` (ECHILD) means a daemon's event loop reaped it first, which is as good.
+fn reap(pid: libc::pid_t) -> Option<i32> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid status pointer.
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r >= 0 || Errno::last() != Errno::EINTR {
-            return;
+        if r == pid {
+            return Some(status);
         }
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return None;
     }
 }
 

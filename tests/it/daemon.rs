@@ -251,7 +251,7 @@ fn exit_code_is_recorded() {
         &["--restart", "never"],
         &["--exit-after", "50", "--exit-code", "3"],
     );
-    env.ok(&["start", "job"]);
+    env.start_brief(&["job"]);
     assert!(
         wait_until(LONG, || has_event(&env, "job", "exit", ": code 3")),
         "{:?}",
@@ -277,7 +277,7 @@ fn on_failure_ignores_clean_exit_always_restarts() {
         &["--restart", "always"],
         &["--exit-after", "50", "--marker", "m"],
     );
-    env.ok(&["start", "clean", "looper"]);
+    env.start_brief(&["clean", "looper"]);
 
     assert!(wait_until(LONG, || has_event(
         &env, "clean", "exit", ": code 0"
@@ -308,7 +308,7 @@ fn crash_loop_backs_off_then_fails() {
     let env = Env::new();
     start_daemon(&env);
     env.add_fixture("crash", &[], &["--exit-after", "0", "--exit-code", "1"]);
-    env.ok(&["start", "crash"]);
+    env.start_brief(&["crash"]);
 
     assert!(
         wait_until(LONG, || state(&env, "crash") == "failed"),
@@ -847,4 +847,208 @@ fn start_missing_program_through_daemon() {
     );
     assert_eq!(state(&env, "ghost"), "stopped");
     assert_eq!(env.tend(&["daemon", "status"]).code, 0);
+}
+
+/// A stranger process for a record to point at (a recycled pid): alive, in a group of its
+/// own, created in a later clock tick than `not_at` so that its start time differs.
+fn stranger_not_started_at(not_at: u64) -> KillOnDrop {
+    use std::os::unix::process::CommandExt;
+    loop {
+        let s = KillOnDrop(
+            std::process::Command::new("sleep")
+                .arg("600")
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        );
+        let st = std::fs::read_to_string(format!("/proc/{}/stat", s.0.id())).unwrap();
+        let start: u64 = st
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(19)
+            .unwrap()
+            .parse()
+            .unwrap();
+        if start != not_at {
+            return s;
+        }
+        // Same 10 ms tick as the service: try again in the next one.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A service that died while no daemon ran, and whose pid now belongs to another process:
+/// the daemon that comes up clears the record without signalling that process, and the
+/// exit goes through the restart policy like any other (an `always` service comes back).
+#[test]
+fn stale_record_goes_through_the_policy() {
+    let env = Env::new();
+    env.add_fixture("web", &["--restart", "always"], &["--marker", "web"]);
+    env.ok(&["start", "web"]);
+    let old = env.pid("web").unwrap();
+    let pgid = env.status_json("web")["pgid"].as_i64().unwrap() as i32;
+    kill_group(pgid);
+    assert!(wait_until(LONG, || group_members(pgid).is_empty()));
+    let recorded_start: i64 = rusqlite::Connection::open(env.db())
+        .unwrap()
+        .query_row("SELECT start_time FROM instances", [], |r| r.get(0))
+        .unwrap();
+    let stranger = stranger_not_started_at(recorded_start as u64);
+    let spid = stranger.0.id() as i32;
+    let n = rusqlite::Connection::open(env.db())
+        .unwrap()
+        .execute(
+            "UPDATE instances SET pid = ?1, pgid = ?1",
+            rusqlite::params![spid],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+
+    start_daemon(&env);
+    let new = env.wait_new_pid("web", old);
+    assert_ne!(new, spid);
+    assert!(
+        alive(spid),
+        "the stranger holding the recorded pid was signalled"
+    );
+    let ev = kinds(&env, "web");
+    let stale = ev
+        .iter()
+        .position(|k| k == "stale-cleared")
+        .expect("stale-cleared");
+    let restart = ev.iter().position(|k| k == "restart").expect("restart");
+    assert!(stale < restart, "{ev:?}");
+    assert!(ev.contains(&"backoff".to_string()), "{ev:?}");
+    assert!(
+        env.daemon_log().contains("restarted"),
+        "the daemon log says nothing: {}",
+        env.daemon_log()
+    );
+}
+
+/// A stop that waits out its whole timeout runs on its own thread: another service's
+/// crash restarts keep their schedule meanwhile.
+#[test]
+fn slow_stop_does_not_delay_restarts() {
+    let env = Env::new();
+    start_daemon(&env);
+    env.add_fixture(
+        "stubborn",
+        &["--stop-timeout", "4s"],
+        &["--ignore-term", "--marker", "s"],
+    );
+    env.add_fixture(
+        "flappy",
+        &[
+            "--restart",
+            "always",
+            "--restart-delay",
+            "0",
+            "--start-limit",
+            "0",
+        ],
+        &["--exit-after", "100", "--exit-code", "1"],
+    );
+    env.start_brief(&["stubborn", "flappy"]);
+    assert!(wait_until(LONG, || started_markers(&env, "stubborn") == 1));
+    std::thread::scope(|s| {
+        let stop = s.spawn(|| env.tend(&["stop", "stubborn"]));
+        assert!(
+            wait_until(LONG, || stopping(&env.db())),
+            "the stop never began"
+        );
+        let before = count(&env, "flappy", "restart");
+        let began = Instant::now();
+        // Watch for two seconds of the four the stop takes.
+        assert!(wait_until(Duration::from_secs(10), || began.elapsed()
+            >= Duration::from_secs(2)));
+        let during = count(&env, "flappy", "restart") - before;
+        assert!(
+            !stop.is_finished(),
+            "the stop ended early; nothing was measured"
+        );
+        // One restart every ~100 ms when nothing delays them; a stalled daemon gives 0.
+        assert!(
+            during >= 5,
+            "only {during} restarts of flappy in 2 s while a stop was waiting"
+        );
+        let out = stop.join().unwrap();
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("killed"), "{}", out.stdout);
+    });
+}
+
+/// `tend daemon stop` right after a crash: a restart due within the grace second is
+/// carried out before the daemon exits (the README's example ends with the service
+/// running), and one due later is named as left down, which `tend list` then shows.
+#[test]
+fn daemon_stop_with_restarts_pending() {
+    let env = Env::new();
+    start_daemon(&env);
+    env.add_fixture("soon", &["--restart", "always"], &["--marker", "soon"]);
+    env.add_fixture(
+        "late",
+        &["--restart", "always", "--restart-delay", "30s"],
+        &["--marker", "late"],
+    );
+    env.ok(&["start", "soon", "late"]);
+    let soon = env.pid("soon").unwrap();
+    let late = env.pid("late").unwrap();
+    signal(late, libc::SIGKILL);
+    assert!(wait_until(LONG, || state(&env, "late") == "restarting"));
+    signal(soon, libc::SIGKILL);
+    assert!(wait_until(LONG, || state(&env, "soon") != "running"
+        || env.pid("soon") != Some(soon)));
+    let out = env.ok(&["daemon", "stop"]);
+    assert!(out.stdout.contains("daemon: stopped"), "{out:?}");
+    assert!(
+        out.stderr.contains("late: its automatic restart (due in"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("soon:"), "{out:?}");
+    // `soon` was restarted by the daemon before it went.
+    let now = env.pid("soon").expect("soon runs");
+    assert_ne!(now, soon);
+    assert!(alive(now));
+    assert!(has_event(&env, "soon", "restart", &format!("pid {now}")));
+    // `late` stays down, and says why.
+    let list = env.ok(&["list"]).stdout;
+    let row = list.lines().find(|l| l.starts_with("late ")).unwrap();
+    assert!(row.contains("restarting (no daemon)"), "{list}");
+    assert_eq!(env.status_json("late")["waiting_for_daemon"], true);
+}
+
+/// A state home whose path is longer than a socket address can hold: the CLI works
+/// without a daemon (it never touches the socket then), and the daemon binds and answers
+/// through a short path to the same socket.
+#[test]
+fn long_state_home_path() {
+    let base = tempfile::tempdir().unwrap();
+    let long = base.path().join("h".repeat(60)).join("i".repeat(60));
+    std::fs::create_dir_all(&long).unwrap();
+    assert!(long.join("daemon.sock").as_os_str().len() > 108);
+    let tend = |args: &[&str]| {
+        let mut c = std::process::Command::new(TEND);
+        c.arg("--home").arg(&long).args(args).stdin(Stdio::null());
+        run(c)
+    };
+    let ok = |args: &[&str]| {
+        let out = tend(args);
+        assert_eq!(out.code, 0, "tend {args:?}: {out:?}");
+        out
+    };
+    ok(&["add", "w", "--", FIXTURE, "--marker", "w"]);
+    ok(&["start", "w"]);
+    ok(&["stop", "w"]);
+    let out = ok(&["daemon"]);
+    assert!(out.stdout.starts_with("daemon: started"), "{out:?}");
+    ok(&["start", "w"]);
+    let st = ok(&["daemon", "status", "--json"]);
+    let v: Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["services_running"], 1, "{v}");
+    let out = ok(&["daemon", "stop", "--all"]);
+    assert!(out.stdout.contains("w: stopped"), "{out:?}");
+    assert_eq!(tend(&["daemon", "status"]).code, 3);
 }

@@ -277,7 +277,7 @@ fn record_from_an_earlier_boot_is_stale() {
 fn exit_is_noticed() {
     let env = Env::new();
     env.add_fixture("brief", &[], &["--exit-after", "100"]);
-    env.ok(&["start", "brief"]);
+    env.start_brief(&["brief"]);
     let pid = env.pid("brief").unwrap();
     assert!(wait_until(LONG, || !alive(pid)));
     let st = env.tend(&["status", "brief"]);

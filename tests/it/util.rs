@@ -67,6 +67,20 @@ impl Env {
         out
     }
 
+    /// `tend start NAMES` for services that exit on their own quickly: the start either
+    /// succeeded, or was honest that a service had already exited when tend looked
+    /// (exit 1, `exited at once`), which depends on scheduling.
+    pub fn start_brief(&self, names: &[&str]) -> Out {
+        let mut args = vec!["start"];
+        args.extend_from_slice(names);
+        let out = self.tend(&args);
+        assert!(
+            out.code == 0 || (out.code == 1 && out.stderr.contains("exited at once")),
+            "tend {args:?}: {out:?}"
+        );
+        out
+    }
+
     /// Defines `name` as the fixture service with `fixture_args`.
     pub fn add_fixture(&self, name: &str, extra: &[&str], fixture_args: &[&str]) {
         let mut args = vec!["add", name];
@@ -196,16 +210,24 @@ pub fn lock_held(path: &Path) -> bool {
     }
 }
 
-/// SIGKILL a process group; only used for groups this test created.
+/// SIGKILL a process group this test created through tend, unless its number has been
+/// reused. tend's intermediate process (whose pid is the group's number) exits at once,
+/// so a live process with pid `pgid` means the number now belongs to someone else: the
+/// pid space wraps during a test run, and another test's new service may hold it. (This
+/// is the very mistake tend itself must never make; the harness must not make it either.)
 pub fn kill_group(pgid: i32) {
     // SAFETY: getpgrp has no preconditions.
     let own = unsafe { libc::getpgrp() };
     // Never the test runner's own group, whatever a test recorded.
-    if pgid > 1 && pgid != own {
-        // SAFETY: kill with a negative pid signals a process group; no memory involved.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
+    if pgid <= 1 || pgid == own {
+        return;
+    }
+    if Path::new(&format!("/proc/{pgid}")).exists() {
+        return;
+    }
+    // SAFETY: kill with a negative pid signals a process group; no memory involved.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
     }
 }
 
