@@ -256,9 +256,10 @@ pub fn children(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Every pid in /proc whose session or process group is `id`. Uses `getsid`/`getpgid`,
-/// one cheap syscall each, rather than reading every process's stat.
-pub fn in_session_or_group(id: i32) -> Vec<i32> {
+/// Every pid in /proc whose session is `id`. One `getsid` per process, a cheap syscall,
+/// rather than reading every process's stat. (A service's process groups all lie inside
+/// its session, so the session is what has to be searched.)
+pub fn in_session(id: i32) -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -272,8 +273,7 @@ pub fn in_session_or_group(id: i32) -> Vec<i32> {
         else {
             continue;
         };
-        let p = Some(nix::unistd::Pid::from_raw(pid));
-        if nix::unistd::getsid(p) == Ok(want) || nix::unistd::getpgid(p) == Ok(want) {
+        if nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))) == Ok(want) {
             out.push(pid);
         }
     }

@@ -279,9 +279,9 @@ impl Members {
         }
     }
 
-    /// Members of session (or group) `N`, proven while a pinned witness holds `N`.
+    /// Members of session `N`, proven while a pinned witness holds `N`.
     fn by_session(&mut self) {
-        let candidates: Vec<i32> = handle::in_session_or_group(self.session)
+        let candidates: Vec<i32> = handle::in_session(self.session)
             .into_iter()
             .filter(|p| !self.has(*p))
             .collect();
@@ -299,7 +299,7 @@ impl Members {
         let mut fresh = Vec::new();
         for pid in candidates {
             if let Some((h, st)) = Handle::pin(pid) {
-                if st.session == self.session || st.pgrp == self.session {
+                if st.session == self.session {
                     fresh.push(h);
                 }
             }
