@@ -69,6 +69,29 @@ pub unsafe fn unblock_all_raw() {
     }
 }
 
+/// Sets `sig`'s disposition to the default with the raw `rt_sigaction` system call (glibc's
+/// wrapper refuses signals 32 and 33); async-signal-safe.
+///
+/// # Safety
+/// Only changes a signal disposition; `unsafe` so that callers in a forked child keep it
+/// inside their audited unsafe block.
+pub unsafe fn default_disposition_raw(sig: libc::c_int) {
+    // The kernel's struct sigaction on x86_64 and arm64: handler, flags, restorer, mask,
+    // each 8 bytes. All zero: SIG_DFL, no flags, no restorer, an empty mask.
+    let dfl = [0u64; 4];
+    // SAFETY: rt_sigaction with a valid pointer to a zeroed kernel sigaction, no old
+    // action wanted, and the kernel's 8-byte sigset size.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            dfl.as_ptr(),
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
+}
+
 /// Holds off SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread until dropped:
 /// the CLI takes it from before a spawn until the new process is recorded and exec'd, so
 /// Ctrl-C or a closed terminal cannot leave a started process unrecorded (or a recorded

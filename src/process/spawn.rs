@@ -283,7 +283,12 @@ impl Command {
         let outcome = loop {
             match read_record(&report_r) {
                 Ok(Some(Record::Pid(p))) => child = Some(p),
-                Ok(Some(Record::Ready)) => break Ok(()),
+                // The service reports its own pid with READY: two processes write to
+                // this pipe, and the intermediate's PID record may come second.
+                Ok(Some(Record::Ready(p))) => {
+                    child = Some(p);
+                    break Ok(());
+                }
                 Ok(Some(Record::Error(stage, errno))) => {
                     break Err(SpawnError::Child {
                         stage,
@@ -537,7 +542,7 @@ const GO: u8 = b'G';
 
 enum Record {
     Pid(i32),
-    Ready,
+    Ready(i32),
     Error(Stage, Errno),
 }
 
@@ -562,7 +567,7 @@ fn read_record(fd: &OwnedFd) -> io::Result<Option<Record>> {
         let word = |i: usize| u32::from_ne_bytes(rec[i..i + 4].try_into().expect("4 bytes"));
         match word(0) {
             TAG_PID => return Ok(Some(Record::Pid(word(4) as i32))),
-            TAG_READY => return Ok(Some(Record::Ready)),
+            TAG_READY => return Ok(Some(Record::Ready(word(4) as i32))),
             TAG_ERROR => {
                 if let Some(stage) = Stage::from_u32(word(4)) {
                     return Ok(Some(Record::Error(stage, Errno::from_raw(word(8) as i32))));
@@ -667,14 +672,12 @@ unsafe fn service(a: &ChildArgs) -> ! {
     unsafe {
         // Every signal is still blocked (inherited from the forking thread): reset the
         // dispositions before anything can be delivered. Handlers would run tend's code
-        // in this process, and SIG_IGN would survive exec. (glibc refuses its two
-        // internal signals, 32 and 33; they are never ignored, and exec resets handled
-        // signals anyway.)
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
+        // in this process, and SIG_IGN would survive exec. The raw system call, because
+        // glibc's sigaction refuses its two internal signals (32 and 33), which a parent
+        // started through glibc's posix_spawn can hand down as ignored.
         for sig in 1..=a.sigmax {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                super::signals::default_disposition_raw(sig);
             }
         }
         for (target, &fd) in a.stdio.iter().enumerate() {

@@ -155,17 +155,19 @@ impl Env {
         }
     }
 
-    /// Every process group recorded in the database.
-    fn recorded_groups(&self) -> Vec<i32> {
+    /// Every recorded instance: (pid, process group, start time).
+    fn recorded_instances(&self) -> Vec<(i32, i32, u64)> {
         let Ok(conn) = rusqlite::Connection::open(self.db()) else {
             return Vec::new();
         };
-        let Ok(mut stmt) = conn.prepare("SELECT pgid FROM instances") else {
+        let Ok(mut stmt) = conn.prepare("SELECT pid, pgid, start_time FROM instances") else {
             return Vec::new();
         };
-        stmt.query_map([], |r| r.get(0))
-            .map(|rows| rows.flatten().collect())
-            .unwrap_or_default()
+        stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })
+        .map(|rows| rows.flatten().collect())
+        .unwrap_or_default()
     }
 }
 
@@ -173,17 +175,35 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.kill_daemon();
         if self.db().exists() {
-            let groups = self.recorded_groups();
             let mut c = self.cmd();
             c.args(["stop", "--all"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             let _ = c.status();
-            for g in groups {
-                kill_group(g);
+            // Only what tend could not stop is left, and only while the recorded main
+            // process is still that very process is its group known to be this test's.
+            for (pid, pgid, start_time) in self.recorded_instances() {
+                if start_time_of(pid) == Some(start_time) && alive(pid) {
+                    kill_group(pgid);
+                    // SAFETY: kill on a pid whose identity was just checked.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
             }
         }
     }
+}
+
+/// Field 22 of /proc/PID/stat: the process's start time in clock ticks.
+pub fn start_time_of(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// True when someone holds the daemon's lock at `path`. Probes with `F_OFD_GETLK`, which
