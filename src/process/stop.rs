@@ -341,6 +341,10 @@ impl Members {
 
     /// Waits until every proven process has exited, signalling (with `signal`) any that
     /// are found meanwhile (forked after the last look). False at the deadline.
+    ///
+    /// `/proc` is searched again only when every proven process has exited (a last look
+    /// for anything they forked) or when a wait times out with some still alive, not at
+    /// every exit: each search reads every process's session.
     fn wait_gone(&mut self, deadline: Instant, signal: Signal) -> bool {
         loop {
             let live = self.live();
@@ -358,10 +362,12 @@ impl Members {
                 return false;
             }
             let wait = RESCAN.min(deadline - now);
-            let _ = handle::wait_any(&live, wait);
-            let before = self.pinned.len();
-            self.discover();
-            self.signal_from(before, signal);
+            if handle::wait_any(&live, wait).is_none() {
+                // Still running after a while: look for processes forked meanwhile.
+                let before = self.pinned.len();
+                self.discover();
+                self.signal_from(before, signal);
+            }
         }
     }
 }
