@@ -127,7 +127,7 @@ fn crash_to_restart(t: &Tend, name: &str) -> Duration {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let old = loop {
-        if let Some(p) = pid_of().filter(|&p| alive(p)) {
+        if let Some(p) = pid_of().filter(|&p| alive(p) && runs_program(p)) {
             break p;
         }
         assert!(Instant::now() < deadline, "{name} is not running");
@@ -140,14 +140,21 @@ fn crash_to_restart(t: &Tend, name: &str) -> Duration {
     }
     let deadline = t0 + Duration::from_secs(30);
     loop {
+        // Recorded, alive, and running the program (a new instance is recorded while it
+        // still waits at tend's gate, before exec).
         if let Some(p) = pid_of() {
-            if p != old && alive(p) {
+            if p != old && alive(p) && runs_program(p) {
                 return t0.elapsed();
             }
         }
         assert!(Instant::now() < deadline, "{name} was not restarted");
         std::thread::sleep(Duration::from_micros(50));
     }
+}
+
+/// True once `pid` has exec'd the service's program (`sleep`), not still tend's code.
+fn runs_program(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))
 }
 
 /// The daemon's pid, from `tend daemon status --json`.

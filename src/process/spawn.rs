@@ -92,8 +92,6 @@ pub enum SpawnError {
     },
     #[error("the new process did not report in ({0})")]
     NoReport(String),
-    #[error("the new process (pid {0}) died before exec")]
-    Died(i32),
 }
 
 fn describe(stage: Stage, errno: Errno, program: &str) -> String {
@@ -360,14 +358,19 @@ impl Pending {
     pub fn release(mut self) -> Result<Started, SpawnError> {
         let gate = self.gate.take().expect("the gate is open until release");
         let handle = self.handle.take().expect("pinned until release");
-        let pid = handle.pid();
         let go = [GO];
         // SAFETY: writing one byte from a valid buffer to our own pipe.
         let n = unsafe { libc::write(gate.as_raw_fd(), go.as_ptr().cast(), 1) };
         drop(gate);
         if n != 1 {
-            discard(handle);
-            return Err(SpawnError::Died(pid));
+            // The only way the process can be gone here is SIGKILL from someone else (it
+            // blocks every other signal until exec). Its record is committed: this is an
+            // exit like any other, for the caller to find (`handle.exited()`) and record
+            // with its status, not a failed start to take back.
+            return Ok(Started {
+                handle,
+                session: self.session,
+            });
         }
         loop {
             match read_record(&self.report) {
