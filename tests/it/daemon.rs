@@ -1052,3 +1052,54 @@ fn long_state_home_path() {
     assert!(out.stdout.contains("w: stopped"), "{out:?}");
     assert_eq!(tend(&["daemon", "status"]).code, 3);
 }
+
+/// A new instance is recorded before it execs (it waits at tend's gate). Killing it the
+/// moment its pid appears, before or after exec, is an exit like any other: the restart
+/// policy carries on, and the service is never given up on as a failed start.
+#[test]
+fn killed_as_soon_as_recorded_is_an_exit() {
+    let env = Env::new();
+    start_daemon(&env);
+    env.add_fixture(
+        "target",
+        &[
+            "--restart",
+            "always",
+            "--restart-delay",
+            "0",
+            "--start-limit",
+            "0",
+        ],
+        &["--marker", "t"],
+    );
+    env.ok(&["start", "target"]);
+    let db =
+        rusqlite::Connection::open_with_flags(env.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let pid_now = || -> Option<i32> {
+        db.query_row("SELECT pid FROM instances", [], |r| r.get(0))
+            .ok()
+    };
+    let mut last = 0;
+    for round in 0..60 {
+        let mut pid = None;
+        assert!(
+            wait_until(LONG, || {
+                pid = pid_now().filter(|&p| p != last && alive(p));
+                pid.is_some()
+            }),
+            "round {round}: not restarted; state {}; events:\n{}",
+            state(&env, "target"),
+            env.tend(&["events", "target", "-n", "8"]).stdout
+        );
+        last = pid.unwrap();
+        signal(last, libc::SIGKILL);
+    }
+    assert_ne!(state(&env, "target"), "failed");
+    assert_eq!(
+        count(&env, "target", "failed"),
+        0,
+        "{:?}",
+        events(&env, "target")
+    );
+}
