@@ -5,8 +5,9 @@
 //! ```
 //!
 //! 1. Crash to restart: a service (`sleep`) is SIGKILLed; the time is taken from just
-//!    before the kill until the database records a new instance (recorded only after its
-//!    exec succeeded) whose process is alive. With the default policy (100 ms first
+//!    before the kill until the database records a new instance whose process is alive
+//!    and runs the program (a new instance is recorded while it waits at tend's gate,
+//!    before exec, so the bench also waits for /proc/PID/cmdline to be `sleep`). With the default policy (100 ms first
 //!    delay; each sample starts from a fresh `tend start`, so every crash is a "first"
 //!    crash) and with `--restart-delay 0 --start-limit 0`.
 //! 2. Idle cost: 1,000 services running, the daemon left alone for 60 s: CPU seconds

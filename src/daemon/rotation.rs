@@ -48,18 +48,14 @@ pub fn start(home: Home, ctx: Context) -> Result<Resync> {
         .name("tend-logs".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let mut sup = None;
             let mut dirty = true;
             loop {
                 if dirty {
                     dirty = false;
-                    if sup.is_none() {
-                        sup = Supervisor::open_with(home.clone(), ctx.clone()).ok();
-                    }
-                    if let Some(s) = sup.as_mut() {
-                        if !r.sync(s) {
-                            sup = None;
-                        }
+                    // A connection only for the moment: an idle daemon keeps one database
+                    // connection (the worker's), not one per thread.
+                    if let Ok(mut s) = Supervisor::open_with(home.clone(), ctx.clone()) {
+                        r.sync(&mut s);
                     }
                 }
                 let mut fds = [

@@ -160,6 +160,11 @@ impl Worker {
             Decision::Leave => {
                 info!(service = %exit.name, %status, requested = exit.requested, "exited")
             }
+            Decision::Restart { delay } if delay.is_zero() => {
+                info!(service = %exit.name, %status, "exited; restarting now");
+                // Due now: no round trip through the loop's timers.
+                self.restart(&exit.name);
+            }
             Decision::Restart { delay } => {
                 info!(service = %exit.name, %status, delay_ms = delay.as_millis() as u64, "exited; restart scheduled")
             }

@@ -280,6 +280,12 @@ pub fn in_session(id: i32) -> Vec<i32> {
     out
 }
 
+/// True when process group `pgid` has any member (zombies included). Sends nothing:
+/// `kill(-pgid, 0)` only looks.
+pub fn group_exists(pgid: i32) -> bool {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) != Err(Errno::ESRCH)
+}
+
 /// True when some process (zombies included) has pid `pid`.
 pub fn exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()

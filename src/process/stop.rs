@@ -281,6 +281,17 @@ impl Members {
 
     /// Members of session `N`, proven while a pinned witness holds `N`.
     fn by_session(&mut self) {
+        let has_witness = self
+            .pinned
+            .iter()
+            .any(|h| h.stat().is_some_and(|s| self.holds(&s)));
+        // Without a witness nothing found here can be proven; the search would only count
+        // what is left alone, and there is nothing to count when group N is empty (the
+        // daemon's own orphans are found through it, as the reaper). One look at the
+        // group spares reading every process's session after each crash.
+        if !has_witness && !handle::group_exists(self.session) {
+            return;
+        }
         let candidates: Vec<i32> = handle::in_session(self.session)
             .into_iter()
             .filter(|p| !self.has(*p))
