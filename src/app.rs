@@ -3,19 +3,19 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use crate::api::{Outcome, Report, Selection, Verb};
 use crate::cli::{
     Cli, Command, ConfigAction, DaemonAction, DaemonArgs, DefinitionArgs, NotifyArgs, PgArgs,
     Targets,
 };
-use crate::daemon::protocol::{Action, Outcome, Report, Response, Selection, Verb};
+use crate::daemon::protocol::{Action, Response};
 use crate::error::{exit, Error, Result};
 use crate::home::Home;
 use crate::output;
+use crate::record::now_ms;
+use crate::service::fmt_duration;
 use crate::service::{self, Service};
-use crate::store::now_ms;
-use crate::supervisor::{
-    fmt_duration, Changes, Context, SignalOutcome, StartOutcome, StopOutcome, Supervisor,
-};
+use crate::supervisor::{Changes, Context, SignalOutcome, StartOutcome, StopOutcome, Supervisor};
 
 /// Runs one command. Errors are printed as one line on stderr; the return value is the
 /// process exit code (see the README).
@@ -270,7 +270,7 @@ impl Ctx {
             None => {
                 // No daemon took it: act here, the same way.
                 let mut sup = open_supervisor(home)?;
-                crate::actions::act(&mut sup, verb, &selection, &|| true)?
+                crate::api::act(&mut sup, verb, &selection, &|| true)?
             }
         };
         self.reports(out, &reports)

@@ -55,11 +55,11 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
             Ok(value.to_string())
         }
         POSTGRES_CHANNEL => {
-            crate::pg::validate_channel(value).map_err(invalid)?;
+            validate_channel(value).map_err(invalid)?;
             Ok(value.to_string())
         }
         POSTGRES_HOST_ID => {
-            crate::pg::validate_host_id(value).map_err(invalid)?;
+            validate_host_id(value).map_err(invalid)?;
             Ok(value.to_string())
         }
         _ => {
@@ -68,6 +68,34 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
                 .to_string_lossy()
                 .into_owned())
         }
+    }
+}
+
+/// Channels are plain lowercase identifiers, so `NOTIFY tend, '...'` typed unquoted in
+/// psql reaches the channel the daemon LISTENs on.
+pub fn validate_channel(c: &str) -> std::result::Result<(), String> {
+    let ok = !c.is_empty()
+        && c.len() <= 63
+        && (c.as_bytes()[0].is_ascii_lowercase() || c.as_bytes()[0] == b'_')
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "channel {c:?}: use lowercase letters, digits and '_' (at most 63)"
+        ))
+    }
+}
+
+/// A host id as NOTIFY payloads name it (`NAME@HOST`).
+pub fn validate_host_id(h: &str) -> std::result::Result<(), String> {
+    if crate::service::is_host_id(h) {
+        Ok(())
+    } else {
+        Err(format!(
+            "host id {h:?}: use letters, digits, '.', '_' and '-'"
+        ))
     }
 }
 

@@ -57,7 +57,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod actions;
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -69,6 +69,7 @@ pub mod output;
 pub mod pg;
 pub mod policy;
 pub mod process;
+pub mod record;
 pub mod service;
 pub mod store;
 pub mod supervisor;

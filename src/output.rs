@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::store::{now_ms, Event};
-use crate::supervisor::{fmt_duration, Status};
+use crate::record::{now_ms, Event};
+use crate::service::fmt_duration;
+use crate::supervisor::Status;
 
 /// `tend status --json`, and each element of `tend list --json`.
 #[derive(Serialize)]
@@ -135,7 +136,7 @@ pub struct PgJson {
 }
 
 impl DaemonJson {
-    pub fn new(s: Option<&crate::daemon::protocol::DaemonStatus>) -> DaemonJson {
+    pub fn new(s: Option<&crate::api::DaemonStatus>) -> DaemonJson {
         DaemonJson {
             running: s.is_some(),
             pid: s.map(|s| s.pid),
@@ -159,10 +160,7 @@ impl DaemonJson {
 }
 
 /// `tend daemon status`.
-pub fn daemon_status(
-    out: &mut dyn Write,
-    s: &crate::daemon::protocol::DaemonStatus,
-) -> io::Result<()> {
+pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::Result<()> {
     writeln!(out, "daemon: running (pid {}, tend {})", s.pid, s.version)?;
     writeln!(
         out,

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::record::Runtime;
 use crate::service::{RestartPolicy, Service, BACKOFF_RESET_AFTER, MAX_RESTART_DELAY};
-use crate::store::Runtime;
 
 /// How a service's process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub fn decide(
             return Decision::Fail {
                 reason: format!(
                     "start limit hit: {recent} starts within {}",
-                    crate::supervisor::fmt_duration(svc.start_limit_interval)
+                    crate::service::fmt_duration(svc.start_limit_interval)
                 ),
             };
         }

@@ -322,6 +322,28 @@ pub fn check_readable(path: &Path) -> Result<()> {
         })
 }
 
+/// A host id (`NAME@HOST` in NOTIFY payloads, fleet hosts): a host name, or any name
+/// of letters, digits, `.`, `_` and `-` starting with a letter or digit, up to 253 bytes.
+pub fn is_host_id(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.as_bytes()[0].is_ascii_alphanumeric()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `10s`, `1.5s`, `250ms`.
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else if ms >= 1000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

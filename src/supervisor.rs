@@ -32,35 +32,9 @@ use crate::process::reap::ExitBoard;
 use crate::process::signals::Deferred;
 use crate::process::spawn::{self, SpawnError};
 use crate::process::stop::{self, Target};
-use crate::service::{self, Service};
-use crate::store::{now_ms, Event, Instance, Runtime, Store, Tx};
-
-/// Event kinds, as stored and shown by `tend events`.
-pub mod event {
-    pub const ADDED: &str = "added";
-    pub const CHANGED: &str = "changed";
-    pub const REMOVED: &str = "removed";
-    pub const START: &str = "start";
-    /// An automatic start by the daemon's restart policy.
-    pub const RESTART: &str = "restart";
-    pub const STOP: &str = "stop";
-    /// The process ended: exit code, signal, or unknown when tend was not its parent.
-    pub const EXIT: &str = "exit";
-    /// An automatic restart is scheduled.
-    pub const BACKOFF: &str = "backoff";
-    /// The start limit was hit; the service is left alone until a person starts it.
-    pub const FAILED: &str = "failed";
-    /// A running service found by a daemon that did not start it.
-    pub const ADOPTED: &str = "adopted";
-    /// A signal was sent to the main process (`tend signal`, NOTIFY `signal`).
-    pub const SIGNAL: &str = "signal";
-    /// A command arrived over NOTIFY and is about to be carried out.
-    pub const NOTIFY: &str = "notify";
-    /// A NOTIFY payload was refused (malformed, unsigned, unknown service...).
-    pub const REJECTED: &str = "rejected";
-    /// The record did not describe a process of ours (recycled PID, earlier boot).
-    pub const STALE: &str = "stale-cleared";
-}
+use crate::record::{event, now_ms, Event, Instance, Runtime};
+use crate::service::{self, fmt_duration, Service};
+use crate::store::{Store, Tx};
 
 /// A service with its running instance, if any, and its restart bookkeeping.
 #[derive(Clone, Debug)]
@@ -1212,16 +1186,4 @@ fn diff(a: &Service, b: &Service) -> Vec<&'static str> {
     );
     check(a.log_max_bytes != b.log_max_bytes, "log-max-size");
     out
-}
-
-/// `10s`, `1.5s`, `250ms`.
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else if ms >= 1000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        format!("{ms}ms")
-    }
 }

@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::protocol::{
-    Action, DaemonStatus, Request, Response, ACCEPT_DEADLINE, ACCEPT_TIMEOUT, MAX_MESSAGE,
-    SILENCE_TIMEOUT, VERSION,
+    Action, Request, Response, ACCEPT_DEADLINE, ACCEPT_TIMEOUT, MAX_MESSAGE, SILENCE_TIMEOUT,
+    VERSION,
 };
+use crate::api::DaemonStatus;
 use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
 use crate::process::handle::{Found, Handle};
-use crate::store::now_ms;
+use crate::record::now_ms;
 
 pub fn socket_path(home: &Home) -> PathBuf {
     home.root().join("daemon.sock")

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::{SignalOutcome, StartOutcome, StopOutcome};
+use crate::api::{DaemonStatus, LeftDown, Report, Selection, Verb};
 
 /// Bumped on any incompatible change to the types below.
 pub const VERSION: u32 = 2;
@@ -41,26 +41,6 @@ pub struct Request {
     /// Unix ms by which the daemon must have accepted the request.
     pub deadline_ms: i64,
     pub action: Action,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verb {
-    Start,
-    Stop,
-    Restart,
-    /// Send a signal (by number) to each service's main process.
-    Signal {
-        signal: i32,
-    },
-}
-
-/// Which services a verb applies to: some by name, or all of them (never both).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum Selection {
-    Names { names: Vec<String> },
-    All,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -98,62 +78,4 @@ pub enum Response {
         message: String,
         code: u8,
     },
-}
-
-/// A service left down by a daemon that exited with its restart pending.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeftDown {
-    pub name: String,
-    /// Unix ms the restart was due.
-    pub due_at: i64,
-}
-
-/// The result of one verb on one service, as the CLI prints it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Report {
-    pub name: String,
-    pub result: Outcome,
-    /// Stale records cleared and similar remarks, printed on stderr.
-    pub notices: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum Outcome {
-    Start {
-        outcome: StartOutcome,
-    },
-    Stop {
-        outcome: StopOutcome,
-    },
-    Restart {
-        stop: StopOutcome,
-        start: StartOutcome,
-    },
-    Signal {
-        outcome: SignalOutcome,
-    },
-    Error {
-        message: String,
-        code: u8,
-    },
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DaemonStatus {
-    pub pid: i32,
-    /// Field 22 of /proc/PID/stat, to wait for this very process to exit.
-    pub start_time: u64,
-    /// Unix ms.
-    pub started_at: i64,
-    pub version: String,
-    /// Services with a running instance.
-    pub running: usize,
-    /// Of those, the ones adopted (not started by this daemon), watched by pidfd.
-    pub adopted: usize,
-    /// Services with an automatic restart pending.
-    pub pending_restarts: usize,
-    pub home: std::path::PathBuf,
-    /// PostgreSQL control, when configured.
-    pub postgres: Option<crate::pg::listener::PgStatus>,
 }

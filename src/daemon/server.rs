@@ -10,25 +10,20 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, info, warn};
 
-use super::protocol::{
-    Action, DaemonStatus, LeftDown, Request, Response, Selection, Verb, HEARTBEAT, MAX_MESSAGE,
-    VERSION,
-};
-use super::Shared;
+use super::bus::{InFlight, Msg, Shared, ToLoop, Waker, MAX_CONNECTIONS};
+use super::protocol::{Action, Request, Response, HEARTBEAT, MAX_MESSAGE, VERSION};
+use crate::api::{DaemonStatus, Selection, Verb};
 use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
-use crate::store::now_ms;
+use crate::record::now_ms;
 use crate::supervisor::{Context, Supervisor};
-
-/// Requests served at once; more wait for none: they are told the daemon is busy.
-pub const MAX_CONNECTIONS: usize = 64;
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,93 +61,6 @@ pub fn bind(home: &Home) -> Result<UnixListener> {
         reason: io_reason(&e),
     })?;
     Ok(listener)
-}
-
-/// What the loop tells a shutdown requester when the daemon is about to exit.
-pub type ShutdownReply = mpsc::Sender<Vec<LeftDown>>;
-
-/// What a request thread asks of the event loop.
-pub enum ToLoop {
-    /// A request (or NOTIFY) changed what runs: re-read pending restarts and log files.
-    Changed,
-    Reload,
-    /// Exit once requests in flight are done; answer on the sender.
-    Shutdown(Option<ShutdownReply>),
-}
-
-/// Wakes the event loop with a message.
-#[derive(Clone)]
-pub struct Waker {
-    tx: Arc<Mutex<mpsc::Sender<super::Msg>>>,
-    wake: Arc<UnixStream>,
-}
-
-impl Waker {
-    pub fn new(tx: mpsc::Sender<super::Msg>, wake: UnixStream) -> Waker {
-        Waker {
-            tx: Arc::new(Mutex::new(tx)),
-            wake: Arc::new(wake),
-        }
-    }
-
-    pub fn send(&self, msg: super::Msg) {
-        let _ = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(msg);
-        let _ = (&*self.wake).write(&[1]);
-    }
-}
-
-/// Counts requests in flight, so a shutdown can wait for them.
-#[derive(Default)]
-pub struct InFlight {
-    count: AtomicUsize,
-    /// Set when the daemon is going away: nothing new is started.
-    closing: AtomicBool,
-}
-
-impl InFlight {
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-
-    pub fn close(&self) {
-        self.closing.store(true, Ordering::SeqCst);
-    }
-
-    pub fn closing(&self) -> bool {
-        self.closing.load(Ordering::SeqCst)
-    }
-
-    /// Counts in work that does not come through the socket (a NOTIFY command); `None`
-    /// when the daemon is closing.
-    pub fn enter_always(self: &Arc<Self>) -> Option<Ticket> {
-        if self.closing() {
-            return None;
-        }
-        self.count.fetch_add(1, Ordering::SeqCst);
-        Some(Ticket(self.clone()))
-    }
-
-    /// Counts one request in; `None` when the daemon is closing or at capacity.
-    pub fn enter(self: &Arc<Self>) -> Option<Ticket> {
-        if self.closing() {
-            return None;
-        }
-        let n = self.count.fetch_add(1, Ordering::SeqCst);
-        if n >= MAX_CONNECTIONS {
-            self.count.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(Ticket(self.clone()))
-    }
-}
-
-/// One request in flight; counted out when dropped.
-pub struct Ticket(Arc<InFlight>);
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// What a request thread needs.
@@ -276,7 +184,7 @@ pub fn accept(listener: &UnixListener, sc: &ServeCtx) {
                     .spawn(move || {
                         sc.serve(stream);
                         drop(ticket);
-                        sc.waker.send(super::Msg::FromRequest(ToLoop::Changed));
+                        sc.waker.send(Msg::FromRequest(ToLoop::Changed));
                     });
                 if let Err(e) = spawned {
                     warn!(error = %e, "cannot start a request thread");
@@ -384,7 +292,7 @@ impl ServeCtx {
             Action::Act { verb, selection } => self.act(verb, &selection, proceed),
             Action::Status => self.status().map(|s| Response::Status(Box::new(s))),
             Action::Reload => {
-                self.waker.send(super::Msg::FromRequest(ToLoop::Reload));
+                self.waker.send(Msg::FromRequest(ToLoop::Reload));
                 Ok(Response::Done)
             }
             Action::Shutdown { stop_services } => self.shutdown(stop_services, proceed),
@@ -402,14 +310,14 @@ impl ServeCtx {
         proceed: &dyn Fn() -> bool,
     ) -> Result<Response> {
         let mut sup = self.supervisor()?;
-        let reports = crate::actions::act(&mut sup, verb, selection, proceed)?;
+        let reports = crate::api::act(&mut sup, verb, selection, proceed)?;
         Ok(Response::Reports { reports })
     }
 
     fn shutdown(&self, stop_services: bool, proceed: &dyn Fn() -> bool) -> Result<Response> {
         let reports = if stop_services {
             let mut sup = self.supervisor()?;
-            crate::actions::act(&mut sup, Verb::Stop, &Selection::All, proceed)?
+            crate::api::act(&mut sup, Verb::Stop, &Selection::All, proceed)?
         } else {
             Vec::new()
         };
@@ -417,7 +325,7 @@ impl ServeCtx {
         // wait for, and waits for its answer to be written before the process exits.
         let (tx, rx) = mpsc::channel();
         self.waker
-            .send(super::Msg::FromRequest(ToLoop::Shutdown(Some(tx))));
+            .send(Msg::FromRequest(ToLoop::Shutdown(Some(tx))));
         let left_down = rx.recv().unwrap_or_default();
         Ok(Response::ShuttingDown { reports, left_down })
     }

@@ -9,8 +9,7 @@ use std::sync::{mpsc, Arc};
 
 use tracing::{debug, error, info, warn};
 
-use super::server::Waker;
-use super::Msg;
+use super::bus::{Msg, Waker};
 use crate::policy::{Decision, ExitStatus};
 use crate::process::handle::Handle;
 use crate::process::stop::kill_leftovers;

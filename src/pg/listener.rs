@@ -5,7 +5,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::poll_fn;
-use serde::{Deserialize, Serialize};
 use tokio_postgres::AsyncMessage;
 use tracing::{debug, error, info, warn};
 
@@ -13,11 +12,10 @@ use super::auth::{self, Key, Replays};
 use super::connect::{self, Connection};
 use super::payload::{self, Action};
 use super::Settings;
-use crate::daemon::protocol::{Outcome, Selection, Verb};
-use crate::daemon::server::{InFlight, ToLoop, Waker};
-use crate::daemon::Msg;
+use crate::api::PgStatus;
+use crate::api::{Outcome, Selection, Verb};
 use crate::home::Home;
-use crate::store::now_ms;
+use crate::record::now_ms;
 use crate::supervisor::{Context, Supervisor};
 
 /// A quiet connection is pinged this often; no answer within [`PING_TIMEOUT`] means it
@@ -30,21 +28,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-/// What `tend daemon status` shows about PostgreSQL. The URL is shown without password.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PgStatus {
-    /// `connecting`, `connected` or `reconnecting`.
-    pub state: String,
-    /// Unix ms: when the current state began.
-    pub since: i64,
-    pub last_error: Option<String>,
-    pub url: String,
-    pub channel: String,
-    pub host_id: String,
-    /// Notifications received since the daemon started.
-    pub received: u64,
-}
-
 /// One received notification, for the executor.
 struct Job {
     payload: String,
@@ -52,13 +35,21 @@ struct Job {
 }
 
 /// Starts the listener and executor threads; returns the shared status.
+/// What the host process (the daemon) lends the executor: a way to count a command in
+/// as work in flight (`None` when the host is shutting down and takes no new work; the
+/// returned token counts it out when dropped), and a way to say that a command changed
+/// what runs.
+pub struct Hooks {
+    pub admit: Box<dyn Fn() -> Option<Box<dyn Send>> + Send>,
+    pub changed: Box<dyn Fn() + Send>,
+}
+
 pub fn start(
     settings: Settings,
     key: Option<Key>,
     home: Home,
     ctx: Context,
-    waker: Waker,
-    in_flight: Arc<InFlight>,
+    hooks: Hooks,
 ) -> crate::Result<Arc<Mutex<PgStatus>>> {
     let tls =
         connect::tls(settings.ca_file.as_deref()).map_err(|message| crate::Error::Invalid {
@@ -78,7 +69,7 @@ pub fn start(
     let host_id = settings.host_id.clone();
     std::thread::Builder::new()
         .name("tend-notify-exec".into())
-        .spawn(move || execute(rx, home, ctx, host_id, key, waker, in_flight))
+        .spawn(move || execute(rx, home, ctx, host_id, key, hooks))
         .map_err(|e| crate::Error::Daemon {
             message: format!("cannot start the notify executor: {e}"),
         })?;
@@ -255,13 +246,12 @@ fn execute(
     ctx: Context,
     host_id: String,
     key: Option<Key>,
-    waker: Waker,
-    in_flight: Arc<InFlight>,
+    hooks: Hooks,
 ) {
     let mut replays = Replays::default();
     let mut sup: Option<Supervisor> = None;
     for job in rx {
-        let Some(_ticket) = in_flight.enter_always() else {
+        let Some(ticket) = (hooks.admit)() else {
             warn!(
                 backend_pid = job.backend_pid,
                 "notify: the daemon is shutting down; command not carried out"
@@ -282,8 +272,8 @@ fn execute(
             error!(error = %e, "notify: database error; reopening");
             sup = None;
         }
-        drop(_ticket);
-        waker.send(Msg::FromRequest(ToLoop::Changed));
+        drop(ticket);
+        (hooks.changed)();
     }
 }
 
@@ -299,7 +289,7 @@ fn handle(
     let who = format!("notify (backend pid {})", job.backend_pid);
     let reject = |sup: &mut Supervisor, service: &str, why: String| {
         warn!(%service, "{why}");
-        sup.record(service, crate::supervisor::event::REJECTED, &why)
+        sup.record(service, crate::record::event::REJECTED, &why)
     };
     let inner = match key {
         Some(k) => match auth::verify(k, &job.payload, now_ms() / 1000, replays) {
@@ -335,7 +325,7 @@ fn handle(
         if known.contains(&name) {
             sup.record(
                 &name,
-                crate::supervisor::event::NOTIFY,
+                crate::record::event::NOTIFY,
                 &format!("{} requested by {who}", cmd.action),
             )?;
             accepted.push(name);
@@ -357,7 +347,7 @@ fn handle(
         Action::Signal(sig) => Verb::Signal { signal: sig as i32 },
     };
     let selection = Selection::Names { names: accepted };
-    for r in crate::actions::act(sup, verb, &selection, &|| true)? {
+    for r in crate::api::act(sup, verb, &selection, &|| true)? {
         match &r.result {
             Outcome::Error { message, .. } => warn!(service = %r.name, "{who}: {message}"),
             other => info!(service = %r.name, outcome = ?other, "{who}"),

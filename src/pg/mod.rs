@@ -66,7 +66,7 @@ impl Settings {
             .clone()
             .or(get(config::POSTGRES_CHANNEL)?)
             .unwrap_or_else(|| DEFAULT_CHANNEL.to_string());
-        validate_channel(&channel).map_err(invalid)?;
+        config::validate_channel(&channel).map_err(invalid)?;
         let host_id = match o.host_id.clone().or(get(config::POSTGRES_HOST_ID)?) {
             Some(h) => h,
             None => nix::unistd::gethostname()
@@ -74,7 +74,7 @@ impl Settings {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "localhost".to_string()),
         };
-        validate_host_id(&host_id).map_err(invalid)?;
+        config::validate_host_id(&host_id).map_err(invalid)?;
         Ok(Some(Settings {
             url,
             channel,
@@ -108,34 +108,11 @@ impl Settings {
     }
 }
 
-/// Channels are plain lowercase identifiers, so `NOTIFY tend, '...'` typed unquoted in
-/// psql reaches the channel the daemon LISTENs on.
-pub fn validate_channel(c: &str) -> std::result::Result<(), String> {
-    let ok = !c.is_empty()
-        && c.len() <= 63
-        && (c.as_bytes()[0].is_ascii_lowercase() || c.as_bytes()[0] == b'_')
-        && c.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "channel {c:?}: use lowercase letters, digits and '_' (at most 63)"
-        ))
-    }
-}
-
-pub fn validate_host_id(h: &str) -> std::result::Result<(), String> {
-    payload::parse(&format!("start x@{h}"))
-        .map(drop)
-        .map_err(|_| format!("host id {h:?}: use letters, digits, '.', '_' and '-'"))
-}
-
 /// Sends one NOTIFY (signed when a key is configured): what `tend notify` does.
 pub fn notify(settings: &Settings, payload: &str) -> Result<()> {
     let body = match settings.key()? {
         Some(key) => key
-            .sign(payload, crate::store::now_ms() / 1000)
+            .sign(payload, crate::record::now_ms() / 1000)
             .map_err(|e| Error::Postgres {
                 message: format!("cannot read random bytes for the nonce: {e}"),
             })?,

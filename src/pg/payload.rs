@@ -215,12 +215,7 @@ fn parse_signal(s: &str) -> Result<Signal, ParseError> {
 }
 
 fn validate_host(h: &str) -> Result<(), ParseError> {
-    let ok = !h.is_empty()
-        && h.len() <= 253
-        && h.as_bytes()[0].is_ascii_alphanumeric()
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if crate::service::is_host_id(h) {
         Ok(())
     } else {
         Err(ParseError::InvalidHost(truncate(h)))

@@ -19,6 +19,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::error::{io_reason, Error, Result};
+use crate::record::{now_ms, Event, Instance, Runtime};
 use crate::service::{RestartPolicy, Service, StopSignal};
 
 pub use schema::latest as schema_version;
@@ -31,50 +32,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const WAL_LIMIT: u64 = 128 * 1024;
 /// How many times a whole transaction is tried when it still meets contention.
 const ATTEMPTS: u32 = 3;
-
-/// A running instance: the identity of the process tend started.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Instance {
-    pub pid: i32,
-    pub pgid: i32,
-    /// Field 22 of /proc/PID/stat: clock ticks after boot when the process was created.
-    pub start_time: u64,
-    pub boot_id: String,
-    /// Unix ms.
-    pub started_at: i64,
-    /// A stop was asked for: the exit that follows is not a crash.
-    pub stopping: bool,
-}
-
-/// Restart bookkeeping of one service (the daemon's memory, kept in the database so a
-/// new daemon carries on where the last one stopped).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Runtime {
-    /// Automatic restarts since a person last started the service.
-    pub restarts: u32,
-    /// `code N`, `signal NAME` or `unknown`.
-    pub last_exit: Option<String>,
-    pub last_exit_at: Option<i64>,
-    /// Delay used before the last automatic restart, in ms.
-    pub backoff_ms: u64,
-    /// Unix ms of a pending automatic restart.
-    pub next_retry_at: Option<i64>,
-    /// Why the service was given up on (start limit hit).
-    pub failed: Option<String>,
-    /// Unix ms of recent starts, for the start limit.
-    pub recent_starts: Vec<i64>,
-}
-
-/// One row of the event log.
-#[derive(Clone, Debug)]
-pub struct Event {
-    pub id: i64,
-    /// Unix ms.
-    pub at: i64,
-    pub service: String,
-    pub kind: String,
-    pub detail: String,
-}
 
 pub struct Store {
     conn: Connection,
@@ -304,13 +261,6 @@ fn db_err(path: &Path, e: rusqlite::Error) -> Error {
             source: e,
         },
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// An open transaction. All reads and writes of tend's tables go through its methods.

@@ -1,0 +1,283 @@
+//! The event loop: sleeps in `poll(2)` and never touches the database or waits for a
+//! spawn. It reaps children (posting each status on the exit board and handing the exit
+//! to the worker), watches adopted services' pidfds, accepts requests, fires restart
+//! timers, and runs the shutdown: stop accepting, drain, carry out restarts due within the
+//! grace period, name the rest.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tracing::{error, info, warn};
+
+use super::bus::{Msg, Shared, ShutdownReply, ToLoop};
+use super::server::{self, ServeCtx};
+use super::signals::{drain, sd_notify, Signals};
+use super::worker::{Job, WorkerHandle};
+use super::{client, rotation};
+use crate::api::LeftDown;
+use crate::error::Result;
+use crate::home::Home;
+use crate::process::handle::Handle;
+use crate::process::reap::{self, ExitBoard};
+use crate::record::now_ms;
+use crate::supervisor::Watch;
+
+/// On shutdown, restarts due within this long are still carried out.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// A shutdown in progress.
+pub struct Drain {
+    /// Restarts due up to this unix ms are still carried out.
+    grace_until: i64,
+    replies: Vec<ShutdownReply>,
+}
+
+pub struct EventLoop {
+    pub home: Home,
+    pub signals: Signals,
+    /// `None` once the daemon stopped accepting (shutting down).
+    pub listener: Option<UnixListener>,
+    pub serve: ServeCtx,
+    pub rx: mpsc::Receiver<Msg>,
+    pub wake_read: UnixStream,
+    /// Adopted services (not our children), watched by pidfd.
+    pub adopted: Vec<(Handle, Watch)>,
+    /// Pending automatic restarts: service -> due unix ms.
+    pub timers: BTreeMap<String, i64>,
+    pub board: Arc<ExitBoard>,
+    pub shared: Arc<Shared>,
+    pub worker: WorkerHandle,
+    pub rotation: rotation::Resync,
+    /// Startup adoption is done; requests are accepted.
+    pub ready: bool,
+    pub drain: Option<Drain>,
+}
+
+#[derive(Default)]
+struct Ready {
+    signal: bool,
+    wake: bool,
+    listener: bool,
+    pidfds: Vec<usize>,
+}
+
+impl EventLoop {
+    pub fn run(&mut self) -> Result<()> {
+        loop {
+            let ready = self.wait(self.timeout());
+            if ready.signal {
+                drain(&self.signals.read);
+                if self.signals.chld.swap(false, Ordering::SeqCst) {
+                    self.reap();
+                }
+                if self.signals.hup.swap(false, Ordering::SeqCst) {
+                    info!("SIGHUP: reloading");
+                    self.reload();
+                }
+                if self.signals.term.swap(false, Ordering::SeqCst) {
+                    info!("SIGTERM/SIGINT: exiting once requests in progress are done");
+                    self.begin_shutdown(None);
+                }
+            }
+            if ready.wake {
+                drain(&self.wake_read);
+                self.messages();
+            }
+            if ready.listener {
+                if let Some(l) = &self.listener {
+                    server::accept(l, &self.serve);
+                }
+            }
+            for i in ready.pidfds.into_iter().rev() {
+                let (handle, watch) = self.adopted.swap_remove(i);
+                self.worker.send(Job::AdoptedExit { handle, watch });
+            }
+            self.fire_timers();
+            self.publish();
+            if self.drained() {
+                self.finish_shutdown();
+                return Ok(());
+            }
+        }
+    }
+
+    /// Until the next pending restart, or forever. While shutting down, look again every
+    /// few milliseconds for requests in flight to finish.
+    fn timeout(&self) -> PollTimeout {
+        let next = self.timers.values().min().copied();
+        let ms = next.map(|at| (at - now_ms()).clamp(0, i32::MAX as i64) as i32);
+        let ms = match (ms, &self.drain) {
+            (Some(ms), Some(_)) => Some(ms.min(10)),
+            (None, Some(_)) => Some(10),
+            (ms, None) => ms,
+        };
+        match ms {
+            None => PollTimeout::NONE,
+            Some(ms) => PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        }
+    }
+
+    fn wait(&self, timeout: PollTimeout) -> Ready {
+        let mut fds = vec![
+            PollFd::new(self.signals.read.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.wake_read.as_fd(), PollFlags::POLLIN),
+        ];
+        let accepting = match (&self.listener, self.ready) {
+            (Some(l), true) => {
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                true
+            }
+            _ => false,
+        };
+        let first_pidfd = fds.len();
+        fds.extend(
+            self.adopted
+                .iter()
+                .map(|(h, _)| PollFd::new(h.as_fd(), PollFlags::POLLIN)),
+        );
+        let mut ready = Ready::default();
+        match poll(&mut fds, timeout) {
+            Ok(0) => return ready,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return ready,
+            Err(e) => {
+                error!(error = %e, "poll failed");
+                std::thread::sleep(Duration::from_millis(10));
+                return ready;
+            }
+        }
+        let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        ready.signal = hit(&fds[0]);
+        ready.wake = hit(&fds[1]);
+        ready.listener = accepting && hit(&fds[2]);
+        ready.pidfds = fds[first_pidfd..]
+            .iter()
+            .enumerate()
+            .filter(|(_, fd)| hit(fd))
+            .map(|(i, _)| i)
+            .collect();
+        ready
+    }
+
+    /// Reaps every exited child: the status goes on the board at once, and the exit to
+    /// the worker.
+    fn reap(&mut self) {
+        while let Some(r) = reap::reap_one() {
+            let Some(start_time) = r.start_time else {
+                continue;
+            };
+            self.board.post(r.pid, start_time, r.status);
+            self.worker.send(Job::Exit {
+                pid: r.pid,
+                start_time,
+                status: r.status,
+            });
+        }
+    }
+
+    fn reload(&mut self) {
+        self.worker.send(Job::Reload);
+        self.rotation.request();
+    }
+
+    fn messages(&mut self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::FromRequest(ToLoop::Changed) => {
+                    self.worker.send(Job::Sync);
+                    self.rotation.request();
+                }
+                Msg::FromRequest(ToLoop::Reload) => self.reload(),
+                Msg::FromRequest(ToLoop::Shutdown(reply)) => self.begin_shutdown(reply),
+                Msg::Timers(pending) => self.timers = pending.into_iter().collect(),
+                Msg::Watch(w) => self.adopted.extend(w),
+                Msg::Ready => {
+                    if !self.ready {
+                        self.ready = true;
+                        sd_notify("READY=1\nSTATUS=supervising");
+                        info!(home = %self.home.root().display(), "daemon ready");
+                    }
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .timers
+            .iter()
+            .filter(|(_, &at)| at <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.timers.remove(&name);
+            self.worker.send(Job::Restart(name));
+        }
+    }
+
+    fn publish(&self) {
+        self.shared
+            .adopted
+            .store(self.adopted.len(), Ordering::Relaxed);
+        self.shared
+            .pending
+            .store(self.timers.len(), Ordering::Relaxed);
+    }
+
+    /// Stops accepting at once (a CLI command arriving now acts by itself), then waits
+    /// for what is in flight; see [`EventLoop::drained`].
+    fn begin_shutdown(&mut self, reply: Option<ShutdownReply>) {
+        self.serve.in_flight.close();
+        if self.listener.take().is_some() {
+            let _ = std::fs::remove_file(client::socket_path(&self.home));
+        }
+        let d = self.drain.get_or_insert(Drain {
+            grace_until: now_ms() + SHUTDOWN_GRACE.as_millis() as i64,
+            replies: Vec::new(),
+        });
+        d.replies.extend(reply);
+    }
+
+    /// Shutting down, and nothing is left to wait for: no request or NOTIFY command in
+    /// flight, no job with the worker, no restart due within the grace period.
+    fn drained(&self) -> bool {
+        let Some(d) = &self.drain else {
+            return false;
+        };
+        // The requests that asked for the shutdown wait for its answer: not for them.
+        self.serve.in_flight.count() <= d.replies.len()
+            && self.worker.outstanding() == 0
+            && !self.timers.values().any(|&at| at <= d.grace_until)
+    }
+
+    fn finish_shutdown(&mut self) {
+        let left: Vec<LeftDown> = self
+            .timers
+            .iter()
+            .map(|(name, &due_at)| LeftDown {
+                name: name.clone(),
+                due_at,
+            })
+            .collect();
+        for l in &left {
+            warn!(service = %l.name, due_in_ms = l.due_at - now_ms(),
+                "restart pending; left down (a new daemon will carry it out)");
+        }
+        if let Some(d) = self.drain.take() {
+            for r in d.replies {
+                let _ = r.send(left.clone());
+            }
+        }
+        // Let the requesters write their answers before the process ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.serve.in_flight.count() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}

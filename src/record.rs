@@ -1,0 +1,81 @@
+//! The records tend keeps about services, as plain data: a running instance, the restart
+//! bookkeeping, an event. The store persists them; the core decides what they become.
+
+/// Unix time now, in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A running instance: the identity of the process tend started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub pid: i32,
+    pub pgid: i32,
+    /// Field 22 of /proc/PID/stat: clock ticks after boot when the process was created.
+    pub start_time: u64,
+    pub boot_id: String,
+    /// Unix ms.
+    pub started_at: i64,
+    /// A stop was asked for: the exit that follows is not a crash.
+    pub stopping: bool,
+}
+
+/// Restart bookkeeping of one service (the daemon's memory, kept in the database so a
+/// new daemon carries on where the last one stopped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// Automatic restarts since a person last started the service.
+    pub restarts: u32,
+    /// `code N`, `signal NAME` or `unknown`.
+    pub last_exit: Option<String>,
+    pub last_exit_at: Option<i64>,
+    /// Delay used before the last automatic restart, in ms.
+    pub backoff_ms: u64,
+    /// Unix ms of a pending automatic restart.
+    pub next_retry_at: Option<i64>,
+    /// Why the service was given up on (start limit hit).
+    pub failed: Option<String>,
+    /// Unix ms of recent starts, for the start limit.
+    pub recent_starts: Vec<i64>,
+}
+
+/// One row of the event log.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: i64,
+    /// Unix ms.
+    pub at: i64,
+    pub service: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Event kinds, as stored and shown by `tend events`.
+pub mod event {
+    pub const ADDED: &str = "added";
+    pub const CHANGED: &str = "changed";
+    pub const REMOVED: &str = "removed";
+    pub const START: &str = "start";
+    /// An automatic start by the daemon's restart policy.
+    pub const RESTART: &str = "restart";
+    pub const STOP: &str = "stop";
+    /// The process ended: exit code, signal, or unknown when tend was not its parent.
+    pub const EXIT: &str = "exit";
+    /// An automatic restart is scheduled.
+    pub const BACKOFF: &str = "backoff";
+    /// The start limit was hit; the service is left alone until a person starts it.
+    pub const FAILED: &str = "failed";
+    /// A running service found by a daemon that did not start it.
+    pub const ADOPTED: &str = "adopted";
+    /// A signal was sent to the main process (`tend signal`, NOTIFY `signal`).
+    pub const SIGNAL: &str = "signal";
+    /// A command arrived over NOTIFY and is about to be carried out.
+    pub const NOTIFY: &str = "notify";
+    /// A NOTIFY payload was refused (malformed, unsigned, unknown service...).
+    pub const REJECTED: &str = "rejected";
+    /// The record did not describe a process of ours (recycled PID, earlier boot).
+    pub const STALE: &str = "stale-cleared";
+}
