@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::service::SettingArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tend",
@@ -49,11 +51,11 @@ pub enum Command {
         json: bool,
     },
     /// Start services (no-op for one already running).
-    Start(Targets),
+    Start(Which),
     /// Stop services: stop signal to the process group, SIGKILL after the timeout.
-    Stop(Targets),
+    Stop(Which),
     /// Stop (if running) and start services.
-    Restart(Targets),
+    Restart(Which),
     /// Print the end of a service's log, and follow it with -f.
     Logs {
         name: String,
@@ -69,7 +71,7 @@ pub enum Command {
         /// Signal name or number: HUP, SIGUSR1, 10...
         signal: String,
         #[command(flatten)]
-        targets: Targets,
+        which: Which,
     },
     /// Run the resident daemon (restarts crashed services), or ask it for its status or
     /// to stop.
@@ -176,7 +178,7 @@ pub enum DaemonAction {
 }
 
 #[derive(Debug, Args)]
-pub struct Targets {
+pub struct Which {
     /// Service names.
     #[arg(
         required_unless_present = "all",
@@ -189,57 +191,18 @@ pub struct Targets {
     pub all: bool,
 }
 
-/// Options shared by `add` and `edit`.
+/// Options shared by `add` and `edit`: the command, the environment, and every setting
+/// of the table in [`crate::service::settings`].
 #[derive(Debug, Args)]
 pub struct DefinitionArgs {
     /// The command as one string, split with shell-word rules (no shell runs it).
     #[arg(long, value_name = "STRING", conflicts_with = "argv")]
     pub cmd: Option<String>,
-    /// Working directory (default for add: the current directory).
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<PathBuf>,
-    /// File to read stdin from (default /dev/null).
-    #[arg(short = 'i', long, value_name = "PATH")]
-    pub stdin: Option<PathBuf>,
-    /// File stdout appends to (default <home>/logs/NAME.log).
-    #[arg(short = 'o', long, value_name = "PATH")]
-    pub stdout: Option<PathBuf>,
-    /// File stderr appends to (default: the same file as stdout).
-    #[arg(short = 'e', long, value_name = "PATH")]
-    pub stderr: Option<PathBuf>,
     /// Environment variable for the service (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Signal sent first by stop (default TERM).
-    #[arg(long, value_name = "SIGNAL")]
-    pub stop_signal: Option<String>,
-    /// Time between the stop signal and SIGKILL: 10, 10s, 500ms (default 10s).
-    #[arg(long, value_name = "DURATION")]
-    pub stop_timeout: Option<String>,
-    /// What the daemon does when the service exits: never, on-failure (default), always.
-    #[arg(long, value_name = "POLICY")]
-    pub restart: Option<String>,
-    /// Delay before the first automatic restart; doubles per quick crash up to 30s
-    /// (default 100ms).
-    #[arg(long, value_name = "DURATION")]
-    pub restart_delay: Option<String>,
-    /// Starts allowed within --start-limit-interval before the daemon marks the service
-    /// failed; 0 means no limit (default 5).
-    #[arg(long, value_name = "N")]
-    pub start_limit: Option<u32>,
-    /// Window of the start limit (default 10s).
-    #[arg(long, value_name = "DURATION")]
-    pub start_limit_interval: Option<String>,
-    /// Size at which the daemon rotates the log file, keeping 3 backups: 10M, 512K, 1G;
-    /// 0 never rotates (default 10M).
-    #[arg(long, value_name = "SIZE")]
-    pub log_max_size: Option<String>,
-    /// Start the service when the daemon comes up.
-    #[arg(long, conflicts_with = "no_autostart")]
-    pub autostart: bool,
-    /// Do not start the service when the daemon comes up (the default).
-    #[arg(long)]
-    pub no_autostart: bool,
+    #[command(flatten)]
+    pub settings: SettingArgs,
     /// The program and its arguments, after `--`.
     #[arg(last = true, value_name = "PROGRAM [ARGS]")]
     pub argv: Vec<String>,

@@ -2,6 +2,10 @@
 //! the exit codes documented in the README (see [`Error::exit_code`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
 
 /// Exit codes, as documented in the README.
 pub mod exit {
@@ -77,11 +81,31 @@ pub enum Error {
     #[error("stored record for {service} is unreadable: {message}")]
     Corrupt { service: String, message: String },
 
-    #[error("{service}: {message}")]
-    Start { service: String, message: String },
+    #[error("{service}: {source}")]
+    Start {
+        service: String,
+        #[source]
+        source: SpawnError,
+    },
 
-    #[error("{service}: could not stop: {message}")]
-    Stop { service: String, message: String },
+    #[error("{service}: started (pid {pid}) but exited at once{}; see `tend logs {service}`",
+        status.as_ref().map(|s| format!(" ({s})")).unwrap_or_default())]
+    ExitedAtOnce {
+        service: String,
+        pid: i32,
+        /// `code N` or `signal NAME` when tend reaped it.
+        status: Option<String>,
+    },
+
+    #[error("{service}: not running; {what}")]
+    NotRunning { service: String, what: &'static str },
+
+    #[error("{service}: could not stop: {source}")]
+    Stop {
+        service: String,
+        #[source]
+        source: StopError,
+    },
 
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },
@@ -97,6 +121,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// A daemon answered something that does not fit the request.
+    pub fn unexpected_answer(answer: &dyn std::fmt::Debug) -> Error {
+        Error::Daemon {
+            message: format!("unexpected answer: {answer:?}"),
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::UnknownService(_) => exit::UNKNOWN_SERVICE,
@@ -110,6 +141,8 @@ impl Error {
             | Error::Database { .. }
             | Error::Corrupt { .. } => exit::STATE,
             Error::Start { .. }
+            | Error::ExitedAtOnce { .. }
+            | Error::NotRunning { .. }
             | Error::Stop { .. }
             | Error::Io { .. }
             | Error::Daemon { .. }
@@ -141,4 +174,82 @@ pub fn io_reason(e: &std::io::Error) -> String {
         Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
         None => e.to_string(),
     }
+}
+
+/// The step of the child's setup that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Stage {
+    Setsid = 1,
+    Fork = 2,
+    Stdio = 3,
+    Chdir = 4,
+    Exec = 5,
+}
+
+impl Stage {
+    pub fn from_u32(v: u32) -> Option<Stage> {
+        Some(match v {
+            1 => Stage::Setsid,
+            2 => Stage::Fork,
+            3 => Stage::Stdio,
+            4 => Stage::Chdir,
+            5 => Stage::Exec,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("no such program: {0}")]
+    NoSuchProgram(String),
+    #[error("cannot execute {0}: permission denied")]
+    NotExecutable(String),
+    #[error("working directory {}: {reason}", path.display())]
+    Cwd { path: PathBuf, reason: String },
+    #[error("{what} {}: {reason}", path.display())]
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{0} contains a NUL byte")]
+    Nul(String),
+    #[error("{what} failed: {errno}")]
+    Os { what: &'static str, errno: Errno },
+    #[error("{}", describe(*stage, *errno, program))]
+    Child {
+        stage: Stage,
+        errno: Errno,
+        program: String,
+    },
+    #[error("the new process did not report in ({0})")]
+    NoReport(String),
+}
+
+fn describe(stage: Stage, errno: Errno, program: &str) -> String {
+    let reason = errno.desc().to_lowercase();
+    match (stage, errno) {
+        (Stage::Exec, Errno::ENOENT) => format!("no such program: {program}"),
+        (Stage::Exec, Errno::EACCES) => format!("cannot execute {program}: permission denied"),
+        (Stage::Exec, Errno::ENOEXEC) => format!("cannot execute {program}: not an executable"),
+        (Stage::Exec, _) => format!("cannot execute {program}: {reason}"),
+        (Stage::Chdir, _) => format!("cannot enter the working directory: {reason}"),
+        (Stage::Stdio, _) => format!("cannot redirect stdio: {reason}"),
+        (Stage::Setsid, _) => format!("setsid failed: {reason}"),
+        (Stage::Fork, _) => format!("fork failed: {reason}"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error("{alive} process(es) of the service still alive {waited:?} after SIGKILL")]
+    Survived { alive: usize, waited: Duration },
+    #[error("sending {signal} to pid {pid}: {errno}")]
+    Signal {
+        signal: Signal,
+        pid: i32,
+        errno: Errno,
+    },
 }

@@ -65,7 +65,7 @@ pub mod daemon;
 pub mod error;
 pub mod home;
 pub mod logs;
-pub mod output;
+
 pub mod pg;
 pub mod policy;
 pub mod process;

@@ -6,7 +6,12 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::record::Runtime;
-use crate::service::{RestartPolicy, Service, BACKOFF_RESET_AFTER, MAX_RESTART_DELAY};
+use crate::service::{RestartPolicy, Service};
+
+/// Cap of the restart backoff.
+pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// A service that stayed up this long is healthy again: its backoff starts over.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 
 /// How a service's process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,27 +85,27 @@ pub fn decide(
     uptime: Duration,
     now_ms: i64,
 ) -> Decision {
-    if !wants_restart(svc.restart, status) {
+    if !wants_restart(svc.settings.restart, status) {
         return Decision::Leave;
     }
-    if svc.start_limit > 0 {
-        let window = svc.start_limit_interval.as_millis() as i64;
+    if svc.settings.start_limit > 0 {
+        let window = svc.settings.start_limit_interval.as_millis() as i64;
         let recent = rt
             .recent_starts
             .iter()
             .filter(|&&t| t > now_ms - window)
             .count();
-        if recent >= svc.start_limit as usize {
+        if recent >= svc.settings.start_limit as usize {
             return Decision::Fail {
                 reason: format!(
                     "start limit hit: {recent} starts within {}",
-                    crate::service::fmt_duration(svc.start_limit_interval)
+                    crate::service::fmt_duration(svc.settings.start_limit_interval)
                 ),
             };
         }
     }
     Decision::Restart {
-        delay: next_delay(svc.restart_delay, rt, uptime),
+        delay: next_delay(svc.settings.restart_delay, rt, uptime),
     }
 }
 
@@ -123,26 +128,24 @@ pub fn prune_starts(starts: &mut Vec<i64>, interval: Duration, now_ms: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{StopSignal, DEFAULT_RESTART_DELAY};
+
     use std::collections::BTreeMap;
 
     fn svc(policy: RestartPolicy) -> Service {
+        let defaults = crate::service::Defaults {
+            cwd: "/".into(),
+            log: "/dev/null".into(),
+        };
+        let settings = crate::service::SettingChanges {
+            restart: Some(policy),
+            ..Default::default()
+        }
+        .build(&defaults);
         Service {
             name: "s".into(),
             argv: vec!["x".into()],
-            cwd: "/".into(),
-            stdin: "/dev/null".into(),
-            stdout: "/dev/null".into(),
-            stderr: "/dev/null".into(),
             env: BTreeMap::new(),
-            stop_signal: StopSignal::default(),
-            stop_timeout: Duration::from_secs(10),
-            restart: policy,
-            autostart: false,
-            restart_delay: DEFAULT_RESTART_DELAY,
-            start_limit: 5,
-            start_limit_interval: Duration::from_secs(10),
-            log_max_bytes: 0,
+            settings,
             created_at: 0,
             updated_at: 0,
         }
@@ -200,7 +203,7 @@ mod tests {
     #[test]
     fn zero_delay_stays_zero() {
         let mut s = svc(RestartPolicy::Always);
-        s.restart_delay = Duration::ZERO;
+        s.settings.restart_delay = Duration::ZERO;
         let rt = Runtime {
             restarts: 3,
             ..Runtime::default()
@@ -238,7 +241,7 @@ mod tests {
         ));
         // 0 means no limit.
         let mut unlimited = s.clone();
-        unlimited.start_limit = 0;
+        unlimited.settings.start_limit = 0;
         rt.recent_starts = vec![now; 100];
         assert!(matches!(
             decide(&unlimited, &rt, ExitStatus::Code(1), Duration::ZERO, now),

@@ -108,10 +108,10 @@ impl Rotation {
         };
         self.limits.clear();
         for s in &services {
-            if s.log_max_bytes == 0 {
+            if s.settings.log_max_bytes == 0 {
                 continue;
             }
-            for path in crate::logs::files(&s.stdout, &s.stderr) {
+            for path in crate::logs::files(&s.settings.stdout, &s.settings.stderr) {
                 if let Some(dir) = path.parent().map(PathBuf::from) {
                     if !self.watched.contains(&dir) {
                         match self.inotify.add_watch(&dir, AddWatchFlags::IN_MODIFY) {
@@ -125,7 +125,7 @@ impl Rotation {
                         }
                     }
                 }
-                self.limits.insert(path, s.log_max_bytes);
+                self.limits.insert(path, s.settings.log_max_bytes);
             }
         }
         let paths: Vec<PathBuf> = self.limits.keys().cloned().collect();

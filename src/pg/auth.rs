@@ -13,6 +13,7 @@
 //! from the daemon's clock is stale; one whose signature was already seen within the
 //! window is a replay. Both are refused, as is anything unsigned or mis-signed.
 
+use super::error::PgError;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -48,15 +49,15 @@ pub enum AuthError {
 
 impl Key {
     /// Reads a key file: its bytes with surrounding whitespace removed; at least 16 bytes.
-    pub fn load(path: &Path) -> Result<Key, String> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| format!("{}: {}", path.display(), crate::error::io_reason(&e)))?;
+    pub fn load(path: &Path) -> Result<Key, PgError> {
+        let fail = |reason: String| PgError::Key {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(crate::error::io_reason(&e)))?;
         let trimmed = bytes.trim_ascii();
         if trimmed.len() < 16 {
-            return Err(format!(
-                "{}: a notify key must be at least 16 bytes",
-                path.display()
-            ));
+            return Err(fail("a notify key must be at least 16 bytes".into()));
         }
         Ok(Key(trimmed.to_vec()))
     }

@@ -1,5 +1,6 @@
 //! Opening a PostgreSQL connection: URL, password sources, TLS, keepalives.
 
+use super::error::PgError;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,31 +24,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS that verifies the server against the system's root certificates, plus those in
 /// `ca_file` (PEM) when given.
-pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
+pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, PgError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
     let mut pinned = Vec::new();
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            format!(
-                "CA file {}: {}",
-                path.display(),
-                crate::error::io_reason(&e)
-            )
-        })?;
+        let ca = |reason: String| PgError::CaFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca(crate::error::io_reason(&e)))?;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            let cert = cert.map_err(|e| ca(e.to_string()))?;
+            roots.add(cert.clone()).map_err(|e| ca(e.to_string()))?;
             pinned.push(cert);
         }
         if pinned.is_empty() {
-            return Err(format!(
-                "CA file {}: no PEM certificate in it",
-                path.display()
-            ));
+            return Err(ca("no PEM certificate in it".into()));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -56,10 +50,10 @@ pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
         provider.clone(),
     )
     .build()
-    .map_err(|e| format!("TLS setup: {e}"))?;
+    .map_err(|e| PgError::TlsSetup(e.to_string()))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(|e| PgError::TlsSetup(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Verifier { webpki, pinned }))
         .with_no_client_auth();
@@ -148,10 +142,13 @@ impl rustls::client::danger::ServerCertVerifier for Verifier {
 
 /// Parses the URL, fills in the password from `PGPASSWORD` or the pgpass file when the
 /// URL has none, and sets keepalives and timeouts.
-pub fn config(url: &str) -> Result<Config, String> {
+pub fn config(url: &str) -> Result<Config, PgError> {
     let mut cfg: Config = url
         .parse()
-        .map_err(|e| format!("URL {}: {e}", crate::config::mask_password(url)))?;
+        .map_err(|e: tokio_postgres::Error| PgError::Url {
+            url: crate::config::mask_password(url),
+            reason: e.to_string(),
+        })?;
     if cfg.get_password().is_none() {
         if let Some(pw) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
             cfg.password(pw.as_encoded_bytes());
@@ -177,7 +174,7 @@ pub fn config(url: &str) -> Result<Config, String> {
 /// with a verified certificate; `prefer` (the default) uses verified TLS when the server
 /// offers it, and plain TCP when the server does not offer TLS or its certificate cannot
 /// be verified — never TLS with an unverified certificate.
-pub async fn connect(url: &str, tls: &MakeRustlsConnect) -> Result<(Client, Connection), String> {
+pub async fn connect(url: &str, tls: &MakeRustlsConnect) -> Result<(Client, Connection), PgError> {
     let mut cfg = config(url)?;
     match cfg.connect(tls.clone()).await {
         Ok(pair) => Ok(pair),
@@ -187,9 +184,11 @@ pub async fn connect(url: &str, tls: &MakeRustlsConnect) -> Result<(Client, Conn
                 "TLS to PostgreSQL could not be verified; connecting without TLS (sslmode=prefer)"
             );
             cfg.ssl_mode(SslMode::Disable);
-            cfg.connect(tls.clone()).await.map_err(|e| describe(&e))
+            cfg.connect(tls.clone())
+                .await
+                .map_err(|e| PgError::Server(describe(&e)))
         }
-        Err(e) => Err(describe(&e)),
+        Err(e) => Err(PgError::Server(describe(&e))),
     }
 }
 

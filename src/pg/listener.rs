@@ -51,11 +51,7 @@ pub fn start(
     ctx: Context,
     hooks: Hooks,
 ) -> crate::Result<Arc<Mutex<PgStatus>>> {
-    let tls =
-        connect::tls(settings.ca_file.as_deref()).map_err(|message| crate::Error::Invalid {
-            what: "postgres TLS",
-            message,
-        })?;
+    let tls = connect::tls(settings.ca_file.as_deref()).map_err(crate::Error::from)?;
     let status = Arc::new(Mutex::new(PgStatus {
         state: "connecting".into(),
         since: now_ms(),
@@ -164,7 +160,7 @@ async fn session(
 ) -> String {
     let (client, connection) = match connect::connect(&settings.url, tls).await {
         Ok(pair) => pair,
-        Err(e) => return e,
+        Err(e) => return e.to_string(),
     };
     let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
     let _driver = AbortOnDrop(tokio::spawn(drive(connection, ntx)));

@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod connect;
+pub mod error;
 pub mod listener;
 pub mod payload;
 
@@ -98,12 +99,7 @@ impl Settings {
     pub fn key(&self) -> Result<Option<auth::Key>> {
         self.key_file
             .as_deref()
-            .map(|p| {
-                auth::Key::load(p).map_err(|message| Error::Invalid {
-                    what: "notify key",
-                    message,
-                })
-            })
+            .map(|p| auth::Key::load(p).map_err(Error::from))
             .transpose()
     }
 }
@@ -130,8 +126,10 @@ pub fn notify(settings: &Settings, payload: &str) -> Result<()> {
         .build()
         .map_err(|e| fail(format!("runtime: {e}")))?;
     rt.block_on(async {
-        let tls = connect::tls(settings.ca_file.as_deref()).map_err(fail)?;
-        let (client, connection) = connect::connect(&settings.url, &tls).await.map_err(fail)?;
+        let tls = connect::tls(settings.ca_file.as_deref()).map_err(|e| fail(e.to_string()))?;
+        let (client, connection) = connect::connect(&settings.url, &tls)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let driver = tokio::spawn(connection);
         let sent = client
             .execute("SELECT pg_notify($1, $2)", &[&settings.channel, &body])

@@ -41,72 +41,7 @@ use nix::sys::signal::Signal;
 
 use super::handle::Handle;
 use super::signals::BlockAll;
-
-/// The step of the child's setup that failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Stage {
-    Setsid = 1,
-    Fork = 2,
-    Stdio = 3,
-    Chdir = 4,
-    Exec = 5,
-}
-
-impl Stage {
-    fn from_u32(v: u32) -> Option<Stage> {
-        Some(match v {
-            1 => Stage::Setsid,
-            2 => Stage::Fork,
-            3 => Stage::Stdio,
-            4 => Stage::Chdir,
-            5 => Stage::Exec,
-            _ => return None,
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SpawnError {
-    #[error("no such program: {0}")]
-    NoSuchProgram(String),
-    #[error("cannot execute {0}: permission denied")]
-    NotExecutable(String),
-    #[error("working directory {}: {reason}", path.display())]
-    Cwd { path: PathBuf, reason: String },
-    #[error("{what} {}: {reason}", path.display())]
-    Open {
-        what: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("{0} contains a NUL byte")]
-    Nul(String),
-    #[error("{what} failed: {errno}")]
-    Os { what: &'static str, errno: Errno },
-    #[error("{}", describe(*stage, *errno, program))]
-    Child {
-        stage: Stage,
-        errno: Errno,
-        program: String,
-    },
-    #[error("the new process did not report in ({0})")]
-    NoReport(String),
-}
-
-fn describe(stage: Stage, errno: Errno, program: &str) -> String {
-    let reason = errno.desc().to_lowercase();
-    match (stage, errno) {
-        (Stage::Exec, Errno::ENOENT) => format!("no such program: {program}"),
-        (Stage::Exec, Errno::EACCES) => format!("cannot execute {program}: permission denied"),
-        (Stage::Exec, Errno::ENOEXEC) => format!("cannot execute {program}: not an executable"),
-        (Stage::Exec, _) => format!("cannot execute {program}: {reason}"),
-        (Stage::Chdir, _) => format!("cannot enter the working directory: {reason}"),
-        (Stage::Stdio, _) => format!("cannot redirect stdio: {reason}"),
-        (Stage::Setsid, _) => format!("setsid failed: {reason}"),
-        (Stage::Fork, _) => format!("fork failed: {reason}"),
-    }
-}
+use crate::error::{SpawnError, Stage};
 
 /// Everything the child needs, prepared before forking.
 pub struct Command {

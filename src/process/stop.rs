@@ -35,6 +35,7 @@ use nix::sys::signal::Signal;
 
 use super::handle::{self, Found, Handle};
 use super::identity::Stat;
+use crate::error::StopError;
 
 /// How long to wait for the service's processes to vanish after SIGKILL.
 const KILL_CONFIRM: Duration = Duration::from_secs(5);
@@ -74,18 +75,6 @@ pub struct Stopped {
     pub others: usize,
     /// Processes in session or group `N` not proven to be the service's; not signalled.
     pub left_alone: usize,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StopError {
-    #[error("{alive} process(es) of the service still alive {waited:?} after SIGKILL")]
-    Survived { alive: usize, waited: Duration },
-    #[error("sending {signal} to pid {pid}: {errno}")]
-    Signal {
-        signal: Signal,
-        pid: i32,
-        errno: Errno,
-    },
 }
 
 /// Stops the instance `t`: `signal` to every proven process, up to `timeout`, then

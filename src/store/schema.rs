@@ -64,6 +64,38 @@ pub const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 4: the settings of a service as one JSON object (the table in service::settings):
+    // a new setting then needs no column and no migration. Durations in ms, sizes in
+    // bytes, as `--json` shows them.
+    r#"
+    ALTER TABLE services ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+    UPDATE services SET settings = json_object(
+        'cwd', cwd,
+        'stdin', stdin,
+        'stdout', stdout,
+        'stderr', stderr,
+        'stop_signal', stop_signal,
+        'stop_timeout', stop_timeout_ms,
+        'restart', restart,
+        'autostart', json(CASE autostart WHEN 0 THEN 'false' ELSE 'true' END),
+        'restart_delay', restart_delay_ms,
+        'start_limit', start_limit,
+        'start_limit_interval', start_limit_interval_ms,
+        'log_max_bytes', log_max_bytes
+    );
+    ALTER TABLE services DROP COLUMN cwd;
+    ALTER TABLE services DROP COLUMN stdin;
+    ALTER TABLE services DROP COLUMN stdout;
+    ALTER TABLE services DROP COLUMN stderr;
+    ALTER TABLE services DROP COLUMN stop_signal;
+    ALTER TABLE services DROP COLUMN stop_timeout_ms;
+    ALTER TABLE services DROP COLUMN restart;
+    ALTER TABLE services DROP COLUMN autostart;
+    ALTER TABLE services DROP COLUMN restart_delay_ms;
+    ALTER TABLE services DROP COLUMN start_limit;
+    ALTER TABLE services DROP COLUMN start_limit_interval_ms;
+    ALTER TABLE services DROP COLUMN log_max_bytes;
+    "#,
 ];
 
 /// The schema version this build writes and understands.

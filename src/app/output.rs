@@ -68,19 +68,19 @@ impl<'a> ServiceJson<'a> {
             uptime_secs: i.map(|i| uptime(i.started_at).as_secs()),
             argv: &s.argv,
             command: s.command_line(),
-            cwd: &s.cwd,
-            stdin: &s.stdin,
-            stdout: &s.stdout,
-            stderr: &s.stderr,
+            cwd: &s.settings.cwd,
+            stdin: &s.settings.stdin,
+            stdout: &s.settings.stdout,
+            stderr: &s.settings.stderr,
             env: &s.env,
-            stop_signal: s.stop_signal.name(),
-            stop_timeout_ms: s.stop_timeout.as_millis() as u64,
-            restart: s.restart.as_str(),
-            autostart: s.autostart,
-            restart_delay_ms: s.restart_delay.as_millis() as u64,
-            start_limit: s.start_limit,
-            start_limit_interval_ms: s.start_limit_interval.as_millis() as u64,
-            log_max_bytes: s.log_max_bytes,
+            stop_signal: s.settings.stop_signal.name(),
+            stop_timeout_ms: s.settings.stop_timeout.as_millis() as u64,
+            restart: s.settings.restart.as_str(),
+            autostart: s.settings.autostart,
+            restart_delay_ms: s.settings.restart_delay.as_millis() as u64,
+            start_limit: s.settings.start_limit,
+            start_limit_interval_ms: s.settings.start_limit_interval.as_millis() as u64,
+            log_max_bytes: s.settings.log_max_bytes,
             restarts: st.runtime.restarts,
             last_exit: st.runtime.last_exit.as_deref(),
             last_exit_at: st.runtime.last_exit_at.map(rfc3339),
@@ -337,10 +337,10 @@ pub fn status_detail(out: &mut dyn Write, st: &Status) -> io::Result<()> {
         writeln!(out, "  restarts: {}", rt.restarts)?;
     }
     writeln!(out, "  command:  {}", s.command_line())?;
-    writeln!(out, "  cwd:      {}", s.cwd.display())?;
-    writeln!(out, "  stdin:    {}", s.stdin.display())?;
-    writeln!(out, "  stdout:   {}", s.stdout.display())?;
-    writeln!(out, "  stderr:   {}", s.stderr.display())?;
+    writeln!(out, "  cwd:      {}", s.settings.cwd.display())?;
+    writeln!(out, "  stdin:    {}", s.settings.stdin.display())?;
+    writeln!(out, "  stdout:   {}", s.settings.stdout.display())?;
+    writeln!(out, "  stderr:   {}", s.settings.stderr.display())?;
     if !s.env.is_empty() {
         let env: Vec<String> = s
             .env
@@ -352,22 +352,22 @@ pub fn status_detail(out: &mut dyn Write, st: &Status) -> io::Result<()> {
     writeln!(
         out,
         "  stop:     {}, then KILL after {}",
-        s.stop_signal,
-        fmt_duration(s.stop_timeout)
+        s.settings.stop_signal,
+        fmt_duration(s.settings.stop_timeout)
     )?;
     writeln!(
         out,
         "  restart:  {} (first delay {}, start limit {}{})",
-        s.restart,
-        fmt_duration(s.restart_delay),
-        s.start_limit,
-        if s.start_limit > 0 {
-            format!(" in {}", fmt_duration(s.start_limit_interval))
+        s.settings.restart,
+        fmt_duration(s.settings.restart_delay),
+        s.settings.start_limit,
+        if s.settings.start_limit > 0 {
+            format!(" in {}", fmt_duration(s.settings.start_limit_interval))
         } else {
             " = none".to_string()
         }
     )?;
-    if s.autostart {
+    if s.settings.autostart {
         writeln!(out, "  autostart: yes")?;
     }
     Ok(())

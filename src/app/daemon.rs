@@ -1,0 +1,152 @@
+//! `tend daemon [--foreground] | status | stop [--all] | reload`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::lifecycle::print_reports;
+use super::output;
+use super::session::{Failure, Session};
+use crate::cli::{DaemonAction, DaemonArgs, PgArgs};
+use crate::daemon::client;
+use crate::daemon::protocol::{Action, Response};
+use crate::error::{exit, Error};
+use crate::home::Home;
+use crate::record::now_ms;
+use crate::service::{self, fmt_duration};
+use crate::supervisor::Supervisor;
+
+pub fn run(
+    s: &mut Session,
+    home: &Home,
+    args: DaemonArgs,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let overrides = pg_overrides(args.pg, args.host_id);
+    match args.action {
+        None if args.foreground => crate::daemon::run_foreground(home.clone(), overrides)?,
+        None => start(home, overrides, out)?,
+        Some(DaemonAction::Status { json }) => match client::status(home)? {
+            Some(st) => {
+                if json {
+                    output::json(out, &output::DaemonJson::new(Some(&st)))?;
+                } else {
+                    output::daemon_status(out, &st)?;
+                }
+            }
+            None => {
+                if json {
+                    output::json(out, &output::DaemonJson::new(None))?;
+                } else {
+                    writeln!(out, "daemon: not running")?;
+                }
+                s.code = exit::NOT_RUNNING;
+            }
+        },
+        Some(DaemonAction::Stop { all }) => stop(s, home, all, out)?,
+        Some(DaemonAction::Reload) => {
+            client::require(home, Action::Reload)?;
+            writeln!(out, "daemon: reloaded")?;
+        }
+    }
+    Ok(())
+}
+
+/// `tend daemon`: checks the settings here, so a mistake is reported by this command
+/// rather than in the daemon's log, then starts it in the background.
+fn start(home: &Home, overrides: crate::pg::Overrides, out: &mut dyn Write) -> Result<(), Failure> {
+    let mut sup = Supervisor::open(home.clone())?;
+    if let Some(s) = crate::pg::Settings::resolve(&mut sup, &overrides)? {
+        s.key()?;
+        crate::pg::connect::tls(s.ca_file.as_deref()).map_err(crate::error::Error::from)?;
+    }
+    drop(sup);
+    let st = client::start_background(home, &overrides_argv(&overrides), overrides.url.as_deref())?;
+    writeln!(
+        out,
+        "daemon: started (pid {}); log: {}",
+        st.pid,
+        home.root().join("daemon.log").display()
+    )?;
+    Ok(())
+}
+
+/// `tend daemon stop [--all]`: asks the daemon to exit (stopping every service first with
+/// `--all`), names the services it leaves down, and waits until it has exited.
+fn stop(s: &mut Session, home: &Home, all: bool, out: &mut dyn Write) -> Result<(), Failure> {
+    let Some(status) = client::status(home)? else {
+        writeln!(out, "daemon: not running")?;
+        return Ok(());
+    };
+    match client::require(home, Action::Shutdown { stop_services: all })? {
+        Response::ShuttingDown { reports, left_down } => {
+            print_reports(s, out, &reports)?;
+            for l in left_down {
+                let due = (l.due_at - now_ms()).max(0) as u64;
+                eprintln!(
+                    "tend: {}: its automatic restart (due in {}) was not carried out; it stays \
+                     down until `tend start {}` or a new daemon",
+                    l.name,
+                    fmt_duration(std::time::Duration::from_millis(due)),
+                    l.name
+                );
+            }
+        }
+        Response::Error { message, code } => {
+            eprintln!("tend: {message}");
+            s.fail_code(code);
+            return Ok(());
+        }
+        other => return Err(Error::unexpected_answer(&other).into()),
+    }
+    if client::wait_exit(&status, std::time::Duration::from_secs(30)) {
+        writeln!(out, "daemon: stopped (pid {})", status.pid)?;
+        Ok(())
+    } else {
+        Err(Error::Daemon {
+            message: format!("pid {} did not exit within 30 s", status.pid),
+        }
+        .into())
+    }
+}
+
+/// The PostgreSQL options of the command line, paths made absolute.
+pub fn pg_overrides(pg: PgArgs, host_id: Option<String>) -> crate::pg::Overrides {
+    crate::pg::Overrides {
+        url: pg.url,
+        channel: pg.channel,
+        host_id,
+        ca_file: pg.ca_file.map(absolute_here),
+        key_file: pg.notify_key_file.map(absolute_here),
+    }
+}
+
+fn absolute_here(p: PathBuf) -> PathBuf {
+    let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    service::absolute(&here, &p)
+}
+
+/// The overrides as `tend daemon --foreground` arguments, for the background daemon.
+fn overrides_argv(o: &crate::pg::Overrides) -> Vec<String> {
+    let mut argv = Vec::new();
+    let mut push = |flag: &str, v: Option<String>| {
+        if let Some(v) = v {
+            argv.push(flag.to_string());
+            argv.push(v);
+        }
+    };
+    // The URL goes through the environment (see `start_background`): it may hold a
+    // password, and any user can read a process's arguments.
+    push("--channel", o.channel.clone());
+    push("--host-id", o.host_id.clone());
+    push(
+        "--ca-file",
+        o.ca_file.as_ref().map(|p| p.to_string_lossy().into_owned()),
+    );
+    push(
+        "--notify-key-file",
+        o.key_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+    );
+    argv
+}

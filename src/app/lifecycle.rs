@@ -1,0 +1,163 @@
+//! `tend start | stop | restart | signal`: through the daemon when one runs (it stays the
+//! parent of what it starts), else right here. Either way [`crate::api::act`] does the
+//! work, and the reports print the same.
+
+use std::io::{self, Write};
+
+use super::session::{open_supervisor, Failure, Session};
+use crate::api::{Outcome, Report, Selection, Verb};
+use crate::cli::Which;
+use crate::daemon::protocol::{Action, Response};
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::service::{self, fmt_duration};
+use crate::supervisor::{SignalOutcome, StartOutcome, StopOutcome};
+
+/// Applies `verb` to the services `which` names.
+pub fn act(
+    s: &mut Session,
+    home: &Home,
+    verb: Verb,
+    which: Which,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    for n in &which.names {
+        service::validate_name(n)?;
+    }
+    let selection = if which.all {
+        Selection::All
+    } else {
+        Selection::Names { names: which.names }
+    };
+    let action = Action::Act {
+        verb,
+        selection: selection.clone(),
+    };
+    let reports = match crate::daemon::client::request(home, action)? {
+        Some(Response::Reports { reports }) => reports,
+        Some(Response::Error { message, code }) => {
+            eprintln!("tend: {message}");
+            s.fail_code(code);
+            return Ok(());
+        }
+        Some(other) => return Err(Error::unexpected_answer(&other).into()),
+        None => {
+            // No daemon took it: act here, the same way.
+            let mut sup = open_supervisor(home)?;
+            crate::api::act(&mut sup, verb, &selection, &|| true)?
+        }
+    };
+    print_reports(s, out, &reports)
+}
+
+/// `HUP`, `SIGUSR1`, `10`: any signal a person names, KILL and STOP included.
+pub fn parse_signal(text: &str) -> Result<i32> {
+    match text.to_ascii_uppercase().trim_start_matches("SIG") {
+        "KILL" => return Ok(libc::SIGKILL),
+        "STOP" => return Ok(libc::SIGSTOP),
+        _ => {}
+    }
+    text.parse::<service::StopSignal>()
+        .map(|s| s.0 as i32)
+        .map_err(|message| Error::Invalid {
+            what: "signal",
+            message,
+        })
+}
+
+/// Prints per-service results; failures go to stderr and set the exit code.
+pub fn print_reports(
+    s: &mut Session,
+    out: &mut dyn Write,
+    reports: &[Report],
+) -> Result<(), Failure> {
+    for r in reports {
+        let name = &r.name;
+        match &r.result {
+            Outcome::Start { outcome } => started(s, out, name, outcome)?,
+            Outcome::Stop { outcome } => stopped(out, name, outcome)?,
+            Outcome::Restart { stop, start } => {
+                if *stop != StopOutcome::NotRunning {
+                    stopped(out, name, stop)?;
+                }
+                started(s, out, name, start)?;
+            }
+            Outcome::Signal { outcome } => match outcome {
+                SignalOutcome::Sent { pid, signal } => {
+                    writeln!(out, "{name}: sent {signal} (pid {pid})")?
+                }
+                SignalOutcome::NotRunning => s.fail(&Error::NotRunning {
+                    service: name.clone(),
+                    what: "no signal sent",
+                }),
+            },
+            Outcome::Error { message, code } => {
+                eprintln!("tend: {message}");
+                s.fail_code(*code);
+            }
+        }
+        for n in &r.notices {
+            eprintln!("tend: {n}");
+        }
+    }
+    Ok(())
+}
+
+fn started(s: &mut Session, out: &mut dyn Write, name: &str, o: &StartOutcome) -> io::Result<()> {
+    match o {
+        StartOutcome::Started { pid } => writeln!(out, "{name}: started (pid {pid})"),
+        StartOutcome::AlreadyRunning { pid } => {
+            writeln!(out, "{name}: already running (pid {pid})")
+        }
+        StartOutcome::NotDue => Ok(()),
+        StartOutcome::ExitedAtOnce { pid, status } => {
+            s.fail(&Error::ExitedAtOnce {
+                service: name.to_string(),
+                pid: *pid,
+                status: status.clone(),
+            });
+            Ok(())
+        }
+    }
+}
+
+/// One line for a stop, and notices on stderr when the service had left its session or
+/// processes were left alone.
+pub fn stopped(out: &mut dyn Write, name: &str, o: &StopOutcome) -> io::Result<()> {
+    match *o {
+        StopOutcome::NotRunning => writeln!(out, "{name}: not running"),
+        StopOutcome::Stopped {
+            pid,
+            killed,
+            took,
+            others,
+            left_session,
+            left_alone,
+        } => {
+            let mut line = if killed {
+                format!("{name}: stopped (pid {pid} ignored the stop signal; killed")
+            } else {
+                format!("{name}: stopped (pid {pid}, {}", fmt_duration(took))
+            };
+            if others > 0 {
+                line.push_str(&format!("; {others} other process(es)"));
+            }
+            line.push(')');
+            writeln!(out, "{line}")?;
+            if left_session {
+                eprintln!(
+                    "tend: {name}: pid {pid} had left the session tend created for it; it was \
+                     stopped through its own handle"
+                );
+            }
+            if left_alone > 0 {
+                eprintln!(
+                    "tend: {name}: {left_alone} process(es) in the service's old session/group \
+                     number could not be proven to be its own (the number may have been \
+                     reused) and were left alone"
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The table of service settings. Every setting a service has besides its command and
+//! environment is one row of the [`settings!`] invocation at the end of this file: its
+//! type, its command-line option, its name in `--json`, its name in `edit`'s report of
+//! changes, its default and its check. Everything else follows from the row:
+//!
+//! - the typed [`Settings`] and [`SettingChanges`] (`edit`: `None` leaves a value alone),
+//!   `apply`, [`diff`], [`check`], defaults for `add`;
+//! - the command-line options of `add` and `edit` ([`SettingArgs`], built with clap's
+//!   builder from [`ROWS`]), each value parsed by its type ([`Value`]) with an error that
+//!   names the option;
+//! - the store: one JSON object per service, keyed by the field names;
+//! - the `--json` output, keyed by each row's `json` name.
+//!
+//! So a new setting is one row here (with its type's [`Value`] if the type is new) and a
+//! line of documentation in the README: nothing else to edit.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::paths::{check_cwd, check_readable, check_writable};
+use super::values::{RestartPolicy, StopSignal, Value};
+use crate::error::{Error, Result};
+
+/// Default time between the stop signal and SIGKILL (systemd's TimeoutStopSec is 90 s;
+/// supervisord's stopwaitsecs is 10 s, which suits interactive use better).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default delay before the first automatic restart (systemd's RestartSec); it doubles
+/// with each quick crash up to [`MAX_RESTART_DELAY`].
+pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_millis(100);
+/// Default start limit: this many starts within [`DEFAULT_START_LIMIT_INTERVAL`] mark the
+/// service failed (systemd's StartLimitBurst=5 within StartLimitIntervalSec=10s).
+pub const DEFAULT_START_LIMIT: u32 = 5;
+pub const DEFAULT_START_LIMIT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default size at which the daemon rotates a log file.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// What a setting's default may depend on, for a new definition.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    /// The directory `tend add` ran in.
+    pub cwd: PathBuf,
+    /// `<home>/logs/NAME.log`.
+    pub log: PathBuf,
+}
+
+/// How a setting appears on the command line.
+#[derive(Clone, Copy, Debug)]
+pub enum Flag {
+    /// `--name VALUE`, optionally also `-c VALUE`.
+    Option {
+        long: &'static str,
+        short: Option<char>,
+        value_name: &'static str,
+    },
+    /// `--name` sets it, `--negation` clears it.
+    Switch {
+        long: &'static str,
+        negation: &'static str,
+    },
+}
+
+/// One setting, as the command line, the output and the docs see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    /// The field name, also the key in the store.
+    pub field: &'static str,
+    pub flag: Flag,
+    /// `--name`, as errors name the option.
+    pub option: &'static str,
+    pub help: &'static str,
+    /// The key in `--json` output.
+    pub json: &'static str,
+    /// The word `tend edit` reports when it changed.
+    pub label: &'static str,
+}
+
+impl Row {
+    /// The clap arguments of this row.
+    fn args(&self) -> Vec<clap::Arg> {
+        match self.flag {
+            Flag::Option {
+                long,
+                short,
+                value_name,
+            } => {
+                let mut a = clap::Arg::new(self.field)
+                    .long(long)
+                    .value_name(value_name)
+                    .help(self.help)
+                    .action(clap::ArgAction::Set);
+                if let Some(c) = short {
+                    a = a.short(c);
+                }
+                vec![a]
+            }
+            Flag::Switch { long, negation } => vec![
+                clap::Arg::new(self.field)
+                    .long(long)
+                    .help(self.help)
+                    .action(clap::ArgAction::SetTrue)
+                    .conflicts_with(negation),
+                clap::Arg::new(negation)
+                    .long(negation)
+                    .help(format!("The opposite of --{long}"))
+                    .action(clap::ArgAction::SetTrue),
+            ],
+        }
+    }
+
+    /// What the command line said for this row: a value's text, `"true"`/`"false"` for a
+    /// switch, or nothing.
+    fn raw(&self, m: &clap::ArgMatches) -> Option<String> {
+        match self.flag {
+            Flag::Option { .. } => m.get_one::<String>(self.field).cloned(),
+            Flag::Switch { negation, .. } => {
+                if m.get_flag(self.field) {
+                    Some("true".into())
+                } else if m.get_flag(negation) {
+                    Some("false".into())
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// The setting options of `add` and `edit`, as typed; parsed by [`SettingArgs::changes`]
+/// so an error names the option in tend's own words.
+#[derive(Clone, Debug, Default)]
+pub struct SettingArgs {
+    raw: Vec<(&'static str, String)>,
+}
+
+impl clap::FromArgMatches for SettingArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let raw = ROWS
+            .iter()
+            .filter_map(|r| r.raw(m).map(|v| (r.field, v)))
+            .collect();
+        Ok(SettingArgs { raw })
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        m: &clap::ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        *self = SettingArgs::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for SettingArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        ROWS.iter().flat_map(Row::args).fold(cmd, |c, a| c.arg(a))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl SettingArgs {
+    fn get(&self, field: &str) -> Option<&str> {
+        self.raw
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses the text given for `row` as a `T`, naming the option in the error.
+fn parse_as<T: Value>(row: &Row, text: Option<&str>) -> Result<Option<T>> {
+    text.map(|t| {
+        T::parse(t).map_err(|message| Error::Invalid {
+            what: row.option,
+            message,
+        })
+    })
+    .transpose()
+}
+
+/// Declares the settings: see the module documentation.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $ty:ty {
+            flag: $flag:expr,
+            option: $option:literal,
+            help: $help:literal,
+            json: $json:literal,
+            label: $label:literal,
+            default: $default:expr,
+            check: $check:expr $(,)?
+        }
+    )*) => {
+        /// Every setting of a service besides its command and environment.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        /// Changes to settings (`tend edit`): `None` leaves a setting as it is.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct SettingChanges {
+            $( pub $field: Option<$ty>, )*
+        }
+
+        /// The table, for the command line and the docs.
+        pub const ROWS: &[Row] = &[
+            $( Row {
+                field: stringify!($field),
+                flag: $flag,
+                option: $option,
+                help: $help,
+                json: $json,
+                label: $label,
+            }, )*
+        ];
+
+        impl SettingChanges {
+            /// Sets every setting that is `Some` here.
+            pub fn apply(&self, s: &mut Settings) {
+                $( if let Some(v) = &self.$field { s.$field = v.clone(); } )*
+            }
+
+            /// Makes every path absolute against `base` (the directory the command ran
+            /// in), so a definition means the same from wherever it is started later.
+            pub fn absolutize(&mut self, base: &Path) {
+                $( if let Some(v) = &mut self.$field { v.absolutize(base); } )*
+            }
+
+            /// A new definition's settings: what was given, else each row's default.
+            pub fn build(&self, d: &Defaults) -> Settings {
+                Settings {
+                    $( $field: match &self.$field {
+                        Some(v) => v.clone(),
+                        None => {
+                            let default: fn(&Defaults, &SettingChanges) -> $ty = $default;
+                            default(d, self)
+                        }
+                    }, )*
+                }
+            }
+        }
+
+        impl SettingArgs {
+            /// The typed changes the command line asks for.
+            pub fn changes(&self) -> Result<SettingChanges> {
+                let mut rows = ROWS.iter();
+                Ok(SettingChanges {
+                    $( $field: {
+                        let row = rows.next().expect("one row per field");
+                        parse_as::<$ty>(row, self.get(row.field))?
+                    }, )*
+                })
+            }
+        }
+
+        /// The labels of the settings that differ, in table order.
+        pub fn diff(a: &Settings, b: &Settings) -> Vec<&'static str> {
+            let mut out = Vec::new();
+            $( if a.$field != b.$field { out.push($label); } )*
+            out
+        }
+
+        /// Checks every setting against the file system (paths that must exist or be
+        /// writable); the first failure.
+        pub fn check(s: &Settings) -> Result<()> {
+            $( {
+                let check: fn(&$ty) -> Result<()> = $check;
+                check(&s.$field)?;
+            } )*
+            Ok(())
+        }
+
+        impl Settings {
+            /// The settings as `--json` shows them, in table order.
+            pub fn json(&self) -> Vec<(&'static str, serde_json::Value)> {
+                vec![ $( ($json, self.$field.to_json()), )* ]
+            }
+
+            /// The settings as the store keeps them: one JSON object by field name.
+            pub fn to_store(&self) -> String {
+                let mut m = serde_json::Map::new();
+                $( m.insert(stringify!($field).to_string(), self.$field.to_json()); )*
+                serde_json::Value::Object(m).to_string()
+            }
+
+            /// Reads what [`Settings::to_store`] wrote. A setting the file does not have
+            /// (added to tend after the definition was stored) takes its default; one
+            /// that cannot be read is an error naming it.
+            pub fn from_store(text: &str, d: &Defaults) -> std::result::Result<Settings, String> {
+                let v: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| format!("settings: {e}"))?;
+                let none = SettingChanges::default();
+                Ok(Settings {
+                    $( $field: match v.get(stringify!($field)) {
+                        Some(x) => <$ty as Value>::from_json(x).ok_or_else(|| {
+                            format!("setting {}: unreadable value {x}", stringify!($field))
+                        })?,
+                        None => {
+                            let default: fn(&Defaults, &SettingChanges) -> $ty = $default;
+                            default(d, &none)
+                        }
+                    }, )*
+                })
+            }
+        }
+    };
+}
+
+fn no_check<T>(_: &T) -> Result<()> {
+    Ok(())
+}
+
+settings! {
+    /// Working directory; must exist.
+    cwd: PathBuf {
+        flag: Flag::Option { long: "cwd", short: None, value_name: "DIR" },
+        option: "--cwd",
+        help: "Working directory (default for add: the current directory)",
+        json: "cwd",
+        label: "cwd",
+        default: |d, _| d.cwd.clone(),
+        check: |p| check_cwd(p),
+    }
+    /// File the service reads as stdin.
+    stdin: PathBuf {
+        flag: Flag::Option { long: "stdin", short: Some('i'), value_name: "PATH" },
+        option: "--stdin",
+        help: "File to read stdin from (default /dev/null)",
+        json: "stdin",
+        label: "stdin",
+        default: |_, _| PathBuf::from("/dev/null"),
+        check: |p| check_readable(p),
+    }
+    /// File stdout is appended to.
+    stdout: PathBuf {
+        flag: Flag::Option { long: "stdout", short: Some('o'), value_name: "PATH" },
+        option: "--stdout",
+        help: "File stdout appends to (default <home>/logs/NAME.log)",
+        json: "stdout",
+        label: "stdout",
+        default: |d, _| d.log.clone(),
+        check: |p| check_writable("stdout", p),
+    }
+    /// File stderr is appended to.
+    stderr: PathBuf {
+        flag: Flag::Option { long: "stderr", short: Some('e'), value_name: "PATH" },
+        option: "--stderr",
+        help: "File stderr appends to (default: the same file as stdout)",
+        json: "stderr",
+        label: "stderr",
+        default: |d, c| c.stdout.clone().unwrap_or_else(|| d.log.clone()),
+        check: |p| check_writable("stderr", p),
+    }
+    /// First signal of a stop.
+    stop_signal: StopSignal {
+        flag: Flag::Option { long: "stop-signal", short: None, value_name: "SIGNAL" },
+        option: "--stop-signal",
+        help: "Signal sent first by stop (default TERM)",
+        json: "stop_signal",
+        label: "stop-signal",
+        default: |_, _| StopSignal::default(),
+        check: no_check,
+    }
+    /// Wait between the stop signal and SIGKILL.
+    stop_timeout: Duration {
+        flag: Flag::Option { long: "stop-timeout", short: None, value_name: "DURATION" },
+        option: "--stop-timeout",
+        help: "Time between the stop signal and SIGKILL: 10, 10s, 500ms (default 10s)",
+        json: "stop_timeout_ms",
+        label: "stop-timeout",
+        default: |_, _| DEFAULT_STOP_TIMEOUT,
+        check: no_check,
+    }
+    /// What the daemon does when the service exits.
+    restart: RestartPolicy {
+        flag: Flag::Option { long: "restart", short: None, value_name: "POLICY" },
+        option: "--restart",
+        help: "What the daemon does when the service exits: never, on-failure (default), always",
+        json: "restart",
+        label: "restart",
+        default: |_, _| RestartPolicy::default(),
+        check: no_check,
+    }
+    /// Started by the daemon when it comes up.
+    autostart: bool {
+        flag: Flag::Switch { long: "autostart", negation: "no-autostart" },
+        option: "--autostart",
+        help: "Start the service when the daemon comes up (default: no)",
+        json: "autostart",
+        label: "autostart",
+        default: |_, _| false,
+        check: no_check,
+    }
+    /// Delay before the first automatic restart; doubles per quick crash.
+    restart_delay: Duration {
+        flag: Flag::Option { long: "restart-delay", short: None, value_name: "DURATION" },
+        option: "--restart-delay",
+        help: "Delay before the first automatic restart; doubles per quick crash up to 30s (default 100ms)",
+        json: "restart_delay_ms",
+        label: "restart-delay",
+        default: |_, _| DEFAULT_RESTART_DELAY,
+        check: no_check,
+    }
+    /// Starts allowed within `start_limit_interval` before the service is marked failed;
+    /// 0 means no limit.
+    start_limit: u32 {
+        flag: Flag::Option { long: "start-limit", short: None, value_name: "N" },
+        option: "--start-limit",
+        help: "Starts allowed within --start-limit-interval before the daemon marks the service failed; 0 means no limit (default 5)",
+        json: "start_limit",
+        label: "start-limit",
+        default: |_, _| DEFAULT_START_LIMIT,
+        check: no_check,
+    }
+    /// Window of the start limit.
+    start_limit_interval: Duration {
+        flag: Flag::Option { long: "start-limit-interval", short: None, value_name: "DURATION" },
+        option: "--start-limit-interval",
+        help: "Window of the start limit (default 10s)",
+        json: "start_limit_interval_ms",
+        label: "start-limit-interval",
+        default: |_, _| DEFAULT_START_LIMIT_INTERVAL,
+        check: no_check,
+    }
+    /// Size at which the daemon rotates the log file(s); 0 means never.
+    log_max_bytes: u64 {
+        flag: Flag::Option { long: "log-max-size", short: None, value_name: "SIZE" },
+        option: "--log-max-size",
+        help: "Size at which the daemon rotates the log file, keeping 3 backups: 10M, 512K, 1G; 0 never rotates (default 10M)",
+        json: "log_max_bytes",
+        label: "log-max-size",
+        default: |_, _| DEFAULT_LOG_MAX_BYTES,
+        check: no_check,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Defaults {
+        Defaults {
+            cwd: "/srv".into(),
+            log: "/h/logs/w.log".into(),
+        }
+    }
+
+    #[test]
+    fn build_takes_defaults_and_stderr_follows_stdout() {
+        let s = SettingChanges::default().build(&defaults());
+        assert_eq!(s.cwd, PathBuf::from("/srv"));
+        assert_eq!(s.stderr, s.stdout);
+        let c = SettingChanges {
+            stdout: Some("/x/out".into()),
+            ..SettingChanges::default()
+        };
+        let s = c.build(&defaults());
+        assert_eq!(s.stderr, PathBuf::from("/x/out"));
+    }
+
+    #[test]
+    fn store_round_trips_and_fills_missing_settings() {
+        let s = SettingChanges {
+            stop_timeout: Some(Duration::from_millis(1500)),
+            autostart: Some(true),
+            ..SettingChanges::default()
+        }
+        .build(&defaults());
+        assert_eq!(
+            Settings::from_store(&s.to_store(), &defaults()),
+            Ok(s.clone())
+        );
+        let partial = r#"{"cwd":"/a","stop_timeout":250}"#;
+        let p = Settings::from_store(partial, &defaults()).unwrap();
+        assert_eq!(p.cwd, PathBuf::from("/a"));
+        assert_eq!(p.stop_timeout, Duration::from_millis(250));
+        assert_eq!(p.restart, RestartPolicy::OnFailure);
+        assert!(Settings::from_store(r#"{"stop_timeout":"x"}"#, &defaults()).is_err());
+    }
+
+    #[test]
+    fn diff_names_rows_by_label() {
+        let a = SettingChanges::default().build(&defaults());
+        let mut b = a.clone();
+        b.log_max_bytes = 1;
+        b.autostart = true;
+        assert_eq!(diff(&a, &b), ["autostart", "log-max-size"]);
+    }
+
+    #[test]
+    fn every_row_is_a_field_and_an_option() {
+        assert_eq!(ROWS.len(), 12);
+        for r in ROWS {
+            assert!(r.option.starts_with("--"), "{}", r.field);
+            let long = match r.flag {
+                Flag::Option { long, .. } | Flag::Switch { long, .. } => long,
+            };
+            assert_eq!(r.option, format!("--{long}"));
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Service definitions: name, command, environment, and the settings table's values as
+//! one JSON object (see [`crate::service::settings`]), so a new setting needs no new
+//! column and no migration.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{params, ErrorCode, OptionalExtension};
+
+use super::Tx;
+use crate::error::{Error, Result};
+use crate::record::Instance;
+use crate::service::{Defaults, Service, Settings};
+
+const COLUMNS: &str = "id, name, argv, env, settings, created_at, updated_at";
+
+/// A services row as SQLite holds it, before its JSON columns are read.
+struct Row {
+    id: i64,
+    name: String,
+    argv: String,
+    env: String,
+    settings: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl Row {
+    fn read(r: &rusqlite::Row) -> rusqlite::Result<Row> {
+        Ok(Row {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            argv: r.get(2)?,
+            env: r.get(3)?,
+            settings: r.get(4)?,
+            created_at: r.get(5)?,
+            updated_at: r.get(6)?,
+        })
+    }
+
+    fn into_service(self, db: &Path) -> Result<(i64, Service)> {
+        let corrupt = |message: String| Error::Corrupt {
+            service: self.name.clone(),
+            message,
+        };
+        let argv: Vec<String> =
+            serde_json::from_str(&self.argv).map_err(|e| corrupt(format!("argv: {e}")))?;
+        let env: BTreeMap<String, String> =
+            serde_json::from_str(&self.env).map_err(|e| corrupt(format!("env: {e}")))?;
+        if argv.is_empty() {
+            return Err(corrupt("argv is empty".into()));
+        }
+        // Defaults only matter for a setting added to tend after this row was written.
+        let home = db.parent().unwrap_or(Path::new("/"));
+        let defaults = Defaults {
+            cwd: "/".into(),
+            log: home.join("logs").join(format!("{}.log", self.name)),
+        };
+        let settings = Settings::from_store(&self.settings, &defaults).map_err(corrupt)?;
+        Ok((
+            self.id,
+            Service {
+                name: self.name,
+                argv,
+                env,
+                settings,
+                created_at: self.created_at,
+                updated_at: self.updated_at,
+            },
+        ))
+    }
+}
+
+/// The JSON columns of a definition.
+fn encode(s: &Service) -> Result<(String, String, String)> {
+    for p in [
+        &s.settings.cwd,
+        &s.settings.stdin,
+        &s.settings.stdout,
+        &s.settings.stderr,
+    ] {
+        if p.to_str().is_none() {
+            return Err(Error::Invalid {
+                what: "path",
+                message: format!("{} is not valid UTF-8", p.display()),
+            });
+        }
+    }
+    Ok((
+        serde_json::to_string(&s.argv).expect("a Vec<String> always serializes"),
+        serde_json::to_string(&s.env).expect("a string map always serializes"),
+        s.settings.to_store(),
+    ))
+}
+
+impl Tx<'_> {
+    fn one_service(&self, sql: &str, key: &dyn rusqlite::ToSql) -> Result<Option<(i64, Service)>> {
+        let mut stmt = self.0.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let row = stmt
+            .query_row([key], Row::read)
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(|r| r.into_service(self.1)).transpose()
+    }
+
+    /// The service named `name`, with its row id.
+    pub fn service(&self, name: &str) -> Result<Option<(i64, Service)>> {
+        self.one_service(
+            &format!("SELECT {COLUMNS} FROM services WHERE name = ?1"),
+            &name,
+        )
+    }
+
+    /// The service with row id `id`.
+    pub fn service_by_id(&self, id: i64) -> Result<Option<Service>> {
+        Ok(self
+            .one_service(
+                &format!("SELECT {COLUMNS} FROM services WHERE id = ?1"),
+                &id,
+            )?
+            .map(|(_, s)| s))
+    }
+
+    /// All services, sorted by name.
+    pub fn services(&self) -> Result<Vec<(i64, Service)>> {
+        let sql = format!("SELECT {COLUMNS} FROM services ORDER BY name");
+        let mut stmt = self.0.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], Row::read).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(|e| self.err(e))?.into_service(self.1)?);
+        }
+        Ok(out)
+    }
+
+    pub fn insert_service(&self, s: &Service) -> Result<i64> {
+        let (argv, env, settings) = encode(s)?;
+        self.0
+            .prepare_cached(
+                "INSERT INTO services (name, argv, env, settings, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    s.name,
+                    argv,
+                    env,
+                    settings,
+                    s.created_at,
+                    s.updated_at
+                ])
+            })
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(ErrorCode::ConstraintViolation) => Error::AlreadyExists(s.name.clone()),
+                _ => self.err(e),
+            })?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    pub fn update_service(&self, id: i64, s: &Service) -> Result<()> {
+        let (argv, env, settings) = encode(s)?;
+        self.exec(
+            "UPDATE services SET argv = ?2, env = ?3, settings = ?4, updated_at = ?5 \
+             WHERE id = ?1",
+            params![id, argv, env, settings, s.updated_at],
+        )
+    }
+
+    pub fn delete_service(&self, id: i64) -> Result<()> {
+        self.exec("DELETE FROM services WHERE id = ?1", params![id])
+    }
+
+    /// The service whose recorded instance is `(pid, start_time)`, if any.
+    pub fn instance_by_pid(
+        &self,
+        pid: i32,
+        start_time: u64,
+    ) -> Result<Option<(i64, Service, Instance)>> {
+        let id: Option<i64> = self
+            .0
+            .prepare_cached("SELECT service_id FROM instances WHERE pid = ?1 AND start_time = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![pid, start_time as i64], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some(id) = id else { return Ok(None) };
+        let Some(svc) = self.service_by_id(id)? else {
+            return Ok(None);
+        };
+        Ok(self.instance(id)?.map(|i| (id, svc, i)))
+    }
+}

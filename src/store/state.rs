@@ -1,0 +1,225 @@
+//! Instances, restart bookkeeping, `tend config` settings and the event log.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::Tx;
+use crate::error::Result;
+use crate::record::{now_ms, Event, Instance, Runtime};
+
+impl Tx<'_> {
+    /// All running instances by service id.
+    pub fn instances(&self) -> Result<BTreeMap<i64, Instance>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT service_id, pid, pgid, start_time, boot_id, started_at, stopping \
+                 FROM instances",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, instance_from_row(r, 1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn instance(&self, service_id: i64) -> Result<Option<Instance>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT pid, pgid, start_time, boot_id, started_at, stopping FROM instances \
+                 WHERE service_id = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_row([service_id], |r| instance_from_row(r, 0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_instance(&self, service_id: i64, i: &Instance) -> Result<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO instances (service_id, pid, pgid, start_time, boot_id, \
+             started_at, stopping) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                service_id,
+                i.pid,
+                i.pgid,
+                i.start_time as i64,
+                i.boot_id,
+                i.started_at,
+                i.stopping
+            ],
+        )
+    }
+
+    /// Removes the instance record, but only if it is still the one the caller saw:
+    /// a concurrent `tend start` may have replaced it meanwhile.
+    pub fn clear_instance(&self, service_id: i64, seen: &Instance) -> Result<bool> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "DELETE FROM instances WHERE service_id = ?1 AND pid = ?2 AND start_time = ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let n = stmt
+            .execute(params![service_id, seen.pid, seen.start_time as i64])
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// Marks the instance as being stopped on purpose (only if it is still `seen`).
+    pub fn mark_stopping(&self, service_id: i64, seen: &Instance) -> Result<()> {
+        self.exec(
+            "UPDATE instances SET stopping = 1 WHERE service_id = ?1 AND pid = ?2 \
+             AND start_time = ?3",
+            params![service_id, seen.pid, seen.start_time as i64],
+        )
+    }
+
+    pub fn runtime(&self, service_id: i64) -> Result<Runtime> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT restarts, last_exit, last_exit_at, backoff_ms, next_retry_at, failed, \
+                 recent_starts FROM runtime WHERE service_id = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let row = stmt
+            .query_row([service_id], |r| {
+                Ok((
+                    Runtime {
+                        restarts: r.get::<_, i64>(0)?.clamp(0, u32::MAX as i64) as u32,
+                        last_exit: r.get(1)?,
+                        last_exit_at: r.get(2)?,
+                        backoff_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                        next_retry_at: r.get(4)?,
+                        failed: r.get(5)?,
+                        recent_starts: Vec::new(),
+                    },
+                    r.get::<_, String>(6)?,
+                ))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(match row {
+            // Bookkeeping that cannot be read is only a lost start history: start over.
+            Some((mut rt, starts)) => {
+                rt.recent_starts = serde_json::from_str(&starts).unwrap_or_default();
+                rt
+            }
+            None => Runtime::default(),
+        })
+    }
+
+    /// Restart bookkeeping of every service that has any.
+    pub fn runtimes(&self) -> Result<BTreeMap<i64, Runtime>> {
+        let ids: Vec<i64> = self
+            .0
+            .prepare_cached("SELECT service_id FROM runtime")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| self.err(e))?;
+        ids.into_iter()
+            .map(|id| Ok((id, self.runtime(id)?)))
+            .collect()
+    }
+
+    pub fn set_runtime(&self, service_id: i64, rt: &Runtime) -> Result<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO runtime (service_id, restarts, last_exit, last_exit_at, \
+             backoff_ms, next_retry_at, failed, recent_starts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                service_id,
+                rt.restarts,
+                rt.last_exit,
+                rt.last_exit_at,
+                rt.backoff_ms.min(i64::MAX as u64) as i64,
+                rt.next_retry_at,
+                rt.failed,
+                serde_json::to_string(&rt.recent_starts).expect("a Vec<i64> always serializes")
+            ],
+        )
+    }
+
+    pub fn config(&self, key: &str) -> Result<Option<String>> {
+        self.0
+            .prepare_cached("SELECT value FROM config WHERE key = ?1")
+            .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn config_all(&self) -> Result<Vec<(String, String)>> {
+        self.0
+            .prepare_cached("SELECT key, value FROM config ORDER BY key")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Sets (`Some`) or removes (`None`) a setting.
+    pub fn set_config(&self, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(v) => self.exec(
+                "INSERT OR REPLACE INTO config (key, value) VALUES (?1, ?2)",
+                params![key, v],
+            ),
+            None => self.exec("DELETE FROM config WHERE key = ?1", params![key]),
+        }
+    }
+
+    pub fn record(&self, service: &str, kind: &str, detail: &str) -> Result<()> {
+        self.record_id(service, kind, detail).map(drop)
+    }
+
+    /// Appends an event and returns its id.
+    pub fn record_id(&self, service: &str, kind: &str, detail: &str) -> Result<i64> {
+        self.exec(
+            "INSERT INTO events (at, service, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![now_ms(), service, kind, detail],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    /// Removes an event written earlier in an operation that is being taken back as a
+    /// whole (a start whose exec failed after its record was committed).
+    pub fn delete_event(&self, id: i64) -> Result<()> {
+        self.exec("DELETE FROM events WHERE id = ?1", params![id])
+    }
+
+    /// The last `limit` events, oldest first; only `service`'s when given.
+    pub fn events(&self, service: Option<&str>, limit: u32) -> Result<Vec<Event>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT id, at, service, kind, detail FROM (\
+                   SELECT * FROM events WHERE ?1 IS NULL OR service = ?1 \
+                   ORDER BY id DESC LIMIT ?2) ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![service, limit], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    service: r.get(2)?,
+                    kind: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+}
+
+pub(super) fn instance_from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Instance> {
+    Ok(Instance {
+        pid: r.get(at)?,
+        pgid: r.get(at + 1)?,
+        start_time: r.get::<_, i64>(at + 2)? as u64,
+        boot_id: r.get(at + 3)?,
+        started_at: r.get(at + 4)?,
+        stopping: r.get(at + 5)?,
+    })
+}

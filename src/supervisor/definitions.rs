@@ -1,0 +1,104 @@
+//! add / edit / remove of definitions.
+
+use super::instances::{live_instance, lookup};
+use super::{Supervisor, Then};
+use crate::error::{Error, Result};
+use crate::process::spawn;
+use crate::record::{event, now_ms};
+use crate::service::{self, Changes, Service};
+use crate::supervisor::StopOutcome;
+
+impl Supervisor {
+    /// Stores a new definition after validating it.
+    pub fn add(&mut self, svc: Service) -> Result<()> {
+        validate(&svc, &mut self.notices)?;
+        self.store.write(|tx| {
+            tx.insert_service(&svc)?;
+            tx.record(&svc.name, event::ADDED, &svc.command_line())
+        })
+    }
+
+    /// Applies `changes`; returns the names of the fields that changed and whether the
+    /// service is running (changes take effect at its next start).
+    pub fn edit(&mut self, name: &str, changes: &Changes) -> Result<(Vec<&'static str>, bool)> {
+        let mut notes = Vec::new();
+        let (_, current) = self.store.read(|tx| lookup(tx, name))?;
+        let updated = changes.apply(&current, now_ms());
+        validate(&updated, &mut self.notices)?;
+        let changed = service::diff(&current, &updated);
+        let seer = self.seer();
+        let running = self.store.write(|tx| {
+            notes.clear();
+            let (id, now) = lookup(tx, name)?;
+            if now != current {
+                // Someone else edited it between our read and this write: apply the
+                // changes on top of what is stored now rather than overwrite theirs.
+                let again = changes.apply(&now, now_ms());
+                tx.update_service(id, &again)?;
+            } else if !changed.is_empty() {
+                tx.update_service(id, &updated)?;
+            }
+            if !changed.is_empty() {
+                tx.record(name, event::CHANGED, &changed.join(", "))?;
+            }
+            Ok(live_instance(tx, id, &now, &seer, Then::Policy, &mut notes)?.is_some())
+        })?;
+        self.notices.extend(notes);
+        Ok((changed, running))
+    }
+
+    /// Deletes a definition. A running service is refused unless `stop` is set, in which
+    /// case it is stopped first. Its events are kept.
+    pub fn remove(&mut self, name: &str, stop_first: bool) -> Result<StopOutcome> {
+        let stopped = if stop_first {
+            self.stop(name)?
+        } else {
+            StopOutcome::NotRunning
+        };
+        let mut notes = Vec::new();
+        let seer = self.seer();
+        self.store.write(|tx| {
+            notes.clear();
+            let (id, svc) = lookup(tx, name)?;
+            if live_instance(tx, id, &svc, &seer, Then::Nothing, &mut notes)?.is_some() {
+                return Err(Error::Running(name.to_string()));
+            }
+            tx.delete_service(id)?;
+            tx.record(name, event::REMOVED, "")
+        })?;
+        self.notices.extend(notes);
+        Ok(stopped)
+    }
+}
+
+/// Checks a definition before it is stored. A program that cannot be found is only a
+/// notice: it may be installed later, and `tend start` reports it clearly.
+pub(super) fn validate(svc: &Service, notices: &mut Vec<String>) -> Result<()> {
+    service::validate_name(&svc.name)?;
+    if svc.argv.is_empty() || svc.argv[0].is_empty() {
+        return Err(Error::Invalid {
+            what: "command",
+            message: "no command given (use --cmd STRING or -- PROGRAM ARGS...)".into(),
+        });
+    }
+    service::check_cwd(&svc.settings.cwd)?;
+    service::check_readable(&svc.settings.stdin)?;
+    service::check_writable("stdout", &svc.settings.stdout)?;
+    service::check_writable("stderr", &svc.settings.stderr)?;
+    let env = spawn::merged_env(&svc.env);
+    let probe = spawn::Spec {
+        argv: &svc.argv,
+        cwd: &svc.settings.cwd,
+        env: &env,
+        stdin: &svc.settings.stdin,
+        stdout: &svc.settings.stdout,
+        stderr: &svc.settings.stderr,
+    };
+    if spawn::find_program(&probe).is_none() {
+        notices.push(format!(
+            "{}: warning: program {:?} not found; `tend start` will fail until it exists",
+            svc.name, svc.argv[0]
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! What becomes of a recorded instance: looked up, found alive, or cleared with its exit
+//! recorded and the restart policy's decision applied. Shared by every path that touches
+//! a record (start, stop, status, the daemon's worker).
+
+use std::time::Duration;
+
+use super::{Exit, Seer, Then};
+use crate::error::{Error, Result};
+use crate::policy::{self, Decision, ExitStatus};
+use crate::process::identity;
+use crate::record::{event, now_ms, Instance};
+use crate::service::{fmt_duration, Service};
+use crate::store::Tx;
+
+/// Clears the instance, records the exit and, unless it was asked for, what the restart
+/// policy decides.
+pub(super) fn record_exit(
+    tx: &Tx,
+    id: i64,
+    svc: &Service,
+    inst: &Instance,
+    status: ExitStatus,
+    then: Then,
+) -> Result<Exit> {
+    let now = now_ms();
+    tx.clear_instance(id, inst)?;
+    let mut rt = tx.runtime(id)?;
+    rt.last_exit = Some(status.to_string());
+    rt.last_exit_at = Some(now);
+    let requested = inst.stopping;
+    tx.record(
+        &svc.name,
+        event::EXIT,
+        &format!(
+            "pid {}: {status}{}",
+            inst.pid,
+            if requested { " (stop requested)" } else { "" }
+        ),
+    )?;
+    let decision = if requested || then == Then::Nothing {
+        Decision::Leave
+    } else {
+        let uptime = Duration::from_millis((now - inst.started_at).max(0) as u64);
+        policy::decide(svc, &rt, status, uptime, now)
+    };
+    let mut retry_at = None;
+    match &decision {
+        Decision::Leave => {}
+        Decision::Restart { delay } => {
+            rt.backoff_ms = delay.as_millis() as u64;
+            let at = now + delay.as_millis() as i64;
+            rt.next_retry_at = Some(at);
+            retry_at = Some(at);
+            tx.record(
+                &svc.name,
+                event::BACKOFF,
+                &format!("restart {} in {}", rt.restarts + 1, fmt_duration(*delay)),
+            )?;
+        }
+        Decision::Fail { reason } => {
+            rt.next_retry_at = None;
+            rt.failed = Some(reason.clone());
+            tx.record(&svc.name, event::FAILED, reason)?;
+        }
+    }
+    tx.set_runtime(id, &rt)?;
+    Ok(Exit {
+        name: svc.name.clone(),
+        pgid: inst.pgid,
+        requested,
+        decision,
+        retry_at,
+    })
+}
+
+pub(super) fn lookup(tx: &Tx, name: &str) -> Result<(i64, Service)> {
+    tx.service(name)?
+        .ok_or_else(|| Error::UnknownService(name.to_string()))
+}
+
+/// The service's instance if it is alive. A dead or stale record is cleared, logged,
+/// noted and put through the restart policy (`then`), unless a daemon watches: then an
+/// exit is left for it, since it knows the status. Must run in a write transaction.
+pub(super) fn live_instance(
+    tx: &Tx,
+    id: i64,
+    svc: &Service,
+    seer: &Seer,
+    then: Then,
+    notes: &mut Vec<String>,
+) -> Result<Option<Instance>> {
+    let Some(inst) = tx.instance(id)? else {
+        return Ok(None);
+    };
+    let name = &svc.name;
+    match identity::check(inst.pid, inst.start_time, &inst.boot_id, &seer.boot) {
+        identity::Liveness::Alive => Ok(Some(inst)),
+        identity::Liveness::Exited if seer.defer => Ok(None),
+        identity::Liveness::Exited => {
+            let status = seer.status(&inst);
+            let seen = match status {
+                ExitStatus::Unknown => format!("pid {} is gone (exit status unknown)", inst.pid),
+                s => format!("pid {} exited ({s})", inst.pid),
+            };
+            record_exit(tx, id, svc, &inst, status, then)?;
+            notes.push(format!("{name}: {seen}; record cleared"));
+            Ok(None)
+        }
+        identity::Liveness::Stale(why) => {
+            let detail = format!("pid {}: {why}; not signalled", inst.pid);
+            tx.record(name, event::STALE, &detail)?;
+            record_exit(tx, id, svc, &inst, ExitStatus::Unknown, then)?;
+            notes.push(format!("{name}: {detail}; record cleared"));
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! start / stop / restart / status on top of the store and the process module.
+//!
+//! This is the one code path: whoever asks (the CLI, the daemon's request server, its
+//! event worker, the NOTIFY listener) calls these functions, so behaviour never depends
+//! on the transport. The caller says what it knows about its situation in a
+//! [`Context`]; the supervisor never goes looking for a daemon itself.
+//!
+//! Every function re-reads the truth from the database and checks recorded processes by
+//! identity before acting on them. A record that no longer describes a live process of
+//! ours is cleared, logged as an event, and reported through [`Supervisor::take_notices`];
+//! its PID is never signalled.
+//!
+//! # A start either commits or leaves nothing
+//!
+//! The database is checked (`read`), the new process is forked and set up but held at a
+//! gate before exec ([`spawn::Pending`]), the instance is recorded in one write
+//! transaction that re-checks that no other start won meanwhile, and only then is the
+//! gate opened. The spawn happens once, outside any retried transaction; if the record
+//! cannot be committed, the held process is killed before it ever runs the program, and
+//! if tend dies at any instant the gate closes and the process exits on its own. The CLI
+//! holds off SIGINT/SIGTERM/SIGHUP/SIGQUIT from before the spawn until exec.
+
+mod definitions;
+mod exits;
+mod instances;
+mod start;
+mod stop;
+mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::policy::{Decision, ExitStatus};
+use crate::process::handle::Handle;
+use crate::process::identity;
+use crate::process::reap::ExitBoard;
+use crate::record::{Instance, Runtime};
+use crate::service::Service;
+use crate::store::Store;
+
+/// A service with its running instance, if any, and its restart bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub service: Service,
+    pub instance: Option<Instance>,
+    pub runtime: Runtime,
+    /// A daemon supervises this home (as far as the caller knows): a pending restart
+    /// will be carried out.
+    pub daemon: bool,
+}
+
+/// What the daemon must do after a service's exit was recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub name: String,
+    /// The session (and first process group) tend created for the instance.
+    pub pgid: i32,
+    /// The exit was asked for by a stop.
+    pub requested: bool,
+    pub decision: Decision,
+    /// Unix ms when a restart is due.
+    pub retry_at: Option<i64>,
+}
+
+/// What a daemon coming up found: running services to watch (pinned), and exits.
+pub type Adoption = (Vec<(Handle, Watch)>, Vec<Exit>);
+
+/// A live instance a daemon should watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub name: String,
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum StartOutcome {
+    Started {
+        pid: i32,
+    },
+    AlreadyRunning {
+        pid: i32,
+    },
+    /// exec succeeded, but the process had already exited when tend looked.
+    ExitedAtOnce {
+        pid: i32,
+        /// `code N` or `signal NAME` when tend reaped it; `None` when unknown.
+        #[serde(default)]
+        status: Option<String>,
+    },
+    /// An automatic restart that was cancelled meanwhile (a person stopped or started the
+    /// service); only [`Supervisor::restart_due`] returns it.
+    NotDue,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SignalOutcome {
+    Sent { pid: i32, signal: String },
+    NotRunning,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum StopOutcome {
+    NotRunning,
+    Stopped {
+        pid: i32,
+        killed: bool,
+        took: Duration,
+        /// Other processes of the service stopped with the main one.
+        #[serde(default)]
+        others: usize,
+        /// The main process had left the session tend created for it.
+        #[serde(default)]
+        left_session: bool,
+        /// Processes in that session's number not proven to be the service's: not
+        /// signalled (the number may have been reused by an unrelated process).
+        #[serde(default)]
+        left_alone: usize,
+    },
+}
+
+/// What the caller knows about who supervises this home; the supervisor never goes
+/// looking for a daemon itself.
+#[derive(Clone, Default)]
+pub struct Context {
+    /// A daemon runs for this home and it is not us: exits of its services are left for
+    /// it to record (it knows their exit status and applies the restart policy).
+    pub daemon_watching: bool,
+    /// We are the daemon: its event loop reaps every child and posts the statuses here.
+    pub board: Option<Arc<ExitBoard>>,
+}
+
+pub struct Supervisor {
+    home: Home,
+    store: Store,
+    boot_id: String,
+    notices: Vec<String>,
+    ctx: Context,
+}
+
+/// How long a thread that saw one of the daemon's children exit waits for the event loop
+/// to post its status (it reaps at once; this only bounds a stalled loop).
+const STATUS_WAIT: Duration = Duration::from_secs(1);
+
+/// What to do after recording an exit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Apply the restart policy (unless the exit was asked for).
+    Policy,
+    /// A start is about to replace the instance: no restart to schedule.
+    Nothing,
+}
+
+impl Supervisor {
+    /// Creates the home if needed and opens its database.
+    pub fn open(home: Home) -> Result<Supervisor> {
+        Supervisor::open_with(home, Context::default())
+    }
+
+    pub fn open_with(home: Home, ctx: Context) -> Result<Supervisor> {
+        home.ensure()?;
+        let store = Store::open(&home.db_path())?;
+        let boot_id = identity::boot_id().map_err(|e| Error::Io {
+            path: "/proc/sys/kernel/random/boot_id".into(),
+            reason: crate::error::io_reason(&e),
+        })?;
+        Ok(Supervisor {
+            home,
+            store,
+            boot_id,
+            notices: Vec::new(),
+            ctx,
+        })
+    }
+
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// Things the user should hear about that are not errors (stale records cleared,
+    /// a program not found at add time). The CLI prints them on stderr.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Our own pid when we are the daemon: a child subreaper, so orphans of the services
+    /// we started are our children.
+    fn reaper(&self) -> Option<i32> {
+        self.ctx.board.as_ref().map(|_| std::process::id() as i32)
+    }
+
+    /// Appends an event.
+    pub fn record(&mut self, service: &str, kind: &str, detail: &str) -> Result<()> {
+        self.store.write(|tx| tx.record(service, kind, detail))
+    }
+
+    pub fn config_get(&mut self, key: &str) -> Result<Option<String>> {
+        self.store.read(|tx| tx.config(key))
+    }
+
+    /// Sets (`Some`) or removes (`None`) a setting.
+    pub fn config_set(&mut self, key: &str, value: Option<&str>) -> Result<()> {
+        self.store.write(|tx| tx.set_config(key, value))
+    }
+
+    pub fn config_all(&mut self) -> Result<Vec<(String, String)>> {
+        self.store.read(|tx| tx.config_all())
+    }
+
+    /// A daemon supervises this home: we are it, or the caller saw one running.
+    fn supervised(&self) -> bool {
+        self.ctx.daemon_watching || self.ctx.board.is_some()
+    }
+
+    fn seer(&self) -> Seer {
+        Seer {
+            boot: self.boot_id.clone(),
+            defer: self.ctx.daemon_watching,
+            board: self.ctx.board.clone(),
+        }
+    }
+}
+
+/// How a supervisor judges a recorded instance.
+struct Seer {
+    boot: String,
+    /// A daemon watches (and is not us): leave exits for it.
+    defer: bool,
+    board: Option<Arc<ExitBoard>>,
+}
+
+impl Seer {
+    fn alive(&self, i: &Instance) -> bool {
+        identity::check(i.pid, i.start_time, &i.boot_id, &self.boot) == identity::Liveness::Alive
+    }
+
+    /// The status of an exited instance, if our reaper saw it.
+    fn status(&self, i: &Instance) -> ExitStatus {
+        self.board
+            .as_ref()
+            .and_then(|b| b.get(i.pid, i.start_time))
+            .map_or(ExitStatus::Unknown, ExitStatus::from_wait)
+    }
+}

@@ -1,0 +1,207 @@
+//! Stopping a service (its stop signal to every process proven to be its own, wait,
+//! SIGKILL; see [`crate::process::stop`]), sending it a signal, restarting it.
+
+use super::instances::{lookup, record_exit};
+use super::{SignalOutcome, StartOutcome, StopOutcome, Supervisor, Then, STATUS_WAIT};
+use crate::error::{Error, Result};
+use crate::policy::ExitStatus;
+use crate::process::identity;
+use crate::process::stop::{self, Target};
+use crate::record::event;
+use crate::service::{fmt_duration, Service};
+
+impl Supervisor {
+    /// Stops the service if it runs: its stop signal to every process proven to be the
+    /// service's, wait, SIGKILL. A person's stop also cancels a pending automatic restart
+    /// and clears `failed`.
+    pub fn stop(&mut self, name: &str) -> Result<StopOutcome> {
+        let (id, svc, inst) = self.store.write(|tx| {
+            let (id, svc) = lookup(tx, name)?;
+            let inst = tx.instance(id)?;
+            if let Some(i) = &inst {
+                // Before any signal: whoever sees the exit must know it was asked for.
+                tx.mark_stopping(id, i)?;
+            }
+            let mut rt = tx.runtime(id)?;
+            if rt.next_retry_at.is_some() || rt.failed.is_some() {
+                rt.next_retry_at = None;
+                rt.failed = None;
+                tx.set_runtime(id, &rt)?;
+            }
+            Ok((id, svc, inst))
+        })?;
+        let Some(mut inst) = inst else {
+            return Ok(StopOutcome::NotRunning);
+        };
+        inst.stopping = true;
+        // Is it a child of ours? Then the daemon's loop reaps it and posts its status.
+        let me = std::process::id() as i32;
+        let our_child = self.ctx.board.is_some()
+            && identity::stat(inst.pid)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.ppid == me && s.start_time == inst.start_time);
+        // The wait happens outside any transaction: a 10 s stop must not hold the
+        // database lock against every other tend command.
+        let target = Target {
+            pid: inst.pid,
+            session: inst.pgid,
+            start_time: inst.start_time,
+            boot_id: &inst.boot_id,
+        };
+        let outcome = stop::stop(
+            &target,
+            &self.boot_id,
+            svc.settings.stop_signal.0,
+            svc.settings.stop_timeout,
+            self.reaper(),
+        )
+        .map_err(|source| Error::Stop {
+            service: name.to_string(),
+            source,
+        })?;
+        let (kind, detail, result) = match &outcome {
+            stop::Outcome::Stale(why) => (
+                event::STALE,
+                format!("pid {}: {why}; not signalled", inst.pid),
+                StopOutcome::NotRunning,
+            ),
+            stop::Outcome::AlreadyExited => (
+                event::EXIT,
+                format!("pid {} had exited (status unknown)", inst.pid),
+                StopOutcome::NotRunning,
+            ),
+            stop::Outcome::Stopped(s) => (
+                event::STOP,
+                stop_detail(&svc, inst.pid, inst.pgid, s),
+                StopOutcome::Stopped {
+                    pid: inst.pid,
+                    killed: s.killed,
+                    took: s.took,
+                    others: s.others,
+                    left_session: s.left_session,
+                    left_alone: s.left_alone,
+                },
+            ),
+        };
+        if kind != event::STOP {
+            self.notices
+                .push(format!("{name}: {detail}; record cleared"));
+        }
+        let status = match (&self.ctx.board, kind == event::STOP && our_child) {
+            (Some(board), true) => board
+                .wait_for(inst.pid, inst.start_time, STATUS_WAIT)
+                .map(ExitStatus::from_wait),
+            _ => None,
+        };
+        self.store.write(|tx| {
+            // The daemon's worker may have recorded this exit already (with the same
+            // status); whoever clears the record writes the exit event.
+            if tx
+                .instance(id)?
+                .is_some_and(|i| i.pid == inst.pid && i.start_time == inst.start_time)
+            {
+                if kind == event::STOP {
+                    record_exit(
+                        tx,
+                        id,
+                        &svc,
+                        &inst,
+                        status.unwrap_or(ExitStatus::Unknown),
+                        Then::Nothing,
+                    )?;
+                } else {
+                    tx.clear_instance(id, &inst)?;
+                }
+            }
+            tx.record(name, kind, &detail)
+        })?;
+        Ok(result)
+    }
+
+    /// Sends signal number `signal` to the service's main process (identity-checked).
+    pub fn signal(&mut self, name: &str, signal: i32) -> Result<SignalOutcome> {
+        let sig = nix::sys::signal::Signal::try_from(signal).map_err(|_| Error::Invalid {
+            what: "signal",
+            message: format!("unknown signal number {signal}"),
+        })?;
+        let sig_name = sig.as_str().trim_start_matches("SIG").to_string();
+        let inst = self.store.read(|tx| {
+            let (id, _) = lookup(tx, name)?;
+            tx.instance(id)
+        })?;
+        let Some(inst) = inst else {
+            return Ok(SignalOutcome::NotRunning);
+        };
+        let target = Target {
+            pid: inst.pid,
+            session: inst.pgid,
+            start_time: inst.start_time,
+            boot_id: &inst.boot_id,
+        };
+        let outcome = stop::signal(&target, &self.boot_id, sig).map_err(|source| Error::Stop {
+            service: name.to_string(),
+            source,
+        })?;
+        match outcome {
+            stop::Outcome::Stopped(_) => {
+                self.store.write(|tx| {
+                    tx.record(
+                        name,
+                        event::SIGNAL,
+                        &format!("{sig_name} sent to pid {}", inst.pid),
+                    )
+                })?;
+                Ok(SignalOutcome::Sent {
+                    pid: inst.pid,
+                    signal: sig_name,
+                })
+            }
+            stop::Outcome::AlreadyExited | stop::Outcome::Stale(_) => {
+                // Cleared (or left for the daemon) exactly as `status` would.
+                self.clear_dead(name)?;
+                Ok(SignalOutcome::NotRunning)
+            }
+        }
+    }
+
+    /// Stops (if running) and starts again.
+    pub fn restart(&mut self, name: &str) -> Result<(StopOutcome, StartOutcome)> {
+        let stopped = self.stop(name)?;
+        let started = self.start(name)?;
+        Ok((stopped, started))
+    }
+}
+
+/// The detail of a `stop` event.
+pub(super) fn stop_detail(svc: &Service, pid: i32, session: i32, s: &stop::Stopped) -> String {
+    let mut d = if s.killed {
+        format!(
+            "pid {pid}: no exit within {} of {}; killed with KILL",
+            fmt_duration(svc.settings.stop_timeout),
+            svc.settings.stop_signal
+        )
+    } else {
+        format!("pid {pid}: exited on {}", svc.settings.stop_signal)
+    };
+    if s.others > 0 {
+        d.push_str(&format!(
+            "; {} other process(es) of the service stopped",
+            s.others
+        ));
+    }
+    if s.left_session {
+        d.push_str(&format!(
+            "; it had left session {session} (setsid), so it was stopped on its own with \
+             whatever was proven to be the service's"
+        ));
+    }
+    if s.left_alone > 0 {
+        d.push_str(&format!(
+            "; {} process(es) now in session/group {session} not proven to be the \
+             service's (the number was reused?): left alone",
+            s.left_alone
+        ));
+    }
+    d
+}

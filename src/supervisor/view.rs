@@ -1,0 +1,113 @@
+//! Looking: one service or all with their live instances (a dead record is cleared on
+//! the way), definitions, events, pending restarts.
+
+use super::instances::{live_instance, lookup};
+use super::{Status, Supervisor, Then};
+use crate::error::Result;
+use crate::record::{Event, Instance, Runtime};
+use crate::service::Service;
+
+impl Supervisor {
+    /// One service with its live instance; dead records are cleared on the way.
+    pub fn status(&mut self, name: &str) -> Result<Status> {
+        let seer = self.seer();
+        let (svc, inst, runtime) = self.store.read(|tx| {
+            let (id, svc) = lookup(tx, name)?;
+            Ok((svc, tx.instance(id)?, tx.runtime(id)?))
+        })?;
+        let (instance, runtime) = match inst {
+            Some(i) if seer.alive(&i) => (Some(i), runtime),
+            Some(_) => self.clear_dead(name)?,
+            None => (None, runtime),
+        };
+        Ok(Status {
+            service: svc,
+            instance,
+            runtime,
+            daemon: self.supervised(),
+        })
+    }
+
+    /// All services, sorted by name; dead records are cleared on the way.
+    pub fn list(&mut self) -> Result<Vec<Status>> {
+        let seer = self.seer();
+        let (services, mut instances, mut runtimes) = self
+            .store
+            .read(|tx| Ok((tx.services()?, tx.instances()?, tx.runtimes()?)))?;
+        let mut out = Vec::with_capacity(services.len());
+        for (id, svc) in services {
+            let runtime = runtimes.remove(&id).unwrap_or_default();
+            let (instance, runtime) = match instances.remove(&id) {
+                Some(i) if seer.alive(&i) => (Some(i), runtime),
+                Some(_) => self.clear_dead(&svc.name)?,
+                None => (None, runtime),
+            };
+            out.push(Status {
+                service: svc,
+                instance,
+                runtime,
+                daemon: self.supervised(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Names of all defined services, sorted.
+    pub fn names(&mut self) -> Result<Vec<String>> {
+        Ok(self.services()?.into_iter().map(|s| s.name).collect())
+    }
+
+    /// All definitions, sorted by name, without looking at processes.
+    pub fn services(&mut self) -> Result<Vec<Service>> {
+        Ok(self
+            .store
+            .read(|tx| tx.services())?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect())
+    }
+
+    /// The last `limit` events, oldest first.
+    pub fn events(&mut self, name: Option<&str>, limit: u32) -> Result<Vec<Event>> {
+        self.store.read(|tx| tx.events(name, limit))
+    }
+
+    /// Services with an automatic restart pending: (name, due unix ms).
+    pub fn pending_restarts(&mut self) -> Result<Vec<(String, i64)>> {
+        self.store.read(|tx| {
+            let mut out = Vec::new();
+            for (id, svc) in tx.services()? {
+                if let Some(at) = tx.runtime(id)?.next_retry_at {
+                    out.push((svc.name, at));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Names of services marked `--autostart`.
+    pub fn autostart_names(&mut self) -> Result<Vec<String>> {
+        Ok(self
+            .services()?
+            .into_iter()
+            .filter(|s| s.settings.autostart)
+            .map(|s| s.name)
+            .collect())
+    }
+
+    /// Re-checks `name`'s instance under the write lock and clears it if it is dead.
+    /// Returns the live instance (if it came back to life meanwhile: a new start) and
+    /// the bookkeeping as it is now.
+    pub(super) fn clear_dead(&mut self, name: &str) -> Result<(Option<Instance>, Runtime)> {
+        let seer = self.seer();
+        let mut notes = Vec::new();
+        let out = self.store.write(|tx| {
+            notes.clear();
+            let (id, svc) = lookup(tx, name)?;
+            let live = live_instance(tx, id, &svc, &seer, Then::Policy, &mut notes)?;
+            Ok((live, tx.runtime(id)?))
+        })?;
+        self.notices.extend(notes);
+        Ok(out)
+    }
+}
