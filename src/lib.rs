@@ -71,6 +71,7 @@ pub mod policy;
 pub mod process;
 pub mod record;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod supervisor;
 

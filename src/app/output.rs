@@ -3,7 +3,6 @@
 //! The JSON shapes are a stable interface for scripts (documented in the README):
 //! fields are only ever added, never renamed or removed.
 
-use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,84 +10,49 @@ use serde::Serialize;
 
 use crate::record::{now_ms, Event};
 use crate::service::fmt_duration;
+use crate::state::State;
 use crate::supervisor::Status;
 
-/// `tend status --json`, and each element of `tend list --json`.
-#[derive(Serialize)]
-pub struct ServiceJson<'a> {
-    pub name: &'a str,
-    /// `running`, `stopped`, `restarting` or `failed`.
-    pub state: &'static str,
-    /// `restarting`, but no daemon runs to carry the restart out.
-    pub waiting_for_daemon: bool,
-    pub pid: Option<i32>,
-    pub pgid: Option<i32>,
-    /// RFC 3339, UTC.
-    pub started_at: Option<String>,
-    pub uptime_secs: Option<u64>,
-    pub argv: &'a [String],
-    pub command: String,
-    pub cwd: &'a std::path::Path,
-    pub stdin: &'a std::path::Path,
-    pub stdout: &'a std::path::Path,
-    pub stderr: &'a std::path::Path,
-    pub env: &'a BTreeMap<String, String>,
-    pub stop_signal: &'static str,
-    pub stop_timeout_ms: u64,
-    pub restart: &'static str,
-    pub autostart: bool,
-    pub restart_delay_ms: u64,
-    pub start_limit: u32,
-    pub start_limit_interval_ms: u64,
-    pub log_max_bytes: u64,
-    /// Automatic restarts since a person last started it.
-    pub restarts: u32,
-    /// `code N`, `signal NAME` or `unknown`; null if never seen to exit.
-    pub last_exit: Option<&'a str>,
-    pub last_exit_at: Option<String>,
-    /// When a pending automatic restart is due.
-    pub next_retry_at: Option<String>,
-    /// Why the daemon gave up on it (state `failed`).
-    pub failed_reason: Option<&'a str>,
-    pub created_at: String,
-    pub updated_at: String,
-}
+/// `tend status --json`, and each element of `tend list --json`: identity and state,
+/// the command, the environment, every setting of the table (by its `json` name, in
+/// table order), then the restart bookkeeping.
+pub struct ServiceJson<'a>(&'a Status);
 
 impl<'a> ServiceJson<'a> {
     pub fn new(st: &'a Status) -> Self {
+        ServiceJson(st)
+    }
+}
+
+impl Serialize for ServiceJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let st = self.0;
         let s = &st.service;
         let i = st.instance.as_ref();
-        ServiceJson {
-            name: &s.name,
-            state: state(st),
-            waiting_for_daemon: waiting_for_daemon(st),
-            pid: i.map(|i| i.pid),
-            pgid: i.map(|i| i.pgid),
-            started_at: i.map(|i| rfc3339(i.started_at)),
-            uptime_secs: i.map(|i| uptime(i.started_at).as_secs()),
-            argv: &s.argv,
-            command: s.command_line(),
-            cwd: &s.settings.cwd,
-            stdin: &s.settings.stdin,
-            stdout: &s.settings.stdout,
-            stderr: &s.settings.stderr,
-            env: &s.env,
-            stop_signal: s.settings.stop_signal.name(),
-            stop_timeout_ms: s.settings.stop_timeout.as_millis() as u64,
-            restart: s.settings.restart.as_str(),
-            autostart: s.settings.autostart,
-            restart_delay_ms: s.settings.restart_delay.as_millis() as u64,
-            start_limit: s.settings.start_limit,
-            start_limit_interval_ms: s.settings.start_limit_interval.as_millis() as u64,
-            log_max_bytes: s.settings.log_max_bytes,
-            restarts: st.runtime.restarts,
-            last_exit: st.runtime.last_exit.as_deref(),
-            last_exit_at: st.runtime.last_exit_at.map(rfc3339),
-            next_retry_at: st.runtime.next_retry_at.map(rfc3339_millis),
-            failed_reason: st.runtime.failed.as_deref(),
-            created_at: rfc3339(s.created_at),
-            updated_at: rfc3339(s.updated_at),
+        let rt = &st.runtime;
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("name", &s.name)?;
+        m.serialize_entry("state", st.state.name())?;
+        m.serialize_entry("waiting_for_daemon", &st.state.waiting_for_daemon())?;
+        m.serialize_entry("pid", &i.map(|i| i.pid))?;
+        m.serialize_entry("pgid", &i.map(|i| i.pgid))?;
+        m.serialize_entry("started_at", &i.map(|i| rfc3339(i.started_at)))?;
+        m.serialize_entry("uptime_secs", &i.map(|i| uptime(i.started_at).as_secs()))?;
+        m.serialize_entry("argv", &s.argv)?;
+        m.serialize_entry("command", &s.command_line())?;
+        m.serialize_entry("env", &s.env)?;
+        for (key, value) in s.settings.json() {
+            m.serialize_entry(key, &value)?;
         }
+        m.serialize_entry("restarts", &rt.restarts)?;
+        m.serialize_entry("last_exit", &rt.last_exit)?;
+        m.serialize_entry("last_exit_at", &rt.last_exit_at.map(rfc3339))?;
+        m.serialize_entry("next_retry_at", &rt.next_retry_at.map(rfc3339_millis))?;
+        m.serialize_entry("failed_reason", &rt.failed)?;
+        m.serialize_entry("created_at", &rfc3339(s.created_at))?;
+        m.serialize_entry("updated_at", &rfc3339(s.updated_at))?;
+        m.end()
     }
 }
 
@@ -197,32 +161,6 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
     }
 }
 
-/// A restart is pending that no daemon will carry out until one is started.
-pub fn waiting_for_daemon(st: &Status) -> bool {
-    state(st) == "restarting" && !st.daemon
-}
-
-/// The state as a person reads it: `restarting (no daemon)` when nobody will restart it.
-pub fn state_label(st: &Status) -> String {
-    if waiting_for_daemon(st) {
-        "restarting (no daemon)".to_string()
-    } else {
-        state(st).to_string()
-    }
-}
-
-pub fn state(st: &Status) -> &'static str {
-    if st.instance.is_some() {
-        "running"
-    } else if st.runtime.failed.is_some() {
-        "failed"
-    } else if st.runtime.next_retry_at.is_some() {
-        "restarting"
-    } else {
-        "stopped"
-    }
-}
-
 pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_seconds(system_time(ms)).to_string()
 }
@@ -263,7 +201,7 @@ pub fn list_table(out: &mut dyn Write, rows: &[Status]) -> io::Result<()> {
             let i = st.instance.as_ref();
             [
                 st.service.name.clone(),
-                state_label(st),
+                st.state.label().to_string(),
                 i.map_or("-".into(), |i| i.pid.to_string()),
                 i.map_or("-".into(), |i| fmt_uptime(uptime(i.started_at))),
                 st.service.command_line(),
@@ -294,42 +232,52 @@ pub fn list_table(out: &mut dyn Write, rows: &[Status]) -> io::Result<()> {
 /// The `tend status` detail view.
 pub fn status_detail(out: &mut dyn Write, st: &Status) -> io::Result<()> {
     let s = &st.service;
-    match &st.instance {
-        Some(i) => {
+    let pgid = st.instance.as_ref().map_or(0, |i| i.pgid);
+    match &st.state {
+        State::Running { pid, since } => {
             writeln!(
                 out,
-                "{} - running (pid {}, process group {})",
-                s.name, i.pid, i.pgid
+                "{} - running (pid {pid}, process group {pgid})",
+                s.name
             )?;
             writeln!(
                 out,
                 "  since:    {} ({} ago)",
-                rfc3339(i.started_at),
-                fmt_uptime(uptime(i.started_at))
+                rfc3339(*since),
+                fmt_uptime(uptime(*since))
             )?;
         }
-        None => writeln!(out, "{} - {}", s.name, state_label(st))?,
-    }
-    let rt = &st.runtime;
-    if let Some(reason) = &rt.failed {
-        writeln!(
-            out,
-            "  failed:   {reason} (`tend start {}` clears it)",
-            s.name
-        )?;
-    }
-    if let Some(at) = rt.next_retry_at {
-        if st.daemon {
-            writeln!(out, "  retry at: {}", rfc3339_millis(at))?;
-        } else {
+        State::Stopping { pid } => {
             writeln!(
                 out,
-                "  retry at: {} (no daemon runs to carry it out: `tend daemon`, or `tend start {}`)",
-                rfc3339_millis(at),
+                "{} - stopping (pid {pid}, process group {pgid})",
                 s.name
             )?;
         }
+        State::Stopped => writeln!(out, "{} - stopped", s.name)?,
+        State::Failed { reason } => {
+            writeln!(out, "{} - failed", s.name)?;
+            writeln!(
+                out,
+                "  failed:   {reason} (`tend start {}` clears it)",
+                s.name
+            )?;
+        }
+        State::Backoff { until, supervised } => {
+            writeln!(out, "{} - {}", s.name, st.state.label())?;
+            if *supervised {
+                writeln!(out, "  retry at: {}", rfc3339_millis(*until))?;
+            } else {
+                writeln!(
+                    out,
+                    "  retry at: {} (no daemon runs to carry it out: `tend daemon`, or `tend start {}`)",
+                    rfc3339_millis(*until),
+                    s.name
+                )?;
+            }
+        }
     }
+    let rt = &st.runtime;
     if let (Some(exit), Some(at)) = (&rt.last_exit, rt.last_exit_at) {
         writeln!(out, "  last exit: {exit} at {}", rfc3339(at))?;
     }

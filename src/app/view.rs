@@ -40,7 +40,7 @@ pub fn status(
     } else {
         output::status_detail(out, &st)?;
     }
-    if st.instance.is_none() {
+    if !st.state.is_running() {
         s.code = exit::NOT_RUNNING;
     }
     Ok(())

@@ -332,7 +332,7 @@ impl ServeCtx {
 
     fn status(&self) -> Result<DaemonStatus> {
         let mut sup = self.supervisor()?;
-        let running = sup.list()?.iter().filter(|s| s.instance.is_some()).count();
+        let running = sup.list()?.iter().filter(|s| s.state.is_running()).count();
         Ok(DaemonStatus {
             pid: self.shared.pid,
             start_time: self.shared.start_time,

@@ -236,11 +236,10 @@ impl Worker {
             }
         };
         for name in names {
-            let idle = self.sup.status(&name).is_ok_and(|st| {
-                st.instance.is_none()
-                    && st.runtime.failed.is_none()
-                    && st.runtime.next_retry_at.is_none()
-            });
+            let idle = self
+                .sup
+                .status(&name)
+                .is_ok_and(|st| st.state == crate::state::State::Stopped);
             if !idle {
                 continue;
             }

@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::policy::ExitStatus;
 use crate::process::handle::{Found, Handle};
 use crate::record::event;
+use crate::state;
 
 impl Supervisor {
     /// Records the exit of process `(pid, start_time)` if it is a service's instance, and
@@ -108,9 +109,7 @@ impl Supervisor {
     pub fn give_up(&mut self, name: &str, reason: &str) -> Result<()> {
         self.store.write(|tx| {
             let (id, _) = lookup(tx, name)?;
-            let mut rt = tx.runtime(id)?;
-            rt.next_retry_at = None;
-            rt.failed = Some(reason.to_string());
+            let rt = state::given_up(&tx.runtime(id)?, reason);
             tx.set_runtime(id, &rt)?;
             tx.record(name, event::FAILED, reason)
         })

@@ -10,6 +10,7 @@ use crate::policy::{self, Decision, ExitStatus};
 use crate::process::identity;
 use crate::record::{event, now_ms, Instance};
 use crate::service::{fmt_duration, Service};
+use crate::state;
 use crate::store::Tx;
 
 /// Clears the instance, records the exit and, unless it was asked for, what the restart
@@ -24,9 +25,7 @@ pub(super) fn record_exit(
 ) -> Result<Exit> {
     let now = now_ms();
     tx.clear_instance(id, inst)?;
-    let mut rt = tx.runtime(id)?;
-    rt.last_exit = Some(status.to_string());
-    rt.last_exit_at = Some(now);
+    let before = tx.runtime(id)?;
     let requested = inst.stopping;
     tx.record(
         &svc.name,
@@ -41,27 +40,17 @@ pub(super) fn record_exit(
         Decision::Leave
     } else {
         let uptime = Duration::from_millis((now - inst.started_at).max(0) as u64);
-        policy::decide(svc, &rt, status, uptime, now)
+        policy::decide(svc, &before, status, uptime, now)
     };
-    let mut retry_at = None;
+    let (rt, retry_at) = state::exited(&before, status, &decision, now);
     match &decision {
         Decision::Leave => {}
-        Decision::Restart { delay } => {
-            rt.backoff_ms = delay.as_millis() as u64;
-            let at = now + delay.as_millis() as i64;
-            rt.next_retry_at = Some(at);
-            retry_at = Some(at);
-            tx.record(
-                &svc.name,
-                event::BACKOFF,
-                &format!("restart {} in {}", rt.restarts + 1, fmt_duration(*delay)),
-            )?;
-        }
-        Decision::Fail { reason } => {
-            rt.next_retry_at = None;
-            rt.failed = Some(reason.clone());
-            tx.record(&svc.name, event::FAILED, reason)?;
-        }
+        Decision::Restart { delay } => tx.record(
+            &svc.name,
+            event::BACKOFF,
+            &format!("restart {} in {}", rt.restarts + 1, fmt_duration(*delay)),
+        )?,
+        Decision::Fail { reason } => tx.record(&svc.name, event::FAILED, reason)?,
     }
     tx.set_runtime(id, &rt)?;
     Ok(Exit {

@@ -38,6 +38,7 @@ use crate::process::identity;
 use crate::process::reap::ExitBoard;
 use crate::record::{Instance, Runtime};
 use crate::service::Service;
+use crate::state::State;
 use crate::store::Store;
 
 /// A service with its running instance, if any, and its restart bookkeeping.
@@ -46,9 +47,25 @@ pub struct Status {
     pub service: Service,
     pub instance: Option<Instance>,
     pub runtime: Runtime,
-    /// A daemon supervises this home (as far as the caller knows): a pending restart
-    /// will be carried out.
-    pub daemon: bool,
+    /// What the service is doing, decided once (by [`State::of`]); output renders it.
+    pub state: State,
+}
+
+impl Status {
+    fn new(
+        service: Service,
+        instance: Option<Instance>,
+        runtime: Runtime,
+        supervised: bool,
+    ) -> Status {
+        let state = State::of(instance.as_ref(), &runtime, supervised);
+        Status {
+            service,
+            instance,
+            runtime,
+            state,
+        }
+    }
 }
 
 /// What the daemon must do after a service's exit was recorded.

@@ -5,12 +5,13 @@
 use super::instances::{live_instance, lookup, record_exit};
 use super::{Seer, StartOutcome, Supervisor, Then, STATUS_WAIT};
 use crate::error::{Error, Result, SpawnError};
-use crate::policy::{self, ExitStatus};
+use crate::policy::ExitStatus;
 use crate::process::handle::Handle;
 use crate::process::signals::Deferred;
 use crate::process::spawn;
 use crate::record::{event, now_ms, Instance, Runtime};
 use crate::service::Service;
+use crate::state;
 use crate::store::Tx;
 
 impl Supervisor {
@@ -195,26 +196,12 @@ pub(super) fn commit_start(
     if origin == Origin::Policy && before.next_retry_at.is_none() {
         return Ok(Commit::Lost(StartOutcome::NotDue));
     }
-    let mut rt = before.clone();
-    match origin {
-        Origin::Request => {
-            rt = Runtime {
-                last_exit: rt.last_exit,
-                last_exit_at: rt.last_exit_at,
-                ..Runtime::default()
-            };
-        }
+    let rt = match origin {
+        Origin::Request => state::started_by_request(&before, inst.started_at),
         Origin::Policy => {
-            rt.restarts += 1;
-            rt.next_retry_at = None;
-            policy::prune_starts(
-                &mut rt.recent_starts,
-                svc.settings.start_limit_interval,
-                inst.started_at,
-            );
+            state::restarted(&before, svc.settings.start_limit_interval, inst.started_at)
         }
-    }
-    rt.recent_starts.push(inst.started_at);
+    };
     tx.set_runtime(id, &rt)?;
     tx.set_instance(id, inst)?;
     let (kind, detail) = match origin {

@@ -9,6 +9,7 @@ use crate::process::identity;
 use crate::process::stop::{self, Target};
 use crate::record::event;
 use crate::service::{fmt_duration, Service};
+use crate::state;
 
 impl Supervisor {
     /// Stops the service if it runs: its stop signal to every process proven to be the
@@ -22,11 +23,10 @@ impl Supervisor {
                 // Before any signal: whoever sees the exit must know it was asked for.
                 tx.mark_stopping(id, i)?;
             }
-            let mut rt = tx.runtime(id)?;
-            if rt.next_retry_at.is_some() || rt.failed.is_some() {
-                rt.next_retry_at = None;
-                rt.failed = None;
-                tx.set_runtime(id, &rt)?;
+            let rt = tx.runtime(id)?;
+            let after = state::stop_requested(&rt);
+            if after != rt {
+                tx.set_runtime(id, &after)?;
             }
             Ok((id, svc, inst))
         })?;

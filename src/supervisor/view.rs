@@ -20,12 +20,7 @@ impl Supervisor {
             Some(_) => self.clear_dead(name)?,
             None => (None, runtime),
         };
-        Ok(Status {
-            service: svc,
-            instance,
-            runtime,
-            daemon: self.supervised(),
-        })
+        Ok(Status::new(svc, instance, runtime, self.supervised()))
     }
 
     /// All services, sorted by name; dead records are cleared on the way.
@@ -42,12 +37,7 @@ impl Supervisor {
                 Some(_) => self.clear_dead(&svc.name)?,
                 None => (None, runtime),
             };
-            out.push(Status {
-                service: svc,
-                instance,
-                runtime,
-                daemon: self.supervised(),
-            });
+            out.push(Status::new(svc, instance, runtime, self.supervised()));
         }
         Ok(out)
     }
