@@ -186,7 +186,7 @@ pub fn status(home: &Home) -> Result<Option<DaemonStatus>> {
 
 /// Waits until the daemon `s` has exited.
 pub fn wait_exit(s: &DaemonStatus, within: Duration) -> bool {
-    match Handle::open(s.pid, s.start_time, "", "") {
+    match Handle::open_this_boot(s.pid, s.start_time) {
         Found::Alive(h) => h.wait(within),
         Found::Exited | Found::Stale(_) => true,
     }
@@ -228,7 +228,7 @@ pub fn start_background(
     if pg_url.is_some() {
         env.push(url_var);
     }
-    let cmd = crate::process::spawn::Command::prepare(&crate::process::spawn::Spec {
+    let cmd = crate::process::spawn::Prepared::prepare(&crate::process::spawn::Spec {
         argv: &argv,
         cwd: home.root(),
         env: &env,

@@ -10,10 +10,10 @@ use tracing::{debug, error, info, warn};
 
 use super::auth::{self, Key, Replays};
 use super::connect::{self, Connection};
-use super::payload::{self, Action};
+use super::payload;
 use super::Settings;
 use crate::api::PgStatus;
-use crate::api::{Outcome, Selection, Verb};
+use crate::api::{Outcome, Selection};
 use crate::home::Home;
 use crate::record::now_ms;
 use crate::supervisor::{Context, Supervisor};
@@ -322,26 +322,21 @@ fn handle(
             sup.record(
                 &name,
                 crate::record::event::NOTIFY,
-                &format!("{} requested by {who}", cmd.action),
+                &format!("{} requested by {who}", cmd.verb),
             )?;
             accepted.push(name);
         } else {
             reject(
                 sup,
                 &name,
-                format!("{who}: {} of unknown service {name}", cmd.action),
+                format!("{who}: {} of unknown service {name}", cmd.verb),
             )?;
         }
     }
     if accepted.is_empty() {
         return Ok(());
     }
-    let verb = match cmd.action {
-        Action::Start => Verb::Start,
-        Action::Stop => Verb::Stop,
-        Action::Restart => Verb::Restart,
-        Action::Signal(sig) => Verb::Signal { signal: sig as i32 },
-    };
+    let verb = cmd.verb;
     let selection = Selection::Names { names: accepted };
     for r in crate::api::act(sup, verb, &selection, &|| true)? {
         match &r.result {

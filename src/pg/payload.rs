@@ -13,40 +13,13 @@
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+use crate::api::Verb;
 use crate::service::StopSignal;
 
 /// PostgreSQL refuses payloads of 8000 bytes or more; anything longer is not ours.
 pub const MAX_PAYLOAD: usize = 8000;
 /// More names than this in one payload is refused.
 pub const MAX_TARGETS: usize = 256;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Stop,
-    Restart,
-    Signal(Signal),
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Action::Start => f.write_str("start"),
-            Action::Stop => f.write_str("stop"),
-            Action::Restart => f.write_str("restart"),
-            Action::Signal(s) => write!(f, "signal {}", StopSignalName(*s)),
-        }
-    }
-}
-
-struct StopSignalName(Signal);
-
-impl std::fmt::Display for StopSignalName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let full = self.0.as_str();
-        f.write_str(full.strip_prefix("SIG").unwrap_or(full))
-    }
-}
 
 /// One named service, optionally for one host only.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,13 +28,14 @@ pub struct Target {
     pub host: Option<String>,
 }
 
+/// A parsed NOTIFY command: a verb (the same as the CLI's) for some services.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Command {
-    pub action: Action,
+pub struct Order {
+    pub verb: Verb,
     pub targets: Vec<Target>,
 }
 
-impl Command {
+impl Order {
     /// The services this command names for `host` (targets without a host are for all).
     pub fn services_for(&self, host: &str) -> Vec<String> {
         self.targets
@@ -101,7 +75,7 @@ pub enum ParseError {
 }
 
 /// Parses one payload (already authenticated, if authentication is on).
-pub fn parse(payload: &str) -> Result<Command, ParseError> {
+pub fn parse(payload: &str) -> Result<Order, ParseError> {
     if payload.len() >= MAX_PAYLOAD {
         return Err(ParseError::TooLong);
     }
@@ -116,14 +90,14 @@ pub fn parse(payload: &str) -> Result<Command, ParseError> {
     }
 }
 
-fn parse_text(p: &str) -> Result<Command, ParseError> {
+fn parse_text(p: &str) -> Result<Order, ParseError> {
     let mut words = p.split_ascii_whitespace();
     let verb = words.next().ok_or(ParseError::Empty)?;
     let mut rest: Vec<&str> = words.collect();
     let action = match verb.to_ascii_lowercase().as_str() {
-        "start" => Action::Start,
-        "stop" => Action::Stop,
-        "restart" => Action::Restart,
+        "start" => Verb::Start,
+        "stop" => Verb::Stop,
+        "restart" => Verb::Restart,
         "signal" => {
             if rest.len() < 2 {
                 return Err(if rest.is_empty() {
@@ -133,7 +107,9 @@ fn parse_text(p: &str) -> Result<Command, ParseError> {
                 });
             }
             let sig = rest.pop().expect("checked above");
-            Action::Signal(parse_signal(sig)?)
+            Verb::Signal {
+                signal: parse_signal(sig)? as i32,
+            }
         }
         _ => return Err(ParseError::UnknownAction(truncate(verb))),
     };
@@ -150,7 +126,7 @@ struct Json {
     signal: Option<String>,
 }
 
-fn parse_json(p: &str) -> Result<Command, ParseError> {
+fn parse_json(p: &str) -> Result<Order, ParseError> {
     let j: Json = serde_json::from_str(p).map_err(|e| ParseError::Json(e.to_string()))?;
     let names = match (j.service, j.services) {
         (Some(_), Some(_)) => return Err(ParseError::BothServiceFields),
@@ -159,10 +135,12 @@ fn parse_json(p: &str) -> Result<Command, ParseError> {
         (None, None) => Vec::new(),
     };
     let action = match (j.action.to_ascii_lowercase().as_str(), j.signal) {
-        ("start", None) => Action::Start,
-        ("stop", None) => Action::Stop,
-        ("restart", None) => Action::Restart,
-        ("signal", Some(sig)) => Action::Signal(parse_signal(&sig)?),
+        ("start", None) => Verb::Start,
+        ("stop", None) => Verb::Stop,
+        ("restart", None) => Verb::Restart,
+        ("signal", Some(sig)) => Verb::Signal {
+            signal: parse_signal(&sig)? as i32,
+        },
         ("signal", None) => return Err(ParseError::MissingSignal),
         ("start" | "stop" | "restart", Some(_)) => return Err(ParseError::UnexpectedSignal),
         (other, _) => return Err(ParseError::UnknownAction(truncate(other))),
@@ -174,10 +152,10 @@ fn parse_json(p: &str) -> Result<Command, ParseError> {
 }
 
 fn targets(
-    action: Action,
+    action: Verb,
     names: Vec<String>,
     default_host: Option<String>,
-) -> Result<Command, ParseError> {
+) -> Result<Order, ParseError> {
     if names.is_empty() {
         return Err(ParseError::NoService);
     }
@@ -198,7 +176,10 @@ fn targets(
         }
         targets.push(Target { service, host });
     }
-    Ok(Command { action, targets })
+    Ok(Order {
+        verb: action,
+        targets,
+    })
 }
 
 fn parse_signal(s: &str) -> Result<Signal, ParseError> {
@@ -257,47 +238,51 @@ mod tests {
     fn text_forms() {
         assert_eq!(
             parse("restart web").unwrap(),
-            Command {
-                action: Action::Restart,
+            Order {
+                verb: Verb::Restart,
                 targets: vec![t("web", None)]
             }
         );
         assert_eq!(
             parse("  stop worker@web-3 api ").unwrap(),
-            Command {
-                action: Action::Stop,
+            Order {
+                verb: Verb::Stop,
                 targets: vec![t("worker", Some("web-3")), t("api", None)]
             }
         );
         assert_eq!(
-            parse("signal web HUP").unwrap().action,
-            Action::Signal(Signal::SIGHUP)
+            parse("signal web HUP").unwrap().verb,
+            Verb::Signal {
+                signal: Signal::SIGHUP as i32
+            }
         );
         assert_eq!(parse("signal a b SIGUSR1").unwrap().targets.len(), 2);
-        assert_eq!(parse("START web").unwrap().action, Action::Start);
+        assert_eq!(parse("START web").unwrap().verb, Verb::Start);
     }
 
     #[test]
     fn json_forms() {
         assert_eq!(
             parse(r#"{"action":"restart","service":"web"}"#).unwrap(),
-            Command {
-                action: Action::Restart,
+            Order {
+                verb: Verb::Restart,
                 targets: vec![t("web", None)]
             }
         );
         assert_eq!(
             parse(r#"{"action":"stop","services":["a","b@h2"],"host":"h1"}"#).unwrap(),
-            Command {
-                action: Action::Stop,
+            Order {
+                verb: Verb::Stop,
                 targets: vec![t("a", Some("h1")), t("b", Some("h2"))]
             }
         );
         assert_eq!(
             parse(r#"{"action":"signal","service":"web","signal":"USR2"}"#)
                 .unwrap()
-                .action,
-            Action::Signal(Signal::SIGUSR2)
+                .verb,
+            Verb::Signal {
+                signal: Signal::SIGUSR2 as i32
+            }
         );
     }
 
@@ -417,7 +402,7 @@ mod tests {
                     })
                     .collect();
                 let c = parse(&format!("{action} {}", words.join(" "))).unwrap();
-                prop_assert_eq!(c.action.to_string(), action);
+                prop_assert_eq!(c.verb.to_string(), action);
                 let got: Vec<&str> = c.targets.iter().map(|t| t.service.as_str()).collect();
                 let want: Vec<&str> = names.iter().map(String::as_str).collect();
                 prop_assert_eq!(got, want);

@@ -42,7 +42,12 @@ impl Handle {
     /// Opens a handle on the recorded process `(pid, start_time, recorded_boot)` after
     /// checking its identity. Nothing is signalled.
     pub fn open(pid: i32, start_time: u64, recorded_boot: &str, current_boot: &str) -> Found {
-        if recorded_boot != current_boot {
+        Handle::open_checked(pid, start_time, Some((recorded_boot, current_boot)))
+    }
+
+    /// [`Handle::open`], with the boot check when `boots` is given.
+    fn open_checked(pid: i32, start_time: u64, boots: Option<(&str, &str)>) -> Found {
+        if boots.is_some_and(|(recorded, current)| recorded != current) {
             return Found::Stale("recorded before the last reboot".into());
         }
         if pid <= 0 {
@@ -82,6 +87,12 @@ impl Handle {
             start_time,
             fd,
         })
+    }
+
+    /// Opens a handle on `(pid, start_time)`, a process known to be of this boot (one
+    /// that answered over the control socket a moment ago).
+    pub fn open_this_boot(pid: i32, start_time: u64) -> Found {
+        Handle::open_checked(pid, start_time, None)
     }
 
     /// Pins whatever process has `pid` now, with its stat as read while it was pinned.

@@ -44,7 +44,7 @@ use super::signals::BlockAll;
 use crate::error::{SpawnError, Stage};
 
 /// Everything the child needs, prepared before forking.
-pub struct Command {
+pub struct Prepared {
     program: CString,
     program_display: String,
     argv: Vec<CString>,
@@ -90,10 +90,10 @@ impl Started {
     }
 }
 
-impl Command {
+impl Prepared {
     /// Resolves the program, opens the stdio files and builds the C strings. Fails with a
     /// clear error for a missing program, directory or unwritable log before any fork.
-    pub fn prepare(spec: &Spec) -> Result<Command, SpawnError> {
+    pub fn prepare(spec: &Spec) -> Result<Prepared, SpawnError> {
         let cstr =
             |s: &[u8], what: &str| CString::new(s).map_err(|_| SpawnError::Nul(what.to_string()));
         match std::fs::metadata(spec.cwd) {
@@ -141,7 +141,7 @@ impl Command {
         } else {
             open_fd("stderr", spec.stderr, true)?
         };
-        Ok(Command {
+        Ok(Prepared {
             program: cstr(program.as_os_str().as_bytes(), "the program path")?,
             program_display: arg0.clone(),
             argv,

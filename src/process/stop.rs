@@ -46,7 +46,7 @@ const MAX_ROUNDS: usize = 16;
 
 /// The recorded identity of a service instance.
 #[derive(Clone, Copy, Debug)]
-pub struct Target<'a> {
+pub struct Recorded<'a> {
     pub pid: i32,
     /// The session (and first process group) tend created for the service.
     pub session: i32,
@@ -55,7 +55,7 @@ pub struct Target<'a> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Ended {
     /// The record does not describe a live process of ours; nothing was signalled.
     Stale(String),
     /// The main process had already exited; nothing was signalled.
@@ -80,17 +80,17 @@ pub struct Stopped {
 /// Stops the instance `t`: `signal` to every proven process, up to `timeout`, then
 /// SIGKILL. `reaper` is the caller's own pid when it is a child subreaper (the daemon).
 pub fn stop(
-    t: &Target,
+    t: &Recorded,
     current_boot: &str,
     signal: Signal,
     timeout: Duration,
     reaper: Option<i32>,
-) -> Result<Outcome, StopError> {
+) -> Result<Ended, StopError> {
     let started = Instant::now();
     let main = match Handle::open(t.pid, t.start_time, t.boot_id, current_boot) {
         Found::Alive(h) => h,
-        Found::Exited => return Ok(Outcome::AlreadyExited),
-        Found::Stale(why) => return Ok(Outcome::Stale(why)),
+        Found::Exited => return Ok(Ended::AlreadyExited),
+        Found::Stale(why) => return Ok(Ended::Stale(why)),
     };
     let left_session = main
         .stat()
@@ -101,7 +101,7 @@ pub fn stop(
     m.signal_from(0, signal);
     let deadline = started + timeout;
     if m.wait_gone(deadline, signal) {
-        return Ok(Outcome::Stopped(Stopped {
+        return Ok(Ended::Stopped(Stopped {
             killed: false,
             took: started.elapsed(),
             left_session,
@@ -111,7 +111,7 @@ pub fn stop(
     }
     m.signal_from(0, Signal::SIGKILL);
     if m.wait_gone(Instant::now() + KILL_CONFIRM, Signal::SIGKILL) {
-        return Ok(Outcome::Stopped(Stopped {
+        return Ok(Ended::Stopped(Stopped {
             killed: true,
             took: started.elapsed(),
             left_session,
@@ -159,22 +159,27 @@ pub fn kill_leftovers(session: i32, witnesses: Vec<Handle>, reaper: Option<i32>)
     }
 }
 
+/// What sending a signal to a main process did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signalled {
+    /// Delivered to the recorded process.
+    Delivered,
+    /// The process had already exited; nothing was sent.
+    AlreadyExited,
+    /// The record does not describe a live process of ours; nothing was sent.
+    Stale(String),
+}
+
 /// Sends `signal` to the instance's main process only, after the identity check.
-pub fn signal(t: &Target, current_boot: &str, signal: Signal) -> Result<Outcome, StopError> {
+pub fn signal(t: &Recorded, current_boot: &str, signal: Signal) -> Result<Signalled, StopError> {
     let main = match Handle::open(t.pid, t.start_time, t.boot_id, current_boot) {
         Found::Alive(h) => h,
-        Found::Exited => return Ok(Outcome::AlreadyExited),
-        Found::Stale(why) => return Ok(Outcome::Stale(why)),
+        Found::Exited => return Ok(Signalled::AlreadyExited),
+        Found::Stale(why) => return Ok(Signalled::Stale(why)),
     };
     match main.signal(signal) {
-        Ok(()) => Ok(Outcome::Stopped(Stopped {
-            killed: false,
-            took: Duration::ZERO,
-            left_session: false,
-            others: 0,
-            left_alone: 0,
-        })),
-        Err(Errno::ESRCH) => Ok(Outcome::AlreadyExited),
+        Ok(()) => Ok(Signalled::Delivered),
+        Err(Errno::ESRCH) => Ok(Signalled::AlreadyExited),
         Err(errno) => Err(StopError::Signal {
             signal,
             pid: t.pid,

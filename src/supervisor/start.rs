@@ -223,9 +223,9 @@ pub(super) fn commit_start(
 }
 
 /// Opens the files and resolves the program of a start (no fork yet).
-pub(super) fn prepare(svc: &Service) -> Result<spawn::Command> {
+pub(super) fn prepare(svc: &Service) -> Result<spawn::Prepared> {
     let env = spawn::merged_env(&svc.env);
-    spawn::Command::prepare(&spawn::Spec {
+    spawn::Prepared::prepare(&spawn::Spec {
         argv: &svc.argv,
         cwd: &svc.settings.cwd,
         env: &env,

@@ -6,7 +6,7 @@ use super::{SignalOutcome, StartOutcome, StopOutcome, Supervisor, Then, STATUS_W
 use crate::error::{Error, Result};
 use crate::policy::ExitStatus;
 use crate::process::identity;
-use crate::process::stop::{self, Target};
+use crate::process::stop::{self, Recorded};
 use crate::record::event;
 use crate::service::{fmt_duration, Service};
 use crate::state;
@@ -43,7 +43,7 @@ impl Supervisor {
                 .is_some_and(|s| s.ppid == me && s.start_time == inst.start_time);
         // The wait happens outside any transaction: a 10 s stop must not hold the
         // database lock against every other tend command.
-        let target = Target {
+        let target = Recorded {
             pid: inst.pid,
             session: inst.pgid,
             start_time: inst.start_time,
@@ -61,17 +61,17 @@ impl Supervisor {
             source,
         })?;
         let (kind, detail, result) = match &outcome {
-            stop::Outcome::Stale(why) => (
+            stop::Ended::Stale(why) => (
                 event::STALE,
                 format!("pid {}: {why}; not signalled", inst.pid),
                 StopOutcome::NotRunning,
             ),
-            stop::Outcome::AlreadyExited => (
+            stop::Ended::AlreadyExited => (
                 event::EXIT,
                 format!("pid {} had exited (status unknown)", inst.pid),
                 StopOutcome::NotRunning,
             ),
-            stop::Outcome::Stopped(s) => (
+            stop::Ended::Stopped(s) => (
                 event::STOP,
                 stop_detail(&svc, inst.pid, inst.pgid, s),
                 StopOutcome::Stopped {
@@ -133,7 +133,7 @@ impl Supervisor {
         let Some(inst) = inst else {
             return Ok(SignalOutcome::NotRunning);
         };
-        let target = Target {
+        let target = Recorded {
             pid: inst.pid,
             session: inst.pgid,
             start_time: inst.start_time,
@@ -144,7 +144,7 @@ impl Supervisor {
             source,
         })?;
         match outcome {
-            stop::Outcome::Stopped(_) => {
+            stop::Signalled::Delivered => {
                 self.store.write(|tx| {
                     tx.record(
                         name,
@@ -157,7 +157,7 @@ impl Supervisor {
                     signal: sig_name,
                 })
             }
-            stop::Outcome::AlreadyExited | stop::Outcome::Stale(_) => {
+            stop::Signalled::AlreadyExited | stop::Signalled::Stale(_) => {
                 // Cleared (or left for the daemon) exactly as `status` would.
                 self.clear_dead(name)?;
                 Ok(SignalOutcome::NotRunning)
