@@ -203,7 +203,9 @@ mod tests {
             pid: 42,
             since: 1000,
         };
-        let cases: [(Option<Instance>, &Runtime, bool, State, &str, &str); 8] = [
+        // (instance, bookkeeping, supervised) -> (state, JSON name, label)
+        type Case<'a> = (Option<Instance>, &'a Runtime, bool, State, &'a str, &'a str);
+        let cases: [Case; 8] = [
             (None, &rt, true, State::Stopped, "stopped", "stopped"),
             (
                 Some(inst(false)),

@@ -15,14 +15,14 @@
 //!   - **pidfds** of adopted services (running before this daemon came up, so not its
 //!     children): readable the moment the process exits; its status is unknown.
 //!   - **the control socket**: each connection is served on its own thread
-//!     ([`server`]), capped at [`server::MAX_CONNECTIONS`].
+//!     ([`server`]), capped at [`bus::MAX_CONNECTIONS`].
 //!   - **timers** of pending automatic restarts, due restarts go to the worker.
 //!   - messages from the other threads (new timers, adopted processes to watch).
 //! - **The worker** ([`worker`]) does, one job at a time, everything that needs the
 //!   database: records exits and applies the restart policy ([`crate::policy`]), kills
 //!   what a crashed service left behind, carries out due restarts, adopts.
 //! - **Request threads** ([`server`]) carry out CLI requests through the same
-//!   [`crate::actions::act`] as the CLI; a stop waiting 10 s for its timeout blocks only
+//!   [`crate::api::act`] as the CLI; a stop waiting 10 s for its timeout blocks only
 //!   its own thread.
 //! - **Log rotation** ([`rotation`]) and the **PostgreSQL** listener and executor
 //!   ([`crate::pg`]) have threads of their own.
@@ -37,7 +37,7 @@
 //!
 //! **Shutdown** (SIGTERM, SIGINT, `tend daemon stop`): the socket is closed first, so a
 //! CLI command arriving now acts by itself; requests in flight are finished; restarts due
-//! within [`SHUTDOWN_GRACE`] are carried out; the services whose restart is due later are
+//! within [`event_loop::SHUTDOWN_GRACE`] are carried out; the services whose restart is due later are
 //! named (in the log, and to `tend daemon stop`) as left down. Services keep running.
 
 pub mod bus;

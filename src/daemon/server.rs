@@ -1,7 +1,7 @@
 //! The daemon's request server: the control socket, one thread per connection.
 //!
 //! Each connection is served on its own thread with its own database connection, calling
-//! the same [`crate::actions::act`] as the CLI, so a slow stop never delays the event
+//! the same [`crate::api::act`] as the CLI, so a slow stop never delays the event
 //! loop or another request. At most [`MAX_CONNECTIONS`] are served at once; beyond that a
 //! client is told the daemon is busy. A request is carried out only if it arrives before
 //! its deadline, and only while its client is still there to hear the answer: a client

@@ -7,7 +7,7 @@
 //! sig1 <unix seconds> <nonce> <64 hex digits> <payload>
 //! ```
 //!
-//! where the hex digits are HMAC-SHA256(key, "sig1 <unix seconds> <nonce> <payload>")
+//! where the hex digits are `HMAC-SHA256(key, "sig1 <unix seconds> <nonce> <payload>")`
 //! and the nonce is 16 random hex digits, so that the same command sent twice in one
 //! second is two different messages. A payload whose time is more than [`WINDOW`] away
 //! from the daemon's clock is stale; one whose signature was already seen within the

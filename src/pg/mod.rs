@@ -10,7 +10,7 @@
 //!   reconnects with jittered exponential backoff, re-LISTENing each time. It runs on its
 //!   own thread: local supervision never waits on PostgreSQL.
 //! - Commands are carried out on one more thread, in arrival order, through the same
-//!   [`crate::actions::act`] the CLI and the control socket use.
+//!   [`crate::api::act`] the CLI and the control socket use.
 
 pub mod auth;
 pub mod connect;

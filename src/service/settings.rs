@@ -1,5 +1,5 @@
 //! The table of service settings. Every setting a service has besides its command and
-//! environment is one row of the [`settings!`] invocation at the end of this file: its
+//! environment is one row of the `settings!` invocation at the end of this file: its
 //! type, its command-line option, its name in `--json`, its name in `edit`'s report of
 //! changes, its default and its check. Everything else follows from the row:
 //!
@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 /// supervisord's stopwaitsecs is 10 s, which suits interactive use better).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default delay before the first automatic restart (systemd's RestartSec); it doubles
-/// with each quick crash up to [`MAX_RESTART_DELAY`].
+/// with each quick crash up to [`crate::policy::MAX_RESTART_DELAY`].
 pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_millis(100);
 /// Default start limit: this many starts within [`DEFAULT_START_LIMIT_INTERVAL`] mark the
 /// service failed (systemd's StartLimitBurst=5 within StartLimitIntervalSec=10s).

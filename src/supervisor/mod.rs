@@ -13,7 +13,7 @@
 //! # A start either commits or leaves nothing
 //!
 //! The database is checked (`read`), the new process is forked and set up but held at a
-//! gate before exec ([`spawn::Pending`]), the instance is recorded in one write
+//! gate before exec ([`crate::process::spawn::Pending`]), the instance is recorded in one write
 //! transaction that re-checks that no other start won meanwhile, and only then is the
 //! gate opened. The spawn happens once, outside any retried transaction; if the record
 //! cannot be committed, the held process is killed before it ever runs the program, and

@@ -30,7 +30,6 @@
 
 use std::ffi::{CString, OsStr};
 use std::fs::OpenOptions;
-use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -39,9 +38,14 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use super::handle::Handle;
-use super::signals::BlockAll;
-use crate::error::{SpawnError, Stage};
+mod child;
+mod report;
+
+use crate::error::SpawnError;
+use crate::process::handle::Handle;
+use crate::process::signals::BlockAll;
+use child::{intermediate, ChildArgs};
+use report::{read_record, Record, GO};
 
 /// Everything the child needs, prepared before forking.
 pub struct Prepared {
@@ -159,7 +163,7 @@ impl Prepared {
         // The service re-parents to us when the intermediate exits, so it is our child
         // while we look at it: its pid cannot be reused under us, and an exit right after
         // exec can be reaped here with its status.
-        super::reap::become_subreaper().map_err(|e| SpawnError::Os {
+        crate::process::reap::become_subreaper().map_err(|e| SpawnError::Os {
             what: "prctl(PR_SET_CHILD_SUBREAPER)",
             errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
         })?;
@@ -468,189 +472,6 @@ fn reap(pid: libc::pid_t) -> Option<i32> {
             continue;
         }
         return None;
-    }
-}
-
-const TAG_PID: u32 = 1;
-const TAG_ERROR: u32 = 2;
-const TAG_READY: u32 = 3;
-const RECORD: usize = 12;
-/// The byte that opens the gate; anything else (or end of file) means "do not run".
-const GO: u8 = b'G';
-
-enum Record {
-    Pid(i32),
-    Ready(i32),
-    Error(Stage, Errno),
-}
-
-/// Reads one fixed-size record; `None` at end of file (every write end closed: the
-/// intermediate exited and the service exec'd or exited).
-fn read_record(fd: &OwnedFd) -> io::Result<Option<Record>> {
-    loop {
-        let mut rec = [0u8; RECORD];
-        let mut got = 0;
-        while got < RECORD {
-            // SAFETY: reading into the unfilled part of a valid, writable buffer.
-            let n =
-                unsafe { libc::read(fd.as_raw_fd(), rec[got..].as_mut_ptr().cast(), RECORD - got) };
-            match n {
-                0 if got == 0 => return Ok(None),
-                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-                n if n > 0 => got += n as usize,
-                _ if Errno::last() == Errno::EINTR => continue,
-                _ => return Err(io::Error::last_os_error()),
-            }
-        }
-        let word = |i: usize| u32::from_ne_bytes(rec[i..i + 4].try_into().expect("4 bytes"));
-        match word(0) {
-            TAG_PID => return Ok(Some(Record::Pid(word(4) as i32))),
-            TAG_READY => return Ok(Some(Record::Ready(word(4) as i32))),
-            TAG_ERROR => {
-                if let Some(stage) = Stage::from_u32(word(4)) {
-                    return Ok(Some(Record::Error(stage, Errno::from_raw(word(8) as i32))));
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Raw pointers and descriptors for the child, computed before the fork.
-struct ChildArgs<'a> {
-    program: &'a CString,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    cwd: &'a CString,
-    stdio: [RawFd; 3],
-    report: RawFd,
-    gate: RawFd,
-    /// Descriptors the child keeps, sorted.
-    keep: [RawFd; 5],
-    sigmax: libc::c_int,
-}
-
-/// Writes one record; async-signal-safe.
-///
-/// # Safety
-/// Only async-signal-safe calls; `fd` may be any descriptor (a failed write is ignored).
-unsafe fn send(fd: RawFd, tag: u32, a: u32, b: u32) {
-    let mut rec = [0u8; RECORD];
-    rec[0..4].copy_from_slice(&tag.to_ne_bytes());
-    rec[4..8].copy_from_slice(&a.to_ne_bytes());
-    rec[8..12].copy_from_slice(&b.to_ne_bytes());
-    // SAFETY: a 12-byte write from a valid buffer; below PIPE_BUF, so it is atomic.
-    // Nothing to do on failure: the parent is gone or will see end of file.
-    unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
-}
-
-/// Reports a failed step and exits.
-///
-/// # Safety
-/// Must only be called in a forked child.
-unsafe fn fail(fd: RawFd, stage: Stage) -> ! {
-    let errno = Errno::last_raw() as u32;
-    // SAFETY: async-signal-safe write and _exit in a forked child.
-    unsafe {
-        send(fd, TAG_ERROR, stage as u32, errno);
-        libc::_exit(127)
-    }
-}
-
-/// Closes every descriptor except `keep` (sorted, all above 2) and 0-2.
-///
-/// # Safety
-/// Must only be called in a forked child, where no other thread uses descriptors.
-unsafe fn close_others(keep: &[RawFd]) {
-    let mut from: libc::c_uint = 3;
-    for &k in keep {
-        let k = k as libc::c_uint;
-        if k > from {
-            // SAFETY: close_range on a range of our own descriptors; async-signal-safe.
-            unsafe { libc::close_range(from, k - 1, 0) };
-        }
-        from = from.max(k + 1);
-    }
-    // SAFETY: as above, up to the highest possible descriptor.
-    unsafe { libc::close_range(from, libc::c_uint::MAX, 0) };
-}
-
-/// The intermediate child: only what it needs open, new session, fork the service,
-/// report its pid, exit.
-///
-/// # Safety
-/// Must only be called in a freshly forked child; never returns.
-unsafe fn intermediate(a: &ChildArgs) -> ! {
-    // SAFETY: every call below is async-signal-safe and made in a forked child.
-    unsafe {
-        close_others(&a.keep);
-        if libc::setsid() < 0 {
-            fail(a.report, Stage::Setsid);
-        }
-        let pid = libc::fork();
-        if pid < 0 {
-            fail(a.report, Stage::Fork);
-        }
-        if pid == 0 {
-            service(a);
-        }
-        send(a.report, TAG_PID, pid as u32, 0);
-        libc::_exit(0)
-    }
-}
-
-/// The service process: default dispositions, stdio, chdir, umask; report ready; wait
-/// at the gate; unblock signals; exec.
-///
-/// # Safety
-/// Must only be called in a freshly forked child; never returns.
-unsafe fn service(a: &ChildArgs) -> ! {
-    // SAFETY: every call below is async-signal-safe and made in a forked child; the
-    // pointers passed point to data prepared before the fork and still alive.
-    unsafe {
-        // Every signal is still blocked (inherited from the forking thread): reset the
-        // dispositions before anything can be delivered. Handlers would run tend's code
-        // in this process, and SIG_IGN would survive exec. The raw system call, because
-        // glibc's sigaction refuses its two internal signals (32 and 33), which a parent
-        // started through glibc's posix_spawn can hand down as ignored.
-        for sig in 1..=a.sigmax {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                super::signals::default_disposition_raw(sig);
-            }
-        }
-        for (target, &fd) in a.stdio.iter().enumerate() {
-            if libc::dup2(fd, target as RawFd) < 0 {
-                fail(a.report, Stage::Stdio);
-            }
-        }
-        if libc::chdir(a.cwd.as_ptr()) < 0 {
-            fail(a.report, Stage::Chdir);
-        }
-        libc::umask(0o022);
-        send(a.report, TAG_READY, libc::getpid() as u32, 0);
-        let mut byte = 0u8;
-        loop {
-            let n = libc::read(a.gate, (&mut byte as *mut u8).cast(), 1);
-            if n == 1 && byte == GO {
-                break;
-            }
-            if n < 0 && Errno::last() == Errno::EINTR {
-                continue;
-            }
-            // End of file or anything else: the caller did not commit. Never run.
-            libc::_exit(0);
-        }
-        // Keep nothing of tend's descriptors (the database above all) in the service.
-        // Marking them close-on-exec rather than closing keeps the report pipe usable
-        // until exec.
-        libc::close_range(
-            3,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-        );
-        super::signals::unblock_all_raw();
-        libc::execve(a.program.as_ptr(), a.argv, a.envp);
-        fail(a.report, Stage::Exec)
     }
 }
 

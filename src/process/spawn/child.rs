@@ -1,0 +1,134 @@
+//! What runs in the forked processes, between `fork` and `exec`: only async-signal-safe
+//! calls, on data prepared before the fork (see the parent's side in `mod.rs`).
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+
+use super::report::{send, GO, TAG_ERROR, TAG_PID, TAG_READY};
+use crate::error::Stage;
+
+/// Raw pointers and descriptors for the child, computed before the fork.
+pub struct ChildArgs<'a> {
+    pub program: &'a CString,
+    pub argv: *const *const libc::c_char,
+    pub envp: *const *const libc::c_char,
+    pub cwd: &'a CString,
+    pub stdio: [RawFd; 3],
+    pub report: RawFd,
+    pub gate: RawFd,
+    /// Descriptors the child keeps, sorted.
+    pub keep: [RawFd; 5],
+    pub sigmax: libc::c_int,
+}
+
+/// Reports a failed step and exits.
+///
+/// # Safety
+/// Must only be called in a forked child.
+unsafe fn fail(fd: RawFd, stage: Stage) -> ! {
+    let errno = Errno::last_raw() as u32;
+    // SAFETY: async-signal-safe write and _exit in a forked child.
+    unsafe {
+        send(fd, TAG_ERROR, stage as u32, errno);
+        libc::_exit(127)
+    }
+}
+
+/// Closes every descriptor except `keep` (sorted, all above 2) and 0-2.
+///
+/// # Safety
+/// Must only be called in a forked child, where no other thread uses descriptors.
+unsafe fn close_others(keep: &[RawFd]) {
+    let mut from: libc::c_uint = 3;
+    for &k in keep {
+        let k = k as libc::c_uint;
+        if k > from {
+            // SAFETY: close_range on a range of our own descriptors; async-signal-safe.
+            unsafe { libc::close_range(from, k - 1, 0) };
+        }
+        from = from.max(k + 1);
+    }
+    // SAFETY: as above, up to the highest possible descriptor.
+    unsafe { libc::close_range(from, libc::c_uint::MAX, 0) };
+}
+
+/// The intermediate child: only what it needs open, new session, fork the service,
+/// report its pid, exit.
+///
+/// # Safety
+/// Must only be called in a freshly forked child; never returns.
+pub unsafe fn intermediate(a: &ChildArgs) -> ! {
+    // SAFETY: every call below is async-signal-safe and made in a forked child.
+    unsafe {
+        close_others(&a.keep);
+        if libc::setsid() < 0 {
+            fail(a.report, Stage::Setsid);
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            fail(a.report, Stage::Fork);
+        }
+        if pid == 0 {
+            service(a);
+        }
+        send(a.report, TAG_PID, pid as u32, 0);
+        libc::_exit(0)
+    }
+}
+
+/// The service process: default dispositions, stdio, chdir, umask; report ready; wait
+/// at the gate; unblock signals; exec.
+///
+/// # Safety
+/// Must only be called in a freshly forked child; never returns.
+unsafe fn service(a: &ChildArgs) -> ! {
+    // SAFETY: every call below is async-signal-safe and made in a forked child; the
+    // pointers passed point to data prepared before the fork and still alive.
+    unsafe {
+        // Every signal is still blocked (inherited from the forking thread): reset the
+        // dispositions before anything can be delivered. Handlers would run tend's code
+        // in this process, and SIG_IGN would survive exec. The raw system call, because
+        // glibc's sigaction refuses its two internal signals (32 and 33), which a parent
+        // started through glibc's posix_spawn can hand down as ignored.
+        for sig in 1..=a.sigmax {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                crate::process::signals::default_disposition_raw(sig);
+            }
+        }
+        for (target, &fd) in a.stdio.iter().enumerate() {
+            if libc::dup2(fd, target as RawFd) < 0 {
+                fail(a.report, Stage::Stdio);
+            }
+        }
+        if libc::chdir(a.cwd.as_ptr()) < 0 {
+            fail(a.report, Stage::Chdir);
+        }
+        libc::umask(0o022);
+        send(a.report, TAG_READY, libc::getpid() as u32, 0);
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(a.gate, (&mut byte as *mut u8).cast(), 1);
+            if n == 1 && byte == GO {
+                break;
+            }
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            // End of file or anything else: the caller did not commit. Never run.
+            libc::_exit(0);
+        }
+        // Keep nothing of tend's descriptors (the database above all) in the service.
+        // Marking them close-on-exec rather than closing keeps the report pipe usable
+        // until exec.
+        libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        );
+        crate::process::signals::unblock_all_raw();
+        libc::execve(a.program.as_ptr(), a.argv, a.envp);
+        fail(a.report, Stage::Exec)
+    }
+}
