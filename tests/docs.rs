@@ -10,7 +10,7 @@ fn readme_option_rows() -> Vec<String> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("read README.md");
     let start = readme
-        .find("Options of `add` and `edit`:")
+        .find("Options of `add` and `edit`")
         .expect("the README has the options table");
     readme[start..]
         .lines()

@@ -1,6 +1,7 @@
 //! add / edit / remove of definitions.
 
 use super::instances::{live_instance, lookup};
+use super::start::with_spec;
 use super::{Supervisor, Then};
 use crate::error::{Error, Result};
 use crate::process::spawn;
@@ -74,27 +75,8 @@ impl Supervisor {
 /// Checks a definition before it is stored. A program that cannot be found is only a
 /// notice: it may be installed later, and `tend start` reports it clearly.
 pub(super) fn validate(svc: &Service, notices: &mut Vec<String>) -> Result<()> {
-    service::validate_name(&svc.name)?;
-    if svc.argv.is_empty() || svc.argv[0].is_empty() {
-        return Err(Error::Invalid {
-            what: "command",
-            message: "no command given (use --cmd STRING or -- PROGRAM ARGS...)".into(),
-        });
-    }
-    service::check_cwd(&svc.settings.cwd)?;
-    service::check_readable(&svc.settings.stdin)?;
-    service::check_writable("stdout", &svc.settings.stdout)?;
-    service::check_writable("stderr", &svc.settings.stderr)?;
-    let env = spawn::merged_env(&svc.env);
-    let probe = spawn::Spec {
-        argv: &svc.argv,
-        cwd: &svc.settings.cwd,
-        env: &env,
-        stdin: &svc.settings.stdin,
-        stdout: &svc.settings.stdout,
-        stderr: &svc.settings.stderr,
-    };
-    if spawn::find_program(&probe).is_none() {
+    service::validate(svc)?;
+    if with_spec(svc, spawn::find_program).is_none() {
         notices.push(format!(
             "{}: warning: program {:?} not found; `tend start` will fail until it exists",
             svc.name, svc.argv[0]

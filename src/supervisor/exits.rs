@@ -71,24 +71,16 @@ impl Supervisor {
                             start_time: inst.start_time,
                         });
                     }
-                    Found::Exited => {
-                        exits.push(record_exit(
-                            tx,
-                            id,
-                            &svc,
-                            &inst,
-                            ExitStatus::Unknown,
-                            Then::Policy,
-                        )?);
-                    }
-                    Found::Stale(why) => {
-                        // It exited while nobody watched and its pid went to someone
-                        // else: as much an exit as any, and the policy says what next.
-                        tx.record(
-                            &svc.name,
-                            event::STALE,
-                            &format!("pid {}: {why}; not signalled", inst.pid),
-                        )?;
+                    found => {
+                        if let Found::Stale(why) = found {
+                            // It exited while nobody watched and its pid went to someone
+                            // else: as much an exit as any, and the policy says what next.
+                            tx.record(
+                                &svc.name,
+                                event::STALE,
+                                &format!("pid {}: {why}; not signalled", inst.pid),
+                            )?;
+                        }
                         exits.push(record_exit(
                             tx,
                             id,

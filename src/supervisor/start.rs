@@ -222,10 +222,11 @@ pub(super) fn commit_start(
     }))
 }
 
-/// Opens the files and resolves the program of a start (no fork yet).
-pub(super) fn prepare(svc: &Service) -> Result<spawn::Prepared> {
+/// Calls `f` with what spawning the service would be given (its environment merged
+/// onto ours).
+pub(super) fn with_spec<T>(svc: &Service, f: impl FnOnce(&spawn::Spec) -> T) -> T {
     let env = spawn::merged_env(&svc.env);
-    spawn::Prepared::prepare(&spawn::Spec {
+    f(&spawn::Spec {
         argv: &svc.argv,
         cwd: &svc.settings.cwd,
         env: &env,
@@ -233,7 +234,11 @@ pub(super) fn prepare(svc: &Service) -> Result<spawn::Prepared> {
         stdout: &svc.settings.stdout,
         stderr: &svc.settings.stderr,
     })
-    .map_err(|e| start_error(&svc.name, e))
+}
+
+/// Opens the files and resolves the program of a start (no fork yet).
+pub(super) fn prepare(svc: &Service) -> Result<spawn::Prepared> {
+    with_spec(svc, spawn::Prepared::prepare).map_err(|e| start_error(&svc.name, e))
 }
 
 pub(super) fn start_error(name: &str, source: SpawnError) -> Error {
