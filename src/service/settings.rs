@@ -230,6 +230,15 @@ macro_rules! settings {
                 $( if let Some(v) = &mut self.$field { v.absolutize(base); } )*
             }
 
+            /// Every setting, when each is given; else these changes back.
+            pub fn complete(self) -> std::result::Result<Settings, Box<SettingChanges>> {
+                if $( self.$field.is_some() && )* true {
+                    Ok(Settings { $( $field: self.$field.expect("checked above"), )* })
+                } else {
+                    Err(Box::new(self))
+                }
+            }
+
             /// A new definition's settings: what was given, else each row's default.
             pub fn build(&self, d: &Defaults) -> Settings {
                 Settings {
@@ -287,27 +296,66 @@ macro_rules! settings {
                 serde_json::Value::Object(m).to_string()
             }
 
-            /// Reads what [`Settings::to_store`] wrote. A setting the file does not have
-            /// (added to tend after the definition was stored) takes its default; one
-            /// that cannot be read is an error naming it.
-            pub fn from_store(text: &str, d: &Defaults) -> std::result::Result<Settings, String> {
-                let v: serde_json::Value =
-                    serde_json::from_str(text).map_err(|e| format!("settings: {e}"))?;
-                let none = SettingChanges::default();
-                Ok(Settings {
-                    $( $field: match v.get(stringify!($field)) {
-                        Some(x) => <$ty as Value>::from_json(x).ok_or_else(|| {
-                            format!("setting {}: unreadable value {x}", stringify!($field))
-                        })?,
-                        None => {
-                            let default: fn(&Defaults, &SettingChanges) -> $ty = $default;
-                            default(d, &none)
+            /// Reads what [`Settings::to_store`] wrote, straight into typed fields. A
+            /// setting the object does not have (added to tend after the definition was
+            /// stored) takes its default; one that cannot be read is an error naming it.
+            /// `defaults` is called only when a setting is missing.
+            pub fn from_store(
+                text: &str,
+                defaults: impl FnOnce() -> Defaults,
+            ) -> std::result::Result<Settings, String> {
+                let mut de = serde_json::Deserializer::from_str(text);
+                let found = serde::Deserializer::deserialize_map(&mut de, StoredVisitor)
+                    .map_err(|e| format!("settings: {e}"))?;
+                match found.complete() {
+                    Ok(s) => Ok(s),
+                    Err(partial) => Ok(partial.build(&defaults())),
+                }
+            }
+        }
+
+        /// Reads the store's JSON object into [`SettingChanges`]: what is there.
+        struct StoredVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for StoredVisitor {
+            type Value = SettingChanges;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of settings")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<SettingChanges, A::Error> {
+                let mut c = SettingChanges::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        $( stringify!($field) => {
+                            c.$field = Some(map.next_value::<Stored<$ty>>()
+                                .map_err(|e| serde::de::Error::custom(
+                                    format!("setting {}: {e}", stringify!($field))))?.0);
+                        } )*
+                        // A setting this tend does not know (written by a newer one that
+                        // was then downgraded within the same schema): ignored.
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
                         }
-                    }, )*
-                })
+                    }
+                }
+                Ok(c)
             }
         }
     };
+}
+
+/// One stored value, read by its type's [`Value::deserialize`].
+struct Stored<T>(T);
+
+impl<'de, T: Value> serde::Deserialize<'de> for Stored<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        T::deserialize(d).map(Stored)
+    }
 }
 
 fn no_check<T>(_: &T) -> Result<()> {
@@ -470,16 +518,13 @@ mod tests {
             ..SettingChanges::default()
         }
         .build(&defaults());
-        assert_eq!(
-            Settings::from_store(&s.to_store(), &defaults()),
-            Ok(s.clone())
-        );
+        assert_eq!(Settings::from_store(&s.to_store(), defaults), Ok(s.clone()));
         let partial = r#"{"cwd":"/a","stop_timeout":250}"#;
-        let p = Settings::from_store(partial, &defaults()).unwrap();
+        let p = Settings::from_store(partial, defaults).unwrap();
         assert_eq!(p.cwd, PathBuf::from("/a"));
         assert_eq!(p.stop_timeout, Duration::from_millis(250));
         assert_eq!(p.restart, RestartPolicy::OnFailure);
-        assert!(Settings::from_store(r#"{"stop_timeout":"x"}"#, &defaults()).is_err());
+        assert!(Settings::from_store(r#"{"stop_timeout":"x"}"#, defaults).is_err());
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub trait Value: Clone + PartialEq + std::fmt::Debug + Sized {
     fn parse(text: &str) -> Result<Self, String>;
     fn to_json(&self) -> serde_json::Value;
     fn from_json(v: &serde_json::Value) -> Option<Self>;
+    /// Reads what [`Value::to_json`] wrote straight from a deserializer (the store reads
+    /// every service's settings for a `list`: no intermediate JSON tree).
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
     /// Makes a path absolute against `base`; nothing for other values.
     fn absolutize(&mut self, _base: &Path) {}
 }
@@ -36,6 +39,9 @@ impl Value for PathBuf {
     fn absolutize(&mut self, base: &Path) {
         *self = super::paths::absolute(base, self);
     }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <PathBuf as serde::Deserialize>::deserialize(d)
+    }
 }
 
 /// Durations: `10`, `10s`, `500ms`, `1m` on the command line; milliseconds in JSON.
@@ -48,6 +54,9 @@ impl Value for Duration {
     }
     fn from_json(v: &serde_json::Value) -> Option<Self> {
         v.as_u64().map(Duration::from_millis)
+    }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
     }
 }
 
@@ -64,6 +73,9 @@ impl Value for u32 {
     fn from_json(v: &serde_json::Value) -> Option<Self> {
         v.as_u64().and_then(|n| u32::try_from(n).ok())
     }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <u32 as serde::Deserialize>::deserialize(d)
+    }
 }
 
 /// Sizes in bytes: `10M`, `512K`, `1G`, `1000` on the command line; bytes in JSON.
@@ -76,6 +88,9 @@ impl Value for u64 {
     }
     fn from_json(v: &serde_json::Value) -> Option<Self> {
         v.as_u64()
+    }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d)
     }
 }
 
@@ -94,6 +109,9 @@ impl Value for bool {
     fn from_json(v: &serde_json::Value) -> Option<Self> {
         v.as_bool()
     }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <bool as serde::Deserialize>::deserialize(d)
+    }
 }
 
 impl Value for RestartPolicy {
@@ -106,6 +124,10 @@ impl Value for RestartPolicy {
     fn from_json(v: &serde_json::Value) -> Option<Self> {
         v.as_str()?.parse().ok()
     }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Value for StopSignal {
@@ -117,6 +139,10 @@ impl Value for StopSignal {
     }
     fn from_json(v: &serde_json::Value) -> Option<Self> {
         v.as_str()?.parse().ok()
+    }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -51,12 +51,16 @@ impl Row {
             return Err(corrupt("argv is empty".into()));
         }
         // Defaults only matter for a setting added to tend after this row was written.
-        let home = db.parent().unwrap_or(Path::new("/"));
-        let defaults = Defaults {
+        let name = &self.name;
+        let defaults = || Defaults {
             cwd: "/".into(),
-            log: home.join("logs").join(format!("{}.log", self.name)),
+            log: db
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("logs")
+                .join(format!("{name}.log")),
         };
-        let settings = Settings::from_store(&self.settings, &defaults).map_err(corrupt)?;
+        let settings = Settings::from_store(&self.settings, defaults).map_err(corrupt)?;
         Ok((
             self.id,
             Service {
