@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 use crate::util::{read, run, Out};
 
 /// Where the shared server is looked for when `TEND_TEST_DATABASE_URL` is not set.
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Set to `1` to use a throwaway cluster even when a server answers at [`DEFAULT_URL`]
 /// (CI's unprivileged pass, which must not depend on the machine's server).
@@ -571,26 +571,30 @@ struct Guard {
 
 /// What the guard runs once its owner is gone, as `sh -c CLEANUP $0 DIR STOP...`: the stop
 /// command (`pg_ctl stop -m immediate`, which lets the server remove its shared memory),
-/// then SIGKILL to whatever still works in DIR (every program of a cluster runs there or
-/// in its data directory: an `initdb` or a `pg_ctl start` the owner left running when it
-/// died, a server starting up meanwhile), then DIR is removed; again, until nothing is
-/// left (at most a minute).
+/// then DIR is removed once no process works in it any more. Every program of a cluster
+/// runs in DIR or in its data directory; if the owner died in the middle of an `initdb` or
+/// a `pg_ctl start`, those finish or fail on their own, and a server that came up
+/// meanwhile is stopped on the next round (one a second, for at most two minutes).
+/// Nothing is killed by pid: a pid read here may belong to someone else by the time a
+/// signal would land.
 const CLEANUP: &str = r#"dir=$1; shift
-in_dir() {
+busy() {
     for p in /proc/[0-9]*; do
         case $(readlink "$p/cwd" 2>/dev/null) in
-            "$dir" | "$dir"/* | "$dir (deleted)") echo "${p#/proc/}" ;;
+            "$dir" | "$dir"/*) return 0 ;;
         esac
     done
+    return 1
 }
 i=0
 while :; do
     "$@" >/dev/null 2>&1
-    for pid in $(in_dir); do kill -KILL "$pid" 2>/dev/null; done
-    rm -rf -- "$dir" 2>/dev/null
-    if [ ! -e "$dir" ] && [ -z "$(in_dir)" ]; then exit 0; fi
+    if ! busy; then
+        rm -rf -- "$dir"
+        exit
+    fi
     i=$((i + 1))
-    if [ "$i" -ge 60 ]; then exit 1; fi
+    if [ "$i" -ge 120 ]; then exit 1; fi
     sleep 1
 done"#;
 
@@ -649,6 +653,7 @@ impl Guard {
         let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
         envp.push(std::ptr::null());
         let devnull = c"/dev/null";
+        let root = c"/";
 
         // SAFETY: the child only calls async-signal-safe functions (see guard_main).
         let pid = unsafe { libc::fork() };
@@ -661,6 +666,7 @@ impl Guard {
                 guard_main(
                     watch.as_raw_fd(),
                     devnull.as_ptr(),
+                    root.as_ptr(),
                     argv.as_ptr(),
                     envp.as_ptr(),
                 )
@@ -694,12 +700,15 @@ extern "C" fn wake(_: libc::c_int) {}
 unsafe fn guard_main(
     watch: RawFd,
     devnull: *const libc::c_char,
+    root: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
 ) -> ! {
     // SAFETY: only async-signal-safe calls on memory prepared before fork.
     unsafe {
         libc::setsid();
+        // Out of the test's working directory (the server user may not even enter it).
+        libc::chdir(root);
         if watch != 3 && libc::dup2(watch, 3) < 0 {
             libc::_exit(1);
         }
