@@ -401,8 +401,8 @@ pub fn require_root(test: &str, why: &str) -> bool {
 static NOT_RUN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 fn record_not_run(test: &str, why: &str) {
-    // libtest names each test's thread after the test's full path (`faults::name`); with
-    // one test thread the test runs on `main`, and the bare name is all there is.
+    // libtest names each test's thread after the test's full path (`faults::name`);
+    // elsewhere the bare name is all there is.
     let name = std::thread::current()
         .name()
         .filter(|n| n.ends_with(test))
@@ -429,7 +429,12 @@ fn record_not_run(test: &str, why: &str) {
 /// passed nothing either. Under cargo-nextest each test is a process of its own, so each
 /// not-run test prints its own one-line summary into its output.
 extern "C" fn print_not_run() {
-    let list = NOT_RUN.lock().unwrap_or_else(|e| e.into_inner());
+    // Never wait at exit: a test thread still running could hold the lock.
+    let list = match NOT_RUN.try_lock() {
+        Ok(list) => list,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
     if list.is_empty() {
         return;
     }
