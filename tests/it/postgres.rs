@@ -2,17 +2,17 @@
 //! `tend notify`), the real daemon acting on them, signed payloads, TLS, and reconnection
 //! after the server restarts.
 //!
-//! Most tests use the shared server named by `TEND_TEST_DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`), each on a channel of its own. Tests that
-//! stop the server or change its TLS setup run a private cluster (initdb + pg_ctl as the
-//! `postgres` OS user, in a temporary directory, on a private port), stopped on drop.
-//! Without a reachable server the tests fail and say how to provide one.
+//! Most tests use the run's shared server, each on a channel of its own: the one
+//! `TEND_TEST_DATABASE_URL` names, else `postgres://postgres@127.0.0.1:5432/test` if a
+//! server answers there, else a throwaway cluster the run starts itself. Tests that stop
+//! the server or change its TLS setup run a private cluster, stopped and removed on drop.
+//! Both kinds of cluster run as the current user (as root: the `postgres` OS user); see
+//! [`server`]. Only without any PostgreSQL server programs do these tests fail, saying
+//! what to install.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -20,14 +20,15 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::util::*;
+use server::{give_to_server, shared_url, Cluster};
+
+mod server;
 
 /// Deadline for anything the daemon does in answer to a notification.
 const LONG: Duration = Duration::from_secs(30);
 /// Deadline for the listener to come back after the server does: the reconnect backoff
 /// is capped at 30 s (jittered), plus a connect.
 const RECONNECT: Duration = Duration::from_secs(60);
-
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// A unique number within this test process (channels, fences, ports).
 fn unique() -> u32 {
@@ -58,7 +59,7 @@ fn psql(url: &str, commands: &[&str]) -> String {
 }
 
 fn try_psql(url: &str, commands: &[&str]) -> Out {
-    let mut c = Command::new("psql");
+    let mut c = Command::new(server::psql());
     c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url])
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(Stdio::null());
@@ -66,37 +67,6 @@ fn try_psql(url: &str, commands: &[&str]) -> Out {
         c.arg("-c").arg(cmd);
     }
     run(c)
-}
-
-/// The shared server's URL, checked once per test process: fails the test, saying how
-/// to provide a server, when none answers.
-fn shared_url() -> String {
-    static CHECKED: OnceLock<Result<String, String>> = OnceLock::new();
-    CHECKED
-        .get_or_init(|| {
-            let url =
-                std::env::var("TEND_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
-            if let Err(e) = Command::new("psql").arg("--version").output() {
-                return Err(format!(
-                    "psql is needed by the PostgreSQL tests and could not be run ({e}); \
-                     install the PostgreSQL client (apt-get install postgresql-client)"
-                ));
-            }
-            let out = try_psql(&url, &["SELECT 1"]);
-            if out.code == 0 && out.stdout.trim() == "1" {
-                Ok(url)
-            } else {
-                Err(format!(
-                    "no PostgreSQL server answers at {url}: {}\n\
-                     These tests need one: set TEND_TEST_DATABASE_URL to a server you may \
-                     LISTEN/NOTIFY on, or start the local one with \
-                     `pg_ctlcluster --skip-systemctl-redirect 15 main start`",
-                    out.stderr.trim()
-                ))
-            }
-        })
-        .clone()
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A server URL plus this test's channel.
@@ -309,167 +279,6 @@ fn start_web(env: &Env) -> i32 {
     env.add_fixture("web", &[], &["--marker", "web"]);
     env.ok(&["start", "web"]);
     env.pid("web").expect("web is running")
-}
-
-// ---------------------------------------------------------------------------------------
-// Private clusters
-// ---------------------------------------------------------------------------------------
-
-/// A PostgreSQL cluster of this test's own (initdb'd in a temporary directory owned by
-/// the `postgres` OS user, on a private port), so the test may stop, restart and
-/// reconfigure it. Dropping it stops the server (immediate mode), pass or fail.
-struct Cluster {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    /// initdb (trust auth, user postgres) and start, with `extra_conf` lines appended to
-    /// postgresql.conf.
-    fn new(extra_conf: &[String]) -> Cluster {
-        let bin = pg_bin();
-        let dir = tempfile::tempdir().expect("cluster dir");
-        chown_postgres(dir.path());
-        let cluster = Cluster {
-            dir,
-            bin,
-            port: free_port(),
-        };
-        let data = cluster.data();
-        let out = cluster.as_postgres(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "--auth=trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "--no-instructions",
-            ],
-        );
-        assert_eq!(out.code, 0, "initdb failed: {out:?}");
-        let mut conf = format!(
-            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             fsync = off\n",
-            cluster.port,
-            cluster.dir.path().display()
-        );
-        for line in extra_conf {
-            conf.push_str(line);
-            conf.push('\n');
-        }
-        let conf_path = data.join("postgresql.conf");
-        let mut text = read(&conf_path);
-        text.push_str(&conf);
-        // Rewriting in place keeps the file's owner (postgres).
-        std::fs::write(&conf_path, text).expect("write postgresql.conf");
-        cluster.start();
-        cluster
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir().join("data")
-    }
-
-    /// The URL of its `postgres` database (TLS per `sslmode`).
-    fn url(&self, sslmode: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/postgres?sslmode={sslmode}",
-            self.port
-        )
-    }
-
-    /// Runs one of the server programs as the `postgres` OS user.
-    fn as_postgres(&self, program: &str, args: &[&str]) -> Out {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"])
-            .arg(self.bin.join(program))
-            .args(args)
-            .current_dir(self.dir())
-            .stdin(Stdio::null());
-        run(c)
-    }
-
-    fn pg_ctl(&self, args: &[&str]) -> Out {
-        let data = self.data();
-        let mut all = vec!["-D", data.to_str().unwrap()];
-        all.extend_from_slice(args);
-        self.as_postgres("pg_ctl", &all)
-    }
-
-    fn start(&self) {
-        let log = self.dir().join("server.log");
-        let out = self.pg_ctl(&["-w", "-t", "60", "-l", log.to_str().unwrap(), "start"]);
-        assert_eq!(
-            out.code,
-            0,
-            "pg_ctl start failed: {out:?}\nserver.log:\n{}",
-            read(&log)
-        );
-    }
-
-    fn stop_fast(&self) {
-        let out = self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"]);
-        assert_eq!(out.code, 0, "pg_ctl stop failed: {out:?}");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Not asserted: it may already be stopped, and a panic in drop would hide the
-        // test's own failure.
-        let _ = self.pg_ctl(&["-w", "-t", "60", "-m", "immediate", "stop"]);
-    }
-}
-
-/// The directory with initdb and pg_ctl (/usr/lib/postgresql/<version>/bin, newest).
-fn pg_bin() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((v, bin))
-        })
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .map(|(_, bin)| bin)
-        .expect("initdb and pg_ctl are needed: no /usr/lib/postgresql/*/bin/initdb")
-}
-
-/// Gives a path to the `postgres` OS user (the server refuses to run as root).
-fn chown_postgres(path: &Path) {
-    let status = Command::new("chown")
-        .arg("postgres:postgres")
-        .arg(path)
-        .status()
-        .expect("run chown");
-    assert!(status.success(), "chown postgres {}", path.display());
-}
-
-/// A TCP port on 127.0.0.1 nobody listens on, in 54000..55000, different for every
-/// cluster of this test process and likely different from other processes'.
-fn free_port() -> u16 {
-    for _ in 0..1000 {
-        let n = std::process::id()
-            .wrapping_mul(37)
-            .wrapping_add(unique() * 7);
-        let port = 54000 + (n % 1000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 54000..55000");
 }
 
 /// Runs openssl with `args` in `dir`; asserts it worked.
@@ -978,12 +787,12 @@ fn tls_scenario(certs: &Path, ca: &Path) {
     daemon_ssl("f");
 }
 
-/// Makes `server.crt` and `server.key` in `dir` readable by the server (the postgres
-/// user), the key private to it, as PostgreSQL requires.
+/// Makes `server.crt` and `server.key` in `dir` readable by the server (as root: the
+/// postgres user), the key private to it, as PostgreSQL requires.
 fn give_server_files(dir: &Path) {
-    chown_postgres(dir);
+    give_to_server(dir);
     for f in ["server.crt", "server.key"] {
-        chown_postgres(&dir.join(f));
+        give_to_server(&dir.join(f));
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
@@ -994,7 +803,7 @@ fn give_server_files(dir: &Path) {
 }
 
 /// A test CA (`ca.pem`) and a server certificate it signed for 127.0.0.1 and localhost
-/// (`server.crt`, `server.key`), in a directory the server (the postgres user) can read,
+/// (`server.crt`, `server.key`), in a directory the server can read,
 /// its key private to it.
 fn tls_files() -> tempfile::TempDir {
     let certs = tempfile::tempdir().expect("cert dir");

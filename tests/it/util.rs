@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 pub const TEND: &str = env!("CARGO_BIN_EXE_tend");
@@ -384,12 +385,70 @@ pub fn dump(db: &Path) -> String {
 
 /// True when the test runs as root. A test that can only stage its corner as root (writing
 /// `/proc/sys/kernel/ns_last_pid`, scheduling classes) calls this first and, when it says
-/// no, returns at once after recording why it did not run.
+/// no, returns at once: it is then recorded as not run, with `why`, and listed in the
+/// summary the test binary prints when it exits (see [`print_not_run`]).
 pub fn require_root(test: &str, why: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
     eprintln!("{test}: not run: needs root to {why}");
+    record_not_run(test, why);
     false
+}
+
+/// Tests that did not run because they need root: (name, what they need root for).
+static NOT_RUN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+fn record_not_run(test: &str, why: &str) {
+    // libtest names each test's thread after the test's full path (`faults::name`);
+    // elsewhere the bare name is all there is.
+    let name = std::thread::current()
+        .name()
+        .filter(|n| n.ends_with(test))
+        .unwrap_or(test)
+        .to_string();
+    NOT_RUN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((name, why.to_string()));
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a function without arguments that only reads a static.
+        unsafe {
+            libc::atexit(print_not_run);
+        }
+    });
+}
+
+/// Prints, once the test binary is done, which tests were not run and why, so that a
+/// test that returned early is never taken for a pass. libtest runs every test on a
+/// thread of this one process and leaves through `exit()` whatever the outcome (an
+/// `atexit` handler runs after its `test result:` line); Rust never drops statics, so
+/// a `Drop` could not do this. A run cut short (Ctrl-C, a crash) prints nothing: it
+/// passed nothing either. Under cargo-nextest each test is a process of its own, so each
+/// not-run test prints its own one-line summary into its output.
+extern "C" fn print_not_run() {
+    // Never wait at exit: a test thread still running could hold the lock.
+    let list = match NOT_RUN.try_lock() {
+        Ok(list) => list,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if list.is_empty() {
+        return;
+    }
+    let mut list = list.clone();
+    list.sort();
+    let n = list.len();
+    let (tests, need, were) = if n == 1 {
+        ("test", "needs", "was")
+    } else {
+        ("tests", "need", "were")
+    };
+    let mut text = format!("\n{n} {tests} {need} root and {were} not run:\n");
+    for (name, why) in &list {
+        text.push_str(&format!("    {name} (to {why})\n"));
+    }
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
 }
