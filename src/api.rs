@@ -5,7 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::service::graph;
 use crate::supervisor::{SignalOutcome, StartOutcome, StopOutcome, Supervisor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +99,9 @@ pub struct DaemonStatus {
     /// Services with an automatic restart pending.
     pub pending_restarts: usize,
     pub home: std::path::PathBuf,
+    /// How services are contained: `cgroup PATH` or `process-group (why)`.
+    #[serde(default)]
+    pub containment: String,
     /// PostgreSQL control, when configured.
     pub postgres: Option<PgStatus>,
 }
@@ -124,25 +130,95 @@ pub fn act(
     selection: &Selection,
     proceed: &dyn Fn() -> bool,
 ) -> Result<Vec<Report>> {
+    act_with(sup, verb, selection, None, proceed)
+}
+
+/// How long `start --wait` waits: `Some(None)` until each service's own check timeout,
+/// `Some(Some(d))` at most `d` per service.
+pub type Wait = Option<Option<Duration>>;
+
+/// [`act`], in dependency order: a start starts what each service `requires` first and
+/// orders by `requires` and `after`; a stop goes in the reverse order. A service whose
+/// requirement did not start (or, with `wait`, did not become ready) is not started.
+pub fn act_with(
+    sup: &mut Supervisor,
+    verb: Verb,
+    selection: &Selection,
+    wait: Wait,
+    proceed: &dyn Fn() -> bool,
+) -> Result<Vec<Report>> {
+    // The definitions decide the order; one stop, restart or signal needs none of it.
+    let ordered = match (verb, selection) {
+        (Verb::Signal { .. }, _) => false,
+        (Verb::Start, _) | (_, Selection::All) => true,
+        (_, Selection::Names { names }) => names.len() > 1,
+    };
+    let services = if ordered { sup.services()? } else { Vec::new() };
     let names = match selection {
+        Selection::All if ordered => services.iter().map(|s| s.name.clone()).collect(),
         Selection::All => sup.names()?,
         Selection::Names { names } => names.clone(),
     };
+    let names = match verb {
+        Verb::Start => graph::start_order(&services, &names),
+        Verb::Restart => graph::order_among(&services, &names),
+        Verb::Stop => {
+            let mut n = graph::order_among(&services, &names);
+            n.reverse();
+            n
+        }
+        Verb::Signal { .. } => names,
+    };
+    let mut failed: Vec<String> = Vec::new();
     let mut reports = Vec::with_capacity(names.len());
     for name in names {
         if !proceed() {
             break;
         }
-        let result = match verb {
-            Verb::Start => sup.start(&name).map(|outcome| Outcome::Start { outcome }),
-            Verb::Stop => sup.stop(&name).map(|outcome| Outcome::Stop { outcome }),
-            Verb::Restart => sup
-                .restart(&name)
-                .map(|(stop, start)| Outcome::Restart { stop, start }),
-            Verb::Signal { signal } => sup
-                .signal(&name, signal)
-                .map(|outcome| Outcome::Signal { outcome }),
+        let blocked = match verb {
+            Verb::Start | Verb::Restart => services
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.settings.requires.iter().find(|r| failed.contains(r)))
+                .cloned(),
+            _ => None,
         };
+        let result = if let Some(r) = blocked {
+            Err(Error::Requirement {
+                service: name.clone(),
+                reason: format!("its requirement {r} did not start"),
+            })
+        } else {
+            match verb {
+                Verb::Start => sup
+                    .start(&name)
+                    .and_then(|o| waited(sup, &name, o, wait))
+                    .map(|outcome| Outcome::Start { outcome }),
+                Verb::Stop => sup.stop(&name).map(|outcome| Outcome::Stop { outcome }),
+                Verb::Restart => sup.restart(&name).and_then(|(stop, start)| {
+                    Ok(Outcome::Restart {
+                        stop,
+                        start: waited(sup, &name, start, wait)?,
+                    })
+                }),
+                Verb::Signal { signal } => sup
+                    .signal(&name, signal)
+                    .map(|outcome| Outcome::Signal { outcome }),
+            }
+        };
+        let ok = match &result {
+            Ok(Outcome::Start { outcome }) | Ok(Outcome::Restart { start: outcome, .. }) => {
+                !matches!(
+                    outcome,
+                    StartOutcome::ExitedAtOnce { .. } | StartOutcome::NotReady { .. }
+                )
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        if !ok {
+            failed.push(name.clone());
+        }
         reports.push(Report {
             name,
             result: result.unwrap_or_else(|e| Outcome::Error {
@@ -153,4 +229,28 @@ pub fn act(
         });
     }
     Ok(reports)
+}
+
+/// With `wait`, waits until a started (or already running) service is ready.
+fn waited(
+    sup: &mut Supervisor,
+    name: &str,
+    started: StartOutcome,
+    wait: Wait,
+) -> Result<StartOutcome> {
+    let Some(cap) = wait else {
+        return Ok(started);
+    };
+    match started {
+        StartOutcome::Started { .. } | StartOutcome::AlreadyRunning { .. } => {
+            sup.wait_ready(name, cap)
+        }
+        StartOutcome::ExitedAtOnce { pid, status } => Ok(StartOutcome::NotReady {
+            pid,
+            reason: "exited at once".into(),
+            status,
+            log: sup.log_tail_of(name)?,
+        }),
+        other => Ok(other),
+    }
 }

@@ -8,6 +8,36 @@ pub const POSTGRES_CHANNEL: &str = "postgres.channel";
 pub const POSTGRES_HOST_ID: &str = "postgres.host_id";
 pub const POSTGRES_CA_FILE: &str = "postgres.ca_file";
 pub const POSTGRES_KEY_FILE: &str = "postgres.notify_key_file";
+pub const EVENTS_KEEP_PER_SERVICE: &str = "events.keep_per_service";
+pub const EVENTS_KEEP_FOR: &str = "events.keep_for";
+
+/// Events kept per service (the oldest go first) when `events.keep_per_service` is unset.
+pub const DEFAULT_EVENTS_PER_SERVICE: u64 = 1000;
+/// Age past which events are deleted when `events.keep_for` is unset.
+pub const DEFAULT_EVENTS_KEEP_FOR: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// The event retention in force, from the stored values (`None`: not set). A value that
+/// cannot be read counts as unset; `0` turns the limit off.
+pub fn retention(
+    per_service: Option<&str>,
+    keep_for: Option<&str>,
+) -> (Option<u64>, Option<std::time::Duration>) {
+    let count = per_service
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_EVENTS_PER_SERVICE);
+    let age = keep_for
+        .and_then(|v| crate::service::parse_duration(v).ok())
+        .unwrap_or(DEFAULT_EVENTS_KEEP_FOR);
+    (
+        (count > 0).then_some(count),
+        (!age.is_zero()).then_some(age),
+    )
+}
+
+pub const POSTGRES_SCHEMA: &str = "postgres.schema";
+/// The fleet's schema when none is configured.
+pub const DEFAULT_SCHEMA: &str = "tend_fleet";
 
 /// Every key with what it means.
 pub const KEYS: &[(&str, &str)] = &[
@@ -25,12 +55,25 @@ pub const KEYS: &[(&str, &str)] = &[
         "this host's name in NOTIFY payloads (NAME@HOST); default: the hostname",
     ),
     (
+        POSTGRES_SCHEMA,
+        "PostgreSQL schema of the fleet's tables (default: tend_fleet); lowercase letters, \
+         digits, underscore, at most 58",
+    ),
+    (
         POSTGRES_CA_FILE,
         "PEM file of CA certificates trusted for TLS, in addition to the system roots",
     ),
     (
         POSTGRES_KEY_FILE,
         "file holding the HMAC key: NOTIFY payloads must then be signed",
+    ),
+    (
+        EVENTS_KEEP_PER_SERVICE,
+        "events kept per service, the oldest deleted first (default 1000; 0: no limit)",
+    ),
+    (
+        EVENTS_KEEP_FOR,
+        "events older than this are deleted: 30d, 12h... (default 30d; 0: no limit)",
     ),
 ];
 
@@ -58,10 +101,22 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
             validate_channel(value).map_err(invalid)?;
             Ok(value.to_string())
         }
+        POSTGRES_SCHEMA => {
+            validate_schema(value).map_err(invalid)?;
+            Ok(value.to_string())
+        }
         POSTGRES_HOST_ID => {
             validate_host_id(value).map_err(invalid)?;
             Ok(value.to_string())
         }
+        EVENTS_KEEP_PER_SERVICE => value
+            .trim()
+            .parse::<u64>()
+            .map(|n| n.to_string())
+            .map_err(|_| invalid(format!("{key}: {value:?} is not a count (0, 1000...)"))),
+        EVENTS_KEEP_FOR => crate::service::parse_duration(value)
+            .map(|_| value.trim().to_string())
+            .map_err(|e| invalid(format!("{key}: {e}"))),
         _ => {
             let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
             Ok(crate::service::absolute(&here, std::path::Path::new(value))
@@ -84,6 +139,18 @@ pub fn validate_channel(c: &str) -> std::result::Result<(), String> {
     } else {
         Err(format!(
             "channel {c:?}: use lowercase letters, digits and '_' (at most 63)"
+        ))
+    }
+}
+
+/// The fleet's schema: a plain lowercase identifier, short enough that the wake-up
+/// channels `SCHEMA_wake` and `SCHEMA_done` are identifiers too.
+pub fn validate_schema(s: &str) -> std::result::Result<(), String> {
+    if validate_channel(s).is_ok() && s.len() <= 58 && !s.starts_with("pg_") {
+        Ok(())
+    } else {
+        Err(format!(
+            "schema {s:?}: use lowercase letters, digits and '_' (at most 58, not pg_...)"
         ))
     }
 }
@@ -165,5 +232,25 @@ mod tests {
         assert!(validate(POSTGRES_CHANNEL, "tend_ops").is_ok());
         assert!(validate(POSTGRES_URL, "postgres://u@h/db?sslmode=require").is_ok());
         assert!(validate(POSTGRES_URL, "postgres://u@h/db?sslmode=bogus").is_err());
+        assert_eq!(validate(EVENTS_KEEP_PER_SERVICE, " 50").unwrap(), "50");
+        assert!(validate(EVENTS_KEEP_PER_SERVICE, "-1").is_err());
+        assert!(validate(EVENTS_KEEP_FOR, "7d").is_ok());
+        assert!(validate(EVENTS_KEEP_FOR, "soon").is_err());
+    }
+
+    #[test]
+    fn retention_defaults_and_off() {
+        assert_eq!(
+            retention(None, None),
+            (
+                Some(DEFAULT_EVENTS_PER_SERVICE),
+                Some(DEFAULT_EVENTS_KEEP_FOR)
+            )
+        );
+        assert_eq!(retention(Some("0"), Some("0")), (None, None));
+        assert_eq!(
+            retention(Some("5"), Some("1h")),
+            (Some(5), Some(std::time::Duration::from_secs(3600)))
+        );
     }
 }

@@ -97,6 +97,29 @@ pub enum Error {
         status: Option<String>,
     },
 
+    #[error("{service}: env file {}: {reason}", path.display())]
+    EnvFile {
+        service: String,
+        path: PathBuf,
+        reason: String,
+    },
+
+    #[error("{file}:{line}: {message}")]
+    File {
+        file: String,
+        line: usize,
+        message: String,
+    },
+
+    #[error("{0}")]
+    Cycle(String),
+
+    #[error("{service}: not started: {reason}")]
+    Requirement { service: String, reason: String },
+
+    #[error("{service}: {message}")]
+    NotReady { service: String, message: String },
+
     #[error("{service}: not running; {what}")]
     NotRunning { service: String, what: &'static str },
 
@@ -121,10 +144,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// A daemon answered something that does not fit the request.
-    pub fn unexpected_answer(answer: &dyn std::fmt::Debug) -> Error {
+    /// A daemon answered something that does not fit the request (never shown as Rust
+    /// debug text: it is a message for a person).
+    pub fn unexpected_answer() -> Error {
         Error::Daemon {
-            message: format!("unexpected answer: {answer:?}"),
+            message: "the daemon's answer does not fit the request (is it another version \
+                      of tend? see `tend daemon status`)"
+                .into(),
         }
     }
 
@@ -132,7 +158,10 @@ impl Error {
         match self {
             Error::UnknownService(_) => exit::UNKNOWN_SERVICE,
             Error::AlreadyExists(_) | Error::Running(_) => exit::CONFLICT,
-            Error::InvalidName { .. } | Error::Invalid { .. } => exit::USAGE,
+            Error::InvalidName { .. }
+            | Error::Invalid { .. }
+            | Error::File { .. }
+            | Error::Cycle(_) => exit::USAGE,
             Error::Home { .. }
             | Error::NotADatabase { .. }
             | Error::SchemaTooNew { .. }
@@ -142,6 +171,9 @@ impl Error {
             | Error::Corrupt { .. } => exit::STATE,
             Error::Start { .. }
             | Error::ExitedAtOnce { .. }
+            | Error::EnvFile { .. }
+            | Error::Requirement { .. }
+            | Error::NotReady { .. }
             | Error::NotRunning { .. }
             | Error::Stop { .. }
             | Error::Io { .. }
@@ -185,6 +217,8 @@ pub enum Stage {
     Stdio = 3,
     Chdir = 4,
     Exec = 5,
+    /// Joining the service's cgroup.
+    Cgroup = 6,
 }
 
 impl Stage {
@@ -195,6 +229,7 @@ impl Stage {
             3 => Stage::Stdio,
             4 => Stage::Chdir,
             5 => Stage::Exec,
+            6 => Stage::Cgroup,
             _ => return None,
         })
     }
@@ -226,6 +261,11 @@ pub enum SpawnError {
     },
     #[error("the new process did not report in ({0})")]
     NoReport(String),
+    #[error("{0}")]
+    Cgroup(String),
+    /// A `--pidfile` service that did not hand over to a daemonized process.
+    #[error("{0}")]
+    Forking(String),
 }
 
 fn describe(stage: Stage, errno: Errno, program: &str) -> String {
@@ -239,6 +279,7 @@ fn describe(stage: Stage, errno: Errno, program: &str) -> String {
         (Stage::Stdio, _) => format!("cannot redirect stdio: {reason}"),
         (Stage::Setsid, _) => format!("setsid failed: {reason}"),
         (Stage::Fork, _) => format!("fork failed: {reason}"),
+        (Stage::Cgroup, _) => format!("cannot enter its cgroup: {reason}"),
     }
 }
 
@@ -252,4 +293,6 @@ pub enum StopError {
         pid: i32,
         errno: Errno,
     },
+    #[error("cannot kill what runs in cgroup {}: {reason}", path.display())]
+    Cgroup { path: PathBuf, reason: String },
 }

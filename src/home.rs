@@ -16,8 +16,24 @@ pub struct Home {
 
 impl Home {
     /// Resolves the home without creating it. `explicit` is `--home` or `$TEND_HOME`
-    /// (clap merges the two).
-    pub fn resolve(explicit: Option<&Path>) -> Result<Home> {
+    /// (clap merges the two; `from_env` says which). A relative `--home` is made absolute
+    /// once, here, against the current directory (like any path argument); a relative
+    /// `TEND_HOME` is refused, since it would name a different home in every directory a
+    /// command runs in.
+    pub fn resolve(explicit: Option<&Path>, from_env: bool) -> Result<Home> {
+        if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty() && !p.is_absolute()) {
+            if from_env {
+                return Err(Error::Invalid {
+                    what: "TEND_HOME",
+                    message: format!(
+                        "{:?} is a relative path, which would name another home in every \
+                         directory; use an absolute one (export TEND_HOME=\"$PWD/{}\")",
+                        p,
+                        p.display()
+                    ),
+                });
+            }
+        }
         let cwd = || {
             std::env::current_dir().map_err(|e| Error::Home {
                 path: PathBuf::from("."),
@@ -70,8 +86,37 @@ impl Home {
         self.logs_dir().join(format!("{name}.log"))
     }
 
-    /// Creates the home and its `logs/` directory (0700) if missing.
+    /// Refuses a home that users other than its owner may write (as ssh refuses such a
+    /// `~/.ssh`): whoever can write it can replace the database, and with it the
+    /// commands tend runs. A missing home is fine (it is created 0700).
+    pub fn check_mode(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(&self.root) else {
+            return Ok(());
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(Error::Home {
+                path: self.root.clone(),
+                reason: format!(
+                    "writable by {} (mode {mode:04o}); anyone who can write it can replace \
+                     the database and the commands it holds: fix with `chmod go-w {}`",
+                    if mode & 0o002 != 0 {
+                        "others"
+                    } else {
+                        "the group"
+                    },
+                    shell_words::quote(&self.root.to_string_lossy())
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates the home and its `logs/` directory (0700) if missing, and refuses a home
+    /// that others may write (see [`Home::check_mode`]).
     pub fn ensure(&self) -> Result<()> {
+        self.check_mode()?;
         for dir in [self.root.clone(), self.logs_dir()] {
             if dir.is_dir() {
                 continue;

@@ -15,7 +15,7 @@
 //! - **Core**: [`supervisor`] (the one code path), [`state`] (a service's state and its
 //!   transitions, pure), [`policy`] (the restart policy, pure).
 //! - **Mechanisms**: [`store`] (all SQL), [`process`] (all fork, exec, signals and
-//!   `unsafe`), [`logs`].
+//!   `unsafe`), [`logs`], [`probe`] (running one readiness or health check).
 //! - **Base**: [`service`] (a definition and the table of its settings), [`record`],
 //!   [`home`], [`config`], [`error`].
 //!
@@ -29,6 +29,15 @@
 //! waits at a gate; one write transaction records the instance (re-checking that no other
 //! start won); the gate opens and the program is exec'd. If anything fails before the
 //! gate opens, or the caller dies, the held process exits without running anything.
+//!
+//! # The path of a `tend apply`
+//!
+//! [`app::apply`] reads the file; [`service::file`] parses it (toml + serde; every key a
+//! row of the settings table, errors with file and line); [`supervisor::Supervisor::apply`]
+//! checks every definition, requirements and cycles, computes the plan and carries it out
+//! in one write transaction. With `start --wait`, [`api::act_with`] starts in dependency
+//! order ([`service::graph`]) and [`supervisor::Supervisor::wait_ready`] runs the `ready`
+//! check ([`probe`]) until it passes or the service exits.
 //!
 //! # The path of a crash restart
 //!
@@ -54,11 +63,13 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod fleet;
 pub mod home;
 pub mod logs;
 
 pub mod pg;
 pub mod policy;
+pub mod probe;
 pub mod process;
 pub mod record;
 pub mod service;

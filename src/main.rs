@@ -2,10 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    match tend::cli::Cli::try_parse() {
+    match tend::cli::Cli::parse_args() {
         Ok(cli) => ExitCode::from(tend::app::run(cli)),
         Err(e) => ExitCode::from(tend::app::usage_error(&e)),
     }

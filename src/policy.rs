@@ -20,6 +20,9 @@ pub enum ExitStatus {
     Signal(i32),
     /// Not a child of the observer (an adopted process): the status cannot be known.
     Unknown,
+    /// Killed by the kernel's OOM killer for its cgroup's `memory.max` (a SIGKILL that
+    /// `memory.events` counted as `oom_kill`).
+    OomKilled,
 }
 
 impl ExitStatus {
@@ -44,6 +47,7 @@ impl fmt::Display for ExitStatus {
                 Err(_) => write!(f, "signal {s}"),
             },
             ExitStatus::Unknown => f.write_str("unknown"),
+            ExitStatus::OomKilled => f.write_str("oom-killed"),
         }
     }
 }
@@ -72,7 +76,7 @@ pub fn wants_restart(policy: RestartPolicy, status: ExitStatus) -> bool {
                 s,
                 libc::SIGHUP | libc::SIGINT | libc::SIGTERM | libc::SIGPIPE
             ),
-            ExitStatus::Unknown => true,
+            ExitStatus::Unknown | ExitStatus::OomKilled => true,
         },
     }
 }
@@ -167,6 +171,7 @@ mod tests {
             (OnFailure, Signal(libc::SIGTERM), false),
             (OnFailure, Signal(libc::SIGHUP), false),
             (OnFailure, Unknown, true),
+            (OnFailure, OomKilled, true),
         ];
         for (policy, status, want) in cases {
             assert_eq!(wants_restart(policy, status), want, "{policy} {status}");

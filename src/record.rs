@@ -21,6 +21,12 @@ pub struct Instance {
     pub started_at: i64,
     /// A stop was asked for: the exit that follows is not a crash.
     pub stopping: bool,
+    /// The cgroup the instance runs in (a directory on the cgroup2 mount), when it was
+    /// started with cgroup containment; `None`: process-group containment.
+    pub cgroup: Option<String>,
+    /// The first process of a self-daemonizing (`--pidfile`) service, not yet replaced by
+    /// the process it daemonized.
+    pub launching: bool,
 }
 
 /// Restart bookkeeping of one service (the daemon's memory, kept in the database so a
@@ -74,8 +80,26 @@ pub mod event {
     pub const SIGNAL: &str = "signal";
     /// A command arrived over NOTIFY and is about to be carried out.
     pub const NOTIFY: &str = "notify";
+    /// A fleet command (PostgreSQL command table) is about to be carried out.
+    pub const FLEET: &str = "fleet";
     /// A NOTIFY payload was refused (malformed, unsigned, unknown service...).
     pub const REJECTED: &str = "rejected";
     /// The record did not describe a process of ours (recycled PID, earlier boot).
     pub const STALE: &str = "stale-cleared";
+    /// Health checks failed N times in a row; the service is killed and the restart
+    /// policy decides what follows. The detail has the last check's output.
+    pub const UNHEALTHY: &str = "unhealthy";
+}
+
+/// A fleet command as this home recorded taking it (issue 10): taken before acting,
+/// finished with its result, reported once written back to PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub id: i64,
+    pub service: String,
+    pub action: String,
+    pub finished: bool,
+    pub ok: bool,
+    pub message: String,
+    pub reported: bool,
 }

@@ -24,6 +24,12 @@ use crate::record::{Instance, Runtime};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
     Stopped,
+    /// Running, but its readiness check has not passed yet (issue 11).
+    Starting {
+        pid: i32,
+        /// Unix ms.
+        since: i64,
+    },
     Running {
         pid: i32,
         /// Unix ms.
@@ -50,8 +56,23 @@ impl State {
     /// The state of a service with this live instance (or none) and bookkeeping.
     /// `supervised`: a daemon runs for the home.
     pub fn of(instance: Option<&Instance>, rt: &Runtime, supervised: bool) -> State {
+        State::of_ready(instance, rt, supervised, true)
+    }
+
+    /// [`State::of`], for an instance whose readiness check has (`ready`) or has not
+    /// passed yet (`Starting`).
+    pub fn of_ready(
+        instance: Option<&Instance>,
+        rt: &Runtime,
+        supervised: bool,
+        ready: bool,
+    ) -> State {
         match instance {
             Some(i) if i.stopping => State::Stopping { pid: i.pid },
+            Some(i) if !ready => State::Starting {
+                pid: i.pid,
+                since: i.started_at,
+            },
             Some(i) => State::Running {
                 pid: i.pid,
                 since: i.started_at,
@@ -66,11 +87,13 @@ impl State {
         }
     }
 
-    /// The name in `--json` (`state`): `running`, `stopped`, `restarting` or `failed`.
+    /// The name in `--json` (`state`): `running`, `starting`, `stopped`, `restarting` or
+    /// `failed`.
     /// A service being stopped still runs: `running`.
     pub fn name(&self) -> &'static str {
         match self {
             State::Running { .. } | State::Stopping { .. } => "running",
+            State::Starting { .. } => "starting",
             State::Stopped => "stopped",
             State::Backoff { .. } => "restarting",
             State::Failed { .. } => "failed",
@@ -100,7 +123,10 @@ impl State {
     }
 
     pub fn is_running(&self) -> bool {
-        matches!(self, State::Running { .. } | State::Stopping { .. })
+        matches!(
+            self,
+            State::Running { .. } | State::Starting { .. } | State::Stopping { .. }
+        )
     }
 }
 
@@ -183,6 +209,8 @@ mod tests {
             boot_id: "b".into(),
             started_at: 1000,
             stopping,
+            cgroup: None,
+            launching: false,
         }
     }
 
@@ -342,5 +370,20 @@ mod tests {
         };
         let next = restarted(&rt, Duration::from_secs(10), 12_000);
         assert_eq!(next.recent_starts, vec![5_000, 9_000, 12_000]);
+    }
+
+    #[test]
+    fn starting_until_ready_and_a_stop_wins() {
+        let rt = Runtime::default();
+        let i = inst(false);
+        let st = State::of_ready(Some(&i), &rt, true, false);
+        assert_eq!(st.name(), "starting");
+        assert!(st.is_running());
+        assert_eq!(State::of_ready(Some(&i), &rt, true, true).name(), "running");
+        assert_eq!(
+            State::of_ready(Some(&inst(true)), &rt, true, false).label(),
+            "stopping"
+        );
+        assert_eq!(State::of_ready(None, &rt, true, false), State::Stopped);
     }
 }

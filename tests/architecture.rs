@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 /// Lowest first. A module may use modules of its own layer or any layer below.
 const LAYERS: &[(&str, &[&str])] = &[
     ("base", &["error", "record", "service", "home", "config"]),
-    ("mechanisms", &["store", "process", "logs"]),
+    ("mechanisms", &["store", "process", "logs", "probe"]),
     ("core", &["policy", "state", "supervisor"]),
-    ("vocabulary", &["api"]),
+    ("vocabulary", &["api", "fleet"]),
     ("transports", &["cli", "app", "daemon", "pg"]),
 ];
 

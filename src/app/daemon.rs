@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::lifecycle::print_reports;
 use super::output;
 use super::session::{Failure, Session};
+use super::term::escape;
 use crate::cli::{DaemonAction, DaemonArgs, PgArgs};
 use crate::daemon::client;
 use crate::daemon::protocol::{Action, Response};
@@ -25,15 +26,33 @@ pub fn run(
     match args.action {
         None if args.foreground => crate::daemon::run_foreground(home.clone(), overrides)?,
         None => start(home, overrides, out)?,
-        Some(DaemonAction::Status { json }) => match client::status(home)? {
-            Some(st) => {
+        Some(DaemonAction::Status { json }) => match client::probe(home) {
+            client::Probe::Healthy(st) => {
                 if json {
                     output::json(out, &output::DaemonJson::new(Some(&st)))?;
                 } else {
                     output::daemon_status(out, &st)?;
                 }
             }
-            None => {
+            client::Probe::Unhealthy { pid, problem } => {
+                if json {
+                    output::json(out, &output::DaemonJson::unhealthy(pid, &problem))?;
+                } else {
+                    writeln!(
+                        out,
+                        "daemon: alive but unhealthy ({}): {}",
+                        pid.map_or("pid unknown".into(), |p| format!("pid {p}")),
+                        escape(&problem)
+                    )?;
+                    writeln!(
+                        out,
+                        "  see {} and `tend doctor`; `tend daemon stop` still stops it",
+                        home.root().join("daemon.log").display()
+                    )?;
+                }
+                s.code = exit::FAILED;
+            }
+            client::Probe::NotRunning => {
                 if json {
                     output::json(out, &output::DaemonJson::new(None))?;
                 } else {
@@ -72,12 +91,24 @@ fn start(home: &Home, overrides: crate::pg::Overrides, out: &mut dyn Write) -> R
 
 /// `tend daemon stop [--all]`: asks the daemon to exit (stopping every service first with
 /// `--all`), names the services it leaves down, and waits until it has exited.
+///
+/// Only the lock says whether a daemon runs: one that answers errors (its database
+/// broken under it) is still stopped, never reported as "not running".
 fn stop(s: &mut Session, home: &Home, all: bool, out: &mut dyn Write) -> Result<(), Failure> {
-    let Some(status) = client::status(home)? else {
+    if !client::present(home) {
         writeln!(out, "daemon: not running")?;
         return Ok(());
+    }
+    let pid = client::lock_pid(home);
+    let answer = match client::request(home, Action::Shutdown { stop_services: all })? {
+        Some(answer) => answer,
+        // It refused the connection: already on its way out.
+        None => Response::ShuttingDown {
+            reports: Vec::new(),
+            left_down: Vec::new(),
+        },
     };
-    match client::require(home, Action::Shutdown { stop_services: all })? {
+    match answer {
         Response::ShuttingDown { reports, left_down } => {
             print_reports(s, out, &reports)?;
             for l in left_down {
@@ -92,18 +123,19 @@ fn stop(s: &mut Session, home: &Home, all: bool, out: &mut dyn Write) -> Result<
             }
         }
         Response::Error { message, code } => {
-            eprintln!("tend: {message}");
+            eprintln!("tend: daemon: {}", escape(&message));
             s.fail_code(code);
             return Ok(());
         }
-        other => return Err(Error::unexpected_answer(&other).into()),
+        _ => return Err(Error::unexpected_answer().into()),
     }
-    if client::wait_exit(&status, std::time::Duration::from_secs(30)) {
-        writeln!(out, "daemon: stopped (pid {})", status.pid)?;
+    let pid = pid.map_or("pid unknown".to_string(), |p| format!("pid {p}"));
+    if client::wait_released(home, std::time::Duration::from_secs(30)) {
+        writeln!(out, "daemon: stopped ({pid})")?;
         Ok(())
     } else {
         Err(Error::Daemon {
-            message: format!("pid {} did not exit within 30 s", status.pid),
+            message: format!("{pid} did not exit within 30 s"),
         }
         .into())
     }
@@ -115,6 +147,7 @@ pub fn pg_overrides(pg: PgArgs, host_id: Option<String>) -> crate::pg::Overrides
         url: pg.url,
         channel: pg.channel,
         host_id,
+        schema: pg.schema,
         ca_file: pg.ca_file.map(absolute_here),
         key_file: pg.notify_key_file.map(absolute_here),
     }
@@ -138,6 +171,7 @@ fn overrides_argv(o: &crate::pg::Overrides) -> Vec<String> {
     // password, and any user can read a process's arguments.
     push("--channel", o.channel.clone());
     push("--host-id", o.host_id.clone());
+    push("--schema", o.schema.clone());
     push(
         "--ca-file",
         o.ca_file.as_ref().map(|p| p.to_string_lossy().into_owned()),

@@ -35,12 +35,15 @@ pub fn edit(home: &Home, a: EditArgs, out: &mut dyn Write) -> Result<(), Failure
     Ok(())
 }
 
-/// `tend remove NAME... [--stop]`: each in turn; a failure does not stop the others.
+/// `tend remove NAME... [--stop] [--keep-logs]`: each in turn; a failure does not stop
+/// the others. Once a definition is gone, its log files in `<home>/logs` are deleted
+/// (unless `keep_logs`), so a new service of the same name starts with an empty log.
 pub fn remove(
     s: &mut Session,
     home: &Home,
     names: Vec<String>,
     stop: bool,
+    keep_logs: bool,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     for n in &names {
@@ -53,13 +56,67 @@ pub fn remove(
                 if let StopOutcome::Stopped { pid, .. } = stopped {
                     writeln!(out, "{name}: stopped (pid {pid})")?;
                 }
-                writeln!(out, "{name}: removed")?;
+                if keep_logs {
+                    writeln!(out, "{name}: removed")?;
+                } else {
+                    let deleted = delete_logs(home, &name);
+                    match deleted {
+                        Ok(0) => writeln!(out, "{name}: removed")?,
+                        Ok(n) => writeln!(out, "{name}: removed ({n} log file(s) deleted)")?,
+                        Err(e) => {
+                            writeln!(out, "{name}: removed")?;
+                            s.fail(&e);
+                        }
+                    }
+                }
             }
             Err(e) => s.fail(&e),
         }
         notices(&mut sup);
     }
     Ok(())
+}
+
+/// Deletes `<home>/logs/NAME.log` and its rotated copies (`NAME.log.1`...). Only
+/// files in tend's own log directory are touched: a `--stdout` elsewhere is the user's.
+/// Returns how many files were deleted.
+fn delete_logs(home: &Home, name: &str) -> Result<usize> {
+    let dir = home.logs_dir();
+    let base = format!("{name}.log");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => {
+            return Err(Error::Io {
+                path: dir,
+                reason: io_reason(&e),
+            })
+        }
+    };
+    let mut deleted = 0;
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let ours = file == base.as_str()
+            || file
+                .strip_prefix(&base)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !ours {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    path: entry.path(),
+                    reason: format!("cannot delete the log: {}", io_reason(&e)),
+                })
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 fn report_edit(out: &mut dyn Write, name: &str, changed: &[&str], running: bool) -> io::Result<()> {

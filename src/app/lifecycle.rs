@@ -5,13 +5,34 @@
 use std::io::{self, Write};
 
 use super::session::{open_supervisor, Failure, Session};
+use super::term::escape;
 use crate::api::{Outcome, Report, Selection, Verb};
-use crate::cli::Which;
-use crate::daemon::protocol::{Action, Response};
+use crate::cli::{StartArgs, Which};
+use crate::daemon::protocol::{Action, Response, WaitSpec};
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::service::{self, fmt_duration};
 use crate::supervisor::{SignalOutcome, StartOutcome, StopOutcome};
+
+/// `tend start NAME... | --all [--wait [DURATION]]`.
+pub fn start(
+    s: &mut Session,
+    home: &Home,
+    a: StartArgs,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let wait = match a.wait.as_deref() {
+        None => None,
+        Some("") => Some(None),
+        Some(text) => Some(Some(service::parse_duration(text).map_err(|message| {
+            Error::Invalid {
+                what: "--wait",
+                message,
+            }
+        })?)),
+    };
+    act_with(s, home, Verb::Start, a.which, wait, out)
+}
 
 /// Applies `verb` to the services `which` names.
 pub fn act(
@@ -19,6 +40,17 @@ pub fn act(
     home: &Home,
     verb: Verb,
     which: Which,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    act_with(s, home, verb, which, None, out)
+}
+
+fn act_with(
+    s: &mut Session,
+    home: &Home,
+    verb: Verb,
+    which: Which,
+    wait: crate::api::Wait,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     for n in &which.names {
@@ -32,19 +64,20 @@ pub fn act(
     let action = Action::Act {
         verb,
         selection: selection.clone(),
+        wait: WaitSpec::from_wait(wait),
     };
     let reports = match crate::daemon::client::request(home, action)? {
         Some(Response::Reports { reports }) => reports,
         Some(Response::Error { message, code }) => {
-            eprintln!("tend: {message}");
+            eprintln!("tend: {}", escape(&message));
             s.fail_code(code);
             return Ok(());
         }
-        Some(other) => return Err(Error::unexpected_answer(&other).into()),
+        Some(_) => return Err(Error::unexpected_answer().into()),
         None => {
             // No daemon took it: act here, the same way.
             let mut sup = open_supervisor(home)?;
-            crate::api::act(&mut sup, verb, &selection, &|| true)?
+            crate::api::act_with(&mut sup, verb, &selection, wait, &|| true)?
         }
     };
     print_reports(s, out, &reports)
@@ -92,12 +125,12 @@ pub fn print_reports(
                 }),
             },
             Outcome::Error { message, code } => {
-                eprintln!("tend: {message}");
+                eprintln!("tend: {}", escape(message));
                 s.fail_code(*code);
             }
         }
         for n in &r.notices {
-            eprintln!("tend: {n}");
+            eprintln!("tend: {}", escape(n));
         }
     }
     Ok(())
@@ -110,6 +143,35 @@ fn started(s: &mut Session, out: &mut dyn Write, name: &str, o: &StartOutcome) -
             writeln!(out, "{name}: already running (pid {pid})")
         }
         StartOutcome::NotDue => Ok(()),
+        StartOutcome::Ready { pid, took } => {
+            writeln!(out, "{name}: ready (pid {pid}, {})", fmt_duration(*took))
+        }
+        StartOutcome::NotReady {
+            pid,
+            reason,
+            status,
+            log,
+        } => {
+            let mut message = if *pid > 0 {
+                format!("pid {pid} {reason}")
+            } else {
+                reason.clone()
+            };
+            if let Some(st) = status {
+                message.push_str(&format!(" ({st})"));
+            }
+            s.fail(&Error::NotReady {
+                service: name.to_string(),
+                message,
+            });
+            if !log.is_empty() {
+                eprintln!("tend: {name}: the last lines of its log:");
+                for l in log {
+                    eprintln!("  {l}");
+                }
+            }
+            Ok(())
+        }
         StartOutcome::ExitedAtOnce { pid, status } => {
             s.fail(&Error::ExitedAtOnce {
                 service: name.to_string(),

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::term::{escape, escape_owned, Term};
 use crate::record::{now_ms, Event};
 use crate::service::fmt_duration;
 use crate::state::State;
@@ -50,6 +51,7 @@ impl Serialize for ServiceJson<'_> {
         m.serialize_entry("last_exit_at", &rt.last_exit_at.map(rfc3339))?;
         m.serialize_entry("next_retry_at", &rt.next_retry_at.map(rfc3339_millis))?;
         m.serialize_entry("failed_reason", &rt.failed)?;
+        m.serialize_entry("cgroup", &st.cgroup)?;
         m.serialize_entry("created_at", &rfc3339(s.created_at))?;
         m.serialize_entry("updated_at", &rfc3339(s.updated_at))?;
         m.end()
@@ -67,6 +69,31 @@ pub struct EventJson<'a> {
     pub detail: &'a str,
 }
 
+/// What a command given `--json` prints on stdout when it fails (besides its `tend:`
+/// line on stderr and its exit code): `{"error": {"message": "...", "code": 4}}`.
+#[derive(Serialize)]
+pub struct ErrorJson {
+    pub error: ErrorBody,
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody {
+    pub message: String,
+    /// The exit code (see the README's table).
+    pub code: u8,
+}
+
+impl ErrorJson {
+    pub fn new(e: &crate::error::Error) -> ErrorJson {
+        ErrorJson {
+            error: ErrorBody {
+                message: e.to_string(),
+                code: e.exit_code(),
+            },
+        }
+    }
+}
+
 /// `running`, `stopped`, `restarting` (an automatic restart is pending) or `failed`
 /// (the daemon gave up after hitting the start limit).
 /// `tend daemon status --json`.
@@ -82,8 +109,15 @@ pub struct DaemonJson {
     /// Of those, adopted ones (watched by pidfd, exit status unknown).
     pub services_adopted: Option<usize>,
     pub pending_restarts: Option<usize>,
+    /// `cgroup PATH` or `process-group (why)`; null when no daemon runs.
+    pub containment: Option<String>,
     /// PostgreSQL control: null when not configured (or no daemon runs).
     pub postgres: Option<PgJson>,
+    /// False when a daemon holds the lock but answers errors (or nothing usable); null
+    /// when none runs.
+    pub healthy: Option<bool>,
+    /// What went wrong with an unhealthy daemon.
+    pub error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -110,6 +144,7 @@ impl DaemonJson {
             services_running: s.map(|s| s.running),
             services_adopted: s.map(|s| s.adopted),
             pending_restarts: s.map(|s| s.pending_restarts),
+            containment: s.map(|s| s.containment.clone()),
             postgres: s.and_then(|s| s.postgres.as_ref()).map(|p| PgJson {
                 state: p.state.clone(),
                 since: rfc3339_millis(p.since),
@@ -119,6 +154,19 @@ impl DaemonJson {
                 host_id: p.host_id.clone(),
                 received: p.received,
             }),
+            healthy: s.map(|_| true),
+            error: None,
+        }
+    }
+
+    /// A daemon that holds the lock but does not answer its status.
+    pub fn unhealthy(pid: Option<i32>, problem: &str) -> DaemonJson {
+        DaemonJson {
+            running: true,
+            pid,
+            healthy: Some(false),
+            error: Some(problem.to_string()),
+            ..DaemonJson::new(None)
         }
     }
 }
@@ -137,24 +185,28 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
         "  services: {} running ({} adopted), {} restart(s) pending",
         s.running, s.adopted, s.pending_restarts
     )?;
-    writeln!(out, "  home:     {}", s.home.display())?;
+    writeln!(out, "  home:     {}", escape(&s.home.to_string_lossy()))?;
+    writeln!(out, "  contain:  {}", escape(&s.containment))?;
     match &s.postgres {
         None => writeln!(out, "  postgres: not configured"),
         Some(p) => {
             writeln!(
                 out,
                 "  postgres: {} since {} ({} ago)",
-                p.state,
+                escape(&p.state),
                 rfc3339(p.since),
                 fmt_uptime(uptime(p.since))
             )?;
             writeln!(
                 out,
                 "            {} channel {} as host {}; {} notification(s) received",
-                p.url, p.channel, p.host_id, p.received
+                escape(&p.url),
+                p.channel,
+                escape(&p.host_id),
+                p.received
             )?;
             if let Some(e) = &p.last_error {
-                writeln!(out, "            last error: {e}")?;
+                writeln!(out, "            last error: {}", escape(e))?;
             }
             Ok(())
         }
@@ -193,18 +245,24 @@ pub fn json<T: Serialize + ?Sized>(out: &mut dyn Write, value: &T) -> io::Result
     writeln!(out)
 }
 
-/// The `tend list` table.
-pub fn list_table(out: &mut dyn Write, rows: &[Status]) -> io::Result<()> {
+/// The `tend list` table; "no services" when there are none.
+pub fn list_table(out: &mut dyn Write, rows: &[Status], term: &Term) -> io::Result<()> {
+    if rows.is_empty() {
+        return writeln!(
+            out,
+            "no services (define one with `tend add NAME -- PROGRAM [ARGS...]`)"
+        );
+    }
     let cells: Vec<[String; 5]> = rows
         .iter()
         .map(|st| {
             let i = st.instance.as_ref();
             [
-                st.service.name.clone(),
+                escape(&st.service.name).into_owned(),
                 st.state.label().to_string(),
                 i.map_or("-".into(), |i| i.pid.to_string()),
                 i.map_or("-".into(), |i| fmt_uptime(uptime(i.started_at))),
-                st.service.command_line(),
+                escape_owned(st.service.command_line()),
             ]
         })
         .collect();
@@ -216,7 +274,10 @@ pub fn list_table(out: &mut dyn Write, rows: &[Status]) -> io::Result<()> {
         }
     }
     let mut buf = String::with_capacity(64 * (cells.len() + 1));
-    for row in std::iter::once(&header).chain(&cells) {
+    // Piped (no width, no colour): rows go straight into the buffer, as fast as before.
+    let as_is = term.width.is_none() && !term.color;
+    for (n, row) in std::iter::once(&header).chain(&cells).enumerate() {
+        let start = buf.len();
         for (w, cell) in width.iter().zip(row) {
             buf.push_str(cell);
             for _ in cell.chars().count()..*w + 2 {
@@ -224,131 +285,250 @@ pub fn list_table(out: &mut dyn Write, rows: &[Status]) -> io::Result<()> {
             }
         }
         buf.push_str(&row[4]);
+        if as_is {
+            buf.push('\n');
+            continue;
+        }
+        let plain = buf.split_off(start);
+        let line = term.fit(&plain);
+        // Colour the state cell of a data row, only when the cut left it whole.
+        let state_at = width[0] + 2;
+        let state_end = state_at + width[1] + 2;
+        if n > 0 && term.color && line.chars().count() >= state_end {
+            let head: String = line.chars().take(state_at).collect();
+            let tail: String = line.chars().skip(state_end).collect();
+            buf.push_str(&head);
+            buf.push_str(&term.state(&row[1], width[1] + 2));
+            buf.push_str(&tail);
+        } else {
+            buf.push_str(&line);
+        }
         buf.push('\n');
     }
     out.write_all(buf.as_bytes())
 }
 
+/// Width of the labels of `tend status` (the longest, `last exit:`, plus a space).
+const LABEL: usize = 11;
+
+/// One `  label: value` line of `tend status`, cut to the terminal's width.
+fn field(out: &mut dyn Write, term: &Term, label: &str, value: &str) -> io::Result<()> {
+    let line = format!("  {:<LABEL$}{value}", format!("{label}:"));
+    writeln!(out, "{}", term.fit(&line))
+}
+
 /// The `tend status` detail view.
-pub fn status_detail(out: &mut dyn Write, st: &Status) -> io::Result<()> {
+pub fn status_detail(out: &mut dyn Write, st: &Status, term: &Term) -> io::Result<()> {
     let s = &st.service;
+    let name = escape(&s.name);
     let pgid = st.instance.as_ref().map_or(0, |i| i.pgid);
+    let label = st.state.label();
+    let head = |extra: String| format!("{name} - {}{extra}", term.state(label, 0));
     match &st.state {
         State::Running { pid, since } => {
             writeln!(
                 out,
-                "{} - running (pid {pid}, process group {pgid})",
-                s.name
+                "{}",
+                head(format!(" (pid {pid}, process group {pgid})"))
             )?;
-            writeln!(
+            field(
                 out,
-                "  since:    {} ({} ago)",
-                rfc3339(*since),
-                fmt_uptime(uptime(*since))
+                term,
+                "since",
+                &format!("{} ({} ago)", rfc3339(*since), fmt_uptime(uptime(*since))),
             )?;
         }
         State::Stopping { pid } => {
             writeln!(
                 out,
-                "{} - stopping (pid {pid}, process group {pgid})",
-                s.name
+                "{}",
+                head(format!(" (pid {pid}, process group {pgid})"))
             )?;
         }
-        State::Stopped => writeln!(out, "{} - stopped", s.name)?,
-        State::Failed { reason } => {
-            writeln!(out, "{} - failed", s.name)?;
+        State::Starting { pid, since } => {
             writeln!(
                 out,
-                "  failed:   {reason} (`tend start {}` clears it)",
-                s.name
+                "{}",
+                head(format!(": not ready yet (pid {pid}, process group {pgid})"))
+            )?;
+            field(
+                out,
+                term,
+                "since",
+                &format!("{} ({} ago)", rfc3339(*since), fmt_uptime(uptime(*since))),
+            )?;
+        }
+        State::Stopped => writeln!(out, "{}", head(String::new()))?,
+        State::Failed { reason } => {
+            writeln!(out, "{}", head(String::new()))?;
+            field(
+                out,
+                term,
+                "failed",
+                &format!("{} (`tend start {name}` clears it)", escape(reason)),
             )?;
         }
         State::Backoff { until, supervised } => {
-            writeln!(out, "{} - {}", s.name, st.state.label())?;
+            writeln!(out, "{}", head(String::new()))?;
+            let at = rfc3339_millis(*until);
             if *supervised {
-                writeln!(out, "  retry at: {}", rfc3339_millis(*until))?;
+                field(out, term, "retry at", &at)?;
             } else {
-                writeln!(
+                field(
                     out,
-                    "  retry at: {} (no daemon runs to carry it out: `tend daemon`, or `tend start {}`)",
-                    rfc3339_millis(*until),
-                    s.name
+                    term,
+                    "retry at",
+                    &format!(
+                        "{at} (no daemon runs to carry it out: `tend daemon`, or `tend start {name}`)"
+                    ),
                 )?;
             }
         }
     }
+    if let Some(cg) = &st.cgroup {
+        cgroup_detail(out, cg, term)?;
+    }
     let rt = &st.runtime;
     if let (Some(exit), Some(at)) = (&rt.last_exit, rt.last_exit_at) {
-        writeln!(out, "  last exit: {exit} at {}", rfc3339(at))?;
+        field(
+            out,
+            term,
+            "last exit",
+            &format!("{} at {}", escape(exit), rfc3339(at)),
+        )?;
     }
     if rt.restarts > 0 {
-        writeln!(out, "  restarts: {}", rt.restarts)?;
+        field(out, term, "restarts", &rt.restarts.to_string())?;
     }
-    writeln!(out, "  command:  {}", s.command_line())?;
-    writeln!(out, "  cwd:      {}", s.settings.cwd.display())?;
-    writeln!(out, "  stdin:    {}", s.settings.stdin.display())?;
-    writeln!(out, "  stdout:   {}", s.settings.stdout.display())?;
-    writeln!(out, "  stderr:   {}", s.settings.stderr.display())?;
+    let path = |p: &std::path::Path| escape(&p.to_string_lossy()).into_owned();
+    field(out, term, "command", &escape(&s.command_line()))?;
+    field(out, term, "cwd", &path(&s.settings.cwd))?;
+    field(out, term, "stdin", &path(&s.settings.stdin))?;
+    field(out, term, "stdout", &path(&s.settings.stdout))?;
+    field(out, term, "stderr", &path(&s.settings.stderr))?;
     if !s.env.is_empty() {
         let env: Vec<String> = s
             .env
             .iter()
-            .map(|(k, v)| shell_words::quote(&format!("{k}={v}")).into_owned())
+            .map(|(k, v)| escape(&shell_words::quote(&format!("{k}={v}"))).into_owned())
             .collect();
-        writeln!(out, "  env:      {}", env.join(" "))?;
+        field(out, term, "env", &env.join(" "))?;
     }
-    writeln!(
+    field(
         out,
-        "  stop:     {}, then KILL after {}",
-        s.settings.stop_signal,
-        fmt_duration(s.settings.stop_timeout)
+        term,
+        "stop",
+        &format!(
+            "{}, then KILL after {}",
+            s.settings.stop_signal,
+            fmt_duration(s.settings.stop_timeout)
+        ),
     )?;
-    writeln!(
+    field(
         out,
-        "  restart:  {} (first delay {}, start limit {}{})",
-        s.settings.restart,
-        fmt_duration(s.settings.restart_delay),
-        s.settings.start_limit,
-        if s.settings.start_limit > 0 {
-            format!(" in {}", fmt_duration(s.settings.start_limit_interval))
-        } else {
-            " = none".to_string()
-        }
+        term,
+        "restart",
+        &format!(
+            "{} (first delay {}, start limit {}{})",
+            s.settings.restart,
+            fmt_duration(s.settings.restart_delay),
+            s.settings.start_limit,
+            if s.settings.start_limit > 0 {
+                format!(" in {}", fmt_duration(s.settings.start_limit_interval))
+            } else {
+                " = none".to_string()
+            }
+        ),
     )?;
     if s.settings.autostart {
-        writeln!(out, "  autostart: yes")?;
+        field(out, term, "autostart", "yes")?;
     }
     Ok(())
 }
 
+/// The cgroup lines of `tend status`: where, how much, and what an earlier instance left.
+fn cgroup_detail(
+    out: &mut dyn Write,
+    cg: &crate::supervisor::CgroupView,
+    term: &Term,
+) -> io::Result<()> {
+    if let Some(path) = &cg.path {
+        field(out, term, "cgroup", &escape(path))?;
+        let u = &cg.usage;
+        let cpu = u
+            .cpu_usec
+            .map_or("n/a".to_string(), |us| format!("{:.3}s", us as f64 / 1e6));
+        let mem = match (u.memory_current, u.memory_peak) {
+            (Some(c), Some(p)) => format!("{} (peak {})", fmt_bytes(c), fmt_bytes(p)),
+            (Some(c), None) => fmt_bytes(c),
+            _ => "n/a (no memory controller)".to_string(),
+        };
+        field(out, term, "usage", &format!("cpu {cpu}, memory {mem}"))?;
+    }
+    if !cg.leftovers.is_empty() {
+        let pids: Vec<String> = cg.leftovers.iter().map(|p| p.to_string()).collect();
+        field(
+            out,
+            term,
+            "leftover",
+            &format!(
+                "{} process(es) of an earlier instance still run (pid {}); killed at the next start or stop",
+                cg.leftovers.len(),
+                pids.join(", ")
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "K", "M", "G"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
+}
+
 /// The `tend events` table.
-pub fn events_table(out: &mut dyn Write, events: &[Event]) -> io::Result<()> {
-    let width = events
+pub fn events_table(out: &mut dyn Write, events: &[Event], term: &Term) -> io::Result<()> {
+    let rows: Vec<[String; 4]> = events
         .iter()
-        .map(|e| e.service.len())
+        .map(|e| {
+            [
+                rfc3339_millis(e.at),
+                escape(&e.service).into_owned(),
+                escape(&e.kind).into_owned(),
+                escape(&e.detail).into_owned(),
+            ]
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|r| r[1].chars().count())
         .max()
         .unwrap_or(7)
         .max(7);
-    let kind_width = events
+    let kind_width = rows
         .iter()
-        .map(|e| e.kind.len())
+        .map(|r| r[2].chars().count())
         .max()
-        .unwrap_or(4)
-        .max(4);
-    writeln!(
-        out,
+        .unwrap_or(5)
+        .max(5);
+    let header = format!(
         "{:<24}  {:<width$}  {:<kind_width$}  DETAIL",
         "TIME", "SERVICE", "EVENT"
-    )?;
-    for e in events {
-        writeln!(
-            out,
-            "{:<24}  {:<width$}  {:<kind_width$}  {}",
-            rfc3339_millis(e.at),
-            e.service,
-            e.kind,
-            e.detail
-        )?;
+    );
+    writeln!(out, "{}", term.fit(&header))?;
+    for [at, service, kind, detail] in &rows {
+        let line = format!("{at:<24}  {service:<width$}  {kind:<kind_width$}  {detail}");
+        writeln!(out, "{}", term.fit(&line))?;
     }
     Ok(())
 }

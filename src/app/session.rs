@@ -57,9 +57,9 @@ impl Default for Session {
     }
 }
 
-/// One `tend:` line on stderr.
+/// One `tend:` line on stderr (control characters escaped: it names user input).
 pub fn report(e: &Error) {
-    eprintln!("tend: {e}");
+    eprintln!("tend: {}", super::term::escape(&e.to_string()));
 }
 
 /// Opens the supervisor for a command the CLI carries out itself, telling it whether a
@@ -70,6 +70,7 @@ pub fn open_supervisor(home: &Home) -> Result<Supervisor> {
         Context {
             daemon_watching: crate::daemon::client::present(home),
             board: None,
+            containment: None,
         },
     )
 }
@@ -77,6 +78,6 @@ pub fn open_supervisor(home: &Home) -> Result<Supervisor> {
 /// Prints the supervisor's notices (stale records cleared, warnings) on stderr.
 pub fn notices(sup: &mut Supervisor) {
     for n in sup.take_notices() {
-        eprintln!("tend: {n}");
+        eprintln!("tend: {}", super::term::escape(&n));
     }
 }

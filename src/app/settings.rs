@@ -5,6 +5,7 @@ use std::io::Write;
 
 use super::daemon::pg_overrides;
 use super::session::Failure;
+use super::term::escape;
 use crate::cli::{ConfigAction, NotifyArgs};
 use crate::config as cfg;
 use crate::error::Error;
@@ -66,7 +67,7 @@ pub fn config(home: &Home, action: ConfigAction, out: &mut dyn Write) -> Result<
             writeln!(out, "{key} = {}", cfg::display(&key, &value))?;
         }
         ConfigAction::Get { key } => match sup.config_get(&key)? {
-            Some(v) => writeln!(out, "{}", cfg::display(&key, &v))?,
+            Some(v) => writeln!(out, "{}", escape(&cfg::display(&key, &v)))?,
             None => {
                 return Err(Error::Invalid {
                     what: "config",
@@ -79,12 +80,27 @@ pub fn config(home: &Home, action: ConfigAction, out: &mut dyn Write) -> Result<
             sup.config_set(&key, None)?;
             writeln!(out, "{key}: unset")?;
         }
-        ConfigAction::List => {
+        ConfigAction::List { json } => {
             let set = sup.config_all()?;
-            for (k, what) in cfg::KEYS {
-                match set.iter().find(|(sk, _)| sk == k) {
-                    Some((_, v)) => writeln!(out, "{k} = {}", cfg::display(k, v))?,
-                    None => writeln!(out, "# {k}: {what}")?,
+            let value = |k: &str| {
+                set.iter()
+                    .find(|(sk, _)| sk == k)
+                    .map(|(_, v)| cfg::display(k, v))
+            };
+            if json {
+                let items: Vec<serde_json::Value> = cfg::KEYS
+                    .iter()
+                    .map(|(k, what)| {
+                        serde_json::json!({"key": k, "value": value(k), "description": what})
+                    })
+                    .collect();
+                super::output::json(out, &items)?;
+            } else {
+                for (k, what) in cfg::KEYS {
+                    match value(k) {
+                        Some(v) => writeln!(out, "{k} = {}", escape(&v))?,
+                        None => writeln!(out, "# {k}: {what}")?,
+                    }
                 }
             }
         }

@@ -6,19 +6,21 @@ use std::path::Path;
 
 use super::output;
 use super::session::{notices, open_supervisor, Failure, Session};
+use super::term::{escape, Term};
+use crate::cli::OutputArgs;
 use crate::error::{exit, io_reason, Error};
 use crate::home::Home;
 use crate::service;
 
-pub fn list(home: &Home, json: bool, out: &mut dyn Write) -> Result<(), Failure> {
+pub fn list(home: &Home, how: OutputArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let mut sup = open_supervisor(home)?;
     let rows = sup.list()?;
     notices(&mut sup);
-    if json {
+    if how.json {
         let items: Vec<_> = rows.iter().map(output::ServiceJson::new).collect();
         output::json(out, &items)?;
     } else {
-        output::list_table(out, &rows)?;
+        output::list_table(out, &rows, &Term::stdout(how.wide))?;
     }
     Ok(())
 }
@@ -28,17 +30,17 @@ pub fn status(
     s: &mut Session,
     home: &Home,
     name: &str,
-    json: bool,
+    how: OutputArgs,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     service::validate_name(name)?;
     let mut sup = open_supervisor(home)?;
     let st = sup.status(name)?;
     notices(&mut sup);
-    if json {
+    if how.json {
         output::json(out, &output::ServiceJson::new(&st))?;
     } else {
-        output::status_detail(out, &st)?;
+        output::status_detail(out, &st, &Term::stdout(how.wide))?;
     }
     if !st.state.is_running() {
         s.code = exit::NOT_RUNNING;
@@ -62,7 +64,7 @@ pub fn logs(
     if files.is_empty() {
         eprintln!(
             "tend: {name}: output goes to {}, not to a file; nothing to show",
-            set.stdout.display()
+            escape(&set.stdout.to_string_lossy())
         );
         return Ok(());
     }
@@ -72,7 +74,7 @@ pub fn logs(
             if i > 0 {
                 writeln!(out)?;
             }
-            writeln!(out, "==> {} <==", f.display())?;
+            writeln!(out, "==> {} <==", escape(&f.to_string_lossy()))?;
         }
         offsets.push(crate::logs::tail(out, f, lines).map_err(|e| log_err(f, e))?);
     }
@@ -87,7 +89,7 @@ pub fn events(
     home: &Home,
     name: Option<&str>,
     lines: u32,
-    json: bool,
+    how: OutputArgs,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     if let Some(n) = name {
@@ -95,10 +97,10 @@ pub fn events(
     }
     let mut sup = open_supervisor(home)?;
     let events = sup.events(name, lines)?;
-    if json {
+    if how.json {
         output::events_json(out, &events)?;
     } else {
-        output::events_table(out, &events)?;
+        output::events_table(out, &events, &Term::stdout(how.wide))?;
     }
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Shared {
     pub pending: AtomicUsize,
     /// The PostgreSQL listener's status, when one runs.
     pub postgres: Mutex<Option<Arc<Mutex<PgStatus>>>>,
+    /// How services are contained: `cgroup PATH` or `process-group (why)`.
+    pub containment: String,
 }
 
 /// What the loop tells a shutdown requester when the daemon is about to exit.

@@ -177,11 +177,78 @@ pub fn status(home: &Home) -> Result<Option<DaemonStatus>> {
     match request(home, Action::Status)? {
         Some(Response::Status(s)) => Ok(Some(*s)),
         Some(Response::Error { message, .. }) => Err(Error::Daemon { message }),
-        Some(other) => Err(Error::Daemon {
-            message: format!("unexpected answer: {other:?}"),
-        }),
+        Some(_) => Err(Error::unexpected_answer()),
         None => Ok(None),
     }
+}
+
+/// What is known of a daemon that holds the lock, whether or not it answers well.
+#[derive(Debug)]
+pub enum Probe {
+    /// Nobody holds the lock.
+    NotRunning,
+    /// It answered its status.
+    Healthy(Box<DaemonStatus>),
+    /// It holds the lock (pid from the lock file, when readable) but answered an error,
+    /// or nothing usable: alive, but unhealthy.
+    Unhealthy { pid: Option<i32>, problem: String },
+}
+
+/// Asks the daemon of `home` how it is. A daemon that holds the lock is never reported
+/// as not running, whatever it answers. One that holds the lock but refuses connections
+/// is starting up (the lock comes before the socket) or shutting down (it stops
+/// accepting first): that is given [`SETTLE`] to resolve either way.
+pub fn probe(home: &Home) -> Probe {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if !present(home) {
+            return Probe::NotRunning;
+        }
+        let pid = lock_pid(home);
+        let problem = match request(home, Action::Status) {
+            Ok(Some(Response::Status(s))) => return Probe::Healthy(s),
+            Ok(Some(Response::Error { message, .. })) => message,
+            Ok(Some(_)) => Error::unexpected_answer().to_string(),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Ok(None) if present(home) => "it holds the lock but has not accepted connections \
+                                          for 2 s (stuck starting up or shutting down, or its \
+                                          socket was removed)"
+                .to_string(),
+            Ok(None) => return Probe::NotRunning,
+            Err(e) => e.to_string(),
+        };
+        return Probe::Unhealthy { pid, problem };
+    }
+}
+
+/// How long [`probe`] waits for a daemon that holds the lock but does not accept yet.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// The pid the daemon wrote into its lock file.
+pub fn lock_pid(home: &Home) -> Option<i32> {
+    std::fs::read_to_string(lock_path(home))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Waits until no daemon holds the lock of `home` (it is released when the daemon's
+/// process ends). True if that happened within `within`.
+pub fn wait_released(home: &Home, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(1);
+    while present(home) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    true
 }
 
 /// Waits until the daemon `s` has exited.
@@ -235,6 +302,7 @@ pub fn start_background(
         stdin: Path::new("/dev/null"),
         stdout: &log,
         stderr: &log,
+        cgroup: None,
     })
     .map_err(|e| Error::Daemon {
         message: e.to_string(),

@@ -18,7 +18,7 @@ use super::bus::{Msg, Shared, ShutdownReply, ToLoop};
 use super::server::{self, ServeCtx};
 use super::signals::{drain, sd_notify, Signals};
 use super::worker::{Job, WorkerHandle};
-use super::{client, rotation};
+use super::{client, health, rotation};
 use crate::api::LeftDown;
 use crate::error::Result;
 use crate::home::Home;
@@ -49,10 +49,16 @@ pub struct EventLoop {
     pub adopted: Vec<(Handle, Watch)>,
     /// Pending automatic restarts: service -> due unix ms.
     pub timers: BTreeMap<String, i64>,
+    /// Restarts handed to the worker: service -> the due time they were fired for. The
+    /// worker's snapshots of the pending restarts can be older than a restart it has not
+    /// carried out yet; without this, each snapshot re-armed it and it was queued again
+    /// and again (a busy worker then fed itself: found by bench/soak.py).
+    pub fired: BTreeMap<String, i64>,
     pub board: Arc<ExitBoard>,
     pub shared: Arc<Shared>,
     pub worker: WorkerHandle,
     pub rotation: rotation::Resync,
+    pub health: health::Resync,
     /// Startup adoption is done; requests are accepted.
     pub ready: bool,
     pub drain: Option<Drain>,
@@ -183,6 +189,7 @@ impl EventLoop {
     fn reload(&mut self) {
         self.worker.send(Job::Reload);
         self.rotation.request();
+        self.health.request();
     }
 
     fn messages(&mut self) {
@@ -191,10 +198,15 @@ impl EventLoop {
                 Msg::FromRequest(ToLoop::Changed) => {
                     self.worker.send(Job::Sync);
                     self.rotation.request();
+                    self.health.request();
                 }
                 Msg::FromRequest(ToLoop::Reload) => self.reload(),
                 Msg::FromRequest(ToLoop::Shutdown(reply)) => self.begin_shutdown(reply),
-                Msg::Timers(pending) => self.timers = pending.into_iter().collect(),
+                Msg::Timers(pending) => {
+                    self.set_timers(pending);
+                    // Restarts and exits change which instances run: checks follow them.
+                    self.health.request();
+                }
                 Msg::Watch(w) => self.adopted.extend(w),
                 Msg::Ready => {
                     if !self.ready {
@@ -207,6 +219,19 @@ impl EventLoop {
         }
     }
 
+    /// Takes the database's word on the pending restarts, except those already handed
+    /// to the worker for the same due time. A restart the database no longer lists (or
+    /// lists with another due time) has been carried out or rescheduled: forgotten.
+    fn set_timers(&mut self, pending: Vec<(String, i64)>) {
+        let pending: BTreeMap<String, i64> = pending.into_iter().collect();
+        self.fired
+            .retain(|name, at| pending.get(name) == Some(&*at));
+        self.timers = pending
+            .into_iter()
+            .filter(|(name, at)| self.fired.get(name) != Some(at))
+            .collect();
+    }
+
     fn fire_timers(&mut self) {
         let now = now_ms();
         let due: Vec<String> = self
@@ -216,7 +241,9 @@ impl EventLoop {
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
-            self.timers.remove(&name);
+            if let Some(at) = self.timers.remove(&name) {
+                self.fired.insert(name.clone(), at);
+            }
             self.worker.send(Job::Restart(name));
         }
     }

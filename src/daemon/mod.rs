@@ -24,8 +24,8 @@
 //! - **Request threads** ([`server`]) carry out CLI requests through the same
 //!   [`crate::api::act`] as the CLI; a stop waiting 10 s for its timeout blocks only
 //!   its own thread.
-//! - **Log rotation** ([`rotation`]) and the **PostgreSQL** listener and executor
-//!   ([`crate::pg`]) have threads of their own.
+//! - **Log rotation** ([`rotation`]), **health and readiness checks** ([`health`]) and
+//!   the **PostgreSQL** listener and executor ([`crate::pg`]) have threads of their own.
 //!
 //! No lock is held across a database wait or a spawn: a start records its instance
 //! before the new process may exec (see [`crate::process::spawn`]), so the reaper can
@@ -43,6 +43,7 @@
 pub mod bus;
 pub mod client;
 pub mod event_loop;
+pub mod health;
 pub mod protocol;
 pub mod rotation;
 pub mod server;
@@ -53,7 +54,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{mpsc, Arc, Mutex};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
@@ -108,9 +109,19 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     let signals = Signals::register()?;
     let listener = server::bind(&home)?;
     let board = Arc::new(ExitBoard::default());
+    let containment = crate::process::cgroup::detect(home.root());
+    if let Some(root) = containment.root() {
+        // Out of the cgroup the services' cgroups are created in: a cgroup that has
+        // controllers enabled for its children may not hold processes of its own.
+        if let Err(e) = root.enter_supervisor() {
+            warn!(error = %io_reason(&e), "cannot move into the supervisor cgroup; staying where started");
+        }
+    }
+    info!(containment = %containment.describe(), "containment");
     let ctx = Context {
         daemon_watching: false,
         board: Some(board.clone()),
+        containment: Some(containment.clone()),
     };
     let mut sup = Supervisor::open_with(home.clone(), ctx.clone())?;
     let pg_settings = crate::pg::Settings::resolve(&mut sup, &pg)?;
@@ -139,23 +150,41 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         adopted: AtomicUsize::new(0),
         pending: AtomicUsize::new(0),
         postgres: Mutex::new(None),
+        containment: containment.describe(),
     });
     let in_flight = Arc::new(InFlight::default());
     if let Some(settings) = pg_settings {
-        let (admit_from, changed_to) = (in_flight.clone(), waker.clone());
-        let hooks = crate::pg::listener::Hooks {
-            admit: Box::new(move || {
-                admit_from
-                    .enter_always()
-                    .map(|t| Box::new(t) as Box<dyn Send>)
-            }),
-            changed: Box::new(move || changed_to.send(Msg::FromRequest(ToLoop::Changed))),
+        let hooks = || {
+            let (admit_from, changed_to) = (in_flight.clone(), waker.clone());
+            crate::pg::listener::Hooks {
+                admit: Box::new(move || {
+                    admit_from
+                        .enter_always()
+                        .map(|t| Box::new(t) as Box<dyn Send>)
+                }),
+                changed: Box::new(move || changed_to.send(Msg::FromRequest(ToLoop::Changed))),
+            }
         };
+        // The fleet (durable commands, issue 10) beside the quick NOTIFY mode: it joins
+        // once `tend fleet init` has created the schema, and looks again every few
+        // seconds until then.
+        crate::pg::fleet::host::start(settings.clone(), home.clone(), ctx.clone(), hooks())?;
         let status =
-            crate::pg::listener::start(settings, pg_key, home.clone(), ctx.clone(), hooks)?;
+            crate::pg::listener::start(settings, pg_key, home.clone(), ctx.clone(), hooks())?;
         *shared.postgres.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
     let rotation = rotation::start(home.clone(), ctx.clone())?;
+    // The health thread leaves every exit it notices to the worker (which knows the
+    // status, kills what a crashed service left behind and restarts it), as a CLI beside
+    // the daemon does.
+    let health = health::start(
+        home.clone(),
+        Context {
+            daemon_watching: true,
+            board: ctx.board.clone(),
+            containment: ctx.containment.clone(),
+        },
+    )?;
     let worker = worker::start(sup, waker.clone())?;
     let serve = ServeCtx {
         home: home.clone(),
@@ -174,10 +203,12 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         wake_read,
         adopted: Vec::new(),
         timers: std::collections::BTreeMap::new(),
+        fired: std::collections::BTreeMap::new(),
         board,
         shared,
         worker,
         rotation,
+        health,
         ready: false,
         drain: None,
     };

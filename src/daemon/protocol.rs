@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{DaemonStatus, LeftDown, Report, Selection, Verb};
 
-/// Bumped on any incompatible change to the types below.
-pub const VERSION: u32 = 2;
+/// Bumped on any incompatible change to the types below. 3 (issue 11): `Act` carries
+/// `wait`, which an older daemon would ignore (starting without waiting while the CLI
+/// reports success), and start outcomes `ready` / `not-ready`.
+pub const VERSION: u32 = 3;
 
 /// Largest request or response line accepted, in bytes.
 pub const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
@@ -43,11 +45,36 @@ pub struct Request {
     pub action: Action,
 }
 
+/// How long a `start --wait` sent to the daemon waits for each service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitSpec {
+    pub cap_ms: Option<u64>,
+}
+
+impl WaitSpec {
+    pub fn from_wait(w: crate::api::Wait) -> Option<WaitSpec> {
+        w.map(|cap| WaitSpec {
+            cap_ms: cap.map(|d| d.as_millis() as u64),
+        })
+    }
+
+    pub fn to_wait(w: Option<WaitSpec>) -> crate::api::Wait {
+        w.map(|s| s.cap_ms.map(std::time::Duration::from_millis))
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Action {
     /// start / stop / restart / signal of the selected services.
-    Act { verb: Verb, selection: Selection },
+    Act {
+        verb: Verb,
+        selection: Selection,
+        /// `start --wait`: absent for no wait; `{"cap_ms": null}` for each check's own
+        /// timeout.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait: Option<WaitSpec>,
+    },
     /// The daemon's own status.
     Status,
     /// Exit; with `stop_services`, stop every service first.

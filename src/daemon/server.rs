@@ -18,7 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, info, warn};
 
 use super::bus::{InFlight, Msg, Shared, ToLoop, Waker, MAX_CONNECTIONS};
-use super::protocol::{Action, Request, Response, HEARTBEAT, MAX_MESSAGE, VERSION};
+use super::protocol::{Action, Request, Response, WaitSpec, HEARTBEAT, MAX_MESSAGE, VERSION};
 use crate::api::{DaemonStatus, Selection, Verb};
 use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
@@ -289,7 +289,11 @@ impl ServeCtx {
 
     fn handle(&self, action: Action, proceed: &dyn Fn() -> bool) -> Response {
         let result = match action {
-            Action::Act { verb, selection } => self.act(verb, &selection, proceed),
+            Action::Act {
+                verb,
+                selection,
+                wait,
+            } => self.act(verb, &selection, WaitSpec::to_wait(wait), proceed),
             Action::Status => self.status().map(|s| Response::Status(Box::new(s))),
             Action::Reload => {
                 self.waker.send(Msg::FromRequest(ToLoop::Reload));
@@ -307,10 +311,11 @@ impl ServeCtx {
         &self,
         verb: Verb,
         selection: &Selection,
+        wait: crate::api::Wait,
         proceed: &dyn Fn() -> bool,
     ) -> Result<Response> {
         let mut sup = self.supervisor()?;
-        let reports = crate::api::act(&mut sup, verb, selection, proceed)?;
+        let reports = crate::api::act_with(&mut sup, verb, selection, wait, proceed)?;
         Ok(Response::Reports { reports })
     }
 
@@ -342,6 +347,7 @@ impl ServeCtx {
             adopted: self.shared.adopted.load(Ordering::Relaxed),
             pending_restarts: self.shared.pending.load(Ordering::Relaxed),
             home: self.home.root().to_path_buf(),
+            containment: self.shared.containment.clone(),
             postgres: self
                 .shared
                 .postgres

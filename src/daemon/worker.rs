@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use super::bus::{Msg, Waker};
 use crate::policy::{Decision, ExitStatus};
+use crate::process::cgroup::Cgroup;
 use crate::process::handle::Handle;
 use crate::process::stop::kill_leftovers;
 use crate::supervisor::{Exit, StartOutcome, Supervisor, Watch};
@@ -143,7 +144,13 @@ impl Worker {
             // The main process ended on its own, but helpers it forked may live on: take
             // them down before a new instance competes with them for ports and files.
             // Only processes proven to be the service's are signalled.
-            let l = kill_leftovers(exit.pgid, witnesses, Some(self.me));
+            let cg = exit.cgroup.as_deref().map(Cgroup::at);
+            let l = kill_leftovers(exit.pgid, witnesses, Some(self.me), cg.as_ref());
+            if let Some(cg) = &cg {
+                if l.survived == 0 {
+                    let _ = cg.remove();
+                }
+            }
             if l.killed > 0 {
                 info!(service = %exit.name, killed = l.killed, "killed processes the service left behind");
             }
@@ -235,17 +242,34 @@ impl Worker {
                 return;
             }
         };
-        for name in names {
-            let idle = self
-                .sup
-                .status(&name)
-                .is_ok_and(|st| st.state == crate::state::State::Stopped);
-            if !idle {
+        // In dependency order (requirements first, as `start` does); a service whose
+        // requirement is not running is not started.
+        let mut down: Vec<String> = Vec::new();
+        for (name, requires) in names {
+            let state = self.sup.status(&name).map(|st| st.state);
+            if let Some(r) = requires.iter().find(|r| down.contains(r)) {
+                error!(service = %name, requirement = %r, "autostart: not started: its requirement is not running");
+                down.push(name);
                 continue;
             }
+            match state {
+                Ok(crate::state::State::Stopped) => {}
+                Ok(s) if s.is_running() => continue,
+                _ => {
+                    down.push(name);
+                    continue;
+                }
+            }
             match self.sup.start(&name) {
+                Ok(o @ crate::supervisor::StartOutcome::ExitedAtOnce { .. }) => {
+                    error!(service = %name, outcome = ?o, "autostart: exited at once");
+                    down.push(name);
+                }
                 Ok(o) => info!(service = %name, outcome = ?o, "autostart"),
-                Err(e) => error!(service = %name, error = %e, "autostart failed"),
+                Err(e) => {
+                    error!(service = %name, error = %e, "autostart failed");
+                    down.push(name);
+                }
             }
         }
     }

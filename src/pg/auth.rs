@@ -92,6 +92,24 @@ impl Key {
 #[derive(Default)]
 pub struct Replays(HashMap<String, i64>);
 
+impl Replays {
+    /// A cache holding these (signature, signed-at) pairs.
+    pub fn from_seen(seen: impl IntoIterator<Item = (String, i64)>) -> Replays {
+        Replays(seen.into_iter().collect())
+    }
+}
+
+/// The time and the signature (lowercase hex) of a signed envelope, unverified.
+pub fn envelope(signed: &str) -> Option<(i64, String)> {
+    let mut parts = signed.trim_start().splitn(5, ' ');
+    if parts.next() != Some(PREFIX) {
+        return None;
+    }
+    let ts = parts.next()?.parse().ok()?;
+    let _nonce = parts.next()?;
+    Some((ts, parts.next()?.to_ascii_lowercase()))
+}
+
 /// Checks a signed envelope and returns the payload inside it.
 pub fn verify<'a>(
     key: &Key,

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::poll_fn;
 use tokio_postgres::AsyncMessage;
@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 use super::auth::{self, Key, Replays};
 use super::connect::{self, Connection};
 use super::payload;
+use super::reject::{Rejections, Summary};
 use super::Settings;
 use crate::api::PgStatus;
 use crate::api::{Outcome, Selection};
@@ -23,10 +24,8 @@ use crate::supervisor::{Context, Supervisor};
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that lasted this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(30);
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// One received notification, for the executor.
 struct Job {
@@ -123,22 +122,10 @@ async fn listen_forever(
     }
 }
 
-/// Exponential backoff with "full jitter": a random delay up to the doubled cap, so a
-/// fleet of daemons does not reconnect in lockstep after the database comes back.
+/// Exponential backoff capped at two seconds, jittered (see [`crate::fleet::backoff`]):
+/// a returning server is noticed within about two seconds, without a thundering herd.
 fn backoff(failures: u32) -> Duration {
-    let cap = BACKOFF_FIRST
-        .saturating_mul(1u32 << failures.min(16))
-        .min(BACKOFF_MAX);
-    let r = jitter();
-    cap.mul_f64(0.5 + 0.5 * r)
-}
-
-/// A number in [0, 1) from the std hasher's random keys; good enough for jitter.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_i64(now_ms());
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    crate::fleet::backoff(failures, super::jitter())
 }
 
 /// Aborts the connection driver when the session ends, whatever the reason.
@@ -244,9 +231,24 @@ fn execute(
     key: Option<Key>,
     hooks: Hooks,
 ) {
-    let mut replays = Replays::default();
+    let mut replays: Option<Replays> = None;
+    let mut rejections = Rejections::default();
     let mut sup: Option<Supervisor> = None;
-    for job in rx {
+    loop {
+        // Wake up to write a finished burst of rejections even when nothing else comes.
+        let next = match rejections.deadline() {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        let ended = matches!(next, Err(mpsc::RecvTimeoutError::Disconnected));
+        if let Some(summary) = rejections.due(Instant::now(), ended) {
+            record_rejections(&home, &ctx, &mut sup, &summary);
+        }
+        let job = match next {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let Some(ticket) = (hooks.admit)() else {
             warn!(
                 backend_pid = job.backend_pid,
@@ -264,7 +266,8 @@ fn execute(
             }
         }
         let s = sup.as_mut().expect("opened above");
-        if let Err(e) = handle(s, &job, &host_id, key.as_ref(), &mut replays) {
+        let replays = replays.get_or_insert_with(|| super::replays::load(s));
+        if let Err(e) = handle(s, &job, &host_id, key.as_ref(), replays, &mut rejections) {
             error!(error = %e, "notify: database error; reopening");
             sup = None;
         }
@@ -273,23 +276,43 @@ fn execute(
     }
 }
 
-/// Authenticates, parses and carries out one notification. Every rejection is logged
-/// and recorded as a `rejected` event; nothing rejected is acted on.
+/// Writes one burst of rejections: one log line and one `rejected` event.
+fn record_rejections(home: &Home, ctx: &Context, sup: &mut Option<Supervisor>, s: &Summary) {
+    warn!(service = %s.service, count = s.count, "{}", s.detail);
+    if sup.is_none() {
+        *sup = Supervisor::open_with(home.clone(), ctx.clone()).ok();
+    }
+    let written = sup
+        .as_mut()
+        .map(|sup| sup.record(&s.service, crate::record::event::REJECTED, &s.detail));
+    if let Some(Err(e)) = written {
+        error!(error = %e, "notify: cannot record rejected payloads; reopening");
+        *sup = None;
+    }
+}
+
+/// Authenticates, parses and carries out one notification. Every rejection is noted in
+/// `rejections`, which turns each burst into one log line and one `rejected` event;
+/// nothing rejected is acted on.
 fn handle(
     sup: &mut Supervisor,
     job: &Job,
     host_id: &str,
     key: Option<&Key>,
     replays: &mut Replays,
+    rejections: &mut Rejections,
 ) -> crate::Result<()> {
     let who = format!("notify (backend pid {})", job.backend_pid);
-    let reject = |sup: &mut Supervisor, service: &str, why: String| {
-        warn!(%service, "{why}");
-        sup.record(service, crate::record::event::REJECTED, &why)
+    let mut reject = |_: &mut Supervisor, service: &str, why: String| -> crate::Result<()> {
+        rejections.add(Instant::now(), service, why);
+        Ok(())
     };
     let inner = match key {
         Some(k) => match auth::verify(k, &job.payload, now_ms() / 1000, replays) {
-            Ok(p) => p,
+            Ok(p) => {
+                super::replays::remember(sup, &job.payload)?;
+                p
+            }
             Err(e) => {
                 return reject(
                     sup,

@@ -2,6 +2,7 @@
 //!
 //! - [`payload`] parses what arrives (strictly: start / stop / restart / signal of
 //!   services already defined, nothing else).
+//! - [`reject`] coalesces rejected payloads: one event and one log line per burst.
 //! - [`auth`] checks signed payloads when a notify key is configured.
 //! - [`connect`] builds the connection: URL, password from the URL, `PGPASSWORD` or
 //!   `~/.pgpass`, TLS verified against the system roots (plus an optional CA file).
@@ -15,8 +16,11 @@
 pub mod auth;
 pub mod connect;
 pub mod error;
+pub mod fleet;
 pub mod listener;
 pub mod payload;
+pub mod reject;
+pub mod replays;
 
 use std::path::PathBuf;
 
@@ -34,6 +38,8 @@ pub struct Settings {
     pub url: String,
     pub channel: String,
     pub host_id: String,
+    /// The fleet's PostgreSQL schema (issue 10).
+    pub schema: String,
     pub ca_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
 }
@@ -44,6 +50,7 @@ pub struct Overrides {
     pub url: Option<String>,
     pub channel: Option<String>,
     pub host_id: Option<String>,
+    pub schema: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
 }
@@ -76,10 +83,17 @@ impl Settings {
                 .unwrap_or_else(|| "localhost".to_string()),
         };
         config::validate_host_id(&host_id).map_err(invalid)?;
+        let schema = o
+            .schema
+            .clone()
+            .or(get(config::POSTGRES_SCHEMA)?)
+            .unwrap_or_else(|| config::DEFAULT_SCHEMA.to_string());
+        config::validate_schema(&schema).map_err(invalid)?;
         Ok(Some(Settings {
             url,
             channel,
             host_id,
+            schema,
             ca_file: o
                 .ca_file
                 .clone()
@@ -102,6 +116,14 @@ impl Settings {
             .map(|p| auth::Key::load(p).map_err(Error::from))
             .transpose()
     }
+}
+
+/// A number in [0, 1) from the std hasher's random keys; good enough for jitter.
+pub fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(crate::record::now_ms());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Sends one NOTIFY (signed when a key is configured): what `tend notify` does.

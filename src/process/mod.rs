@@ -10,6 +10,8 @@
 //! - [`signals`]: signal masks around a start.
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
 
+pub mod cgroup;
+pub mod check;
 pub mod handle;
 pub mod identity;
 pub mod lock;

@@ -82,8 +82,15 @@ pub fn reap_one() -> Option<Reaped> {
 /// anyone may wait.
 #[derive(Default)]
 pub struct ExitBoard {
-    entries: Mutex<VecDeque<(i32, u64, i32)>>,
+    entries: Mutex<Entries>,
     posted: Condvar,
+}
+
+/// The statuses, each with its sequence number (how many were posted before it).
+#[derive(Default)]
+struct Entries {
+    list: VecDeque<(u64, i32, u64, i32)>,
+    next: u64,
 }
 
 /// How many statuses the board remembers; the oldest go first.
@@ -93,25 +100,43 @@ impl ExitBoard {
     /// Records that `(pid, start_time)` exited with the `waitpid` status word `status`.
     pub fn post(&self, pid: i32, start_time: u64, status: i32) {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if e.len() >= BOARD_SIZE {
-            e.pop_front();
+        if e.list.len() >= BOARD_SIZE {
+            e.list.pop_front();
         }
-        e.push_back((pid, start_time, status));
+        let seq = e.next;
+        e.next += 1;
+        e.list.push_back((seq, pid, start_time, status));
         self.posted.notify_all();
     }
 
-    /// The status of `(pid, start_time)` if it has been posted.
-    pub fn get(&self, pid: i32, start_time: u64) -> Option<i32> {
-        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        find(&e, pid, start_time)
+    /// The sequence number the next status will get: taken before spawning a child whose
+    /// start time may never be read (it can exit and be reaped at once), so that
+    /// [`ExitBoard::wait_for_child`] knows which statuses can be its.
+    pub fn mark(&self) -> u64 {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).next
     }
 
-    /// Waits up to `timeout` for the status of `(pid, start_time)`.
-    pub fn wait_for(&self, pid: i32, start_time: u64, timeout: Duration) -> Option<i32> {
+    /// Waits up to `timeout` for the status of our child `pid`, spawned after `mark`: a
+    /// pid is not reused while its process is an unreaped child, so the first status for
+    /// `pid` posted since then is its own.
+    pub fn wait_for_child(&self, pid: i32, mark: u64, timeout: Duration) -> Option<i32> {
+        self.wait_until(timeout, |e| {
+            e.list
+                .iter()
+                .find(|(seq, p, _, _)| *seq >= mark && *p == pid)
+                .map(|(_, _, _, s)| *s)
+        })
+    }
+
+    fn wait_until(
+        &self,
+        timeout: Duration,
+        found: impl Fn(&Entries) -> Option<i32>,
+    ) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(s) = find(&e, pid, start_time) {
+            if let Some(s) = found(&e) {
                 return Some(s);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -125,11 +150,23 @@ impl ExitBoard {
                 .0;
         }
     }
+
+    /// The status of `(pid, start_time)` if it has been posted.
+    pub fn get(&self, pid: i32, start_time: u64) -> Option<i32> {
+        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        find(&e, pid, start_time)
+    }
+
+    /// Waits up to `timeout` for the status of `(pid, start_time)`.
+    pub fn wait_for(&self, pid: i32, start_time: u64, timeout: Duration) -> Option<i32> {
+        self.wait_until(timeout, |e| find(e, pid, start_time))
+    }
 }
 
-fn find(e: &VecDeque<(i32, u64, i32)>, pid: i32, start_time: u64) -> Option<i32> {
-    e.iter()
+fn find(e: &Entries, pid: i32, start_time: u64) -> Option<i32> {
+    e.list
+        .iter()
         .rev()
-        .find(|(p, t, _)| *p == pid && *t == start_time)
-        .map(|(_, _, s)| *s)
+        .find(|(_, p, t, _)| *p == pid && *t == start_time)
+        .map(|(_, _, _, s)| *s)
 }

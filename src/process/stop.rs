@@ -23,6 +23,11 @@
 //! - **a child of the reaper** (the daemon, which is a child subreaper) in session `N`,
 //!   while no process has pid `N`: orphans of what the daemon started re-parent to it.
 //!
+//! - **a member of the instance's cgroup**, where it has one (see [`super::cgroup`]):
+//!   nothing but the service's own processes can be born in it, and none can leave it.
+//!   After every proven process has exited, whatever is still in the cgroup is killed
+//!   with `cgroup.kill`, and the stop is over when the cgroup is empty.
+//!
 //! A process seen in session or group `N` that nothing proves is left alone and counted.
 //! That happens when the main process has left the session (`setsid()`) and the number
 //! was reused by a stranger, which is exactly the process tend must not signal.
@@ -33,6 +38,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
+use super::cgroup::Cgroup;
 use super::handle::{self, Found, Handle};
 use super::identity::Stat;
 use crate::error::StopError;
@@ -85,6 +91,7 @@ pub fn stop(
     signal: Signal,
     timeout: Duration,
     reaper: Option<i32>,
+    cgroup: Option<&Cgroup>,
 ) -> Result<Ended, StopError> {
     let started = Instant::now();
     let main = match Handle::open(t.pid, t.start_time, t.boot_id, current_boot) {
@@ -96,33 +103,55 @@ pub fn stop(
         .stat()
         .is_some_and(|s| s.session != t.session && s.pgrp != t.session);
     let mut m = Members::new(t.session, reaper, vec![main]);
+    m.cgroup = cgroup.cloned();
     m.discover();
     let others = m.pinned.len() - 1;
     m.signal_from(0, signal);
     let deadline = started + timeout;
-    if m.wait_gone(deadline, signal) {
-        return Ok(Ended::Stopped(Stopped {
-            killed: false,
-            took: started.elapsed(),
-            left_session,
-            others: m.pinned.len().saturating_sub(1).max(others),
-            left_alone: m.left_alone(),
-        }));
+    let mut killed = false;
+    if !m.wait_gone(deadline, signal) {
+        killed = true;
+        m.signal_from(0, Signal::SIGKILL);
+        if !m.wait_gone(Instant::now() + KILL_CONFIRM, Signal::SIGKILL) {
+            return Err(StopError::Survived {
+                alive: m.live().len(),
+                waited: KILL_CONFIRM,
+            });
+        }
     }
-    m.signal_from(0, Signal::SIGKILL);
-    if m.wait_gone(Instant::now() + KILL_CONFIRM, Signal::SIGKILL) {
-        return Ok(Ended::Stopped(Stopped {
-            killed: true,
-            took: started.elapsed(),
-            left_session,
-            others: m.pinned.len().saturating_sub(1).max(others),
-            left_alone: m.left_alone(),
-        }));
+    // Whatever is still in the cgroup (forked at the last instant, or not yet pinned)
+    // goes with the cgroup: the service is down only when its cgroup is empty.
+    let mut stragglers = 0;
+    if let Some(cg) = cgroup {
+        stragglers = kill_cgroup(cg)?;
     }
-    Err(StopError::Survived {
-        alive: m.live().len(),
-        waited: KILL_CONFIRM,
-    })
+    Ok(Ended::Stopped(Stopped {
+        killed: killed || stragglers > 0,
+        took: started.elapsed(),
+        left_session,
+        others: m.pinned.len().saturating_sub(1).max(others) + stragglers,
+        left_alone: m.left_alone(),
+    }))
+}
+
+/// Kills everything still in `cg` (`cgroup.kill`) and waits until it is empty; how many
+/// processes were in it.
+pub fn kill_cgroup(cg: &Cgroup) -> Result<usize, StopError> {
+    if !cg.populated() {
+        return Ok(0);
+    }
+    let n = cg.pids().len().max(1);
+    cg.kill().map_err(|e| StopError::Cgroup {
+        path: cg.path.clone(),
+        reason: crate::error::io_reason(&e),
+    })?;
+    if !cg.wait_empty(KILL_CONFIRM) {
+        return Err(StopError::Survived {
+            alive: cg.pids().len(),
+            waited: KILL_CONFIRM,
+        });
+    }
+    Ok(n)
 }
 
 /// What [`kill_leftovers`] did.
@@ -140,7 +169,26 @@ pub struct Leftovers {
 /// service still runs, before a new instance competes with it for ports and files.
 /// `witnesses` are handles still held on the service's processes (the exited main
 /// process, when it has not been reaped yet, still proves the session is ours).
-pub fn kill_leftovers(session: i32, witnesses: Vec<Handle>, reaper: Option<i32>) -> Leftovers {
+pub fn kill_leftovers(
+    session: i32,
+    witnesses: Vec<Handle>,
+    reaper: Option<i32>,
+    cgroup: Option<&Cgroup>,
+) -> Leftovers {
+    if let Some(cg) = cgroup {
+        // Membership is the proof: everything in the cgroup is the service's.
+        return match kill_cgroup(cg) {
+            Ok(killed) => Leftovers {
+                killed,
+                ..Leftovers::default()
+            },
+            Err(_) => Leftovers {
+                killed: cg.pids().len(),
+                survived: cg.pids().len().max(1),
+                ..Leftovers::default()
+            },
+        };
+    }
     let mut m = Members::new(session, reaper, witnesses);
     m.discover();
     let live = m.live().len();
@@ -196,6 +244,8 @@ struct Members {
     pinned: Vec<Handle>,
     /// Seen in session or group `N` but not proven.
     unproven: BTreeSet<i32>,
+    /// The instance's cgroup: every member is proven.
+    cgroup: Option<Cgroup>,
 }
 
 impl Members {
@@ -205,6 +255,7 @@ impl Members {
             reaper,
             pinned,
             unproven: BTreeSet::new(),
+            cgroup: None,
         }
     }
 
@@ -220,6 +271,7 @@ impl Members {
     fn discover(&mut self) {
         for _ in 0..MAX_ROUNDS {
             let before = self.pinned.len();
+            self.by_cgroup();
             self.by_ancestry();
             self.by_reaper();
             self.by_session();
@@ -229,6 +281,19 @@ impl Members {
         }
         let pinned: Vec<i32> = self.pinned.iter().map(Handle::pid).collect();
         self.unproven.retain(|p| !pinned.contains(p));
+    }
+
+    /// Members of the instance's cgroup are the service's.
+    fn by_cgroup(&mut self) {
+        let Some(cg) = &self.cgroup else { return };
+        for pid in cg.pids() {
+            if self.has(pid) {
+                continue;
+            }
+            if let Some(h) = cg.pin(pid) {
+                self.pinned.push(h);
+            }
+        }
     }
 
     /// Children of proven processes are the service's.

@@ -8,19 +8,21 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 
+pub mod file;
+pub mod graph;
+mod names;
 pub mod paths;
+pub mod probe;
 pub mod settings;
 pub mod values;
 
-pub use paths::{absolute, check_cwd, check_readable, check_writable};
+pub use names::{validate_name, MAX_NAME_LEN};
+pub use paths::{absolute, check_cwd, check_readable, check_writable, stdio_refusal};
 pub use settings::{
     Defaults, SettingArgs, SettingChanges, Settings, DEFAULT_LOG_MAX_BYTES, DEFAULT_RESTART_DELAY,
     DEFAULT_START_LIMIT, DEFAULT_START_LIMIT_INTERVAL, DEFAULT_STOP_TIMEOUT,
 };
 pub use values::{fmt_duration, parse_duration, parse_size, RestartPolicy, StopSignal, Value};
-
-/// Longest service name accepted (64 characters, as in `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`).
-pub const MAX_NAME_LEN: usize = 64;
 
 /// Numbered backups kept by log rotation (NAME.log.1 is the newest).
 pub const LOG_BACKUPS: u32 = 3;
@@ -97,31 +99,6 @@ impl Service {
     /// The command line as a person would type it into a shell.
     pub fn command_line(&self) -> String {
         shell_words::join(&self.argv)
-    }
-}
-
-/// Checks a service name against `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
-pub fn validate_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name.len() > MAX_NAME_LEN {
-        Some("it is longer than 64 characters")
-    } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
-        Some("it must start with a letter or digit")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        Some("only letters, digits, '.', '_' and '-' are allowed")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(Error::InvalidName {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
     }
 }
 

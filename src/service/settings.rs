@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::paths::{check_cwd, check_readable, check_writable};
-use super::values::{RestartPolicy, StopSignal, Value};
+use super::probe::{Check, Probe};
+use super::values::{Bytes, Percent, PidFile, RestartPolicy, StopSignal, Value, Weight};
 use crate::error::{Error, Result};
 
 /// Default time between the stop signal and SIGKILL (systemd's TimeoutStopSec is 90 s;
@@ -75,6 +76,12 @@ pub struct Row {
 }
 
 impl Row {
+    /// The key of this setting in a service file (`tend.toml`): the option's name with
+    /// `_` for `-` (`--stop-timeout` is `stop_timeout`).
+    pub fn file_key(&self) -> String {
+        self.option.trim_start_matches("--").replace('-', "_")
+    }
+
     /// The clap arguments of this row.
     fn args(&self) -> Vec<clap::Arg> {
         match self.flag {
@@ -250,6 +257,42 @@ macro_rules! settings {
                         }
                     }, )*
                 }
+            }
+        }
+
+        impl SettingChanges {
+            /// Sets the setting whose file key is `key` from a value of a service file.
+            /// `Ok(false)`: no setting has that key. An error names the row.
+            pub fn set_from_toml(
+                &mut self,
+                key: &str,
+                v: &toml::Value,
+            ) -> std::result::Result<bool, (&'static Row, String)> {
+                let mut rows = ROWS.iter();
+                $( {
+                    let row = rows.next().expect("one row per field");
+                    if row.file_key() == key {
+                        self.$field = Some(<$ty as Value>::from_toml(v).map_err(|m| (row, m))?);
+                        return Ok(true);
+                    }
+                } )*
+                Ok(false)
+            }
+        }
+
+        impl Settings {
+            /// The settings as `tend export` writes them: (file key, value), in table
+            /// order; a setting with no value (an unset optional one) is left out.
+            pub fn to_toml(&self) -> Vec<(String, toml::Value)> {
+                let mut rows = ROWS.iter();
+                let mut out = Vec::new();
+                $( {
+                    let row = rows.next().expect("one row per field");
+                    if let Some(v) = self.$field.to_toml() {
+                        out.push((row.file_key(), v));
+                    }
+                } )*
+                out
             }
         }
 
@@ -484,6 +527,109 @@ settings! {
         default: |_, _| DEFAULT_LOG_MAX_BYTES,
         check: no_check,
     }
+    /// The program daemonizes itself and writes its main pid here (systemd's
+    /// `Type=forking` with `PIDFile=`); needs cgroup containment.
+    pidfile: PidFile {
+        flag: Flag::Option { long: "pidfile", short: None, value_name: "PATH" },
+        option: "--pidfile",
+        help: "The program daemonizes itself (its first process exits) and writes its main pid to PATH; tend follows that process. Needs cgroup containment (none: unset)",
+        json: "pidfile",
+        label: "pidfile",
+        default: |_, _| PidFile(None),
+        check: no_check,
+    }
+    /// `memory.max` of the service's cgroup; needs the memory controller.
+    memory_max: Option<Bytes> {
+        flag: Flag::Option { long: "memory-max", short: None, value_name: "SIZE" },
+        option: "--memory-max",
+        help: "Memory limit of the service's cgroup (512M, 2G; max: none); needs cgroup containment with the memory controller",
+        json: "memory_max_bytes",
+        label: "memory-max",
+        default: |_, _| None,
+        check: no_check,
+    }
+    /// `cpu.weight` of the service's cgroup; needs the cpu controller.
+    cpu_weight: Option<Weight> {
+        flag: Flag::Option { long: "cpu-weight", short: None, value_name: "WEIGHT" },
+        option: "--cpu-weight",
+        help: "CPU weight of the service's cgroup, 1-10000 (the default weight is 100; max: unset); needs the cpu controller",
+        json: "cpu_weight",
+        label: "cpu-weight",
+        default: |_, _| None,
+        check: no_check,
+    }
+    /// `cpu.max` of the service's cgroup, in percent of one CPU; needs the cpu controller.
+    cpu_max: Option<Percent> {
+        flag: Flag::Option { long: "cpu-max", short: None, value_name: "PERCENT" },
+        option: "--cpu-max",
+        help: "CPU limit of the service's cgroup in percent of one CPU (50%, 200%; max: none); needs the cpu controller",
+        json: "cpu_max_percent",
+        label: "cpu-max",
+        default: |_, _| None,
+        check: no_check,
+    }
+    /// A file of `KEY=VALUE` lines (dotenv rules) read each time the service starts;
+    /// `--env` values win over it.
+    env_file: Option<PathBuf> {
+        flag: Flag::Option { long: "env-file", short: None, value_name: "PATH" },
+        option: "--env-file",
+        help: "File of KEY=VALUE lines (dotenv rules) read at every start; --env wins over it (\"\" clears)",
+        json: "env_file",
+        label: "env-file",
+        default: |_, _| None,
+        check: no_check,
+    }
+    /// Services started before this one, which does not start if one of them cannot.
+    requires: Vec<String> {
+        flag: Flag::Option { long: "requires", short: None, value_name: "NAMES" },
+        option: "--requires",
+        help: "Services to start first (comma-separated); if one cannot start, this one does not (\"\" clears)",
+        json: "requires",
+        label: "requires",
+        default: |_, _| Vec::new(),
+        check: no_check,
+    }
+    /// Services started before this one when both are started (order only).
+    after: Vec<String> {
+        flag: Flag::Option { long: "after", short: None, value_name: "NAMES" },
+        option: "--after",
+        help: "Start after these services when they are started too; order only (comma-separated, \"\" clears)",
+        json: "after",
+        label: "after",
+        default: |_, _| Vec::new(),
+        check: no_check,
+    }
+    /// When a start counts as done: `start --wait` waits for it; `starting` until then.
+    ready: Option<Probe> {
+        flag: Flag::Option { long: "ready", short: None, value_name: "CHECK" },
+        option: "--ready",
+        help: "Readiness check: \"tcp=PORT\", \"http=URL\", \"cmd=COMMAND\", \"log=REGEX\" or \"grace=DURATION\", plus \"timeout=DURATION\" (\"\" clears)",
+        json: "ready",
+        label: "ready",
+        default: |_, _| None,
+        check: no_check,
+    }
+    /// Liveness check the daemon runs every interval; N failures in a row restart.
+    health: Option<Probe> {
+        flag: Flag::Option { long: "health", short: None, value_name: "CHECK" },
+        option: "--health",
+        help: "Health check the daemon runs: \"tcp=PORT\", \"http=URL\", \"cmd=COMMAND\", plus \"every=10s failures=3 timeout=5s\" (\"\" clears)",
+        json: "health",
+        label: "health",
+        default: |_, _| None,
+        check: |h| check_health(h),
+    }
+}
+
+/// A health check must be something that can fail while the service runs.
+fn check_health(h: &Option<Probe>) -> Result<()> {
+    match h.as_ref().map(|p| &p.check) {
+        Some(Check::Grace { .. }) | Some(Check::Log { .. }) => Err(Error::Invalid {
+            what: "--health",
+            message: "a health check is one of tcp, http or cmd".into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -538,7 +684,7 @@ mod tests {
 
     #[test]
     fn every_row_is_a_field_and_an_option() {
-        assert_eq!(ROWS.len(), 12);
+        assert_eq!(ROWS.len(), 21);
         for r in ROWS {
             assert!(r.option.starts_with("--"), "{}", r.field);
             let long = match r.flag {

@@ -21,6 +21,129 @@ pub trait Value: Clone + PartialEq + std::fmt::Debug + Sized {
     fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
     /// Makes a path absolute against `base`; nothing for other values.
     fn absolutize(&mut self, _base: &Path) {}
+    /// Reads a value of a service file (`tend.toml`): a scalar is read as the text a
+    /// person would type for the option, so the file and the command line are validated
+    /// alike.
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        Self::parse(&toml_text(v)?)
+    }
+    /// The value as `tend export` writes it (`None`: the key is left out).
+    fn to_toml(&self) -> Option<toml::Value> {
+        json_to_toml(&self.to_json())
+    }
+}
+
+/// The text of a scalar TOML value, as a person would type it on the command line.
+pub fn toml_text(v: &toml::Value) -> Result<String, String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "expected a string, a number or true/false, found a {}",
+            other.type_str()
+        )),
+    }
+}
+
+fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
+    Some(match v {
+        serde_json::Value::Null => return None,
+        serde_json::Value::Bool(b) => toml::Value::Boolean(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        serde_json::Value::String(s) => toml::Value::String(s.clone()),
+        serde_json::Value::Array(a) => {
+            toml::Value::Array(a.iter().filter_map(json_to_toml).collect())
+        }
+        serde_json::Value::Object(m) => toml::Value::Table(
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
+                .collect(),
+        ),
+    })
+}
+
+/// An optional path (`--env-file`): an empty text clears it.
+impl Value for Option<PathBuf> {
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok((!text.is_empty()).then(|| PathBuf::from(text)))
+    }
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Some(p) => p.to_json(),
+            None => serde_json::Value::Null,
+        }
+    }
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        match v {
+            serde_json::Value::Null => Some(None),
+            other => PathBuf::from_json(other).map(Some),
+        }
+    }
+    fn absolutize(&mut self, base: &Path) {
+        if let Some(p) = self {
+            p.absolutize(base);
+        }
+    }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <Option<PathBuf> as serde::Deserialize>::deserialize(d)
+    }
+}
+
+/// Service names (`--requires db,cache`): comma-separated on the command line, an array
+/// in the file and the store; an empty text clears the list. Each must be a valid name.
+impl Value for Vec<String> {
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            super::names::validate_name(n).map_err(|e| e.to_string())?;
+            if !out.iter().any(|o| o == n) {
+                out.push(n.to_string());
+            }
+        }
+        Ok(out)
+    }
+    fn to_json(&self) -> serde_json::Value {
+        self.iter()
+            .map(|s| serde_json::Value::from(s.as_str()))
+            .collect()
+    }
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        v.as_array()?
+            .iter()
+            .map(|x| x.as_str().map(String::from))
+            .collect()
+    }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <Vec<String> as serde::Deserialize>::deserialize(d)
+    }
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Array(a) => {
+                let names = a
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(String::from)
+                            .ok_or_else(|| "expected an array of service names".to_string())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if names.iter().any(|n| n.contains(',')) {
+                    return Err("a service name cannot contain ','".into());
+                }
+                Self::parse(&names.join(","))
+            }
+            toml::Value::String(s) => Self::parse(s),
+            other => Err(format!(
+                "expected an array of service names, found a {}",
+                other.type_str()
+            )),
+        }
+    }
 }
 
 impl Value for PathBuf {
@@ -57,6 +180,9 @@ impl Value for Duration {
     }
     fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(exact_duration(*self)))
     }
 }
 
@@ -280,6 +406,151 @@ pub fn fmt_duration(d: Duration) -> String {
         format!("{}s", ms / 1000)
     } else if ms >= 1000 {
         format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A cgroup resource limit, `None` meaning no limit (`max`). On the command line `max`
+/// or `none` clears it; in JSON it is `null` or the number.
+pub trait LimitValue: Copy + PartialEq + fmt::Debug {
+    fn parse_some(text: &str) -> Result<Self, String>;
+    fn to_number(self) -> u64;
+    fn from_number(n: u64) -> Option<Self>;
+}
+
+/// `memory.max` in bytes: `512M`, `2G`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl LimitValue for Bytes {
+    fn parse_some(text: &str) -> Result<Self, String> {
+        match parse_size(text)? {
+            0 => Err("a memory limit of 0 would kill the service at once".into()),
+            n => Ok(Bytes(n)),
+        }
+    }
+    fn to_number(self) -> u64 {
+        self.0
+    }
+    fn from_number(n: u64) -> Option<Self> {
+        Some(Bytes(n))
+    }
+}
+
+/// `cpu.weight`: 1 to 10000 (the default weight is 100).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Weight(pub u32);
+
+impl LimitValue for Weight {
+    fn parse_some(text: &str) -> Result<Self, String> {
+        match text.trim().parse::<u32>() {
+            Ok(n @ 1..=10000) => Ok(Weight(n)),
+            _ => Err(format!("{text:?} is not a weight from 1 to 10000")),
+        }
+    }
+    fn to_number(self) -> u64 {
+        self.0.into()
+    }
+    fn from_number(n: u64) -> Option<Self> {
+        u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=10000).contains(n))
+            .map(Weight)
+    }
+}
+
+/// `cpu.max` as a percentage of one CPU: `50%` (half a CPU), `200%` (two CPUs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Percent(pub u32);
+
+impl LimitValue for Percent {
+    fn parse_some(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        match t.strip_suffix('%').unwrap_or(t).trim().parse::<u32>() {
+            Ok(n @ 1..=100_000) => Ok(Percent(n)),
+            _ => Err(format!(
+                "{text:?} is not a CPU share in percent of one CPU (e.g. 50%, 200%)"
+            )),
+        }
+    }
+    fn to_number(self) -> u64 {
+        self.0.into()
+    }
+    fn from_number(n: u64) -> Option<Self> {
+        u32::try_from(n).ok().filter(|n| *n >= 1).map(Percent)
+    }
+}
+
+impl<T: LimitValue> Value for Option<T> {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "max" | "none" => Ok(None),
+            t => T::parse_some(t).map(Some),
+        }
+    }
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Some(v) => v.to_number().into(),
+            None => serde_json::Value::Null,
+        }
+    }
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        match v {
+            serde_json::Value::Null => Some(None),
+            v => v.as_u64().and_then(T::from_number).map(Some),
+        }
+    }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match <Option<u64> as serde::Deserialize>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => T::from_number(n)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid limit {n}"))),
+        }
+    }
+}
+
+/// `--pidfile PATH`: the program daemonizes itself (forks, and the foreground process
+/// exits) and writes its main process's pid here; `none` clears it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PidFile(pub Option<PathBuf>);
+
+impl Value for PidFile {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "" => Err("the path is empty".into()),
+            "none" => Ok(PidFile(None)),
+            t => Ok(PidFile(Some(PathBuf::from(t)))),
+        }
+    }
+    fn to_json(&self) -> serde_json::Value {
+        match &self.0 {
+            Some(p) => p.to_json(),
+            None => serde_json::Value::Null,
+        }
+    }
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        match v {
+            serde_json::Value::Null => Some(PidFile(None)),
+            v => PathBuf::from_json(v).map(|p| PidFile(Some(p))),
+        }
+    }
+    fn absolutize(&mut self, base: &Path) {
+        if let Some(p) = &mut self.0 {
+            p.absolutize(base);
+        }
+    }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <Option<PathBuf> as serde::Deserialize>::deserialize(d).map(PidFile)
+    }
+}
+
+/// A duration as text that [`parse_duration`] reads back to exactly the same value.
+pub fn exact_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
     }

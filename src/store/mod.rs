@@ -7,6 +7,8 @@
 //! Contention beyond the busy timeout retries the whole transaction a bounded number of
 //! times.
 
+pub mod diagnose;
+mod fleet;
 mod schema;
 mod services;
 mod state;

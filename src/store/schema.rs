@@ -96,6 +96,44 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE services DROP COLUMN start_limit_interval_ms;
     ALTER TABLE services DROP COLUMN log_max_bytes;
     "#,
+    // 5 (cgroups): the cgroup an instance runs in, when it has one; whether it is the
+    // first process of a self-daemonizing service (`--pidfile`) still handing over.
+    r#"
+    ALTER TABLE instances ADD COLUMN cgroup TEXT;
+    ALTER TABLE instances ADD COLUMN launching INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 6 (service files, readiness): which service file owns a definition (NULL: added by hand), when
+    // an instance passed its readiness check (NULL: not yet; `starting`), and where its
+    // log ended when it started (for a `log` readiness check).
+    r#"
+    ALTER TABLE services ADD COLUMN owner TEXT;
+    ALTER TABLE instances ADD COLUMN ready_at INTEGER;
+    ALTER TABLE instances ADD COLUMN log_from INTEGER;
+    "#,
+    // 7 (fleet): fleet commands this home has taken, by the fleet's id and the
+    // command's id in PostgreSQL. A command is taken here (in its own committed write)
+    // before it is acted on, and its result is written here before it is reported, so a
+    // daemon that dies anywhere in between never acts on it twice. Also the signatures of
+    // signed NOTIFY payloads seen within the window, so a replay is refused across a
+    // daemon restart.
+    r#"
+    CREATE TABLE fleet_taken (
+        fleet       TEXT    NOT NULL,
+        id          INTEGER NOT NULL,
+        service     TEXT    NOT NULL,
+        action      TEXT    NOT NULL,
+        taken_at    INTEGER NOT NULL,  -- unix ms
+        finished_at INTEGER,           -- unix ms; NULL while (or if interrupted while) acting
+        ok          INTEGER,
+        message     TEXT,
+        reported    INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (fleet, id)
+    );
+    CREATE TABLE notify_seen (
+        signature TEXT    PRIMARY KEY,
+        signed_at INTEGER NOT NULL     -- unix seconds from the envelope
+    );
+    "#,
 ];
 
 /// The schema version this build writes and understands.

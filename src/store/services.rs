@@ -194,4 +194,66 @@ impl Tx<'_> {
         };
         Ok(self.instance(id)?.map(|i| (id, svc, i)))
     }
+
+    /// The service file that owns each service that has one, by name.
+    pub fn owners(&self) -> Result<BTreeMap<String, String>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT name, owner FROM services WHERE owner IS NOT NULL")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks `name` as owned by the service file `owner` (`None`: by nobody).
+    pub fn set_owner(&self, name: &str, owner: Option<&str>) -> Result<()> {
+        self.exec(
+            "UPDATE services SET owner = ?2 WHERE name = ?1",
+            params![name, owner],
+        )
+    }
+
+    /// When each recorded instance passed its readiness check, by service id.
+    pub fn ready_marks(&self) -> Result<BTreeMap<i64, i64>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT service_id, ready_at FROM instances WHERE ready_at IS NOT NULL")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records that the instance `seen` of service `id` passed its readiness check.
+    pub fn mark_ready(&self, id: i64, seen: &Instance, at: i64) -> Result<()> {
+        self.exec(
+            "UPDATE instances SET ready_at = ?4 WHERE service_id = ?1 AND pid = ?2 \
+             AND start_time = ?3",
+            params![id, seen.pid, seen.start_time as i64, at],
+        )
+    }
+
+    /// Records where the instance `seen` of service `id` began in its log.
+    pub fn set_log_from(&self, id: i64, seen: &Instance, at: u64) -> Result<()> {
+        self.exec(
+            "UPDATE instances SET log_from = ?4 WHERE service_id = ?1 AND pid = ?2 \
+             AND start_time = ?3",
+            params![id, seen.pid, seen.start_time as i64, at as i64],
+        )
+    }
+
+    /// Where the recorded instance of service `id` began in its log, if that was noted.
+    pub fn log_from(&self, id: i64) -> Result<Option<u64>> {
+        let v: Option<Option<i64>> = self
+            .0
+            .prepare_cached("SELECT log_from FROM instances WHERE service_id = ?1")
+            .and_then(|mut s| s.query_row(params![id], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))?;
+        Ok(v.flatten().map(|n| n.max(0) as u64))
+    }
 }

@@ -14,8 +14,8 @@ impl Tx<'_> {
         let mut stmt = self
             .0
             .prepare_cached(
-                "SELECT service_id, pid, pgid, start_time, boot_id, started_at, stopping \
-                 FROM instances",
+                "SELECT service_id, pid, pgid, start_time, boot_id, started_at, stopping, \
+                 cgroup, launching FROM instances",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -29,7 +29,8 @@ impl Tx<'_> {
         let mut stmt = self
             .0
             .prepare_cached(
-                "SELECT pid, pgid, start_time, boot_id, started_at, stopping FROM instances \
+                "SELECT pid, pgid, start_time, boot_id, started_at, stopping, cgroup, launching \
+                 FROM instances \
                  WHERE service_id = ?1",
             )
             .map_err(|e| self.err(e))?;
@@ -41,7 +42,7 @@ impl Tx<'_> {
     pub fn set_instance(&self, service_id: i64, i: &Instance) -> Result<()> {
         self.exec(
             "INSERT OR REPLACE INTO instances (service_id, pid, pgid, start_time, boot_id, \
-             started_at, stopping) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             started_at, stopping, cgroup, launching) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 service_id,
                 i.pid,
@@ -49,7 +50,9 @@ impl Tx<'_> {
                 i.start_time as i64,
                 i.boot_id,
                 i.started_at,
-                i.stopping
+                i.stopping,
+                i.cgroup,
+                i.launching
             ],
         )
     }
@@ -172,13 +175,82 @@ impl Tx<'_> {
         self.record_id(service, kind, detail).map(drop)
     }
 
-    /// Appends an event and returns its id.
+    /// Appends an event and returns its id; then applies the retention (`tend config`
+    /// `events.keep_per_service` and `events.keep_for`) in the same transaction, so the
+    /// table never grows past it.
     pub fn record_id(&self, service: &str, kind: &str, detail: &str) -> Result<i64> {
+        let now = now_ms();
         self.exec(
             "INSERT INTO events (at, service, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![now_ms(), service, kind, detail],
+            params![now, service, kind, detail],
         )?;
-        Ok(self.0.last_insert_rowid())
+        let id = self.0.last_insert_rowid();
+        self.prune_events(service, id, now)?;
+        Ok(id)
+    }
+
+    /// Applies the retention after event `id` of `service` was written. Both limits
+    /// delete in batches of a hundredth, so the work is rare and the common case costs one
+    /// statement of index lookups:
+    /// - count: ids grow, so `service` has at most `id - (its oldest id) + 1` events; only
+    ///   when that span passes the limit are they counted (a walk of the index on
+    ///   (service, id)), and once they pass it the oldest are deleted down to 99 % of it;
+    /// - age: only when the oldest event (by primary key) has expired are the events older
+    ///   than 99 % of the limit deleted.
+    fn prune_events(&self, service: &str, id: i64, now: i64) -> Result<()> {
+        // One statement for the settings, the oldest event's time and the service's
+        // oldest id: every CLI call is a fresh process, and preparing a statement costs
+        // more than running it.
+        type Row = (Option<String>, Option<String>, Option<i64>, Option<i64>);
+        let (per_service, keep_for, oldest, first_id): Row = self
+            .0
+            .prepare_cached(
+                "SELECT (SELECT value FROM config WHERE key = ?1), \
+                        (SELECT value FROM config WHERE key = ?2), \
+                        (SELECT at FROM events ORDER BY id LIMIT 1), \
+                        (SELECT min(id) FROM events WHERE service = ?3)",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        crate::config::EVENTS_KEEP_PER_SERVICE,
+                        crate::config::EVENTS_KEEP_FOR,
+                        service
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+            })
+            .map_err(|e| self.err(e))?;
+        let (count, age) = crate::config::retention(per_service.as_deref(), keep_for.as_deref());
+        if let (Some(n), Some(first)) = (count, first_id) {
+            let n = n.min(i64::MAX as u64) as i64;
+            if id - first + 1 > n {
+                let over: Option<i64> = self
+                    .0
+                    .prepare_cached(
+                        "SELECT id FROM events WHERE service = ?1 ORDER BY id DESC \
+                         LIMIT 1 OFFSET ?2",
+                    )
+                    .and_then(|mut s| s.query_row(params![service, n], |r| r.get(0)).optional())
+                    .map_err(|e| self.err(e))?;
+                if over.is_some() {
+                    let keep = n - n / 100;
+                    self.exec(
+                        "DELETE FROM events WHERE service = ?1 AND id <= (SELECT id FROM \
+                         events WHERE service = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                        params![service, keep],
+                    )?;
+                }
+            }
+        }
+        if let Some(age) = age {
+            let cutoff = now - age.as_millis() as i64;
+            if oldest.is_some_and(|at| at < cutoff) {
+                let batch = cutoff + (age.as_millis() / 100) as i64;
+                self.exec("DELETE FROM events WHERE at < ?1", params![batch])?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes an event written earlier in an operation that is being taken back as a
@@ -221,5 +293,7 @@ pub(super) fn instance_from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Resul
         boot_id: r.get(at + 3)?,
         started_at: r.get(at + 4)?,
         stopping: r.get(at + 5)?,
+        cgroup: r.get(at + 6)?,
+        launching: r.get(at + 7)?,
     })
 }

@@ -31,6 +31,11 @@ impl Supervisor {
             let Some((id, svc, inst)) = tx.instance_by_pid(pid, start_time)? else {
                 return Ok(None);
             };
+            // The first process of a self-daemonizing service handing over: the start
+            // that runs it records the outcome.
+            if status == ExitStatus::Code(0) && super::forking::handing_over(&inst) {
+                return Ok(None);
+            }
             Ok(Some(record_exit(
                 tx,
                 id,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{Exit, Seer, Then};
 use crate::error::{Error, Result};
 use crate::policy::{self, Decision, ExitStatus};
+use crate::process::cgroup::Cgroup;
 use crate::process::identity;
 use crate::record::{event, now_ms, Instance};
 use crate::service::{fmt_duration, Service};
@@ -24,6 +25,16 @@ pub(super) fn record_exit(
     then: Then,
 ) -> Result<Exit> {
     let now = now_ms();
+    // A SIGKILL in a cgroup whose memory.events counts an OOM kill was the kernel's doing
+    // (the instance's cgroup is its own, so any count there is this instance's).
+    let status = match (&status, &inst.cgroup) {
+        (ExitStatus::Signal(libc::SIGKILL), Some(cg))
+            if Cgroup::at(cg).oom_kills().is_some_and(|n| n > 0) =>
+        {
+            ExitStatus::OomKilled
+        }
+        _ => status,
+    };
     tx.clear_instance(id, inst)?;
     let before = tx.runtime(id)?;
     let requested = inst.stopping;
@@ -56,6 +67,7 @@ pub(super) fn record_exit(
     Ok(Exit {
         name: svc.name.clone(),
         pgid: inst.pgid,
+        cgroup: inst.cgroup.clone(),
         requested,
         decision,
         retry_at,
@@ -85,6 +97,9 @@ pub(super) fn live_instance(
     match identity::check(inst.pid, inst.start_time, &inst.boot_id, &seer.boot) {
         identity::Liveness::Alive => Ok(Some(inst)),
         identity::Liveness::Exited if seer.defer => Ok(None),
+        // A self-daemonizing service's first process has exited and its start is taking
+        // the daemonized process as the instance: still starting, not an exit.
+        identity::Liveness::Exited if super::forking::handing_over(&inst) => Ok(Some(inst)),
         identity::Liveness::Exited => {
             let status = seer.status(&inst);
             let seen = match status {

@@ -20,9 +20,15 @@
 //! if tend dies at any instant the gate closes and the process exits on its own. The CLI
 //! holds off SIGINT/SIGTERM/SIGHUP/SIGQUIT from before the spawn until exec.
 
+pub mod apply;
+mod containment;
 mod definitions;
 mod exits;
+mod fleet;
+mod forking;
+pub mod health;
 mod instances;
+mod ready;
 mod start;
 mod stop;
 mod view;
@@ -33,6 +39,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::policy::{Decision, ExitStatus};
+use crate::process::cgroup::Containment;
 use crate::process::handle::Handle;
 use crate::process::identity;
 use crate::process::reap::ExitBoard;
@@ -49,23 +56,42 @@ pub struct Status {
     pub runtime: Runtime,
     /// What the service is doing, decided once (by [`State::of`]); output renders it.
     pub state: State,
+    /// Its cgroup, when it runs in one or left processes in one.
+    pub cgroup: Option<CgroupView>,
 }
 
 impl Status {
+    /// `ready_at`: when the instance passed its readiness check, if it did. A service
+    /// without a `ready` check is ready once it runs.
     fn new(
         service: Service,
         instance: Option<Instance>,
         runtime: Runtime,
         supervised: bool,
+        ready_at: Option<i64>,
     ) -> Status {
-        let state = State::of(instance.as_ref(), &runtime, supervised);
+        let ready = service.settings.ready.is_none() || ready_at.is_some();
+        let state = State::of_ready(instance.as_ref(), &runtime, supervised, ready);
         Status {
             service,
             instance,
             runtime,
             state,
+            cgroup: None,
         }
     }
+}
+
+/// What `status` shows of a service's cgroup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CgroupView {
+    /// The running instance's cgroup.
+    pub path: Option<String>,
+    /// CPU time and memory of the running instance's cgroup.
+    pub usage: crate::process::cgroup::Usage,
+    /// Processes of the service outside a running instance: what an instance whose main
+    /// process exited left behind (killed at the next start or stop).
+    pub leftovers: Vec<i32>,
 }
 
 /// What the daemon must do after a service's exit was recorded.
@@ -74,11 +100,23 @@ pub struct Exit {
     pub name: String,
     /// The session (and first process group) tend created for the instance.
     pub pgid: i32,
+    /// The instance's cgroup, if it had one.
+    pub cgroup: Option<String>,
     /// The exit was asked for by a stop.
     pub requested: bool,
     pub decision: Decision,
     /// Unix ms when a restart is due.
     pub retry_at: Option<i64>,
+}
+
+/// What taking a fleet command found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// First time here: recorded as taken, with the request in the service's events
+    /// when it is defined here (`known`); act on it.
+    Fresh { known: bool },
+    /// Taken before: acted on (or interrupted while acting) by an earlier daemon.
+    Before(crate::record::Taken),
 }
 
 /// What a daemon coming up found: running services to watch (pinned), and exits.
@@ -111,6 +149,22 @@ pub enum StartOutcome {
     /// An automatic restart that was cancelled meanwhile (a person stopped or started the
     /// service); only [`Supervisor::restart_due`] returns it.
     NotDue,
+    /// `start --wait`: running and ready (its check passed, or it stayed up its grace
+    /// period), `took` after the wait began.
+    Ready {
+        pid: i32,
+        took: Duration,
+    },
+    /// `start --wait`: not ready. `status`: how it exited, when it did; `log`: the end
+    /// of its log then.
+    NotReady {
+        pid: i32,
+        reason: String,
+        #[serde(default)]
+        status: Option<String>,
+        #[serde(default)]
+        log: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -150,6 +204,9 @@ pub struct Context {
     pub daemon_watching: bool,
     /// We are the daemon: its event loop reaps every child and posts the statuses here.
     pub board: Option<Arc<ExitBoard>>,
+    /// The containment found by the caller (the daemon finds it once); `None`: found on
+    /// first use.
+    pub containment: Option<Containment>,
 }
 
 pub struct Supervisor {
@@ -158,6 +215,8 @@ pub struct Supervisor {
     boot_id: String,
     notices: Vec<String>,
     ctx: Context,
+    /// Found on first use (see [`Supervisor::containment`]).
+    containment: Option<Containment>,
 }
 
 /// How long a thread that saw one of the daemon's children exit waits for the event loop
@@ -191,6 +250,7 @@ impl Supervisor {
             store,
             boot_id,
             notices: Vec::new(),
+            containment: ctx.containment.clone(),
             ctx,
         })
     }

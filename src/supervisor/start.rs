@@ -2,10 +2,13 @@
 //! honest about a process already gone. See the module documentation of
 //! [`crate::supervisor`].
 
+use std::collections::BTreeMap;
+
 use super::instances::{live_instance, lookup, record_exit};
 use super::{Seer, StartOutcome, Supervisor, Then, STATUS_WAIT};
 use crate::error::{Error, Result, SpawnError};
 use crate::policy::ExitStatus;
+use crate::process::cgroup::Cgroup;
 use crate::process::handle::Handle;
 use crate::process::signals::Deferred;
 use crate::process::spawn;
@@ -50,11 +53,45 @@ impl Supervisor {
             Check::Done(outcome) => return Ok(outcome),
         };
         // Everything that can fail on bad input fails here, before any fork or write.
-        let cmd = prepare(&svc)?;
+        let leaf = self.new_instance_cgroup(&svc)?;
+        let cmd = match prepare(&svc, leaf.as_ref()) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                if let Some(l) = &leaf {
+                    let _ = l.remove();
+                }
+                // Its new cgroup may have been taken by a concurrent start that won.
+                if let Some(pid) = self.running_pid(name, &seer)? {
+                    return Ok(StartOutcome::AlreadyRunning { pid });
+                }
+                return Err(e);
+            }
+        };
+        // The new cgroup is removed if the start does not go ahead.
+        let mut leaf_guard = LeafGuard(leaf.clone());
+        // A `log` readiness check looks only at what this instance writes: where its log
+        // ends now is recorded with the instance.
+        let log_from = match svc.settings.ready.as_ref().map(|p| &p.check) {
+            Some(crate::service::probe::Check::Log { .. }) => {
+                Some(std::fs::metadata(&svc.settings.stdout).map_or(0, |m| m.len()))
+            }
+            _ => None,
+        };
         // From before the fork until exec: a Ctrl-C, SIGTERM or hang-up meanwhile is
         // carried out afterwards, when the instance is recorded and running.
         let _deferred = Deferred::new();
-        let pending = cmd.spawn().map_err(|e| start_error(&svc.name, e))?;
+        let pending = match cmd.spawn() {
+            Ok(p) => p,
+            Err(e) => {
+                // A concurrent start that won its record kills what other starts of the
+                // service hold in their cgroups (it cannot tell them from leftovers of an
+                // earlier instance): then the service runs, which is what was asked.
+                if let Some(pid) = self.running_pid(name, &seer)? {
+                    return Ok(StartOutcome::AlreadyRunning { pid });
+                }
+                return Err(start_error(&svc.name, e));
+            }
+        };
         let inst = Instance {
             pid: pending.pid(),
             pgid: pending.session(),
@@ -62,13 +99,19 @@ impl Supervisor {
             boot_id: self.boot_id.clone(),
             started_at: now_ms(),
             stopping: false,
+            cgroup: leaf.as_ref().map(|l| l.path.display().to_string()),
+            launching: svc.settings.pidfile.0.is_some() && leaf.is_some(),
         };
         let mut notes = Vec::new();
         // No side effect in here: it may run more than once. `pending` is dropped (and
         // the held process killed before exec) on any error.
         let undo = match self.store.write(|tx| {
             notes.clear();
-            commit_start(tx, name, &inst, origin, &seer, &mut notes)
+            let c = commit_start(tx, name, &inst, origin, &seer, &mut notes)?;
+            if let (Commit::Won(undo), Some(at)) = (&c, log_from) {
+                tx.set_log_from(undo.id, &inst, at)?;
+            }
+            Ok(c)
         }) {
             Ok(Commit::Won(undo)) => undo,
             Ok(Commit::Lost(outcome)) => {
@@ -82,13 +125,26 @@ impl Supervisor {
             }
         };
         self.notices.extend(notes);
+        leaf_guard.0 = None;
+        if let Some(l) = &leaf {
+            // The start is recorded: whatever an earlier instance left behind goes now,
+            // before the new one can compete with it for ports and files.
+            self.kill_earlier(name, l);
+        }
         let started = match pending.release() {
             Ok(s) => s,
             Err(e) => {
                 self.undo_start(&inst, &undo);
+                if let Some(l) = &leaf {
+                    l.wait_empty(std::time::Duration::from_secs(1));
+                    let _ = l.remove();
+                }
                 return Err(start_error(&svc.name, e));
             }
         };
+        if let (Some(pidfile), Some(l)) = (&svc.settings.pidfile.0, &leaf) {
+            return self.follow_fork(undo.id, &svc, &inst, &started.handle, l, pidfile);
+        }
         // `start` confirms exec. If the process is already gone by now, say so.
         if started.handle.exited() {
             let status = self.fresh_exit_status(&started.handle);
@@ -104,9 +160,17 @@ impl Supervisor {
         Ok(StartOutcome::Started { pid: inst.pid })
     }
 
+    /// The pid of the service's recorded instance, if it is alive.
+    fn running_pid(&mut self, name: &str, seer: &Seer) -> Result<Option<i32>> {
+        self.store.read(|tx| {
+            let (id, _) = lookup(tx, name)?;
+            Ok(tx.instance(id)?.filter(|i| seer.alive(i)).map(|i| i.pid))
+        })
+    }
+
     /// The exit status of a process we just started and found exited: we are its parent
     /// (a subreaper), so the CLI reaps it itself; in the daemon its loop does, and posts.
-    fn fresh_exit_status(&self, h: &Handle) -> Option<ExitStatus> {
+    pub(super) fn fresh_exit_status(&self, h: &Handle) -> Option<ExitStatus> {
         let word = match &self.ctx.board {
             Some(board) => board.wait_for(h.pid(), h.start_time(), STATUS_WAIT),
             None => h.try_reap(),
@@ -135,7 +199,7 @@ impl Supervisor {
 
     /// Records that the instance `inst` of service `id` exited with `status` (if it is
     /// still the recorded one), with the restart policy applied.
-    fn exit_seen(&mut self, id: i64, inst: &Instance, status: ExitStatus) -> Result<()> {
+    pub(super) fn exit_seen(&mut self, id: i64, inst: &Instance, status: ExitStatus) -> Result<()> {
         self.store.write(|tx| {
             let Some(svc) = tx.service_by_id(id)? else {
                 return Ok(());
@@ -223,9 +287,14 @@ pub(super) fn commit_start(
 }
 
 /// Calls `f` with what spawning the service would be given (its environment merged
-/// onto ours).
-pub(super) fn with_spec<T>(svc: &Service, f: impl FnOnce(&spawn::Spec) -> T) -> T {
-    let env = spawn::merged_env(&svc.env);
+/// onto ours; `file_env`, read from its env file, under its own `--env` values).
+pub(super) fn with_spec<T>(
+    svc: &Service,
+    file_env: &BTreeMap<String, String>,
+    cgroup: Option<&Cgroup>,
+    f: impl FnOnce(&spawn::Spec) -> T,
+) -> T {
+    let env = spawn::merged_env(file_env.iter().chain(svc.env.iter()));
     f(&spawn::Spec {
         argv: &svc.argv,
         cwd: &svc.settings.cwd,
@@ -233,12 +302,58 @@ pub(super) fn with_spec<T>(svc: &Service, f: impl FnOnce(&spawn::Spec) -> T) -> 
         stdin: &svc.settings.stdin,
         stdout: &svc.settings.stdout,
         stderr: &svc.settings.stderr,
+        cgroup,
     })
 }
 
-/// Opens the files and resolves the program of a start (no fork yet).
-pub(super) fn prepare(svc: &Service) -> Result<spawn::Prepared> {
-    with_spec(svc, spawn::Prepared::prepare).map_err(|e| start_error(&svc.name, e))
+/// Opens the files and resolves the program of a start (no fork yet). The env file is
+/// read now, at every start, so a changed secret takes effect on restart.
+pub(super) fn prepare(svc: &Service, cgroup: Option<&Cgroup>) -> Result<spawn::Prepared> {
+    let file_env = read_env_file(svc)?;
+    with_spec(svc, &file_env, cgroup, spawn::Prepared::prepare)
+        .map_err(|e| start_error(&svc.name, e))
+}
+
+/// The variables of the service's env file (dotenv rules: `KEY=VALUE`, quotes, `#`
+/// comments, `export` prefixes); none without one.
+pub(super) fn read_env_file(svc: &Service) -> Result<BTreeMap<String, String>> {
+    let Some(path) = &svc.settings.env_file else {
+        return Ok(BTreeMap::new());
+    };
+    let err = |reason: String| Error::EnvFile {
+        service: svc.name.clone(),
+        path: path.clone(),
+        reason,
+    };
+    let iter = dotenvy::from_path_iter(path).map_err(|e| err(env_file_reason(&e)))?;
+    let mut out = BTreeMap::new();
+    for item in iter {
+        let (k, v) = item.map_err(|e| err(env_file_reason(&e)))?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+fn env_file_reason(e: &dotenvy::Error) -> String {
+    match e {
+        dotenvy::Error::Io(io) => crate::error::io_reason(io),
+        dotenvy::Error::LineParse(line, at) => format!("cannot parse {line:?} (at {at})"),
+        other => other.to_string(),
+    }
+}
+
+/// Removes an instance's new cgroup unless disarmed (`.0 = None`) once the start is
+/// recorded. The process in it is killed first by dropping its `Pending`, which happens
+/// before this guard is dropped (it is declared later).
+struct LeafGuard(Option<Cgroup>);
+
+impl Drop for LeafGuard {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take() {
+            l.wait_empty(std::time::Duration::from_secs(1));
+            let _ = l.remove();
+        }
+    }
 }
 
 pub(super) fn start_error(name: &str, source: SpawnError) -> Error {

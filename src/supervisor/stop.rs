@@ -5,6 +5,7 @@ use super::instances::{lookup, record_exit};
 use super::{SignalOutcome, StartOutcome, StopOutcome, Supervisor, Then, STATUS_WAIT};
 use crate::error::{Error, Result};
 use crate::policy::ExitStatus;
+use crate::process::cgroup::Cgroup;
 use crate::process::identity;
 use crate::process::stop::{self, Recorded};
 use crate::record::event;
@@ -31,8 +32,10 @@ impl Supervisor {
             Ok((id, svc, inst))
         })?;
         let Some(mut inst) = inst else {
+            self.kill_leftovers_of(name, None)?;
             return Ok(StopOutcome::NotRunning);
         };
+        let cgroup = inst.cgroup.as_deref().map(Cgroup::at);
         inst.stopping = true;
         // Is it a child of ours? Then the daemon's loop reaps it and posts its status.
         let me = std::process::id() as i32;
@@ -55,6 +58,7 @@ impl Supervisor {
             svc.settings.stop_signal.0,
             svc.settings.stop_timeout,
             self.reaper(),
+            cgroup.as_ref(),
         )
         .map_err(|source| Error::Stop {
             service: name.to_string(),
@@ -87,6 +91,10 @@ impl Supervisor {
         if kind != event::STOP {
             self.notices
                 .push(format!("{name}: {detail}; record cleared"));
+            // The main process was gone already, but its cgroup may not be empty.
+            self.kill_leftovers_of(name, cgroup.as_ref())?;
+        } else if let Some(cg) = &cgroup {
+            let _ = cg.remove();
         }
         let status = match (&self.ctx.board, kind == event::STOP && our_child) {
             (Some(board), true) => board
@@ -117,6 +125,41 @@ impl Supervisor {
             tx.record(name, kind, &detail)
         })?;
         Ok(result)
+    }
+
+    /// Kills what is left in the service's cgroups when no instance of it runs (`cgroup`:
+    /// the last instance's, when known; else every instance cgroup of the service under
+    /// this process's containment), with a notice and an event.
+    fn kill_leftovers_of(&mut self, name: &str, cgroup: Option<&Cgroup>) -> Result<()> {
+        let leaves: Vec<Cgroup> = match cgroup {
+            Some(c) => vec![c.clone()],
+            // Leaves a tend process created a moment ago may belong to a start in
+            // progress (one that has not recorded its instance yet): left to it.
+            None => match self.containment().root() {
+                Some(r) => r
+                    .service(name)
+                    .children()
+                    .into_iter()
+                    .filter(|l| !super::containment::creator_alive(l))
+                    .collect(),
+                None => return Ok(()),
+            },
+        };
+        let mut killed = 0;
+        for leaf in leaves {
+            killed += stop::kill_cgroup(&leaf).map_err(|source| Error::Stop {
+                service: name.to_string(),
+                source,
+            })?;
+            let _ = leaf.remove();
+        }
+        if killed > 0 {
+            let detail = format!("killed {killed} leftover process(es) in its cgroup");
+            self.notices.push(format!("{name}: {detail}"));
+            self.store
+                .write(|tx| tx.record(name, event::STOP, &detail))?;
+        }
+        Ok(())
     }
 
     /// Sends signal number `signal` to the service's main process (identity-checked).

@@ -2,8 +2,9 @@
 //! the way), definitions, events, pending restarts.
 
 use super::instances::{live_instance, lookup};
-use super::{Status, Supervisor, Then};
+use super::{CgroupView, Status, Supervisor, Then};
 use crate::error::Result;
+use crate::process::cgroup::Cgroup;
 use crate::record::{Event, Instance, Runtime};
 use crate::service::Service;
 
@@ -11,24 +12,35 @@ impl Supervisor {
     /// One service with its live instance; dead records are cleared on the way.
     pub fn status(&mut self, name: &str) -> Result<Status> {
         let seer = self.seer();
-        let (svc, inst, runtime) = self.store.read(|tx| {
+        let (svc, inst, runtime, ready) = self.store.read(|tx| {
             let (id, svc) = lookup(tx, name)?;
-            Ok((svc, tx.instance(id)?, tx.runtime(id)?))
+            let ready = tx.ready_marks()?.remove(&id);
+            Ok((svc, tx.instance(id)?, tx.runtime(id)?, ready))
         })?;
         let (instance, runtime) = match inst {
             Some(i) if seer.alive(&i) => (Some(i), runtime),
             Some(_) => self.clear_dead(name)?,
             None => (None, runtime),
         };
-        Ok(Status::new(svc, instance, runtime, self.supervised()))
+        let cgroup = self.cgroup_view(name, instance.as_ref());
+        let mut st = Status::new(svc, instance, runtime, self.supervised(), ready);
+        if cgroup != CgroupView::default() {
+            st.cgroup = Some(cgroup);
+        }
+        Ok(st)
     }
 
     /// All services, sorted by name; dead records are cleared on the way.
     pub fn list(&mut self) -> Result<Vec<Status>> {
         let seer = self.seer();
-        let (services, mut instances, mut runtimes) = self
-            .store
-            .read(|tx| Ok((tx.services()?, tx.instances()?, tx.runtimes()?)))?;
+        let (services, mut instances, mut runtimes, mut ready) = self.store.read(|tx| {
+            Ok((
+                tx.services()?,
+                tx.instances()?,
+                tx.runtimes()?,
+                tx.ready_marks()?,
+            ))
+        })?;
         let mut out = Vec::with_capacity(services.len());
         for (id, svc) in services {
             let runtime = runtimes.remove(&id).unwrap_or_default();
@@ -37,7 +49,17 @@ impl Supervisor {
                 Some(_) => self.clear_dead(&svc.name)?,
                 None => (None, runtime),
             };
-            out.push(Status::new(svc, instance, runtime, self.supervised()));
+            let ready = ready.remove(&id);
+            let mut st = Status::new(svc, instance, runtime, self.supervised(), ready);
+            // Usage of running instances only: `status` also looks for leftovers.
+            if let Some(path) = st.instance.as_ref().and_then(|i| i.cgroup.as_deref()) {
+                st.cgroup = Some(CgroupView {
+                    path: Some(path.to_string()),
+                    usage: Cgroup::at(path).usage(),
+                    leftovers: Vec::new(),
+                });
+            }
+            out.push(st);
         }
         Ok(out)
     }
@@ -75,13 +97,25 @@ impl Supervisor {
         })
     }
 
-    /// Names of services marked `--autostart`.
-    pub fn autostart_names(&mut self) -> Result<Vec<String>> {
-        Ok(self
-            .services()?
-            .into_iter()
+    /// Names of services marked `--autostart`, with what they require, in start order
+    /// (requirements first), each with the requirements it has.
+    pub fn autostart_names(&mut self) -> Result<Vec<(String, Vec<String>)>> {
+        let all = self.services()?;
+        let marked: Vec<String> = all
+            .iter()
             .filter(|s| s.settings.autostart)
-            .map(|s| s.name)
+            .map(|s| s.name.clone())
+            .collect();
+        Ok(crate::service::graph::start_order(&all, &marked)
+            .into_iter()
+            .map(|n| {
+                let requires = all
+                    .iter()
+                    .find(|s| s.name == n)
+                    .map(|s| s.settings.requires.clone())
+                    .unwrap_or_default();
+                (n, requires)
+            })
             .collect())
     }
 

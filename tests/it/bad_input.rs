@@ -24,10 +24,17 @@ fn assert_fails(out: &Out, args: &[&str], code: i32, needles: &[&str]) {
         "tend {args:?}: exit code\nstdout: {}\nstderr: {}",
         out.stdout, out.stderr
     );
-    assert_eq!(
-        out.stdout, "",
-        "tend {args:?}: a failure prints nothing on stdout"
-    );
+    if args.contains(&"--json") {
+        // A JSON caller gets the error as JSON on stdout too (besides the one line).
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("tend {args:?}: stdout is not JSON ({e}): {out:?}"));
+        assert_eq!(v["error"]["code"], code, "tend {args:?}: {out:?}");
+    } else {
+        assert_eq!(
+            out.stdout, "",
+            "tend {args:?}: a failure prints nothing on stdout"
+        );
+    }
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(
         lines.len(),

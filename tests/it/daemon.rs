@@ -1031,7 +1031,11 @@ fn long_state_home_path() {
     assert!(long.join("daemon.sock").as_os_str().len() > 108);
     let tend = |args: &[&str]| {
         let mut c = std::process::Command::new(TEND);
-        c.arg("--home").arg(&long).args(args).stdin(Stdio::null());
+        c.arg("--home")
+            .arg(&long)
+            .args(args)
+            .env("TEND_CGROUP", "off")
+            .stdin(Stdio::null());
         run(c)
     };
     let ok = |args: &[&str]| {
@@ -1102,4 +1106,50 @@ fn killed_as_soon_as_recorded_is_an_exit() {
         "{:?}",
         events(&env, "target")
     );
+}
+
+/// Many timed restarts due at once are each carried out once. The worker tells the event
+/// loop which restarts the database lists as pending after every job; a list taken before
+/// a queued restart ran used to re-arm it, so a busy worker queued the same restarts
+/// again and again (hundreds of `restart ... AlreadyRunning` in the log, and a
+/// `tend daemon stop` that waited tens of seconds for the queue; found by bench/soak.py).
+#[test]
+fn many_due_restarts_are_each_queued_once() {
+    let env = Env::new();
+    start_daemon(&env);
+    let names: Vec<String> = (0..40).map(|i| format!("svc{i:02}")).collect();
+    for n in &names {
+        env.add_fixture(
+            n,
+            &[
+                "--restart",
+                "always",
+                "--restart-delay",
+                "300ms",
+                "--start-limit",
+                "0",
+            ],
+            &[],
+        );
+    }
+    env.ok(&["start", "--all"]);
+    let pids: Vec<i32> = names.iter().map(|n| env.pid(n).unwrap()).collect();
+    // All at once: forty exits, then forty restarts due within a few milliseconds.
+    for &p in &pids {
+        signal(p, libc::SIGKILL);
+    }
+    for (n, &p) in names.iter().zip(&pids) {
+        env.wait_new_pid(n, p);
+    }
+    // Let anything queued behind the restarts run, then look: the daemon logs a restart
+    // that found its service already running.
+    assert!(wait_until(LONG, || daemon_json(&env)["pending_restarts"] == 0));
+    env.ok(&["stop", "--all"]);
+    env.ok(&["daemon", "stop"]);
+    let log = read(&env.home().join("daemon.log"));
+    let again = log.lines().filter(|l| l.contains("AlreadyRunning")).count();
+    assert_eq!(again, 0, "restarts queued more than once:\n{log}");
+    for n in &names {
+        assert_eq!(count(&env, n, "restart"), 1, "{:?}", events(&env, n));
+    }
 }

@@ -22,7 +22,7 @@ const LONG: Duration = Duration::from_secs(20);
 /// for a pid at the same time (other tests may still fork meanwhile: see [`stranger_at`]).
 static NS_LAST_PID: Mutex<()> = Mutex::new(());
 
-fn ns_lock() -> MutexGuard<'static, ()> {
+pub(crate) fn ns_lock() -> MutexGuard<'static, ()> {
     // A test that failed while holding it poisons it; the next one may still go ahead.
     NS_LAST_PID.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -80,7 +80,7 @@ fn last_pid() -> i32 {
 /// Afterwards the kernel's pid counter is put back where it was, so that the other
 /// tests' next processes do not get numbers that were freed a moment ago (whose old
 /// owners someone may still be cleaning up by number).
-fn stranger_at(n: i32) -> KillOnDrop {
+pub(crate) fn stranger_at(n: i32) -> KillOnDrop {
     assert!(n > 2, "session number {n}");
     for attempt in 1..=50 {
         assert!(
@@ -125,7 +125,7 @@ fn stranger_at(n: i32) -> KillOnDrop {
 
 /// Asserts the stranger was never signalled: still running (not reaped, not a zombie)
 /// and nothing pending for it.
-fn assert_untouched(stranger: &mut KillOnDrop, n: i32) {
+pub(crate) fn assert_untouched(stranger: &mut KillOnDrop, n: i32) {
     // Give a wrongly sent signal time to land (it would also show as pending below).
     std::thread::sleep(Duration::from_millis(100));
     assert!(
@@ -158,7 +158,7 @@ fn status_mask(status: &str, key: &str) -> u64 {
 }
 
 /// The service's events as (kind, detail), oldest first.
-fn events(env: &Env, name: &str) -> Vec<(String, String)> {
+pub(crate) fn events(env: &Env, name: &str) -> Vec<(String, String)> {
     let out = env.ok(&["events", name, "--json", "-n", "1000"]);
     let v: Value = serde_json::from_str(&out.stdout).expect("events --json is JSON");
     v.as_array()
@@ -181,7 +181,7 @@ fn pgid(env: &Env, name: &str) -> i32 {
 
 /// Starts `name` (defined with `--setsid`), waits until it has left its session, and
 /// returns (main pid, the session number N tend created, now free of processes).
-fn start_setsid_service(env: &Env, name: &str) -> (i32, i32) {
+pub(crate) fn start_setsid_service(env: &Env, name: &str) -> (i32, i32) {
     env.ok(&["start", name]);
     let pid = env.pid(name).expect("running");
     assert!(
@@ -206,7 +206,7 @@ fn start_setsid_service(env: &Env, name: &str) -> (i32, i32) {
 }
 
 /// `tend daemon`, checked.
-fn start_daemon(env: &Env) {
+pub(crate) fn start_daemon(env: &Env) {
     let out = env.ok(&["daemon"]);
     assert!(out.stdout.contains("daemon: started"), "{out:?}");
 }
@@ -225,7 +225,7 @@ fn stop_spares_a_stranger_holding_the_recycled_session_number() {
     ) {
         return;
     }
-    let env = Env::new();
+    let env = Env::without_cgroups();
     env.add_fixture("web", &[], &["--setsid", "--marker", "m"]);
     let _guard = ns_lock();
     let (pid, n) = start_setsid_service(&env, "web");
@@ -277,7 +277,7 @@ fn restart_spares_a_stranger_holding_the_recycled_session_number() {
     ) {
         return;
     }
-    let env = Env::new();
+    let env = Env::without_cgroups();
     env.add_fixture("web", &[], &["--setsid", "--marker", "m"]);
     let _guard = ns_lock();
     let (pid, n) = start_setsid_service(&env, "web");
@@ -321,7 +321,7 @@ fn crash_cleanup_spares_a_stranger_holding_the_recycled_session_number() {
     ) {
         return;
     }
-    let env = Env::new();
+    let env = Env::without_cgroups();
     start_daemon(&env);
     env.add_fixture(
         "web",
@@ -371,7 +371,7 @@ fn crash_cleanup_spares_a_stranger_holding_the_recycled_session_number() {
 
 /// Starts `name` (`--grandchild --setsid`) and returns (main, helper, N), checking the
 /// corner: main left session N, the helper is main's child and still in N.
-fn start_split_service(env: &Env, name: &str) -> (i32, i32, i32) {
+pub(crate) fn start_split_service(env: &Env, name: &str) -> (i32, i32, i32) {
     let out = env.ok(&["start", name]);
     let pid = env.pid(name).expect("running");
     assert!(
@@ -428,7 +428,7 @@ fn assert_split_stopped(out: &Out, name: &str, pid: i32, helper: i32, n: i32) {
 /// `tend stop` (no daemon) stops main and the helper it left in session N.
 #[test]
 fn stop_takes_the_helper_left_in_the_session_main_left() {
-    let env = Env::new();
+    let env = Env::without_cgroups();
     env.add_fixture("split", &[], &["--grandchild", "--setsid"]);
     let (pid, helper, n) = start_split_service(&env, "split");
     let out = env.ok(&["stop", "split"]);
@@ -446,7 +446,7 @@ fn stop_takes_the_helper_left_in_the_session_main_left() {
 /// The same, with the daemon running: it starts the service and carries out the stop.
 #[test]
 fn daemon_stop_takes_the_helper_left_in_the_session_main_left() {
-    let env = Env::new();
+    let env = Env::without_cgroups();
     start_daemon(&env);
     let daemon = env.daemon_pid().expect("daemon runs");
     env.add_fixture("split", &[], &["--grandchild", "--setsid"]);

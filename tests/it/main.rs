@@ -2,9 +2,12 @@
 //! real processes and real signals. One test crate with modules keeps link time down.
 
 mod bad_input;
+mod cgroups;
+mod cli;
 mod daemon;
 mod faults;
 mod lifecycle;
 mod postgres;
 mod races;
+mod services_file;
 mod util;

@@ -22,12 +22,13 @@ use sha2::Sha256;
 use crate::util::*;
 use server::{give_to_server, shared_url, Cluster};
 
+mod fleet;
 mod server;
 
 /// Deadline for anything the daemon does in answer to a notification.
 const LONG: Duration = Duration::from_secs(30);
 /// Deadline for the listener to come back after the server does: the reconnect backoff
-/// is capped at 30 s (jittered), plus a connect.
+/// is capped at 2 s (jittered), plus a connect; generous for a loaded machine.
 const RECONNECT: Duration = Duration::from_secs(60);
 
 /// A unique number within this test process (channels, fences, ports).
@@ -1002,4 +1003,130 @@ fn signed_notify_repeated_quickly() {
         events(&env)
     );
     assert_eq!(of_kind(&env, "notify").len(), 3, "{:#?}", events(&env));
+}
+
+/// A flood of rejected payloads (500 distinct ones, sent in one transaction) becomes one
+/// `rejected` event and one daemon log line per burst, with the count, instead of 500 of
+/// each pushing real events out of `tend events` (issue 13).
+#[test]
+fn rejected_flood_is_coalesced() {
+    let pg = Pg::shared();
+    let env = Env::new();
+    let pid = start_web(&env);
+    start_listening(&env, &pg.daemon_args());
+    psql(
+        &pg.url,
+        &[&format!(
+            "SELECT count(pg_notify({}, 'bogus ' || g)) FROM generate_series(1, 500) g",
+            literal(&pg.chan)
+        )],
+    );
+    let count = |e: &Ev| -> u64 {
+        e.detail
+            .split_once(" payloads rejected")
+            .map_or(1, |(n, _)| n.parse().expect("a count"))
+    };
+    let mut got = Vec::new();
+    let ok = wait_until(LONG, || {
+        got = of_kind(&env, "rejected");
+        got.iter().map(count).sum::<u64>() >= 500
+    });
+    assert!(
+        ok,
+        "rejections: {got:#?}\ndaemon.log:\n{}",
+        env.daemon_log()
+    );
+    assert_eq!(got.iter().map(count).sum::<u64>(), 500, "{got:#?}");
+    // One burst (a pause of a second mid-flood would split it; a few are tolerated).
+    assert!(
+        got.len() <= 3,
+        "{} events for one burst: {got:#?}",
+        got.len()
+    );
+    assert!(
+        got[0].detail.contains("first: notify (backend pid "),
+        "{got:#?}"
+    );
+    let log = env.daemon_log();
+    let lines = log.lines().filter(|l| l.contains("bogus")).count();
+    assert_eq!(lines, got.len(), "one log line per burst:\n{log}");
+    // The real history is still there.
+    assert!(events(&env).iter().any(|e| e.kind == "start"));
+    assert_eq!(env.pid("web"), Some(pid), "nothing rejected was acted on");
+}
+
+/// `tend doctor` connects with the configured settings and asks the server whether the
+/// connection is encrypted: verified TLS with `require` and the CA, plain with `disable`,
+/// and a FAIL (exit 1) once the server is gone (issue 13).
+#[test]
+fn doctor_checks_postgres_reachability_and_tls() {
+    let certs = tempfile::tempdir().expect("cert dir");
+    openssl(
+        certs.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+        ],
+    );
+    give_server_files(certs.path());
+    let crt = certs.path().join("server.crt");
+    let cluster = Cluster::new(&[
+        "ssl = on".to_string(),
+        format!("ssl_cert_file = '{}'", crt.display()),
+        format!(
+            "ssl_key_file = '{}'",
+            certs.path().join("server.key").display()
+        ),
+    ]);
+    let env = Env::new();
+    let postgres_line = |out: &Out| -> String {
+        out.stdout
+            .lines()
+            .find(|l| l[6..].starts_with("postgres"))
+            .unwrap_or_else(|| panic!("no postgres check: {out:?}"))
+            .to_string()
+    };
+    let out = env.ok(&["doctor"]);
+    assert!(postgres_line(&out).contains("not configured"), "{out:?}");
+
+    env.ok(&["config", "set", "postgres.url", &cluster.url("require")]);
+    env.ok(&["config", "set", "postgres.ca_file", crt.to_str().unwrap()]);
+    let out = env.ok(&["doctor"]);
+    let line = postgres_line(&out);
+    assert!(
+        line.starts_with("ok") && line.contains("TLS in use"),
+        "{line}"
+    );
+
+    env.ok(&["config", "set", "postgres.url", &cluster.url("disable")]);
+    let line = postgres_line(&env.ok(&["doctor"]));
+    assert!(
+        line.starts_with("ok") && line.contains("without TLS"),
+        "{line}"
+    );
+
+    drop(cluster);
+    let out = env.tend(&["doctor", "--json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let pg = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "postgres")
+        .unwrap();
+    assert_eq!(pg["status"], "fail", "{pg}");
 }

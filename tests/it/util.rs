@@ -17,6 +17,8 @@ const RUN_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Env {
     pub home: tempfile::TempDir,
     pub work: tempfile::TempDir,
+    /// Set on every tend command (e.g. `TEND_CGROUP=off`).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -24,7 +26,16 @@ impl Env {
         Env {
             home: tempfile::tempdir().expect("temp home"),
             work: tempfile::tempdir().expect("temp work dir"),
+            vars: Vec::new(),
         }
+    }
+
+    /// An env whose tend uses process-group containment only (`TEND_CGROUP=off`): for
+    /// tests of the session-based proofs, which cgroups otherwise make unnecessary.
+    pub fn without_cgroups() -> Env {
+        let mut e = Env::new();
+        e.vars.push(("TEND_CGROUP".into(), "off".into()));
+        e
     }
 
     pub fn home(&self) -> &Path {
@@ -46,6 +57,8 @@ impl Env {
             .arg(self.home())
             .current_dir(self.work())
             .env_remove("TEND_HOME")
+            .env_remove("TEND_CGROUP")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         c
     }
@@ -172,6 +185,92 @@ impl Env {
     }
 }
 
+impl Env {
+    /// The cgroup tend creates for this home under `parent` (`tend-` and 16 hex digits of
+    /// the SHA-256 of the home's path; see `process::cgroup`).
+    pub fn cgroup_in(&self, parent: &Path) -> PathBuf {
+        use sha2::Digest;
+        use std::os::unix::ffi::OsStrExt;
+        let digest = sha2::Sha256::digest(self.home().as_os_str().as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        parent.join(format!("tend-{hex}"))
+    }
+
+    /// This home's cgroup when tend runs from the test's own cgroup (as tend does here).
+    pub fn cgroup(&self) -> Option<PathBuf> {
+        own_cgroup().map(|p| self.cgroup_in(&p))
+    }
+
+    /// Kills whatever is left in this home's cgroup and removes it, deepest first.
+    fn remove_cgroup(&self) {
+        let Some(root) = self.cgroup().filter(|p| p.is_dir()) else {
+            return;
+        };
+        let _ = std::fs::write(root.join("cgroup.kill"), "1");
+        wait_until(Duration::from_secs(10), || !cgroup_populated(&root));
+        let mut dirs = Vec::new();
+        collect_dirs(&root, &mut dirs);
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// `populated 1` in `cgroup.events`.
+pub fn cgroup_populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
+        .unwrap_or(false)
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// The cgroup v2 mount point (from /proc/self/mountinfo).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap_or("")))
+    })
+}
+
+/// The directory of this process's own cgroup v2.
+pub fn own_cgroup() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = rel.trim().trim_start_matches('/');
+    let mount = cgroup2_mount()?;
+    Some(if rel.is_empty() {
+        mount
+    } else {
+        mount.join(rel)
+    })
+}
+
+/// Every pid in a cgroup directory and below.
+pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    let mut dirs = Vec::new();
+    collect_dirs(dir, &mut dirs);
+    dirs.iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         self.kill_daemon();
@@ -193,6 +292,7 @@ impl Drop for Env {
                 }
             }
         }
+        self.remove_cgroup();
     }
 }
 

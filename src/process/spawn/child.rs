@@ -19,8 +19,65 @@ pub struct ChildArgs<'a> {
     pub report: RawFd,
     pub gate: RawFd,
     /// Descriptors the child keeps, sorted.
-    pub keep: [RawFd; 5],
+    pub keep: [RawFd; 6],
     pub sigmax: libc::c_int,
+    /// `cgroup.procs` of the instance's cgroup, to join before anything else (when
+    /// `clone3(CLONE_INTO_CGROUP)` is not available).
+    pub cgroup_procs: Option<&'a CString>,
+    /// The instance's cgroup directory, opened: the service is created inside it.
+    pub cgroup_fd: Option<RawFd>,
+}
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Forks the service process: straight into its cgroup with `clone3(CLONE_INTO_CGROUP)`
+/// where there is one (no migration afterwards, which costs an RCU grace period under
+/// the kernel's threadgroup lock), else a plain fork. Returns (pid, joined): `joined`
+/// tells the child it is already in its cgroup.
+///
+/// # Safety
+/// Must only be called in a forked, single-threaded child.
+unsafe fn fork_service(a: &ChildArgs) -> (libc::pid_t, bool) {
+    if let Some(fd) = a.cgroup_fd {
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: fd as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 without a stack behaves as fork: the child continues on a copy
+        // of this single-threaded process's stack. Async-signal-safe (a system call).
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if pid >= 0 {
+            return (pid as libc::pid_t, true);
+        }
+        // ENOSYS/E2BIG/EINVAL: an older kernel; fall back to fork and join by writing.
+    }
+    // SAFETY: as above, a fork of a single-threaded child.
+    (unsafe { libc::fork() }, false)
 }
 
 /// Reports a failed step and exits.
@@ -66,12 +123,12 @@ pub unsafe fn intermediate(a: &ChildArgs) -> ! {
         if libc::setsid() < 0 {
             fail(a.report, Stage::Setsid);
         }
-        let pid = libc::fork();
+        let (pid, joined) = fork_service(a);
         if pid < 0 {
             fail(a.report, Stage::Fork);
         }
         if pid == 0 {
-            service(a);
+            service(a, joined);
         }
         send(a.report, TAG_PID, pid as u32, 0);
         libc::_exit(0)
@@ -83,7 +140,7 @@ pub unsafe fn intermediate(a: &ChildArgs) -> ! {
 ///
 /// # Safety
 /// Must only be called in a freshly forked child; never returns.
-unsafe fn service(a: &ChildArgs) -> ! {
+unsafe fn service(a: &ChildArgs, joined: bool) -> ! {
     // SAFETY: every call below is async-signal-safe and made in a forked child; the
     // pointers passed point to data prepared before the fork and still alive.
     unsafe {
@@ -92,6 +149,15 @@ unsafe fn service(a: &ChildArgs) -> ! {
         // in this process, and SIG_IGN would survive exec. The raw system call, because
         // glibc's sigaction refuses its two internal signals (32 and 33), which a parent
         // started through glibc's posix_spawn can hand down as ignored.
+        // First into the cgroup: from here on everything this process forks is born
+        // inside it. Writing "0" moves the writing process.
+        if let Some(procs) = a.cgroup_procs.filter(|_| !joined) {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(a.report, Stage::Cgroup);
+            }
+            libc::close(fd);
+        }
         for sig in 1..=a.sigmax {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 crate::process::signals::default_disposition_raw(sig);

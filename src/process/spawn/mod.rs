@@ -57,6 +57,9 @@ pub struct Prepared {
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    cgroup_procs: Option<CString>,
+    /// The instance's cgroup directory (for clone3's CLONE_INTO_CGROUP).
+    cgroup_dir: Option<OwnedFd>,
 }
 
 /// What to run and where. Paths must be absolute.
@@ -68,6 +71,8 @@ pub struct Spec<'a> {
     pub stdin: &'a Path,
     pub stdout: &'a Path,
     pub stderr: &'a Path,
+    /// The cgroup the service joins before exec (its instance's leaf), if any.
+    pub cgroup: Option<&'a crate::process::cgroup::Cgroup>,
 }
 
 /// A new process waiting at the gate: set up, pinned, not yet exec'd. Dropping it
@@ -154,6 +159,11 @@ impl Prepared {
             stdin,
             stdout,
             stderr,
+            cgroup_procs: spec.cgroup.map(|c| c.procs_path()),
+            cgroup_dir: match spec.cgroup {
+                Some(c) => Some(open_dir(&c.path)?),
+                None => None,
+            },
         })
     }
 
@@ -177,6 +187,10 @@ impl Prepared {
             self.stderr.as_raw_fd(),
             report_w.as_raw_fd(),
             gate_r.as_raw_fd(),
+            // Without a cgroup, a repeat (the list is a set).
+            self.cgroup_dir
+                .as_ref()
+                .map_or(report_w.as_raw_fd(), |d| d.as_raw_fd()),
         ];
         keep.sort_unstable();
         let args = ChildArgs {
@@ -193,13 +207,15 @@ impl Prepared {
             gate: gate_r.as_raw_fd(),
             keep,
             sigmax: libc::SIGRTMAX(),
+            cgroup_procs: self.cgroup_procs.as_ref(),
+            cgroup_fd: self.cgroup_dir.as_ref().map(|d| d.as_raw_fd()),
         };
 
         let pid = {
             let _blocked = BlockAll::new();
             // SAFETY: fork is called with all allocations done and every signal blocked;
             // the child branch only calls async-signal-safe functions (close_range,
-            // setsid, fork, sigaction, dup2, chdir, umask, write, read, sigprocmask,
+            // setsid, fork, open, sigaction, dup2, chdir, umask, write, read, sigprocmask,
             // execve, _exit) before exec or _exit.
             let pid = unsafe { libc::fork() };
             if pid == 0 {
@@ -408,15 +424,57 @@ fn open_fd(what: &'static str, path: &Path, write: bool) -> Result<OwnedFd, Spaw
     } else {
         opts.read(true);
     }
-    let file = opts.open(path).map_err(|e| SpawnError::Open {
+    // O_NONBLOCK: a FIFO put in place of the file after `add` must not hang the start in
+    // open(); it is refused below, and the flag is cleared for what is kept.
+    opts.custom_flags(libc::O_NONBLOCK);
+    let open_err = |e: std::io::Error| SpawnError::Open {
         what,
         path: path.into(),
-        reason: crate::error::io_reason(&e),
+        // A FIFO without a reader fails a non-blocking open with ENXIO: say what it is.
+        reason: std::fs::metadata(path)
+            .ok()
+            .and_then(|m| crate::service::stdio_refusal(&m))
+            .map_or_else(|| crate::error::io_reason(&e), str::to_string),
+    };
+    let file = opts.open(path).map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    if let Some(why) = crate::service::stdio_refusal(&meta) {
+        return Err(SpawnError::Open {
+            what,
+            path: path.into(),
+            reason: why.to_string(),
+        });
+    }
+    let flags =
+        nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(|errno| {
+            SpawnError::Os {
+                what: "fcntl",
+                errno,
+            }
+        })?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|errno| {
+        SpawnError::Os {
+            what: "fcntl",
+            errno,
+        }
     })?;
     // If tend itself runs with a closed stdio descriptor, open() can return 0, 1 or 2;
     // moving every descriptor above 2 keeps the dup2 calls in the child from clobbering
     // one another.
     dup_high(file.as_raw_fd()).map_err(|errno| SpawnError::Os { what: "dup", errno })
+}
+
+/// Opens a directory (a cgroup) for `clone3`'s `CLONE_INTO_CGROUP`, above 2.
+fn open_dir(path: &Path) -> Result<OwnedFd, SpawnError> {
+    let dir = std::fs::File::open(path).map_err(|e| {
+        SpawnError::Cgroup(format!(
+            "cannot open {}: {}",
+            path.display(),
+            crate::error::io_reason(&e)
+        ))
+    })?;
+    dup_high(dir.as_raw_fd()).map_err(|errno| SpawnError::Os { what: "dup", errno })
 }
 
 fn dup_high(fd: RawFd) -> Result<OwnedFd, Errno> {

@@ -533,6 +533,20 @@ impl Cluster {
         let out = self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"]);
         assert_eq!(out.code, 0, "pg_ctl stop failed: {out:?}");
     }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Lets clients from `cidr` in (trust, as the rest) and reloads the configuration.
+    pub fn allow_network(&self, cidr: &str) {
+        let hba = self.data().join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        text.push_str(&format!("host all all {cidr} trust\n"));
+        std::fs::write(&hba, text).expect("write pg_hba.conf");
+        let out = self.pg_ctl(&["reload"]);
+        assert_eq!(out.code, 0, "pg_ctl reload failed: {out:?}");
+    }
 }
 
 impl Drop for Cluster {

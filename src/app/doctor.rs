@@ -1,0 +1,573 @@
+//! `tend doctor`: checks what tend depends on and says, one line each, what is wrong and
+//! how to fix it. It changes nothing: the database is opened without migrating it, the
+//! daemon is only asked its status, PostgreSQL only gets a connection and a query.
+//!
+//! Exit 0 when every check is `ok` or only informs (`info`, `warn`); 1 when one `fail`s.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::session::{Failure, Session};
+use super::term::{escape, Term};
+use crate::daemon::client::{self, Probe};
+use crate::error::exit;
+use crate::home::Home;
+use crate::store::diagnose::Diagnosis;
+
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// As it should be.
+    Ok,
+    /// Worth knowing, nothing wrong (a daemon that is not running, no systemd unit).
+    Info,
+    /// Works, but not as it should (a database readable by others).
+    Warn,
+    /// Broken: tend cannot work properly until it is fixed. Makes `doctor` exit 1.
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub status: Level,
+    pub message: String,
+    /// What to do about it, when something should be done.
+    pub fix: Option<String>,
+}
+
+fn check(check: &'static str, status: Level, message: impl Into<String>) -> Check {
+    Check {
+        check,
+        status,
+        message: message.into(),
+        fix: None,
+    }
+}
+
+impl Check {
+    fn fix(mut self, fix: impl Into<String>) -> Check {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+pub fn run(s: &mut Session, home: &Home, json: bool, out: &mut dyn Write) -> Result<(), Failure> {
+    let checks = checks(home);
+    if json {
+        super::output::json(out, &checks)?;
+    } else {
+        let term = Term::stdout(true);
+        for c in &checks {
+            let label = match c.status {
+                Level::Ok => "ok",
+                Level::Info => "info",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            let colored = match (c.status, term.color) {
+                (Level::Fail, true) => format!("\x1b[31m{label:<4}\x1b[0m"),
+                (Level::Warn, true) => format!("\x1b[33m{label:<4}\x1b[0m"),
+                (Level::Ok, true) => format!("\x1b[32m{label:<4}\x1b[0m"),
+                _ => format!("{label:<4}"),
+            };
+            let mut line = format!("{colored}  {:<11}  {}", c.check, escape(&c.message));
+            if let Some(f) = &c.fix {
+                line.push_str(&format!(" — fix: {}", escape(f)));
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    if checks.iter().any(|c| c.status == Level::Fail) {
+        s.fail_code(exit::FAILED);
+    }
+    Ok(())
+}
+
+/// Every check, in the order a person would look.
+pub fn checks(home: &Home) -> Vec<Check> {
+    let mut all = vec![state_home(home)];
+    let db = home.db_path();
+    let (checks, diagnosis) = database(&db);
+    all.extend(checks);
+    all.push(wal_files(&db));
+    all.push(daemon(home));
+    all.extend(systemd());
+    all.push(match &diagnosis {
+        Some(d) => postgres(&d.config),
+        None if db.exists() => check(
+            "postgres",
+            Level::Info,
+            "not checked: the database cannot be read",
+        ),
+        None => check("postgres", Level::Info, "not configured (no database yet)"),
+    });
+    all.push(containment(home));
+    all
+}
+
+fn quote(p: &Path) -> String {
+    shell_words::quote(&p.to_string_lossy()).into_owned()
+}
+
+fn state_home(home: &Home) -> Check {
+    const NAME: &str = "state home";
+    let root = home.root();
+    let meta = match std::fs::metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return check(
+                NAME,
+                Level::Info,
+                format!(
+                    "{} does not exist yet; the first command creates it (mode 0700)",
+                    root.display()
+                ),
+            )
+        }
+        Err(e) => {
+            return check(
+                NAME,
+                Level::Fail,
+                format!("{}: {}", root.display(), crate::error::io_reason(&e)),
+            )
+        }
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() {
+        return check(
+            NAME,
+            Level::Fail,
+            format!("{} is not a directory", root.display()),
+        )
+        .fix("point --home or TEND_HOME at a directory");
+    }
+    if meta.uid() != me {
+        return check(
+            NAME,
+            Level::Fail,
+            format!(
+                "{} belongs to uid {}, not to you (uid {me})",
+                root.display(),
+                meta.uid()
+            ),
+        )
+        .fix(format!("chown {me} {}", quote(root)));
+    }
+    if let Err(e) = home.check_mode() {
+        return check(NAME, Level::Fail, e.to_string()).fix(format!("chmod go-w {}", quote(root)));
+    }
+    if mode & 0o077 != 0 {
+        return check(
+            NAME,
+            Level::Warn,
+            format!(
+                "{} is readable by others (mode {mode:04o}): command lines, environments and \
+                 logs may hold secrets",
+                root.display()
+            ),
+        )
+        .fix(format!("chmod 700 {}", quote(root)));
+    }
+    check(
+        NAME,
+        Level::Ok,
+        format!("{} (mode {mode:04o}, yours)", root.display()),
+    )
+}
+
+/// The database's checks, and what was read from it (`None` when it could not be read).
+fn database(db: &Path) -> (Vec<Check>, Option<Diagnosis>) {
+    const NAME: &str = "database";
+    let meta = match std::fs::metadata(db) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let c = check(
+                NAME,
+                Level::Info,
+                format!(
+                    "{} does not exist yet; the first command creates it",
+                    db.display()
+                ),
+            );
+            return (vec![c], None);
+        }
+        Err(e) => {
+            let c = check(
+                NAME,
+                Level::Fail,
+                format!("{}: {}", db.display(), crate::error::io_reason(&e)),
+            );
+            return (vec![c], None);
+        }
+    };
+    let mut checks = Vec::new();
+    let mode = meta.permissions().mode() & 0o777;
+    checks.push(if mode & 0o077 != 0 {
+        check(
+            NAME,
+            Level::Warn,
+            format!(
+                "{} is readable or writable by others (mode {mode:04o})",
+                db.display()
+            ),
+        )
+        .fix(format!("chmod 600 {}", quote(db)))
+    } else {
+        check(
+            NAME,
+            Level::Ok,
+            format!("{} (mode {mode:04o})", db.display()),
+        )
+    });
+    let diagnosis = crate::store::diagnose::diagnose(db);
+    match &diagnosis {
+        Err(e) => checks.push(
+            check("integrity", Level::Fail, format!("cannot read it: {e}")).fix(
+                "see the WAL check below; if the file itself is damaged, move it aside \
+                 (tend starts a new one) and add the services again",
+            ),
+        ),
+        Ok(d) => {
+            checks.push(if d.integrity == ["ok"] {
+                check("integrity", Level::Ok, "PRAGMA integrity_check: ok")
+            } else {
+                check(
+                    "integrity",
+                    Level::Fail,
+                    format!("PRAGMA integrity_check: {}", d.integrity.join("; ")),
+                )
+                .fix(format!(
+                    "stop the daemon, then `sqlite3 {0} .recover > dump.sql` and rebuild, or \
+                     move {0} aside and add the services again",
+                    quote(db)
+                ))
+            });
+            checks.push(if d.journal_mode.eq_ignore_ascii_case("wal") {
+                check(
+                    "journal",
+                    Level::Ok,
+                    format!(
+                        "journal mode WAL, schema version {} (this tend: {})",
+                        d.schema_version, d.schema_known
+                    ),
+                )
+            } else {
+                check(
+                    "journal",
+                    Level::Warn,
+                    format!("journal mode {}, not WAL", d.journal_mode),
+                )
+                .fix("run any tend command (`tend list`): it switches the file back to WAL")
+            });
+            if d.schema_version > d.schema_known {
+                checks.push(
+                    check(
+                        "schema",
+                        Level::Fail,
+                        format!(
+                            "schema version {} is newer than this tend understands ({})",
+                            d.schema_version, d.schema_known
+                        ),
+                    )
+                    .fix("upgrade tend"),
+                );
+            }
+        }
+    }
+    (checks, diagnosis.ok())
+}
+
+/// The `-wal` and `-shm` files: their modes, and above all a `-wal` deleted under a
+/// process that still has the database open (every other command then fails with
+/// "disk I/O error"), found through `/proc/PID/fd`.
+fn wal_files(db: &Path) -> Check {
+    const NAME: &str = "wal";
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let shm = PathBuf::from(format!("{}-shm", db.display()));
+    let holders = deleted_wal_holders(&wal);
+    if let Some((pid, fd)) = holders.first() {
+        let pids: Vec<String> = holders.iter().map(|(p, _)| p.to_string()).collect();
+        return check(
+            NAME,
+            Level::Fail,
+            format!(
+                "{} was deleted while process(es) {} still have it open: the commits in it \
+                 are lost when they close it, and other commands fail with disk I/O errors",
+                wal.display(),
+                pids.join(", ")
+            ),
+        )
+        .fix(format!(
+            "while pid {pid} lives, put the WAL back: `cp /proc/{pid}/fd/{fd} {}` (do not \
+             stop it first)",
+            quote(&wal)
+        ));
+    }
+    let mut loose = Vec::new();
+    for f in [&wal, &shm] {
+        if let Ok(m) = std::fs::metadata(f) {
+            if m.permissions().mode() & 0o077 != 0 {
+                loose.push(quote(f));
+            }
+        }
+    }
+    if !loose.is_empty() {
+        return check(
+            NAME,
+            Level::Warn,
+            format!("{} readable by others", loose.join(", ")),
+        )
+        .fix(format!("chmod 600 {}", loose.join(" ")));
+    }
+    match (wal.exists(), shm.exists()) {
+        (true, false) => check(
+            NAME,
+            Level::Warn,
+            format!("{} exists without its -shm index", wal.display()),
+        )
+        .fix("run `tend list`: the next opener rebuilds the index from the WAL"),
+        (w, _) => check(
+            NAME,
+            Level::Ok,
+            if w {
+                format!(
+                    "{} present ({} bytes)",
+                    wal.display(),
+                    std::fs::metadata(&wal).map_or(0, |m| m.len())
+                )
+            } else {
+                "no WAL file (everything is checkpointed)".to_string()
+            },
+        ),
+    }
+}
+
+/// Processes of ours holding `wal` open although it was deleted, with the descriptor.
+fn deleted_wal_holders(wal: &Path) -> Vec<(i32, String)> {
+    let target = format!("{} (deleted)", wal.display());
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // Other users' fds are unreadable; ours are what matters.
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let held = fds
+            .flatten()
+            .find(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == &*target));
+        if let Some(fd) = held {
+            pids.push((pid, fd.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    pids
+}
+
+fn daemon(home: &Home) -> Check {
+    const NAME: &str = "daemon";
+    let sock = client::socket_path(home);
+    match client::probe(home) {
+        Probe::Healthy(st) => check(
+            NAME,
+            Level::Ok,
+            format!(
+                "running (pid {}, tend {}), answering on {}",
+                st.pid,
+                st.version,
+                sock.display()
+            ),
+        ),
+        Probe::Unhealthy { pid, problem } => check(
+            NAME,
+            Level::Fail,
+            format!(
+                "alive but unhealthy ({}): {problem}",
+                pid.map_or("pid unknown".into(), |p| format!("pid {p}"))
+            ),
+        )
+        .fix(format!(
+            "see {}; restart it: `tend daemon stop && tend daemon`",
+            home.root().join("daemon.log").display()
+        )),
+        Probe::NotRunning if sock.exists() => check(
+            NAME,
+            Level::Info,
+            format!(
+                "not running (a stale {} is left; the next daemon replaces it)",
+                sock.display()
+            ),
+        )
+        .fix("`tend daemon` to restart crashed services automatically"),
+        Probe::NotRunning => check(NAME, Level::Info, "not running")
+            .fix("`tend daemon` to restart crashed services automatically"),
+    }
+}
+
+/// The user unit: installed, enabled, and lingering (so it runs while you are logged out).
+fn systemd() -> Vec<Check> {
+    const NAME: &str = "systemd";
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    let Some(config) = config else {
+        return vec![check(
+            NAME,
+            Level::Info,
+            "HOME is not set; unit not looked for",
+        )];
+    };
+    let units = config.join("systemd/user");
+    let unit = units.join("tend.service");
+    if !unit.exists() {
+        return vec![check(
+            NAME,
+            Level::Info,
+            format!("no user unit at {}", unit.display()),
+        )
+        .fix("to run the daemon under systemd --user, see the README (Under systemd --user)")];
+    }
+    let mut checks = Vec::new();
+    let enabled = std::fs::read_dir(&units).is_ok_and(|dirs| {
+        dirs.flatten().any(|d| {
+            d.file_name().to_string_lossy().ends_with(".wants")
+                && d.path().join("tend.service").exists()
+        })
+    });
+    checks.push(if enabled {
+        check(
+            NAME,
+            Level::Ok,
+            format!("{} installed and enabled", unit.display()),
+        )
+    } else {
+        check(
+            NAME,
+            Level::Warn,
+            format!("{} installed but not enabled", unit.display()),
+        )
+        .fix("systemctl --user enable --now tend")
+    });
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"));
+    if let Ok(user) = user {
+        let linger = Path::new("/var/lib/systemd/linger").join(&user);
+        checks.push(if linger.exists() {
+            check(
+                "linger",
+                Level::Ok,
+                format!("lingering is enabled for {user}"),
+            )
+        } else {
+            check(
+                "linger",
+                Level::Warn,
+                format!("lingering is off for {user}: the daemon stops when you log out"),
+            )
+            .fix(format!("loginctl enable-linger {user}"))
+        });
+    }
+    checks
+}
+
+/// PostgreSQL control, when configured: can we connect, and is the connection
+/// encrypted (as the server sees it, in `pg_stat_ssl`). The settings come from what
+/// [`crate::store::diagnose`] read, so the database is not opened for writing.
+fn postgres(config: &[(String, String)]) -> Check {
+    const NAME: &str = "postgres";
+    let get = |key: &str| {
+        config
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let Some(raw_url) = get(crate::config::POSTGRES_URL) else {
+        return check(NAME, Level::Info, "not configured (no postgres.url)");
+    };
+    let ca_file = get(crate::config::POSTGRES_CA_FILE).map(PathBuf::from);
+    let url = crate::config::mask_password(&raw_url);
+    let probe = || -> Result<bool, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("runtime: {e}"))?;
+        rt.block_on(async {
+            let tls = crate::pg::connect::tls(ca_file.as_deref()).map_err(|e| e.to_string())?;
+            let (client, connection) = crate::pg::connect::connect(&raw_url, &tls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let driver = tokio::spawn(connection);
+            let row = client
+                .query_one(
+                    "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                    &[],
+                )
+                .await
+                .map_err(|e| crate::pg::connect::describe(&e));
+            drop(client);
+            let _ = driver.await;
+            row.map(|r| r.get::<_, bool>(0))
+        })
+    };
+    match probe() {
+        Ok(true) => check(
+            NAME,
+            Level::Ok,
+            format!("{url} reachable, TLS in use (verified)"),
+        ),
+        Ok(false) => {
+            let c = check(NAME, Level::Ok, format!("{url} reachable, without TLS"));
+            if url.contains("localhost") || url.contains("127.0.0.1") || url.contains("[::1]") {
+                c
+            } else {
+                Check {
+                    status: Level::Warn,
+                    ..c
+                }
+                .fix("add sslmode=require to the URL (and postgres.ca_file for a private CA)")
+            }
+        }
+        Err(e) => check(NAME, Level::Fail, format!("{url}: {e}"))
+            .fix("check the URL, the server and the password (`tend config list`)"),
+    }
+}
+
+/// How a service's processes are kept together and found at stop: the daemon's
+/// containment when one answers, else what this process (the CLI acting alone) finds.
+pub fn containment(home: &Home) -> Check {
+    const NAME: &str = "containment";
+    let (found, whose) = match client::probe(home) {
+        Probe::Healthy(st) if !st.containment.is_empty() => (st.containment, "the daemon"),
+        _ => (
+            crate::process::cgroup::detect(home.root()).describe(),
+            "tend without a daemon",
+        ),
+    };
+    if found.starts_with("cgroup ") {
+        check(
+            NAME,
+            Level::Ok,
+            format!("{found} ({whose}): each service in a cgroup of its own"),
+        )
+    } else {
+        check(
+            NAME,
+            Level::Info,
+            format!(
+                "{found} ({whose}): a process that leaves the service's session and whose \
+                 parent is gone is not found by stop"
+            ),
+        )
+        .fix("run the daemon under systemd --user with systemd/tend.service (Delegate=yes)")
+    }
+}

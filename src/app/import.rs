@@ -1,0 +1,297 @@
+//! `tend import FILE`: a Procfile or a supervisord configuration as a service file, printed
+//! on stdout (`tend import Procfile > tend.toml`, then `tend apply`). Whatever cannot be
+//! mapped is listed on stderr, one `tend: import:` line each, never silently dropped.
+//!
+//! - Procfile: each `NAME: COMMAND` line is a service run by `/bin/sh -c` (as Heroku and
+//!   foreman run them: `$PORT` and pipes work), in the Procfile's directory.
+//! - supervisord: each `[program:NAME]` section (INI, read with the `rust-ini` crate);
+//!   `command` is split by shell-word rules as supervisord does (no shell), `%(here)s`
+//!   and `%(program_name)s` are expanded.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::session::Failure;
+use crate::error::{io_reason, Error, Result};
+use crate::service;
+
+/// One imported service: its table and the keys that could not be mapped.
+struct Imported {
+    name: String,
+    table: toml::Table,
+}
+
+pub fn import(path: &Path, out: &mut dyn Write) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        reason: io_reason(&e),
+    })?;
+    let here = std::env::current_dir().map_err(|e| Error::Io {
+        path: ".".into(),
+        reason: io_reason(&e),
+    })?;
+    let abs = service::absolute(&here, path);
+    let dir = abs
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let name = path.display().to_string();
+    let mut skipped = Vec::new();
+    let services = if looks_like_ini(&text) {
+        supervisord(&name, &dir, &text, &mut skipped)?
+    } else {
+        procfile(&name, &dir, &text, &mut skipped)?
+    };
+    for s in &skipped {
+        eprintln!("tend: import: {s}");
+    }
+    let mut all = toml::Table::new();
+    for s in services {
+        all.insert(s.name, toml::Value::Table(s.table));
+    }
+    let mut root = toml::Table::new();
+    root.insert("services".into(), toml::Value::Table(all));
+    writeln!(out, "# imported from {name} by `tend import`")?;
+    out.write_all(
+        toml::to_string(&root)
+            .expect("strings and tables always serialize")
+            .as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn looks_like_ini(text: &str) -> bool {
+    text.lines().any(|l| l.trim_start().starts_with('['))
+}
+
+fn string(s: impl Into<String>) -> toml::Value {
+    toml::Value::String(s.into())
+}
+
+/// `NAME: COMMAND` lines; `#` comments and blank lines are skipped.
+fn procfile(
+    file: &str,
+    dir: &Path,
+    text: &str,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<Imported>> {
+    let mut out: Vec<Imported> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let bad = |message: String| Error::File {
+            file: file.to_string(),
+            line: i + 1,
+            message,
+        };
+        let (name, cmd) = l
+            .split_once(':')
+            .ok_or_else(|| bad(format!("{l:?} is not of the form NAME: COMMAND")))?;
+        let name = name.trim();
+        service::validate_name(name).map_err(|e| bad(e.to_string()))?;
+        if out.iter().any(|s| s.name == name) {
+            skipped.push(format!("{file}:{}: a second {name} line is ignored", i + 1));
+            continue;
+        }
+        let mut t = toml::Table::new();
+        t.insert(
+            "cmd".into(),
+            toml::Value::Array(vec![string("/bin/sh"), string("-c"), string(cmd.trim())]),
+        );
+        t.insert("cwd".into(), string(dir.display().to_string()));
+        out.push(Imported {
+            name: name.to_string(),
+            table: t,
+        });
+    }
+    Ok(out)
+}
+
+/// `[program:NAME]` sections.
+fn supervisord(
+    file: &str,
+    dir: &Path,
+    text: &str,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<Imported>> {
+    let ini = ini::Ini::load_from_str_noescape(text).map_err(|e| Error::File {
+        file: file.to_string(),
+        line: e.line,
+        message: e.msg.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (section, props) in ini.iter() {
+        let Some(section) = section else { continue };
+        let Some(name) = section.strip_prefix("program:") else {
+            skipped.push(format!(
+                "[{section}]: only [program:x] sections are imported"
+            ));
+            continue;
+        };
+        let name = name.trim();
+        if let Err(e) = service::validate_name(name) {
+            skipped.push(format!("[{section}]: {e}"));
+            continue;
+        }
+        let expand = |v: &str| {
+            v.replace("%(here)s", &dir.display().to_string())
+                .replace("%(program_name)s", name)
+        };
+        let mut t = toml::Table::new();
+        let mut skip = |key: &str, value: &str, why: &str| {
+            skipped.push(format!("{name}: {key} = {value}: {why}"));
+        };
+        // supervisord's defaults that differ from tend's.
+        let mut autostart = true;
+        let mut redirect = false;
+        let mut stdout_set = false;
+        let mut stderr_set = false;
+        for (key, raw) in props.iter() {
+            let v = expand(raw.trim());
+            if v.contains("%(") {
+                skip(key, raw, "an expansion tend does not know");
+                continue;
+            }
+            match key {
+                "command" => {
+                    t.insert("cmd".into(), string(v));
+                }
+                "directory" => {
+                    t.insert("cwd".into(), string(v));
+                }
+                "environment" => match environment(&v) {
+                    Ok(env) => {
+                        t.insert("env".into(), toml::Value::Table(env));
+                    }
+                    Err(why) => skip(key, raw, &why),
+                },
+                "autostart" => match truth(&v) {
+                    Some(b) => autostart = b,
+                    None => skip(key, raw, "not true or false"),
+                },
+                "autorestart" => {
+                    let policy = match v.to_ascii_lowercase().as_str() {
+                        "true" => "always",
+                        "false" => "never",
+                        "unexpected" => "on-failure",
+                        _ => {
+                            skip(key, raw, "not true, false or unexpected");
+                            continue;
+                        }
+                    };
+                    t.insert("restart".into(), string(policy));
+                }
+                "startsecs" => {
+                    let mut r = toml::Table::new();
+                    r.insert("grace".into(), string(format!("{v}s")));
+                    t.insert("ready".into(), toml::Value::Table(r));
+                }
+                "stopsignal" => {
+                    t.insert("stop_signal".into(), string(v));
+                }
+                "stopwaitsecs" => {
+                    t.insert("stop_timeout".into(), string(format!("{v}s")));
+                }
+                "stdout_logfile" | "stderr_logfile" => {
+                    if matches!(v.to_ascii_uppercase().as_str(), "AUTO" | "NONE" | "") {
+                        skip(
+                            key,
+                            raw,
+                            "tend always logs to a file (default <home>/logs/NAME.log)",
+                        );
+                        continue;
+                    }
+                    let k = if key == "stdout_logfile" {
+                        stdout_set = true;
+                        "stdout"
+                    } else {
+                        stderr_set = true;
+                        "stderr"
+                    };
+                    t.insert(k.into(), string(v));
+                }
+                "redirect_stderr" => match truth(&v) {
+                    Some(b) => redirect = b,
+                    None => skip(key, raw, "not true or false"),
+                },
+                _ => skip(key, raw, "no equivalent in tend"),
+            }
+        }
+        if !t.contains_key("cmd") {
+            skipped.push(format!("[{section}]: no command: not imported"));
+            continue;
+        }
+        if autostart {
+            t.insert("autostart".into(), toml::Value::Boolean(true));
+        }
+        if redirect && stderr_set {
+            skipped.push(format!(
+                "{name}: stderr_logfile: ignored, since redirect_stderr = true"
+            ));
+            t.remove("stderr");
+        }
+        if !redirect && !stderr_set {
+            skipped.push(format!(
+                "{name}: stderr goes to the same file as stdout{} (supervisord keeps a \
+                 separate log unless redirect_stderr = true)",
+                if stdout_set { "" } else { " (the default log)" }
+            ));
+        }
+        if !t.contains_key("cwd") {
+            t.insert("cwd".into(), string(dir.display().to_string()));
+        }
+        out.push(Imported {
+            name: name.to_string(),
+            table: t,
+        });
+    }
+    Ok(out)
+}
+
+fn truth(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// supervisord's `KEY="value",KEY2=value2`: commas inside quotes belong to the value.
+fn environment(v: &str) -> std::result::Result<toml::Table, String> {
+    let mut out = toml::Table::new();
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    for c in v.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ',') => parts.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    if quote.is_some() {
+        return Err("unbalanced quotes".into());
+    }
+    parts.push(cur);
+    for p in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let (k, val) = service::parse_env(p).map_err(|e| e.to_string())?;
+        out.insert(k, string(val));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervisord_environment() {
+        let t = environment(r#"A="1,2",B=x, C='y z'"#).unwrap();
+        assert_eq!(t["A"].as_str(), Some("1,2"));
+        assert_eq!(t["B"].as_str(), Some("x"));
+        assert_eq!(t["C"].as_str(), Some("y z"));
+        assert!(environment("A=\"x").is_err());
+    }
+}

@@ -1,0 +1,669 @@
+//! The daemon's side of the fleet: one thread runs an async loop that keeps a LISTEN
+//! connection and a capped pool ([`POOL_CAP`]); two more threads own this home's SQLite
+//! database (one carries out commands, one reads service states), so the loop never
+//! waits on SQLite and the event loop never waits on PostgreSQL.
+//!
+//! On every connect: LISTEN first, then register the host, report results recorded
+//! locally but not yet written back, and claim everything pending. After that a wake-up
+//! (NOTIFY with a command id) or the sweep ([`SWEEP`], the backstop for a missed
+//! wake-up) claims again. A claim takes the oldest pending command of this host whose
+//! (host, service) has no older unfinished command, `FOR UPDATE SKIP LOCKED`, with a
+//! lease ([`LEASE`]); one claimed by a daemon of this same home is taken back at once
+//! (an earlier daemon is dead: we hold its lock; an earlier session of ours left it
+//! behind), since this home's own record of it ([`crate::fleet::carry_out`]) keeps it
+//! from acting twice; one of another home only when its lease ran out. Commands run one
+//! at a time, in id order.
+
+use std::collections::BTreeMap;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use futures_util::future::poll_fn;
+use tokio::sync::{oneshot, Notify};
+use tokio_postgres::AsyncMessage;
+use tracing::{debug, error, info, warn};
+
+use super::{retry, schema, wake_channel, Pool};
+use crate::error::Error;
+use crate::fleet::{self, Action, Command, Done};
+use crate::home::Home;
+use crate::pg::connect;
+use crate::pg::listener::Hooks;
+use crate::pg::Settings;
+use crate::record::{now_ms, Taken};
+use crate::supervisor::{Context, Supervisor};
+
+/// The sweep: claim what a missed wake-up left, push changed service states.
+pub const SWEEP: Duration = Duration::from_secs(1);
+/// How often overdue commands are marked expired. Claims skip them (and they hold back
+/// no later command) from the moment they expire; marking them is bookkeeping.
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(10);
+/// How often a host writes its heartbeat; `fleet status` calls a host stale after
+/// three missed beats.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A claim not finished or renewed within this long may be taken by another daemon of
+/// the host; a running command's lease is renewed every third of it.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// Connections of the daemon's fleet pool, beside the one LISTEN connection.
+pub const POOL_CAP: usize = 2;
+/// The LISTEN connection is pinged this often and must answer within [`PING_TIMEOUT`]:
+/// a half-open connection (a network partition) is noticed within five seconds.
+const PING_EVERY: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// Any other fleet query that takes longer than this ends the session (reconnect).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How often to look again when the database has no fleet schema (yet).
+const NO_FLEET_RETRY: Duration = Duration::from_secs(10);
+
+/// What the loop asks of a thread that owns this home's database.
+enum Req {
+    Run(String, Command, oneshot::Sender<crate::Result<Done>>),
+    States(oneshot::Sender<crate::Result<Vec<ServiceState>>>),
+    Unreported(String, oneshot::Sender<crate::Result<Vec<Taken>>>),
+    Reported(String, Vec<i64>),
+}
+
+/// One service's state as `fleet status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ServiceState {
+    name: String,
+    state: String,
+    pid: Option<i32>,
+    since_ms: Option<i64>,
+}
+
+/// A thread owning a [`Supervisor`] of this home, asked over a channel.
+#[derive(Clone)]
+struct Local(mpsc::Sender<Req>);
+
+impl Local {
+    fn start(name: &str, home: Home, ctx: Context, hooks: Option<Hooks>) -> crate::Result<Local> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || serve(rx, home, ctx, hooks))
+            .map_err(|e| Error::Daemon {
+                message: format!("cannot start {name}: {e}"),
+            })?;
+        Ok(Local(tx))
+    }
+
+    async fn ask<T>(&self, req: impl FnOnce(oneshot::Sender<T>) -> Req) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(req(tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
+fn gone() -> Error {
+    Error::Daemon {
+        message: "the fleet executor is gone".into(),
+    }
+}
+
+fn serve(rx: mpsc::Receiver<Req>, home: Home, ctx: Context, hooks: Option<Hooks>) {
+    let mut sup: Option<Supervisor> = None;
+    for req in rx {
+        if sup.is_none() {
+            match Supervisor::open_with(home.clone(), ctx.clone()) {
+                Ok(s) => sup = Some(s),
+                Err(e) => error!(error = %e, "fleet: cannot open the database"),
+            }
+        }
+        let Some(s) = sup.as_mut() else {
+            // Dropping the request tells the asker the executor could not answer.
+            continue;
+        };
+        let failed = match req {
+            Req::Run(fleet_id, cmd, reply) => {
+                let ticket = hooks.as_ref().map(|h| (h.admit)());
+                let result = match ticket {
+                    Some(None) => Err(Error::Daemon {
+                        message: "the daemon is shutting down".into(),
+                    }),
+                    _ => fleet::carry_out(s, &fleet_id, &cmd),
+                };
+                drop(ticket);
+                if let Some(h) = &hooks {
+                    (h.changed)();
+                }
+                let failed = result.is_err();
+                let _ = reply.send(result);
+                failed
+            }
+            Req::States(reply) => {
+                let r = s.list().map(|list| {
+                    list.into_iter()
+                        .map(|st| {
+                            let (pid, since_ms) = match st.state {
+                                crate::state::State::Running { pid, since } => {
+                                    (Some(pid), Some(since))
+                                }
+                                crate::state::State::Stopping { pid } => (Some(pid), None),
+                                _ => (None, None),
+                            };
+                            ServiceState {
+                                name: st.service.name.clone(),
+                                state: st.state.label().to_string(),
+                                pid,
+                                since_ms,
+                            }
+                        })
+                        .collect()
+                });
+                let failed = r.is_err();
+                let _ = reply.send(r);
+                failed
+            }
+            Req::Unreported(fleet_id, reply) => {
+                let r = s.fleet_unreported(&fleet_id);
+                let failed = r.is_err();
+                let _ = reply.send(r);
+                failed
+            }
+            Req::Reported(fleet_id, ids) => s.fleet_reported(&fleet_id, &ids).is_err(),
+        };
+        if failed {
+            // Reopen next time: the error may have been the connection's.
+            sup = None;
+        }
+    }
+}
+
+/// Who claims: this host, this home, this daemon. A claim whose `claimed_by` starts
+/// with the same host and home but another pid was made by a daemon of this home that
+/// is dead now.
+struct Me {
+    settings: Settings,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    claimer: String,
+    home_prefix: String,
+    boot_id: String,
+    started_at_ms: i64,
+}
+
+/// Starts the fleet threads: the daemon joins the fleet of `settings.schema`.
+pub fn start(settings: Settings, home: Home, ctx: Context, hooks: Hooks) -> crate::Result<()> {
+    let tls = connect::tls(settings.ca_file.as_deref()).map_err(Error::from)?;
+    let boot_id = crate::process::identity::boot_id().unwrap_or_default();
+    // The home, not its path: two homes with the same path on different machines
+    // are told apart by the host id in front.
+    let home_tag = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        home.root().hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    let home_prefix = format!("{}/{home_tag}/", settings.host_id);
+    let me = Me {
+        claimer: format!("{home_prefix}{}", std::process::id()),
+        home_prefix,
+        settings,
+        tls,
+        boot_id,
+        started_at_ms: now_ms(),
+    };
+    let runner = Local::start("tend-fleet-exec", home.clone(), ctx.clone(), Some(hooks))?;
+    // The reader only looks: exits it sees are left to the daemon's worker, which
+    // records them with their status, kills leftovers and applies the restart policy.
+    let look = Context {
+        daemon_watching: true,
+        board: None,
+        containment: ctx.containment.clone(),
+    };
+    let reader = Local::start("tend-fleet-read", home, look, None)?;
+    std::thread::Builder::new()
+        .name("tend-fleet".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "cannot start the fleet runtime");
+                    return;
+                }
+            };
+            rt.block_on(run(Arc::new(me), runner, reader));
+        })
+        .map_err(|e| Error::Daemon {
+            message: format!("cannot start the fleet thread: {e}"),
+        })?;
+    Ok(())
+}
+
+/// Why a session ended.
+enum End {
+    /// The connection failed: reconnect with backoff.
+    Lost(String),
+    /// The database has no (usable) fleet schema: look again later.
+    NoFleet(String),
+}
+
+async fn run(me: Arc<Me>, runner: Local, reader: Local) {
+    let mut failures: u32 = 0;
+    let mut last_no_fleet: Option<String> = None;
+    loop {
+        let began = std::time::Instant::now();
+        let end = session(&me, &runner, &reader).await;
+        if began.elapsed() >= STABLE_AFTER {
+            failures = 0;
+        }
+        let delay = match end {
+            End::Lost(why) => {
+                warn!(error = %why, "fleet: PostgreSQL connection lost; reconnecting");
+                last_no_fleet = None;
+                let d = fleet::backoff(failures, crate::pg::jitter());
+                failures = failures.saturating_add(1);
+                d
+            }
+            End::NoFleet(why) => {
+                if last_no_fleet.as_deref() != Some(why.as_str()) {
+                    info!("fleet: not joining: {why}");
+                    last_no_fleet = Some(why);
+                }
+                failures = 0;
+                NO_FLEET_RETRY
+            }
+        };
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Aborts a task when the session ends, whatever the reason.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn timed<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(QUERY_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{what}: no answer within {QUERY_TIMEOUT:?}")),
+    }
+}
+
+async fn session(me: &Arc<Me>, runner: &Local, reader: &Local) -> End {
+    let s = &me.settings.schema;
+    let (client, connection) = match connect::connect(&me.settings.url, &me.tls).await {
+        Ok(pair) => pair,
+        Err(e) => return End::Lost(e.to_string()),
+    };
+    let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
+    let _driver = AbortOnDrop(tokio::spawn(drive(connection, ntx)));
+    // LISTEN before reading anything: a command inserted from now on wakes us, one
+    // inserted before is found by the read that follows.
+    let listen = format!("LISTEN {}", wake_channel(s));
+    match tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(&listen)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return End::Lost(format!("LISTEN failed: {}", connect::describe(&e))),
+        Err(_) => return End::Lost("LISTEN timed out".into()),
+    }
+    let fleet_id = match tokio::time::timeout(QUERY_TIMEOUT, schema::check(&client, s)).await {
+        Ok(Ok(id)) => id,
+        Ok(Err(e)) if client.is_closed() => return End::Lost(e.to_string()),
+        Ok(Err(e)) => return End::NoFleet(e.to_string()),
+        Err(_) => return End::Lost("reading the fleet schema timed out".into()),
+    };
+    let pool = Arc::new(Pool::new(me.settings.url.clone(), me.tls.clone(), POOL_CAP));
+    if let Err(e) = timed("heartbeat", heartbeat(me, &pool)).await {
+        return End::Lost(e);
+    }
+    if let Err(e) = timed("reporting", report_unreported(me, &pool, reader, &fleet_id)).await {
+        return End::Lost(e);
+    }
+    info!(schema = %s, host = %me.settings.host_id, url = %me.settings.display_url(), "joined the fleet");
+    let wake = Arc::new(Notify::new());
+    wake.notify_one();
+    let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel();
+    let _worker = AbortOnDrop(tokio::spawn(work(
+        me.clone(),
+        pool.clone(),
+        runner.clone(),
+        reader.clone(),
+        fleet_id.clone(),
+        wake.clone(),
+        etx,
+    )));
+    let mut sweep = tokio::time::interval(SWEEP);
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut expiry = tokio::time::interval(EXPIRE_EVERY);
+    if let Err(e) = timed("expiring", expire(me, &pool)).await {
+        return End::Lost(e);
+    }
+    for t in [&mut sweep, &mut beat, &mut ping, &mut expiry] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t.tick().await;
+    }
+    let mut pushed: Option<Vec<ServiceState>> = None;
+    loop {
+        tokio::select! {
+            msg = nrx.recv() => match msg {
+                Some(Ok(payload)) => {
+                    debug!(%payload, "fleet wake-up");
+                    wake.notify_one();
+                }
+                Some(Err(e)) => return End::Lost(e),
+                None => return End::Lost("connection closed".into()),
+            },
+            e = erx.recv() => return End::Lost(e.unwrap_or_else(|| "the fleet worker ended".into())),
+            _ = expiry.tick() => {
+                if let Err(e) = timed("expiring", expire(me, &pool)).await {
+                    return End::Lost(e);
+                }
+            }
+            _ = sweep.tick() => {
+                wake.notify_one();
+                match timed("pushing states", push_states(me, &pool, reader, pushed.as_deref())).await {
+                    Ok(Some(now)) => pushed = Some(now),
+                    Ok(None) => {}
+                    Err(e) => return End::Lost(e),
+                }
+            }
+            _ = beat.tick() => {
+                if let Err(e) = timed("heartbeat", heartbeat(me, &pool)).await {
+                    return End::Lost(e);
+                }
+            }
+            _ = ping.tick() => {
+                match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return End::Lost(format!("ping failed: {}", connect::describe(&e))),
+                    Err(_) => return End::Lost(format!("no answer to a ping within {PING_TIMEOUT:?}")),
+                }
+            }
+        }
+    }
+}
+
+/// Drives the LISTEN connection by hand: notifications only come out of `poll_message`.
+async fn drive(
+    mut connection: connect::Connection,
+    out: tokio::sync::mpsc::UnboundedSender<Result<String, String>>,
+) {
+    loop {
+        match poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                if out.send(Ok(n.payload().to_string())).is_err() {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let _ = out.send(Err(connect::describe(&e)));
+                return;
+            }
+            None => {
+                let _ = out.send(Err("connection closed by the server".into()));
+                return;
+            }
+        }
+    }
+}
+
+/// Claims and carries out commands until none is pending; again at every wake-up.
+async fn work(
+    me: Arc<Me>,
+    pool: Arc<Pool>,
+    runner: Local,
+    reader: Local,
+    fleet_id: String,
+    wake: Arc<Notify>,
+    errors: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    loop {
+        wake.notified().await;
+        if let Err(e) = drain(&me, &pool, &runner, &reader, &fleet_id).await {
+            let _ = errors.send(e);
+            return;
+        }
+    }
+}
+
+async fn drain(
+    me: &Me,
+    pool: &Pool,
+    runner: &Local,
+    reader: &Local,
+    fleet_id: &str,
+) -> Result<(), String> {
+    loop {
+        let Some(cmd) = timed("claiming", claim(me, pool)).await? else {
+            return Ok(());
+        };
+        let id = cmd.id;
+        debug!(id, service = %cmd.service, "fleet: claimed");
+        // Not bounded by a timeout: a stop may wait for its stop timeout. Meanwhile the
+        // lease is renewed, so no other daemon of this host takes the command over.
+        let run = runner.ask(|tx| Req::Run(fleet_id.to_string(), cmd.clone(), tx));
+        tokio::pin!(run);
+        let mut renew = tokio::time::interval(LEASE / 3);
+        renew.tick().await;
+        let done = loop {
+            tokio::select! {
+                done = &mut run => break done,
+                _ = renew.tick() => {
+                    if let Err(e) = timed("renewing a lease", renew_lease(me, pool, id)).await {
+                        warn!(id, error = %e, "fleet: cannot renew the lease of a running command");
+                    }
+                }
+            }
+        };
+        let done = done
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("fleet command {id}: {e}"))?;
+        info!(id, service = %cmd.service, ok = done.ok, message = %done.message, "fleet command");
+        timed("reporting", finish(me, pool, id, &done)).await?;
+        let _ = reader.0.send(Req::Reported(fleet_id.to_string(), vec![id]));
+    }
+}
+
+async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
+    let s = &me.settings.schema;
+    let sql = format!(
+        "UPDATE {s}.commands c SET claimed_at = now(), claimed_by = $2, \
+             lease_until = now() + $3::bigint * interval '1 millisecond' \
+         WHERE c.id = ( \
+             SELECT p.id FROM {s}.commands p \
+             WHERE p.host_id = $1 AND p.finished_at IS NULL AND p.expires_at > now() \
+               AND (p.claimed_at IS NULL OR p.lease_until < now() \
+                    OR p.claimed_by LIKE $4) \
+               AND NOT EXISTS (SELECT 1 FROM {s}.commands q \
+                   WHERE q.host_id = p.host_id AND q.service = p.service \
+                     AND q.finished_at IS NULL AND q.id < p.id \
+                     AND (q.expires_at > now() OR q.claimed_at IS NOT NULL)) \
+             ORDER BY p.id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         RETURNING c.id, c.service, c.action, c.signal, c.issued_by::text"
+    );
+    let lease = LEASE.as_millis() as i64;
+    let like = format!("{}%", like_escape(&me.home_prefix));
+    let c = pool.get().await?;
+    let row = retry("claiming a fleet command", || async {
+        c.query_opt(&sql, &[&me.settings.host_id, &me.claimer, &lease, &like])
+            .await
+    })
+    .await?;
+    Ok(row.map(|r| Command {
+        id: r.get(0),
+        service: r.get(1),
+        action: Action::from_row(r.get(2), r.get(3)),
+        issued_by: r.get(4),
+    }))
+}
+
+async fn renew_lease(me: &Me, pool: &Pool, id: i64) -> Result<(), Error> {
+    let s = &me.settings.schema;
+    let sql = format!(
+        "UPDATE {s}.commands SET lease_until = now() + $3::bigint * interval '1 millisecond' \
+         WHERE id = $1 AND claimed_by = $2 AND finished_at IS NULL"
+    );
+    let lease = LEASE.as_millis() as i64;
+    let c = pool.get().await?;
+    retry("renewing a lease", || async {
+        c.execute(&sql, &[&id, &me.claimer, &lease]).await
+    })
+    .await
+    .map(drop)
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+async fn finish(me: &Me, pool: &Pool, id: i64, done: &Done) -> Result<(), Error> {
+    let s = &me.settings.schema;
+    let sql = format!(
+        "UPDATE {s}.commands SET finished_at = now(), ok = $2, \
+             outcome = CASE WHEN $2 THEN 'done' ELSE 'failed' END, message = $3 \
+         WHERE id = $1 AND finished_at IS NULL"
+    );
+    let c = pool.get().await?;
+    retry("reporting a fleet result", || async {
+        c.execute(&sql, &[&id, &done.ok, &done.message]).await
+    })
+    .await
+    .map(drop)
+}
+
+/// Writes back results a daemon of this home recorded but could not report (it died,
+/// or the database went away, between acting and reporting).
+async fn report_unreported(
+    me: &Me,
+    pool: &Pool,
+    reader: &Local,
+    fleet_id: &str,
+) -> Result<(), Error> {
+    let taken = reader
+        .ask(|tx| Req::Unreported(fleet_id.to_string(), tx))
+        .await??;
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::new();
+    for t in taken {
+        finish(
+            me,
+            pool,
+            t.id,
+            &Done {
+                ok: t.ok,
+                message: t.message.clone(),
+            },
+        )
+        .await?;
+        info!(id = t.id, service = %t.service, "fleet: reported a result recorded before");
+        ids.push(t.id);
+    }
+    let _ = reader.0.send(Req::Reported(fleet_id.to_string(), ids));
+    Ok(())
+}
+
+/// Marks this host's overdue commands expired: they are never run late.
+async fn expire(me: &Me, pool: &Pool) -> Result<(), Error> {
+    let s = &me.settings.schema;
+    let sql = format!(
+        "UPDATE {s}.commands SET finished_at = now(), ok = false, outcome = 'expired', \
+             message = 'expired before the host ran it' \
+         WHERE host_id = $1 AND finished_at IS NULL AND expires_at <= now() \
+           AND (claimed_at IS NULL OR lease_until < now())"
+    );
+    let c = pool.get().await?;
+    let n = retry("expiring fleet commands", || async {
+        c.execute(&sql, &[&me.settings.host_id]).await
+    })
+    .await?;
+    if n > 0 {
+        info!(
+            count = n,
+            "fleet: commands expired before this host could run them"
+        );
+    }
+    Ok(())
+}
+
+async fn heartbeat(me: &Me, pool: &Pool) -> Result<(), Error> {
+    let s = &me.settings.schema;
+    let sql = format!(
+        "INSERT INTO {s}.hosts AS h (id, boot_id, version, pid, started_at, heartbeat_ms, last_seen) \
+         VALUES ($1, $2, $3, $4, to_timestamp($5::float8 / 1000), $6, now()) \
+         ON CONFLICT (id) DO UPDATE SET boot_id = EXCLUDED.boot_id, version = EXCLUDED.version, \
+             pid = EXCLUDED.pid, started_at = EXCLUDED.started_at, \
+             heartbeat_ms = EXCLUDED.heartbeat_ms, last_seen = now()"
+    );
+    let pid = std::process::id() as i32;
+    let started = me.started_at_ms as f64;
+    let beat = HEARTBEAT.as_millis() as i32;
+    let version = env!("CARGO_PKG_VERSION");
+    let c = pool.get().await?;
+    retry("writing the heartbeat", || async {
+        c.execute(
+            &sql,
+            &[
+                &me.settings.host_id,
+                &me.boot_id,
+                &version,
+                &pid,
+                &started,
+                &beat,
+            ],
+        )
+        .await
+    })
+    .await
+    .map(drop)
+}
+
+/// Writes the services' states when they differ from what was written last; returns
+/// what was written (`None`: nothing changed).
+async fn push_states(
+    me: &Me,
+    pool: &Pool,
+    reader: &Local,
+    last: Option<&[ServiceState]>,
+) -> Result<Option<Vec<ServiceState>>, Error> {
+    let now = reader.ask(Req::States).await??;
+    if last == Some(now.as_slice()) {
+        return Ok(None);
+    }
+    let s = &me.settings.schema;
+    let sql = format!(
+        "WITH gone AS (DELETE FROM {s}.services WHERE host_id = $1 AND name <> ALL($2::text[])), \
+         up AS (INSERT INTO {s}.services (host_id, name, state, pid, since, updated_at) \
+             SELECT $1, u.n, u.st, u.p, to_timestamp(u.si / 1000), now() \
+             FROM unnest($2::text[], $3::text[], $4::int4[], $5::float8[]) AS u(n, st, p, si) \
+             ON CONFLICT (host_id, name) DO UPDATE SET state = EXCLUDED.state, \
+                 pid = EXCLUDED.pid, since = EXCLUDED.since, updated_at = now()) \
+         SELECT 1"
+    );
+    let by_name: BTreeMap<&str, &ServiceState> = now.iter().map(|s| (s.name.as_str(), s)).collect();
+    let names: Vec<String> = by_name.keys().map(|n| n.to_string()).collect();
+    let states: Vec<String> = by_name.values().map(|s| s.state.clone()).collect();
+    let pids: Vec<Option<i32>> = by_name.values().map(|s| s.pid).collect();
+    let since: Vec<Option<f64>> = by_name
+        .values()
+        .map(|s| s.since_ms.map(|v| v as f64))
+        .collect();
+    let c = pool.get().await?;
+    retry("writing service states", || async {
+        c.execute(
+            &sql,
+            &[&me.settings.host_id, &names, &states, &pids, &since],
+        )
+        .await
+    })
+    .await?;
+    Ok(Some(now))
+}
