@@ -417,8 +417,10 @@ impl Cgroup {
     }
 
     /// Waits until nothing runs in the cgroup (`populated 0`), up to `timeout`; true if
-    /// it is empty. Woken by inotify on `cgroup.events`, not by polling.
+    /// it is empty. Woken by inotify on `cgroup.events`, with a slow recheck for the
+    /// notifications the kernel drops.
     pub fn wait_empty(&self, timeout: Duration) -> bool {
+        const RECHECK: Duration = Duration::from_millis(20);
         let deadline = Instant::now() + timeout;
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
         let watching = inotify.as_ref().is_some_and(|i| {
@@ -436,8 +438,13 @@ impl Cgroup {
             }
             match (&inotify, watching) {
                 (Some(i), true) => {
+                    // The kernel may drop the last notification: it delays one that
+                    // follows another within 10 ms, and cancels the delayed one when
+                    // the cgroup is removed (a concurrent start removing its own
+                    // leaf). So inotify only hurries the wait; it also looks again
+                    // every RECHECK.
                     let mut fds = [PollFd::new(i.as_fd(), PollFlags::POLLIN)];
-                    let ms = (left.as_millis() as i32).max(1);
+                    let ms = (left.min(RECHECK).as_millis() as i32).max(1);
                     let _ = poll(
                         &mut fds,
                         PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
