@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::crossterm::{cursor, execute, terminal};
-use ratatui::widgets::TableState;
 
 use super::lifecycle::{carry_out, Answer};
 use super::session::{open_supervisor, Failure};
@@ -37,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::service::fmt_duration;
 use crate::supervisor::{StartOutcome, StopOutcome};
-use model::{Row, Sampler, Selection};
+use model::{Sampler, Status, View};
 
 /// Bounds of `--interval`: faster than a tenth of a second is a busy loop, slower than a
 /// minute is not live.
@@ -121,29 +120,11 @@ fn restore() {
     let _ = execute!(io::stdout(), terminal::LeaveAlternateScreen, cursor::Show);
 }
 
-/// A line of the status bar: what the last action did, or why a refresh failed.
-pub struct Status {
-    pub text: String,
-    pub error: bool,
-}
-
-/// The view's state between frames.
+/// The view and what feeds it.
 pub struct App {
     home: Home,
-    interval: Duration,
     sampler: Sampler,
-    pub rows: Vec<Row>,
-    pub selection: Selection,
-    pub table: TableState,
-    /// Typing a filter after `/`.
-    pub editing: bool,
-    pub log_open: bool,
-    /// The selected service's log: (service, lines).
-    pub log: Option<(String, Vec<String>)>,
-    pub status: Option<Status>,
-    /// Actions sent and not answered yet.
-    pub pending: usize,
-    pub daemon: bool,
+    view: View,
     done: mpsc::Sender<Status>,
     answers: mpsc::Receiver<Status>,
 }
@@ -160,24 +141,11 @@ impl App {
         let (done, answers) = mpsc::channel();
         App {
             home,
-            interval,
             sampler: Sampler::default(),
-            rows: Vec::new(),
-            selection: Selection::default(),
-            table: TableState::default(),
-            editing: false,
-            log_open: false,
-            log: None,
-            status: None,
-            pending: 0,
-            daemon: false,
+            view: View::new(interval),
             done,
             answers,
         }
-    }
-
-    pub fn interval(&self) -> Duration {
-        self.interval
     }
 
     fn run<B: ratatui::backend::Backend>(
@@ -189,11 +157,11 @@ impl App {
         io::Error: From<B::Error>,
     {
         self.refresh();
-        let mut next_refresh = Instant::now() + self.interval;
+        let mut next_refresh = Instant::now() + self.view.interval;
         let mut dirty = true;
         while !stop.load(Ordering::Relaxed) {
             if dirty {
-                terminal.draw(|f| ui::draw(f, self))?;
+                terminal.draw(|f| ui::draw(f, &mut self.view))?;
                 dirty = false;
             }
             let now = Instant::now();
@@ -208,13 +176,13 @@ impl App {
             // An action's answer: show it, and what it changed, at once.
             let mut answered = false;
             while let Ok(s) = self.answers.try_recv() {
-                self.pending = self.pending.saturating_sub(1);
-                self.status = Some(s);
+                self.view.pending = self.view.pending.saturating_sub(1);
+                self.view.status = Some(s);
                 answered = true;
             }
             if answered || Instant::now() >= next_refresh {
                 self.refresh();
-                next_refresh = Instant::now() + self.interval;
+                next_refresh = Instant::now() + self.view.interval;
                 dirty = true;
             }
         }
@@ -223,7 +191,7 @@ impl App {
 
     /// Reads the services, their usage and the open log again.
     fn refresh(&mut self) {
-        self.daemon = crate::daemon::client::present(&self.home);
+        self.view.daemon = crate::daemon::client::present(&self.home);
         // A fresh supervisor each time: whether a daemon watches (and so who records an
         // exit) is decided when it is opened, and a daemon may have come or gone.
         let listed = open_supervisor(&self.home).and_then(|mut sup| {
@@ -232,16 +200,16 @@ impl App {
         });
         match listed {
             Ok((statuses, notices)) => {
-                self.rows = self.sampler.rows(&statuses, Instant::now());
+                self.view.rows = self.sampler.rows(&statuses, Instant::now());
                 if let Some(n) = notices.last() {
-                    self.status = Some(Status {
+                    self.view.status = Some(Status {
                         text: crate::app::term::escape_owned(n.clone()),
                         error: false,
                     });
                 }
             }
             Err(e) => {
-                self.status = Some(Status {
+                self.view.status = Some(Status {
                     text: format!("cannot read the services: {e}"),
                     error: true,
                 })
@@ -252,13 +220,13 @@ impl App {
 
     /// The last lines of the selected service's log files, when the pane is open.
     fn read_log(&mut self) {
-        if !self.log_open {
-            self.log = None;
+        if !self.view.log_open {
+            self.view.log = None;
             return;
         }
-        let visible = self.selection.visible(&self.rows);
-        let Some(i) = self.selection.index(&visible) else {
-            self.log = None;
+        let visible = self.view.selection.visible(&self.view.rows);
+        let Some(i) = self.view.selection.index(&visible) else {
+            self.view.log = None;
             return;
         };
         let row = visible[i];
@@ -286,7 +254,7 @@ impl App {
                 Err(e) => lines.push(format!("cannot read it: {e}")),
             }
         }
-        self.log = Some((row.name.clone(), lines));
+        self.view.log = Some((row.name.clone(), lines));
     }
 
     fn event(&mut self, ev: Event) -> Next {
@@ -301,26 +269,26 @@ impl App {
         if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
             return Next::Quit;
         }
-        if self.editing {
+        if self.view.editing {
             match k.code {
-                KeyCode::Enter => self.editing = false,
+                KeyCode::Enter => self.view.editing = false,
                 KeyCode::Esc => {
-                    self.editing = false;
-                    self.selection.filter.clear();
+                    self.view.editing = false;
+                    self.view.selection.filter.clear();
                 }
                 KeyCode::Backspace => {
-                    self.selection.filter.pop();
+                    self.view.selection.filter.pop();
                 }
-                KeyCode::Char(c) if !c.is_control() => self.selection.filter.push(c),
+                KeyCode::Char(c) if !c.is_control() => self.view.selection.filter.push(c),
                 _ => return Next::Go,
             }
             self.read_log();
             return Next::Redraw;
         }
-        let visible_len = self.selection.visible(&self.rows).len() as isize;
+        let visible_len = self.view.selection.visible(&self.view.rows).len() as isize;
         match k.code {
             KeyCode::Char('q') => return Next::Quit,
-            KeyCode::Esc if self.log_open => self.log_open = false,
+            KeyCode::Esc if self.view.log_open => self.view.log_open = false,
             KeyCode::Esc => return Next::Quit,
             KeyCode::Up | KeyCode::Char('k') => self.step(-1),
             KeyCode::Down | KeyCode::Char('j') => self.step(1),
@@ -332,12 +300,12 @@ impl App {
             KeyCode::Char('x') | KeyCode::Char('S') => self.act(Verb::Stop),
             KeyCode::Char('r') => self.act(Verb::Restart),
             KeyCode::Char('l') | KeyCode::Enter => {
-                self.log_open = !self.log_open;
+                self.view.log_open = !self.view.log_open;
                 self.read_log();
             }
             KeyCode::Char('/') => {
-                self.editing = true;
-                self.status = None;
+                self.view.editing = true;
+                self.view.status = None;
             }
             _ => return Next::Go,
         }
@@ -345,9 +313,9 @@ impl App {
     }
 
     fn step(&mut self, delta: isize) {
-        let visible = self.selection.visible(&self.rows);
-        self.selection.step(&visible, delta);
-        if self.log_open {
+        let visible = self.view.selection.visible(&self.view.rows);
+        self.view.selection.step(&visible, delta);
+        if self.view.log_open {
             self.read_log();
         }
     }
@@ -355,8 +323,8 @@ impl App {
     /// Sends `verb` for the selected service on a thread of its own; the answer comes
     /// back on the channel the loop reads.
     fn act(&mut self, verb: Verb) {
-        let visible = self.selection.visible(&self.rows);
-        let Some(i) = self.selection.index(&visible) else {
+        let visible = self.view.selection.visible(&self.view.rows);
+        let Some(i) = self.view.selection.index(&visible) else {
             return;
         };
         let name = visible[i].name.clone();
@@ -365,11 +333,11 @@ impl App {
             Verb::Stop => "stopping",
             _ => "restarting",
         };
-        self.status = Some(Status {
+        self.view.status = Some(Status {
             text: format!("{name}: {doing}…"),
             error: false,
         });
-        self.pending += 1;
+        self.view.pending += 1;
         let home = self.home.clone();
         let done = self.done.clone();
         let spawned = std::thread::Builder::new()
@@ -386,8 +354,8 @@ impl App {
                 let _ = done.send(summary(&name, answer));
             });
         if let Err(e) = spawned {
-            self.pending -= 1;
-            self.status = Some(Status {
+            self.view.pending -= 1;
+            self.view.status = Some(Status {
                 text: format!("cannot start a thread for the action: {e}"),
                 error: true,
             });

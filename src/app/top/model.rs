@@ -11,7 +11,51 @@ use crate::app::output::fmt_uptime;
 use crate::app::term::escape_owned;
 use crate::record::now_ms;
 use crate::state::State;
-use crate::supervisor::Status;
+use ratatui::widgets::TableState;
+
+use crate::supervisor::Status as Listed;
+
+/// A line of the status bar: what the last action did, or why a refresh failed.
+pub struct Status {
+    pub text: String,
+    pub error: bool,
+}
+
+/// Everything a frame is drawn from.
+pub struct View {
+    pub interval: Duration,
+    pub rows: Vec<Row>,
+    pub selection: Selection,
+    /// Where the table is scrolled to, kept between frames.
+    pub table: TableState,
+    /// Typing a filter after `/`.
+    pub editing: bool,
+    pub log_open: bool,
+    /// The selected service's log: (service, lines).
+    pub log: Option<(String, Vec<String>)>,
+    pub status: Option<Status>,
+    /// Actions sent and not answered yet.
+    pub pending: usize,
+    /// A daemon watches this home.
+    pub daemon: bool,
+}
+
+impl View {
+    pub fn new(interval: Duration) -> View {
+        View {
+            interval,
+            rows: Vec::new(),
+            selection: Selection::default(),
+            table: TableState::default(),
+            editing: false,
+            log_open: false,
+            log: None,
+            status: None,
+            pending: 0,
+            daemon: false,
+        }
+    }
+}
 
 /// One service as a row.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -48,7 +92,7 @@ pub struct Sampler {
 impl Sampler {
     /// Rows for `statuses` (sorted by name, as the supervisor lists them), reading the
     /// usage of each running instance that has no cgroup from /proc.
-    pub fn rows(&mut self, statuses: &[Status], now: Instant) -> Vec<Row> {
+    pub fn rows(&mut self, statuses: &[Listed], now: Instant) -> Vec<Row> {
         let mut next = HashMap::with_capacity(statuses.len());
         let rows = statuses
             .iter()
@@ -89,7 +133,7 @@ impl Sampler {
 }
 
 impl Row {
-    fn from_status(st: &Status) -> Row {
+    fn from_status(st: &Listed) -> Row {
         let set = &st.service.settings;
         let rt = &st.runtime;
         let now = now_ms();

@@ -9,14 +9,13 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row as TableRow, Table};
 use ratatui::Frame;
 
-use super::model::{columns, fmt_bytes, Col, Row};
-use super::App;
+use super::model::{columns, fmt_bytes, Col, Row, View};
 use crate::service::fmt_duration;
 
 /// Keys, as the status line shows them when there is nothing else to say.
 const HELP: &str = "↑↓ select  s start  x stop  r restart  l log  / filter  q quit";
 
-pub fn draw(f: &mut Frame, app: &mut App) {
+pub fn draw(f: &mut Frame, app: &mut View) {
     let area = f.area();
     if area.height < 3 || area.width < 8 {
         f.render_widget(Paragraph::new("tend top: too small"), area);
@@ -45,13 +44,13 @@ fn color() -> bool {
     crate::app::term::Term::stdout(true).color
 }
 
-fn header(f: &mut Frame, app: &App, area: Rect) {
+fn header(f: &mut Frame, app: &View, area: Rect) {
     let running = app.rows.iter().filter(|r| r.pid.is_some()).count();
     let mut text = format!(
         "tend top · {} service(s), {running} running · daemon {} · every {}",
         app.rows.len(),
         if app.daemon { "running" } else { "not running" },
-        fmt_duration(app.interval()),
+        fmt_duration(app.interval),
     );
     if !app.selection.filter.is_empty() {
         text.push_str(&format!(
@@ -91,7 +90,7 @@ fn cell(row: &Row, col: Col) -> String {
     }
 }
 
-fn table(f: &mut Frame, app: &mut App, area: Rect) {
+fn table(f: &mut Frame, app: &mut View, area: Rect) {
     let color = color();
     let cols = columns(area.width);
     let visible = app.selection.visible(&app.rows);
@@ -131,7 +130,7 @@ fn table(f: &mut Frame, app: &mut App, area: Rect) {
     f.render_stateful_widget(t, area, &mut app.table);
 }
 
-fn log_pane(f: &mut Frame, app: &App, area: Rect) {
+fn log_pane(f: &mut Frame, app: &View, area: Rect) {
     let (title, lines) = match &app.log {
         Some((name, lines)) => (format!(" {name}: log "), lines.as_slice()),
         None => (" log ".to_string(), &[][..]),
@@ -146,7 +145,7 @@ fn log_pane(f: &mut Frame, app: &App, area: Rect) {
     f.render_widget(Paragraph::new(text).block(block), area);
 }
 
-fn status_line(f: &mut Frame, app: &App, area: Rect) {
+fn status_line(f: &mut Frame, app: &View, area: Rect) {
     let line = if app.editing {
         Line::raw(format!(
             "/{}▏ (Enter keeps it, Esc clears it)",
