@@ -60,7 +60,9 @@ fn measure(mode: &str, cgroup: bool, n: usize, watch: Duration) {
         start.env("TEND_CGROUP", "off");
     }
     assert!(start.status().expect("tend start --all").success());
-    let contained = t.run(&["status", "svc000", "--json"]).contains("\"path\": \"/");
+    let contained = t
+        .run(&["status", "svc000", "--json"])
+        .contains("\"path\": \"/");
     if cgroup && !contained {
         println!("{mode:>7}: tend cannot create cgroups here; skipped");
         return;
@@ -85,7 +87,10 @@ fn measure(mode: &str, cgroup: bool, n: usize, watch: Duration) {
     ]);
     let want = format!("{n} service(s), {n} running");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !tmux.run(&["capture-pane", "-p", "-t", "top"]).contains(&want) {
+    while !tmux
+        .run(&["capture-pane", "-p", "-t", "top"])
+        .contains(&want)
+    {
         assert!(Instant::now() < deadline, "tend top never showed {want}");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -96,6 +101,7 @@ fn measure(mode: &str, cgroup: bool, n: usize, watch: Duration) {
         .expect("pane pid");
     let (cpu0, t0) = (cpu_ticks(pid), Instant::now());
     std::thread::sleep(watch);
+    assert!(common::alive(pid), "tend top died while watching");
     let (cpu1, wall) = (cpu_ticks(pid), t0.elapsed());
     let rss_kib = rss_kib(pid);
     drop(tmux);

@@ -38,6 +38,8 @@ pub struct View {
     pub pending: usize,
     /// A daemon watches this home.
     pub daemon: bool,
+    /// Colour states and errors (`NO_COLOR` unset, `TERM` not `dumb`).
+    pub color: bool,
 }
 
 impl View {
@@ -53,6 +55,7 @@ impl View {
             status: None,
             pending: 0,
             daemon: false,
+            color: crate::app::term::Term::stdout(true).color,
         }
     }
 }

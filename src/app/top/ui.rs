@@ -40,10 +40,6 @@ pub fn draw(f: &mut Frame, app: &mut View) {
     status_line(f, app, foot);
 }
 
-fn color() -> bool {
-    crate::app::term::Term::stdout(true).color
-}
-
 fn header(f: &mut Frame, app: &View, area: Rect) {
     let running = app.rows.iter().filter(|r| r.pid.is_some()).count();
     let mut text = format!(
@@ -91,7 +87,7 @@ fn cell(row: &Row, col: Col) -> String {
 }
 
 fn table(f: &mut Frame, app: &mut View, area: Rect) {
-    let color = color();
+    let color = app.color;
     let cols = columns(area.width);
     let visible = app.selection.visible(&app.rows);
     let selected = app.selection.index(&visible);
@@ -153,7 +149,7 @@ fn status_line(f: &mut Frame, app: &View, area: Rect) {
         ))
     } else if let Some(s) = &app.status {
         let mut style = Style::new();
-        if s.error && color() {
+        if s.error && app.color {
             style = style.fg(Color::Red);
         }
         let busy = if app.pending > 0 {
