@@ -171,7 +171,11 @@ fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failur
         Command::Notify(args) => settings::notify(home, args, out),
         Command::Config { action } => settings::config(home, action, out),
         Command::Doctor { json } => doctor::run(s, home, json, out),
-        Command::Top { interval } => top::run(home, &interval),
+        Command::Top {
+            interval,
+            fleet,
+            pg,
+        } => top::run(home, &interval, fleet.then_some(pg)),
         Command::Fleet(args) => fleet::run(s, home, args, out),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }

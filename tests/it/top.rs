@@ -13,7 +13,7 @@ const SCREEN: Duration = Duration::from_secs(20);
 
 /// A private tmux server with one session running `tend top`; dropping it kills the
 /// server (and with it the pane's processes).
-struct Tmux {
+pub struct Tmux {
     socket: String,
 }
 
@@ -21,7 +21,7 @@ impl Tmux {
     /// `tend --home HOME top ARGS` in a WIDTHxHEIGHT window; after it exits the pane
     /// prints `TOP-EXITED:<code>` and stays. `None` (with the reason printed) when tmux
     /// is missing.
-    fn start(env: &Env, args: &str, width: u16, height: u16) -> Option<Tmux> {
+    pub fn start(env: &Env, args: &str, width: u16, height: u16) -> Option<Tmux> {
         if Command::new("tmux")
             .arg("-V")
             .stdout(Stdio::null())
@@ -74,18 +74,18 @@ impl Tmux {
             .expect("run tmux")
     }
 
-    fn screen(&self) -> String {
+    pub fn screen(&self) -> String {
         String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-t", "top"]).stdout)
             .into_owned()
     }
 
-    fn keys(&self, keys: &[&str]) {
+    pub fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", "top"];
         args.extend_from_slice(keys);
         assert!(self.tmux(&args).status.success(), "send-keys {keys:?}");
     }
 
-    fn display(&self, format: &str) -> String {
+    pub fn display(&self, format: &str) -> String {
         String::from_utf8_lossy(&self.tmux(&["display", "-p", "-t", "top", format]).stdout)
             .trim()
             .to_string()
@@ -98,7 +98,7 @@ impl Tmux {
     }
 
     /// Waits until `cond` holds for the screen; fails with the last screen otherwise.
-    fn wait(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+    pub fn wait(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
         let mut last = String::new();
         let held = wait_until(SCREEN, || {
             last = self.screen();
@@ -132,18 +132,18 @@ fn quote(p: &Path) -> String {
 }
 
 /// The screen line of service `name` (its first cell), if shown.
-fn row<'a>(screen: &'a str, name: &str) -> Option<&'a str> {
+pub fn row<'a>(screen: &'a str, name: &str) -> Option<&'a str> {
     screen
         .lines()
         .find(|l| l.split_whitespace().next() == Some(name))
 }
 
-fn row_has(screen: &str, name: &str, word: &str) -> bool {
+pub fn row_has(screen: &str, name: &str, word: &str) -> bool {
     row(screen, name).is_some_and(|l| l.split_whitespace().any(|w| w == word))
 }
 
 /// Back on the main screen with the cursor shown, and `tend top` exited 0.
-fn assert_restored(t: &Tmux) {
+pub fn assert_restored(t: &Tmux) {
     t.wait("top's exit", |s| s.contains("TOP-EXITED:0"));
     assert_eq!(
         t.display("#{alternate_on}"),

@@ -32,8 +32,10 @@ use ratatui::crossterm::{cursor, execute, terminal};
 use super::lifecycle::{carry_out, Answer};
 use super::session::{open_supervisor, Failure};
 use crate::api::{Outcome, Report, Selection as Which, Verb};
+use crate::cli::FleetPgArgs;
 use crate::error::{Error, Result};
 use crate::home::Home;
+use crate::pg::fleet::operator::HostView;
 use crate::service::fmt_duration;
 use crate::supervisor::{StartOutcome, StopOutcome};
 use model::{Sampler, Status, View};
@@ -51,8 +53,8 @@ const WAKE: Duration = Duration::from_millis(250);
 /// fit).
 const LOG_LINES: usize = 200;
 
-/// `tend top [--interval D]`.
-pub fn run(home: &Home, interval: &str) -> Result<(), Failure> {
+/// `tend top [--interval D] [--fleet [PG OPTIONS]]`.
+pub fn run(home: &Home, interval: &str, fleet: Option<FleetPgArgs>) -> Result<(), Failure> {
     let interval = crate::service::parse_duration(interval)
         .map_err(|message| Error::Invalid {
             what: "--interval",
@@ -71,8 +73,13 @@ pub fn run(home: &Home, interval: &str) -> Result<(), Failure> {
     if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
         return Err(Error::NotATerminal.into());
     }
-    // Fail before taking the screen when the home cannot be opened at all.
+    // Fail before taking the screen when the home cannot be opened at all, or the
+    // fleet's database is not configured.
     drop(open_supervisor(home)?);
+    let fleet = match fleet {
+        Some(pg) => Some(super::fleet::settings(home, &pg)?),
+        None => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
@@ -83,6 +90,14 @@ pub fn run(home: &Home, interval: &str) -> Result<(), Failure> {
         ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(io::stdout()))?;
     terminal.clear()?;
     let mut app = App::new(home.clone(), interval);
+    if let Some(settings) = fleet {
+        app.view.fleet = true;
+        app.view.status = Some(Status {
+            text: "reading the fleet's status…".into(),
+            error: false,
+        });
+        app.hosts = Some(watch_fleet(settings, interval));
+    }
     let result = app.run(&mut terminal, &stop);
     drop(terminal);
     drop(screen);
@@ -125,6 +140,8 @@ pub struct App {
     home: Home,
     sampler: Sampler,
     view: View,
+    /// Fleet mode: what the thread reading the fleet's status sends.
+    hosts: Option<mpsc::Receiver<Result<Vec<HostView>, String>>>,
     done: mpsc::Sender<Status>,
     answers: mpsc::Receiver<Status>,
 }
@@ -143,6 +160,7 @@ impl App {
             home,
             sampler: Sampler::default(),
             view: View::new(interval),
+            hosts: None,
             done,
             answers,
         }
@@ -189,8 +207,33 @@ impl App {
         Ok(())
     }
 
-    /// Reads the services, their usage and the open log again.
+    /// Reads the services, their usage and the open log again (fleet mode: takes what
+    /// the fleet thread read last).
     fn refresh(&mut self) {
+        if let Some(hosts) = &self.hosts {
+            while let Ok(read) = hosts.try_recv() {
+                match read {
+                    Ok(h) => {
+                        self.view.rows = model::fleet_rows(&h);
+                        if self
+                            .view
+                            .status
+                            .as_ref()
+                            .is_some_and(|s| s.text.starts_with("reading"))
+                        {
+                            self.view.status = None;
+                        }
+                    }
+                    Err(e) => {
+                        self.view.status = Some(Status {
+                            text: crate::app::term::escape_owned(e),
+                            error: true,
+                        })
+                    }
+                }
+            }
+            return;
+        }
         self.view.daemon = crate::daemon::client::present(&self.home);
         // A fresh supervisor each time: whether a daemon watches (and so who records an
         // exit) is decided when it is opened, and a daemon may have come or gone.
@@ -299,6 +342,12 @@ impl App {
             KeyCode::Char('s') => self.act(Verb::Start),
             KeyCode::Char('x') | KeyCode::Char('S') => self.act(Verb::Stop),
             KeyCode::Char('r') => self.act(Verb::Restart),
+            KeyCode::Char('l') | KeyCode::Enter if self.view.fleet => {
+                self.view.status = Some(Status {
+                    text: "fleet mode has no log pane: the logs are on each host".into(),
+                    error: true,
+                });
+            }
             KeyCode::Char('l') | KeyCode::Enter => {
                 self.view.log_open = !self.view.log_open;
                 self.read_log();
@@ -323,6 +372,15 @@ impl App {
     /// Sends `verb` for the selected service on a thread of its own; the answer comes
     /// back on the channel the loop reads.
     fn act(&mut self, verb: Verb) {
+        if self.view.fleet {
+            self.view.status = Some(Status {
+                text: "fleet mode only looks: `tend fleet start|stop|restart NAME` acts on \
+                       every host"
+                    .into(),
+                error: true,
+            });
+            return;
+        }
         let visible = self.view.selection.visible(&self.view.rows);
         let Some(i) = self.view.selection.index(&visible) else {
             return;
@@ -361,6 +419,27 @@ impl App {
             });
         }
     }
+}
+
+/// Reads every host's published state every `interval` on a thread of its own (a
+/// connection to PostgreSQL can take its time, and the keys must not wait for it) and
+/// sends it; the thread ends when the view is gone.
+fn watch_fleet(
+    settings: crate::pg::Settings,
+    interval: Duration,
+) -> mpsc::Receiver<Result<Vec<HostView>, String>> {
+    let (tx, rx) = mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("tend-top-fleet".into())
+        .spawn(move || loop {
+            let read = crate::pg::fleet::operator::status(&settings)
+                .map_err(|e| format!("cannot read the fleet's status: {e}"));
+            if tx.send(read).is_err() {
+                return;
+            }
+            std::thread::sleep(interval);
+        });
+    rx
 }
 
 /// One line for the status bar from an action's answer.

@@ -13,6 +13,7 @@ use crate::record::now_ms;
 use crate::state::State;
 use ratatui::widgets::TableState;
 
+use crate::pg::fleet::operator::HostView;
 use crate::supervisor::Status as Listed;
 
 /// A line of the status bar: what the last action did, or why a refresh failed.
@@ -38,6 +39,8 @@ pub struct View {
     pub pending: usize,
     /// A daemon watches this home.
     pub daemon: bool,
+    /// Fleet mode: every host's services, as published in PostgreSQL.
+    pub fleet: bool,
     /// Colour states and errors (`NO_COLOR` unset, `TERM` not `dumb`).
     pub color: bool,
 }
@@ -55,6 +58,7 @@ impl View {
             status: None,
             pending: 0,
             daemon: false,
+            fleet: false,
             color: crate::app::term::Term::stdout(true).color,
         }
     }
@@ -66,7 +70,7 @@ pub struct Row {
     pub name: String,
     /// As `tend list` says it, shortened to fit a column (`restarting (no daemon)` is
     /// `restarting`; the header says whether a daemon runs).
-    pub state: &'static str,
+    pub state: String,
     pub pid: Option<i32>,
     pub started_at: Option<i64>,
     pub restarts: u32,
@@ -83,6 +87,9 @@ pub struct Row {
     pub logs: Vec<PathBuf>,
     /// Where stdout goes, to say so when there is no file to show.
     pub stdout: PathBuf,
+    /// Fleet mode: the host the service runs on, and how long ago it was heard from.
+    pub host: Option<String>,
+    pub seen: Option<String>,
 }
 
 /// CPU time seen at the previous sample of each instance, to turn totals into a rate.
@@ -151,7 +158,8 @@ impl Row {
         let state = match st.state {
             State::Backoff { .. } => "restarting",
             ref s => s.label(),
-        };
+        }
+        .to_string();
         Row {
             name: escape_owned(st.service.name.clone()),
             state,
@@ -164,6 +172,16 @@ impl Row {
             cgroup: false,
             logs: crate::logs::files(&set.stdout, &set.stderr),
             stdout: set.stdout.clone(),
+            host: None,
+            seen: None,
+        }
+    }
+
+    /// What identifies the row across refreshes: the name, and in fleet mode the host.
+    pub fn key(&self) -> String {
+        match &self.host {
+            Some(h) => format!("{h}/{}", self.name),
+            None => self.name.clone(),
         }
     }
 
@@ -172,6 +190,37 @@ impl Row {
         self.started_at
             .map(|at| fmt_uptime(Duration::from_millis((now_ms() - at).max(0) as u64)))
     }
+}
+
+/// Fleet mode: one row per service of every host, as the hosts last published them
+/// (a host without services gets one row of its own, `-`).
+pub fn fleet_rows(hosts: &[HostView]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for h in hosts {
+        let ago = fmt_uptime(Duration::from_millis(h.age_ms.max(0) as u64));
+        let seen = if h.stale {
+            format!("{ago} ago STALE")
+        } else {
+            format!("{ago} ago")
+        };
+        let row = |name: String, state: String| Row {
+            name,
+            state,
+            host: Some(escape_owned(h.host.clone())),
+            seen: Some(seen.clone()),
+            ..Row::default()
+        };
+        if h.services.is_empty() {
+            rows.push(row("-".into(), "-".into()));
+        }
+        for v in &h.services {
+            let mut r = row(escape_owned(v.name.clone()), escape_owned(v.state.clone()));
+            r.pid = v.pid;
+            r.started_at = v.since.map(|ms| ms as i64);
+            rows.push(r);
+        }
+    }
+    rows
 }
 
 /// Percent of one CPU: CPU time used between two samples over the wall time between them.
@@ -200,6 +249,7 @@ pub fn fmt_bytes(b: u64) -> String {
 /// A column of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Col {
+    Host,
     Name,
     State,
     Pid,
@@ -208,6 +258,7 @@ pub enum Col {
     LastExit,
     Cpu,
     Memory,
+    Seen,
 }
 
 impl Col {
@@ -224,6 +275,8 @@ impl Col {
 
     pub fn title(self) -> &'static str {
         match self {
+            Col::Host => "HOST",
+            Col::Seen => "LAST SEEN",
             Col::Name => "NAME",
             Col::State => "STATE",
             Col::Pid => "PID",
@@ -238,6 +291,8 @@ impl Col {
     /// Width of the column; the name's is its least, it takes what is left.
     pub fn width(self) -> u16 {
         match self {
+            Col::Host => 12,
+            Col::Seen => 16,
             Col::Name => 10,
             Col::State => 10,
             Col::Pid => 8,
@@ -252,7 +307,8 @@ impl Col {
 
 /// Which columns are dropped first when the terminal is narrow: the history before the
 /// present, and the name and state never.
-const DROP_ORDER: [Col; 6] = [
+const DROP_ORDER: [Col; 7] = [
+    Col::Seen,
     Col::LastExit,
     Col::Restarts,
     Col::Uptime,
@@ -261,9 +317,23 @@ const DROP_ORDER: [Col; 6] = [
     Col::Cpu,
 ];
 
+/// The columns of fleet mode: what the hosts publish (no CPU or memory).
+const FLEET: [Col; 6] = [
+    Col::Host,
+    Col::Name,
+    Col::State,
+    Col::Pid,
+    Col::Uptime,
+    Col::Seen,
+];
+
 /// The columns that fit `width` cells (one cell between columns), in display order.
-pub fn columns(width: u16) -> Vec<Col> {
-    let mut cols = Col::ALL.to_vec();
+pub fn columns(width: u16, fleet: bool) -> Vec<Col> {
+    let mut cols = if fleet {
+        FLEET.to_vec()
+    } else {
+        Col::ALL.to_vec()
+    };
     let need = |cols: &[Col]| -> u32 {
         cols.iter().map(|c| u32::from(c.width())).sum::<u32>() + cols.len() as u32 - 1
     };
@@ -280,16 +350,16 @@ pub fn columns(width: u16) -> Vec<Col> {
 #[derive(Default)]
 pub struct Selection {
     pub filter: String,
-    /// The selected service, by name.
+    /// The selected row, by [`Row::key`].
     pub name: Option<String>,
 }
 
 impl Selection {
-    /// Rows whose name contains the filter (case-insensitive).
+    /// Rows whose name (or host) contains the filter (case-insensitive).
     pub fn visible<'a>(&self, rows: &'a [Row]) -> Vec<&'a Row> {
         let f = self.filter.to_lowercase();
         rows.iter()
-            .filter(|r| f.is_empty() || r.name.to_lowercase().contains(&f))
+            .filter(|r| f.is_empty() || r.key().to_lowercase().contains(&f))
             .collect()
     }
 
@@ -302,9 +372,9 @@ impl Selection {
         let i = self
             .name
             .as_ref()
-            .and_then(|n| visible.iter().position(|r| &r.name == n))
+            .and_then(|n| visible.iter().position(|r| &r.key() == n))
             .unwrap_or(0);
-        self.name = Some(visible[i].name.clone());
+        self.name = Some(visible[i].key());
         Some(i)
     }
 
@@ -312,7 +382,7 @@ impl Selection {
     pub fn step(&mut self, visible: &[&Row], delta: isize) {
         if let Some(i) = self.index(visible) {
             let j = (i as isize + delta).clamp(0, visible.len() as isize - 1) as usize;
-            self.name = Some(visible[j].name.clone());
+            self.name = Some(visible[j].key());
         }
     }
 }
@@ -346,14 +416,16 @@ mod tests {
 
     #[test]
     fn columns_drop_history_first_and_never_name_or_state() {
-        assert_eq!(columns(200), Col::ALL.to_vec());
+        assert_eq!(columns(200, false), Col::ALL.to_vec());
         assert_eq!(
-            columns(40),
+            columns(40, false),
             vec![Col::Name, Col::State, Col::Cpu, Col::Memory]
         );
-        assert_eq!(columns(60).len(), 6);
-        assert_eq!(columns(5), vec![Col::Name, Col::State]);
-        assert_eq!(columns(0), vec![Col::Name, Col::State]);
+        assert_eq!(columns(60, false).len(), 6);
+        assert_eq!(columns(5, false), vec![Col::Name, Col::State]);
+        assert_eq!(columns(0, false), vec![Col::Name, Col::State]);
+        assert_eq!(columns(200, true), FLEET.to_vec());
+        assert_eq!(columns(40, true), vec![Col::Host, Col::Name, Col::State]);
     }
 
     #[test]

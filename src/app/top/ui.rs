@@ -14,6 +14,8 @@ use crate::service::fmt_duration;
 
 /// Keys, as the status line shows them when there is nothing else to say.
 const HELP: &str = "↑↓ select  s start  x stop  r restart  l log  / filter  q quit";
+const FLEET_HELP: &str =
+    "↑↓ select  / filter  q quit  (looking only: `tend fleet restart NAME` acts)";
 
 pub fn draw(f: &mut Frame, app: &mut View) {
     let area = f.area();
@@ -42,12 +44,21 @@ pub fn draw(f: &mut Frame, app: &mut View) {
 
 fn header(f: &mut Frame, app: &View, area: Rect) {
     let running = app.rows.iter().filter(|r| r.pid.is_some()).count();
-    let mut text = format!(
-        "tend top · {} service(s), {running} running · daemon {} · every {}",
-        app.rows.len(),
-        if app.daemon { "running" } else { "not running" },
-        fmt_duration(app.interval),
-    );
+    let every = fmt_duration(app.interval);
+    let mut text = if app.fleet {
+        let mut hosts: Vec<&str> = app.rows.iter().filter_map(|r| r.host.as_deref()).collect();
+        hosts.dedup();
+        format!(
+            "tend top --fleet · {} host(s), {running} service(s) running · every {every}",
+            hosts.len()
+        )
+    } else {
+        format!(
+            "tend top · {} service(s), {running} running · daemon {} · every {every}",
+            app.rows.len(),
+            if app.daemon { "running" } else { "not running" },
+        )
+    };
     if !app.selection.filter.is_empty() {
         text.push_str(&format!(
             " · filter: {}",
@@ -76,7 +87,9 @@ fn cell(row: &Row, col: Col) -> String {
     let dash = || "-".to_string();
     match col {
         Col::Name => row.name.clone(),
-        Col::State => row.state.to_string(),
+        Col::Host => row.host.clone().unwrap_or_else(dash),
+        Col::Seen => row.seen.clone().unwrap_or_else(dash),
+        Col::State => row.state.clone(),
         Col::Pid => row.pid.map_or_else(dash, |p| p.to_string()),
         Col::Uptime => row.uptime().unwrap_or_else(dash),
         Col::Restarts => row.restarts.to_string(),
@@ -88,11 +101,13 @@ fn cell(row: &Row, col: Col) -> String {
 
 fn table(f: &mut Frame, app: &mut View, area: Rect) {
     let color = app.color;
-    let cols = columns(area.width);
+    let cols = columns(area.width, app.fleet);
     let visible = app.selection.visible(&app.rows);
     let selected = app.selection.index(&visible);
     if visible.is_empty() {
-        let note = if app.rows.is_empty() {
+        let note = if app.rows.is_empty() && app.fleet {
+            "no host has joined this fleet yet"
+        } else if app.rows.is_empty() {
             "no services (define one with `tend add NAME -- PROGRAM [ARGS...]`)"
         } else {
             "no service matches the filter"
@@ -106,7 +121,7 @@ fn table(f: &mut Frame, app: &mut View, area: Rect) {
             TableRow::new(cols.iter().map(|&c| {
                 let text = cell(r, c);
                 match c {
-                    Col::State => Span::styled(text, state_style(r.state, color)),
+                    Col::State => Span::styled(text, state_style(&r.state, color)),
                     _ => Span::raw(text),
                 }
             }))
@@ -160,7 +175,7 @@ fn status_line(f: &mut Frame, app: &View, area: Rect) {
         let prefix = if s.error { "error: " } else { "" };
         Line::styled(format!("{prefix}{}{busy}", s.text), style)
     } else {
-        Line::raw(HELP)
+        Line::raw(if app.fleet { FLEET_HELP } else { HELP })
     };
     f.render_widget(Paragraph::new(line), area);
 }
