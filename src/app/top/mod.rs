@@ -110,8 +110,13 @@ struct Screen;
 impl Screen {
     fn enter() -> io::Result<Screen> {
         let previous = std::panic::take_hook();
+        // Only a panic of the thread that draws ends the view; an action's thread that
+        // panics leaves it running (its action then never answers).
+        let drawing = std::thread::current().id();
         std::panic::set_hook(Box::new(move |info| {
-            restore();
+            if std::thread::current().id() == drawing {
+                restore();
+            }
             previous(info);
         }));
         terminal::enable_raw_mode()?;
