@@ -138,6 +138,11 @@ fn table(f: &mut Frame, app: &mut View, area: Rect) {
         .column_spacing(1)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     app.table.select(selected);
+    // When every row fits, show them all from the top: the scroll kept from a smaller
+    // window would otherwise hide the first ones.
+    if visible.len() < usize::from(area.height) {
+        *app.table.offset_mut() = 0;
+    }
     f.render_stateful_widget(t, area, &mut app.table);
 }
 
