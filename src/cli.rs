@@ -131,6 +131,19 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// A live view of every service (state, pid, uptime, restarts, last exit, CPU,
+    /// memory) with keys to start, stop, restart and read logs; q quits.
+    Top {
+        /// How often to read the database and /proc again (100ms to 1m).
+        #[arg(long, default_value = "1s", value_name = "DURATION")]
+        interval: String,
+        /// Show every host of the fleet (the state each publishes in PostgreSQL) instead
+        /// of this home's services; looking only.
+        #[arg(long)]
+        fleet: bool,
+        #[command(flatten)]
+        pg: FleetPgArgs,
+    },
     /// Check the state home, the database, the daemon, systemd, PostgreSQL and
     /// containment; one line per check with a fix. Exit 1 when something is wrong.
     Doctor {

@@ -42,6 +42,12 @@ pub enum Error {
     #[error("invalid {what}: {message}")]
     Invalid { what: &'static str, message: String },
 
+    /// `tend top` draws on a terminal; a pipe or a file would get escape codes.
+    #[error(
+        "tend top needs a terminal on standard input and output (for scripts: `tend list --json`)"
+    )]
+    NotATerminal,
+
     #[error("{0} is running (stop it first, or use --stop)")]
     Running(String),
 
@@ -160,6 +166,7 @@ impl Error {
             Error::AlreadyExists(_) | Error::Running(_) => exit::CONFLICT,
             Error::InvalidName { .. }
             | Error::Invalid { .. }
+            | Error::NotATerminal
             | Error::File { .. }
             | Error::Cycle(_) => exit::USAGE,
             Error::Home { .. }

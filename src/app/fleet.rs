@@ -118,7 +118,8 @@ pub fn run(
 }
 
 /// The fleet's database: options, else `tend config`, else an error saying how to set it.
-fn settings(home: &Home, pg: &FleetPgArgs) -> Result<Settings, Error> {
+/// The fleet's database settings: `pg` over `tend config` (also `tend top --fleet`'s).
+pub fn settings(home: &Home, pg: &FleetPgArgs) -> Result<Settings, Error> {
     let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let overrides = crate::pg::Overrides {
         url: pg.url.clone(),

@@ -61,26 +61,51 @@ fn act_with(
     } else {
         Selection::Names { names: which.names }
     };
+    match carry_out(home, verb, selection, wait)? {
+        Answer::Reports(reports) => print_reports(s, out, &reports),
+        Answer::Refused { message, code } => {
+            eprintln!("tend: {}", escape(&message));
+            s.fail_code(code);
+            Ok(())
+        }
+    }
+}
+
+/// What became of a request: a report per service, or the daemon's refusal of the whole.
+pub enum Answer {
+    Reports(Vec<Report>),
+    Refused { message: String, code: u8 },
+}
+
+/// Applies `verb` to `selection` through the daemon when one runs (it stays the parent of
+/// what it starts), else here; prints nothing, so `tend top` can show the result its way.
+pub fn carry_out(
+    home: &Home,
+    verb: Verb,
+    selection: Selection,
+    wait: crate::api::Wait,
+) -> Result<Answer> {
     let action = Action::Act {
         verb,
         selection: selection.clone(),
         wait: WaitSpec::from_wait(wait),
     };
-    let reports = match crate::daemon::client::request(home, action)? {
-        Some(Response::Reports { reports }) => reports,
-        Some(Response::Error { message, code }) => {
-            eprintln!("tend: {}", escape(&message));
-            s.fail_code(code);
-            return Ok(());
-        }
-        Some(_) => return Err(Error::unexpected_answer().into()),
+    match crate::daemon::client::request(home, action)? {
+        Some(Response::Reports { reports }) => Ok(Answer::Reports(reports)),
+        Some(Response::Error { message, code }) => Ok(Answer::Refused { message, code }),
+        Some(_) => Err(Error::unexpected_answer()),
         None => {
             // No daemon took it: act here, the same way.
             let mut sup = open_supervisor(home)?;
-            crate::api::act_with(&mut sup, verb, &selection, wait, &|| true)?
+            Ok(Answer::Reports(crate::api::act_with(
+                &mut sup,
+                verb,
+                &selection,
+                wait,
+                &|| true,
+            )?))
         }
-    };
-    print_reports(s, out, &reports)
+    }
 }
 
 /// `HUP`, `SIGUSR1`, `10`: any signal a person names, KILL and STOP included.

@@ -7,6 +7,7 @@
 //! - [`view`]: `list`, `status`, `logs`, `events`;
 //! - [`daemon`]: `daemon` and its subcommands;
 //! - [`settings`]: `config`, `notify`;
+//! - [`top`]: `top`, the live terminal view;
 //! - [`doctor`]: `doctor`; [`extras`]: `completions`, `man`;
 //! - [`output`]: tables and the stable `--json` shapes; [`session`]: what they share.
 
@@ -22,6 +23,7 @@ pub mod output;
 pub mod session;
 pub mod settings;
 pub mod term;
+pub mod top;
 pub mod view;
 
 use std::io::{self, Write};
@@ -169,6 +171,11 @@ fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failur
         Command::Notify(args) => settings::notify(home, args, out),
         Command::Config { action } => settings::config(home, action, out),
         Command::Doctor { json } => doctor::run(s, home, json, out),
+        Command::Top {
+            interval,
+            fleet,
+            pg,
+        } => top::run(home, &interval, fleet.then_some(pg)),
         Command::Fleet(args) => fleet::run(s, home, args, out),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }

@@ -9,6 +9,7 @@
 //! - [`reap`]: child subreaper, reaping, and the board of reaped exit statuses.
 //! - [`signals`]: signal masks around a start.
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
+//! - [`usage`]: CPU time and memory of a process tree, for a service without a cgroup.
 
 pub mod cgroup;
 pub mod check;
@@ -19,3 +20,4 @@ pub mod reap;
 pub mod signals;
 pub mod spawn;
 pub mod stop;
+pub mod usage;

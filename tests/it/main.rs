@@ -10,4 +10,5 @@ mod lifecycle;
 mod postgres;
 mod races;
 mod services_file;
+mod top;
 mod util;

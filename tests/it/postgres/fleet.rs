@@ -826,3 +826,45 @@ fn least_privilege_roles_end_to_end() {
         .collect();
     assert!(denied.is_empty(), "{denied:#?}\ndaemon.log:\n{log}");
 }
+
+/// `tend top --fleet` shows every host's services as they publish them, and only looks.
+#[test]
+fn top_fleet_shows_every_host() {
+    use crate::top::{assert_restored, row_has, Tmux};
+    let fleet = Fleet::new(&shared_url());
+    let hosts: Vec<Env> = ["h0", "h1"].iter().map(|id| fleet.host(id)).collect();
+    let args = format!(
+        "--fleet --postgres '{}' --schema {}",
+        fleet.url, fleet.schema
+    );
+    let Some(t) = Tmux::start(&fleet.admin, &args, 120, 30) else {
+        return;
+    };
+    let s = t.wait("both hosts", |s| {
+        s.contains("2 host(s), 2 service(s) running")
+            && row_has(s, "h0", "running")
+            && row_has(s, "h1", "running")
+    });
+    for (id, env) in ["h0", "h1"].iter().zip(&hosts) {
+        let pid = env.pid("web").expect("web runs").to_string();
+        assert!(
+            row_has(&s, id, &pid),
+            "{id}'s web pid {pid} not shown:\n{s}"
+        );
+    }
+    for col in ["HOST", "NAME", "STATE", "PID", "UPTIME", "LAST SEEN"] {
+        assert!(s.contains(col), "no {col} column:\n{s}");
+    }
+    // It only looks: a stop key says how to act, and nothing is issued.
+    t.keys(&["x"]);
+    t.wait("the looking-only note", |s| {
+        s.contains("fleet mode only looks")
+    });
+    assert!(fleet.history().is_empty());
+    t.keys(&["/", "h", "1", "Enter"]);
+    t.wait("h1 alone", |s| {
+        row_has(s, "h1", "running") && !row_has(s, "h0", "running")
+    });
+    t.keys(&["q"]);
+    assert_restored(&t);
+}
