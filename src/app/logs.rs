@@ -77,7 +77,9 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
     for l in &lines {
         printer.line(out, l)?;
     }
-    if !a.follow {
+    // Following nothing (no services, or none writing to a file) would only wait: the
+    // services to follow are those defined when the command starts.
+    if !a.follow || paths.is_empty() {
         return Ok(());
     }
     out.flush()?;

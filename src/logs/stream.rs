@@ -215,9 +215,12 @@ pub fn initial(paths: &[PathBuf], window: Window) -> Result<(Vec<Line>, Vec<Resu
     Ok((keyed.into_iter().map(|(_, l)| l).collect(), resumes))
 }
 
-/// One file and its backups, oldest first: (file, length, mtime in µs); and whether the
-/// last one is the file itself (it may not exist yet).
-fn open_chain(path: &Path) -> io::Result<(Vec<(File, u64, i64)>, bool)> {
+/// One file of a chain: the open file, its length when opened, its mtime in µs.
+type Link = (File, u64, i64);
+
+/// One file and its backups, oldest first; and whether the last one is the file itself
+/// (it may not exist yet).
+fn open_chain(path: &Path) -> io::Result<(Vec<Link>, bool)> {
     let mut files = Vec::new();
     let mut current = false;
     let backups = (1..=crate::service::LOG_BACKUPS)
