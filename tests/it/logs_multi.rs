@@ -384,7 +384,7 @@ fn follow_survives_rotation() {
 
     let line = |i: usize| format!("rot line {i:04}\n");
     let mut expected = Vec::new();
-    let mut write = |from: usize, to: usize, expected: &mut Vec<String>| {
+    let write = |from: usize, to: usize, expected: &mut Vec<String>| {
         let text: String = (from..to).map(line).collect();
         append(&rot, &text);
         expected.extend((from..to).map(|i| format!("rot  | rot line {i:04}")));
