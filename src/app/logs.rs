@@ -239,6 +239,48 @@ impl Printer<'_> {
 mod tests {
     use super::*;
 
+    fn shown(p: &Printer, raw: &[u8], source: usize) -> String {
+        let mut out = Vec::new();
+        let line = Line {
+            source,
+            raw: raw.to_vec(),
+            prefix: stream::parse_prefix(raw),
+        };
+        p.line(&mut out, &line).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn prefixes_pad_colour_and_escape() {
+        let mut p = Printer {
+            names: vec!["web", "worker"],
+            width: 6,
+            color: false,
+            json: false,
+            prefixed: true,
+            sources: vec![(0, None), (1, Some(Stream::Err))],
+        };
+        assert_eq!(shown(&p, b"a\tb\x1b[2J\r", 0), "web    | a\tb\\x1b[2J\\r\n");
+        p.color = true;
+        assert_eq!(
+            shown(&p, b"x", 1),
+            "\x1b[33mworker |\x1b[0m x\n",
+            "the second service's colour, padding inside it"
+        );
+        p.prefixed = false;
+        assert_eq!(
+            shown(&p, b"raw\x1b[2J", 0),
+            "raw\x1b[2J\n",
+            "one service: as written"
+        );
+        p.json = true;
+        assert_eq!(
+            shown(&p, b"2026-12-06T21:58:01.000001Z \xff", 1),
+            "{\"time\":\"2026-12-06T21:58:01.000001Z\",\"service\":\"worker\",\
+             \"stream\":\"err\",\"text\":\"\u{fffd}\"}\n"
+        );
+    }
+
     #[test]
     fn since_takes_durations_and_times() {
         let now = stream::micros(SystemTime::now());
