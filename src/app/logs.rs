@@ -32,6 +32,9 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
         let lines = a.lines.unwrap_or(DEFAULT_LINES);
         return super::view::logs(home, &a.which.names[0], lines, a.follow, out);
     }
+    // Standard output is line-buffered even into a pipe: one write per line would be most
+    // of the cost of a large merge. Flushed after the first part and each follow round.
+    let out = &mut std::io::BufWriter::with_capacity(64 * 1024, out);
     for n in &a.which.names {
         service::validate_name(n)?;
     }
@@ -79,10 +82,10 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
     }
     // Following nothing (no services, or none writing to a file) would only wait: the
     // services to follow are those defined when the command starts.
+    out.flush()?;
     if !a.follow || paths.is_empty() {
         return Ok(());
     }
-    out.flush()?;
     let mut follower = Follower::new(&paths, resumes).map_err(|error| {
         read_failure(ReadError {
             path: paths.first().cloned().unwrap_or_default(),
@@ -97,7 +100,9 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
         if !lines.is_empty() {
             out.flush()?;
         }
-        std::thread::sleep(crate::logs::FOLLOW_INTERVAL);
+        if !follower.behind() {
+            std::thread::sleep(crate::logs::FOLLOW_INTERVAL);
+        }
     }
 }
 

@@ -26,6 +26,10 @@ pub const TIME_LEN: usize = 27;
 /// it is shown as it is (a prompt, a progress bar).
 const PARTIAL_ROUNDS: u32 = 10;
 
+/// At most this much is read from one file in one poll round, so a follow that finds a
+/// large file (created large, or after a pause) holds a bounded amount in memory.
+const READ_MAX: u64 = 1 << 20;
+
 /// A partial line longer than this is shown at once: holding it must stay cheap.
 const PARTIAL_MAX: usize = 64 * 1024;
 
@@ -339,6 +343,8 @@ struct Tail {
     partial: Vec<u8>,
     quiet_rounds: u32,
     last_key: i64,
+    /// The last round stopped at [`READ_MAX`] with more to read.
+    behind: bool,
 }
 
 impl Follower {
@@ -357,9 +363,15 @@ impl Follower {
                 partial: Vec::new(),
                 quiet_rounds: 0,
                 last_key: i64::MIN,
+                behind: false,
             });
         }
         Ok(Follower { tails })
+    }
+
+    /// Whether a file has more to read than the last round took: poll again at once.
+    pub fn behind(&self) -> bool {
+        self.tails.iter().any(|t| t.behind)
     }
 
     /// One poll round: every whole line appended since the last round, in time order
@@ -387,32 +399,35 @@ impl Follower {
 impl Tail {
     /// What was appended since the last round, in chunks.
     fn poll(&mut self) -> io::Result<Vec<Vec<u8>>> {
-        let t = self;
         let mut fresh = Vec::new();
-        t.read_new(&mut fresh)?;
+        self.behind = !self.read_new(&mut fresh)?;
+        if self.behind {
+            return Ok(fresh);
+        }
         // The path names another file now (renamed away, or deleted and created
         // again): what the old one still held was read above; continue in the new.
-        if let Ok(meta) = std::fs::metadata(&t.path) {
-            if t.ino != Some(meta.ino()) {
-                if let Ok(f) = File::open(&t.path) {
-                    t.ino = Some(f.metadata()?.ino());
-                    t.file = Some(f);
-                    t.offset = 0;
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            if self.ino != Some(meta.ino()) {
+                if let Ok(f) = File::open(&self.path) {
+                    self.ino = Some(f.metadata()?.ino());
+                    self.file = Some(f);
+                    self.offset = 0;
                     // The old file's last line ends with it.
                     fresh.push(Vec::new());
-                    t.read_new(&mut fresh)?;
+                    self.behind = !self.read_new(&mut fresh)?;
                 }
             }
         }
         Ok(fresh)
     }
 
-    /// Appends what was written to the open file since `offset` to `out` (one chunk per
-    /// read). A file that shrank was rotated in place: its first bytes moved to
-    /// `PATH.1` (collapse) or all of them did (truncate); continue where they ended.
-    fn read_new(&mut self, out: &mut Vec<Vec<u8>>) -> io::Result<()> {
+    /// Appends what was written to the open file since `offset` to `out`, at most
+    /// [`READ_MAX`] bytes; returns whether it read to the end. A file that shrank was
+    /// rotated in place: its first bytes moved to `PATH.1` (collapse) or all of them did
+    /// (truncate); continue where they ended.
+    fn read_new(&mut self, out: &mut Vec<Vec<u8>>) -> io::Result<bool> {
         let Some(f) = self.file.as_mut() else {
-            return Ok(());
+            return Ok(true);
         };
         let len = f.metadata()?.len();
         if len < self.offset {
@@ -420,14 +435,15 @@ impl Tail {
             self.offset = self.offset.saturating_sub(moved).min(len);
         }
         if len == self.offset {
-            return Ok(());
+            return Ok(true);
         }
+        let want = (len - self.offset).min(READ_MAX);
         f.seek(SeekFrom::Start(self.offset))?;
-        let mut chunk = Vec::with_capacity((len - self.offset).min(1 << 20) as usize);
-        let n = f.by_ref().take(len - self.offset).read_to_end(&mut chunk)?;
+        let mut chunk = Vec::with_capacity(want as usize);
+        let n = f.by_ref().take(want).read_to_end(&mut chunk)?;
         self.offset += n as u64;
         out.push(chunk);
-        Ok(())
+        Ok(self.offset >= len)
     }
 
     /// Whole lines out of the held partial line and `chunks` (an empty chunk ends the
@@ -626,5 +642,16 @@ mod tests {
             got.extend(f.poll().unwrap());
         }
         assert_eq!(texts(&got), ["0:prompt> "]);
+
+        // A large burst is read in bounded rounds, and says so.
+        let burst: String = (0..100_000).map(|i| format!("burst {i:06}\n")).collect();
+        write(&a, &burst);
+        let mut got = f.poll().unwrap();
+        assert!(f.behind() && got.len() < 100_000, "{}", got.len());
+        while f.behind() {
+            got.extend(f.poll().unwrap());
+        }
+        let want: Vec<String> = (0..100_000).map(|i| format!("0:burst {i:06}")).collect();
+        assert_eq!(texts(&got), want);
     }
 }
