@@ -426,3 +426,42 @@ fn follow_survives_rotation() {
     assert_eq!(follow.take(100), expected);
     assert_eq!(follow.quiet(), None);
 }
+
+/// On a terminal each service's prefix is coloured (its own colour, padding inside the
+/// colour); `NO_COLOR` turns that off. The terminal is a pseudo-terminal from script(1).
+#[test]
+fn names_are_coloured_on_a_terminal_unless_no_color() {
+    let env = Env::new();
+    add_sh(&env, "a", "echo a-line");
+    add_sh(&env, "bb", "echo bb-line");
+    env.start_brief(&["a", "bb"]);
+    wait_log(&env, "a", "a-line");
+    wait_log(&env, "bb", "bb-line");
+    let line = format!("'{TEND}' --home '{}' logs a bb", env.home().display());
+    let on_terminal = |no_color: Option<&str>| {
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &line, "/dev/null"])
+            .env("TERM", "xterm")
+            .env_remove("TEND_HOME")
+            .stdin(Stdio::null());
+        match no_color {
+            Some(v) => c.env("NO_COLOR", v),
+            None => c.env_remove("NO_COLOR"),
+        };
+        let out = run(c);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout
+    };
+    let coloured = on_terminal(None);
+    assert!(
+        coloured.contains("\x1b[36ma  |\x1b[0m a-line")
+            && coloured.contains("\x1b[33mbb |\x1b[0m bb-line"),
+        "{coloured:?}"
+    );
+    let plain = on_terminal(Some("1"));
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+    assert!(
+        plain.contains("a  | a-line") && plain.contains("bb | bb-line"),
+        "{plain:?}"
+    );
+}
