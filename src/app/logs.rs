@@ -68,11 +68,11 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
         sources,
     };
     let window = Window {
-        last: a.lines.or(if since.is_none() {
-            Some(DEFAULT_LINES)
-        } else {
-            None
-        }),
+        // With --since, every line in the window unless -n says otherwise.
+        last: match (a.lines, since) {
+            (None, None) => Some(DEFAULT_LINES),
+            (lines, _) => lines,
+        },
         since,
         following: a.follow,
     };
@@ -80,18 +80,13 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
     for l in &lines {
         printer.line(out, l)?;
     }
-    // Following nothing (no services, or none writing to a file) would only wait: the
-    // services to follow are those defined when the command starts.
     out.flush()?;
+    // Following nothing (no services, or none writing to a file) would only wait: the
+    // services followed are those defined when the command starts.
     if !a.follow || paths.is_empty() {
         return Ok(());
     }
-    let mut follower = Follower::new(&paths, resumes).map_err(|error| {
-        read_failure(ReadError {
-            path: paths.first().cloned().unwrap_or_default(),
-            error,
-        })
-    })?;
+    let mut follower = Follower::new(&paths, resumes);
     loop {
         let lines = follower.poll().map_err(read_failure)?;
         for l in &lines {

@@ -348,13 +348,15 @@ struct Tail {
 }
 
 impl Follower {
-    pub fn new(paths: &[PathBuf], resumes: Vec<Resume>) -> io::Result<Follower> {
+    pub fn new(paths: &[PathBuf], resumes: Vec<Resume>) -> Follower {
         let mut tails = Vec::with_capacity(paths.len());
         for (path, r) in paths.iter().zip(resumes) {
-            let ino = match &r.file {
-                Some(f) => Some(f.metadata()?.ino()),
-                None => None,
-            };
+            // (fstat of an open file does not fail; if it did, the path is opened anew.)
+            let ino = r
+                .file
+                .as_ref()
+                .and_then(|f| f.metadata().ok())
+                .map(|m| m.ino());
             tails.push(Tail {
                 path: path.clone(),
                 file: r.file,
@@ -366,7 +368,7 @@ impl Follower {
                 behind: false,
             });
         }
-        Ok(Follower { tails })
+        Follower { tails }
     }
 
     /// Whether a file has more to read than the last round took: poll again at once.
@@ -612,7 +614,7 @@ mod tests {
         };
         let (lines, resumes) = initial(std::slice::from_ref(&a), w).unwrap();
         assert_eq!(texts(&lines), ["0:one"]);
-        let mut f = Follower::new(std::slice::from_ref(&a), resumes).unwrap();
+        let mut f = Follower::new(std::slice::from_ref(&a), resumes);
         assert!(f.poll().unwrap().is_empty());
         write(&a, ") done\nthree");
         assert_eq!(texts(&f.poll().unwrap()), ["0:two (partial) done"]);
