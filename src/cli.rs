@@ -91,16 +91,9 @@ pub enum Command {
     Stop(Which),
     /// Stop (if running) and start services.
     Restart(Which),
-    /// Print the end of a service's log, and follow it with -f.
-    Logs {
-        name: String,
-        /// Number of lines to print.
-        #[arg(short = 'n', long, default_value_t = 20, value_name = "N")]
-        lines: usize,
-        /// Keep printing what is appended (Ctrl-C to end).
-        #[arg(short, long)]
-        follow: bool,
-    },
+    /// Print the end of services' logs, and follow them with -f: one service as it
+    /// wrote it, several merged in time order with each line prefixed by its service.
+    Logs(LogsArgs),
     /// Send a signal to services' main processes: `tend signal HUP web`.
     Signal {
         /// Signal name or number: HUP, SIGUSR1, 10...
@@ -163,6 +156,27 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// `tend logs`: which services, which lines, how.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub which: Which,
+    /// Number of lines to print per log file [default: 20; with --since: all in the
+    /// window].
+    #[arg(short = 'n', long, value_name = "N")]
+    pub lines: Option<usize>,
+    /// Keep printing what is appended (Ctrl-C to end).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines from this long ago (10m, 2h, 1d) or since this time
+    /// (2026-12-06T21:00:00Z).
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<String>,
+    /// One JSON object per line: {"time", "service", "stream", "text"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How a listing or report is printed.

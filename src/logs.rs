@@ -1,4 +1,7 @@
-//! `tend logs`: the last lines of a service's log files, and following them.
+//! `tend logs`: the last lines of a service's log files, and following them; [`stream`]
+//! reads many services' files as timestamped lines.
+
+pub mod stream;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -8,7 +11,7 @@ use std::time::Duration;
 
 /// How often `--follow` looks for new output. tail(1) without inotify uses one second;
 /// a tenth keeps an interactive follow feeling live at negligible cost.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The log files of a service worth reading: stdout's, and stderr's when it differs.
 /// Character devices (/dev/null) and other non-regular files are skipped.

@@ -4,7 +4,8 @@
 //! - [`definitions`]: `add`, `edit`, `remove`;
 //! - [`lifecycle`]: `start`, `stop`, `restart`, `signal` (through the daemon when one
 //!   runs);
-//! - [`view`]: `list`, `status`, `logs`, `events`;
+//! - [`view`]: `list`, `status`, `events`, and `logs` for one service as written;
+//! - [`logs`]: `logs` over several services, `--since`, `--json`;
 //! - [`daemon`]: `daemon` and its subcommands;
 //! - [`settings`]: `config`, `notify`;
 //! - [`top`]: `top`, the live terminal view;
@@ -19,6 +20,7 @@ pub mod extras;
 pub mod fleet;
 pub mod import;
 pub mod lifecycle;
+pub mod logs;
 pub mod output;
 pub mod session;
 pub mod settings;
@@ -70,6 +72,7 @@ fn wants_json(c: &Command) -> bool {
             out.json
         }
         Command::Doctor { json } => *json,
+        Command::Logs(a) => a.json,
         Command::Config {
             action: ConfigAction::List { json },
         } => *json,
@@ -147,11 +150,7 @@ fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failur
         } => definitions::remove(s, home, names, stop, keep_logs, out),
         Command::List { out: how } => view::list(home, how, out),
         Command::Status { name, out: how } => view::status(s, home, &name, how, out),
-        Command::Logs {
-            name,
-            lines,
-            follow,
-        } => view::logs(home, &name, lines, follow, out),
+        Command::Logs(a) => logs::run(home, a, out),
         Command::Events {
             name,
             lines,

@@ -48,7 +48,7 @@ pub fn status(
     Ok(())
 }
 
-pub fn logs(
+pub(super) fn logs(
     home: &Home,
     name: &str,
     lines: usize,

@@ -7,6 +7,7 @@ mod cli;
 mod daemon;
 mod faults;
 mod lifecycle;
+mod logs_multi;
 mod postgres;
 mod races;
 mod services_file;

@@ -1,0 +1,659 @@
+//! Reading log files as lines, for `tend logs` over several services: the shared
+//! timestamp prefix, the last lines of each file (or those since a time) merged in time
+//! order, and following many files in one poll loop.
+//!
+//! A line written by a service with `log_timestamps` on starts with
+//! `2026-12-06T21:58:01.123456Z ` (RFC 3339, UTC, exactly microseconds: 27 bytes and a
+//! space), and with `stream` also `out ` or `err `. Only that exact prefix gives a line a
+//! time; anything else is a line without one.
+//!
+//! Lines without a time are never moved away from the line before them in their own
+//! file: they sort with the time of the last timestamped line before them (a stack trace
+//! stays under the line that announced it), and those before any timestamped line sort
+//! first.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Length of the time in a prefix: `2026-12-06T21:58:01.123456Z`.
+pub const TIME_LEN: usize = 27;
+
+/// A partial line (no newline yet) is held back while following, so a line written in
+/// two pieces is shown once, whole; after this many quiet poll rounds (about a second)
+/// it is shown as it is (a prompt, a progress bar).
+const PARTIAL_ROUNDS: u32 = 10;
+
+/// At most this much is read from one file in one poll round, so a follow that finds a
+/// large file (created large, or after a pause) holds a bounded amount in memory.
+const READ_MAX: u64 = 1 << 20;
+
+/// A partial line longer than this is shown at once: holding it must stay cheap.
+const PARTIAL_MAX: usize = 64 * 1024;
+
+/// Which of the service's outputs a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Out => "out",
+            Stream::Err => "err",
+        }
+    }
+}
+
+/// What a timestamp prefix says about a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    /// Microseconds since the Unix epoch.
+    pub micros: i64,
+    /// `out`/`err` after the time (`log_timestamps = stream`).
+    pub stream: Option<Stream>,
+    /// Where the service's own text starts in the line.
+    pub text_at: usize,
+}
+
+/// One line of a log file, without its newline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// Index of the file it came from, in the caller's list.
+    pub source: usize,
+    /// The line as written (prefix included).
+    pub raw: Vec<u8>,
+    pub prefix: Option<Prefix>,
+}
+
+impl Line {
+    fn new(source: usize, raw: Vec<u8>) -> Line {
+        let prefix = parse_prefix(&raw);
+        Line {
+            source,
+            raw,
+            prefix,
+        }
+    }
+
+    /// The time as written, when the line has one.
+    pub fn time_text(&self) -> Option<&str> {
+        self.prefix
+            .map(|_| std::str::from_utf8(&self.raw[..TIME_LEN]).expect("checked ASCII"))
+    }
+
+    /// The service's text: the line after its prefix.
+    pub fn text(&self) -> &[u8] {
+        &self.raw[self.prefix.map_or(0, |p| p.text_at)..]
+    }
+}
+
+/// The prefix of a timestamped line: exactly `YYYY-MM-DDTHH:MM:SS.ffffffZ` and a space (or
+/// the end of the line), then optionally `out`/`err` and a space (or the end).
+///
+/// Without the service's `log_timestamps` setting, a line of an `on` service whose text
+/// itself begins with `out ` or `err ` reads as if it carried a stream; human output is
+/// the line as written either way, only `--json`'s `stream` can be wrong for it.
+pub fn parse_prefix(line: &[u8]) -> Option<Prefix> {
+    let t = line.get(..TIME_LEN)?;
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        t[r].iter().try_fold(0i64, |acc, &b| {
+            b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
+        })
+    };
+    let seps = [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ];
+    if seps.iter().any(|&(i, c)| t[i] != c) || t[26] != b'Z' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, min, sec, micro) = (
+        digits(11..13)?,
+        digits(14..16)?,
+        digits(17..19)?,
+        digits(20..26)?,
+    );
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let rest = &line[TIME_LEN..];
+    let mut text_at = match rest.first() {
+        None => TIME_LEN,
+        Some(b' ') => TIME_LEN + 1,
+        Some(_) => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + min * 60 + sec;
+    let mut stream = None;
+    let after = &line[text_at..];
+    for s in [Stream::Out, Stream::Err] {
+        let name = s.name().as_bytes();
+        if after.starts_with(name) && matches!(after.get(3), None | Some(b' ')) {
+            stream = Some(s);
+            text_at = (text_at + 4).min(line.len());
+        }
+    }
+    Some(Prefix {
+        micros: secs * 1_000_000 + micro,
+        stream,
+        text_at,
+    })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Microseconds since the Unix epoch (0 before it).
+pub fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Which lines of each file to read first.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    /// The last N lines of each file (after `since`); `None`: all of them.
+    pub last: Option<usize>,
+    /// Only lines at or after this time (microseconds since the epoch). A line without a
+    /// time counts at the time of the last timestamped line before it in its file; one
+    /// with none before it, at its file's modification time.
+    pub since: Option<i64>,
+    /// Hold back a final line without its newline (a follow reads it once it is whole).
+    pub following: bool,
+}
+
+/// Where following continues in one file: the file as it was opened (so a rotation
+/// between reading and following loses nothing) and the offset after the last line read.
+pub struct Resume {
+    file: Option<File>,
+    offset: u64,
+}
+
+/// A file that could not be read, and why.
+#[derive(Debug)]
+pub struct ReadError {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+/// The first lines of `paths` (each read with its rotated backups `PATH.1`… as one
+/// stream), merged in time order, and where a follow of each continues.
+pub fn initial(paths: &[PathBuf], window: Window) -> Result<(Vec<Line>, Vec<Resume>), ReadError> {
+    let mut keyed = Vec::new();
+    let mut resumes = Vec::with_capacity(paths.len());
+    for (source, path) in paths.iter().enumerate() {
+        let (lines, resume) = read_file(source, path, window).map_err(|error| ReadError {
+            path: path.clone(),
+            error,
+        })?;
+        let mut last = i64::MIN;
+        for line in lines {
+            if let Some(p) = line.prefix {
+                last = p.micros;
+            }
+            keyed.push((last, line));
+        }
+        resumes.push(resume);
+    }
+    // Stable: equal keys keep file order, and a file's untimed lines share the key of the
+    // timestamped line before them, so they stay right behind it.
+    keyed.sort_by_key(|(k, _)| *k);
+    Ok((keyed.into_iter().map(|(_, l)| l).collect(), resumes))
+}
+
+/// One file of a chain: the open file, its length when opened, its mtime in µs.
+type Link = (File, u64, i64);
+
+/// One file and its backups, oldest first; and whether the last one is the file itself
+/// (it may not exist yet).
+fn open_chain(path: &Path) -> io::Result<(Vec<Link>, bool)> {
+    let mut files = Vec::new();
+    let mut current = false;
+    let backups = (1..=crate::service::LOG_BACKUPS)
+        .rev()
+        .map(|i| super::backup(path, i));
+    for p in backups.chain(std::iter::once(path.to_path_buf())) {
+        match File::open(&p) {
+            Ok(f) => {
+                let meta = f.metadata()?;
+                let mtime = meta.modified().map_or(0, micros);
+                files.push((f, meta.len(), mtime));
+                current = p == path;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((files, current))
+}
+
+fn read_file(source: usize, path: &Path, w: Window) -> io::Result<(Vec<Line>, Resume)> {
+    let (chain, current_exists) = open_chain(path)?;
+    // Without `since` only the tail is read (backwards, in blocks); with it, everything,
+    // since a time can only be judged line by line.
+    let (first, offset) = match (w.since, w.last) {
+        (None, Some(n)) => {
+            let mut pairs: Vec<(File, u64)> = Vec::with_capacity(chain.len());
+            for (f, len, _) in &chain {
+                pairs.push((f.try_clone()?, *len));
+            }
+            super::tail_start(&mut pairs, n)?
+        }
+        _ => (0, 0),
+    };
+    let mut lines: std::collections::VecDeque<Line> = std::collections::VecDeque::new();
+    let mut carry: Vec<u8> = Vec::new();
+    // Where the pending (carried) line began in the current file, if it did there.
+    let mut carry_start: Option<u64> = None;
+    let mut last_time: Option<i64> = None;
+    let mut keep_line = |raw: Vec<u8>, mtime: i64, lines: &mut std::collections::VecDeque<Line>| {
+        let line = Line::new(source, raw);
+        if let Some(since) = w.since {
+            let at = match line.prefix {
+                Some(p) => {
+                    last_time = Some(p.micros);
+                    p.micros
+                }
+                None => last_time.unwrap_or(mtime),
+            };
+            if at < since {
+                return;
+            }
+        }
+        lines.push_back(line);
+        if w.since.is_some() && w.last.is_some_and(|n| lines.len() > n) {
+            lines.pop_front();
+        }
+    };
+    let current_index = current_exists.then(|| chain.len() - 1);
+    for (i, (f, len, mtime)) in chain.iter().enumerate().skip(first) {
+        let start = if i == first { offset } else { 0 };
+        let mut f = f;
+        f.seek(SeekFrom::Start(start))?;
+        let mut reader = BufReader::with_capacity(64 * 1024, f.take(len - start));
+        let mut pos = start;
+        loop {
+            if carry.is_empty() && Some(i) == current_index {
+                carry_start = Some(pos);
+            }
+            let n = reader.read_until(b'\n', &mut carry)?;
+            if n == 0 {
+                break;
+            }
+            pos += n as u64;
+            if carry.last() == Some(&b'\n') {
+                carry.pop();
+                keep_line(std::mem::take(&mut carry), *mtime, &mut lines);
+                carry_start = None;
+            }
+        }
+    }
+    let current_len = current_index.map_or(0, |i| chain[i].1);
+    let mut resume_at = current_len;
+    if !carry.is_empty() {
+        match carry_start {
+            // Left for the follow, which reads it again once it is whole.
+            Some(at) if w.following => resume_at = at,
+            _ => {
+                let mtime = chain.last().map_or(0, |c| c.2);
+                keep_line(carry, mtime, &mut lines);
+            }
+        }
+    }
+    let file = current_index.map(|i| chain.into_iter().nth(i).expect("index in range").0);
+    Ok((
+        lines.into(),
+        Resume {
+            file,
+            offset: resume_at,
+        },
+    ))
+}
+
+/// Follows many files in one poll loop (no thread per file), surviving rotation by
+/// collapse or truncation (the file shrinks) and by rename or re-creation (the path
+/// names a new file: the old one is read to its end first).
+pub struct Follower {
+    tails: Vec<Tail>,
+}
+
+struct Tail {
+    path: PathBuf,
+    file: Option<File>,
+    ino: Option<u64>,
+    offset: u64,
+    partial: Vec<u8>,
+    quiet_rounds: u32,
+    last_key: i64,
+    /// The last round stopped at [`READ_MAX`] with more to read.
+    behind: bool,
+}
+
+impl Follower {
+    pub fn new(paths: &[PathBuf], resumes: Vec<Resume>) -> Follower {
+        let mut tails = Vec::with_capacity(paths.len());
+        for (path, r) in paths.iter().zip(resumes) {
+            // (fstat of an open file does not fail; if it did, the path is opened anew.)
+            let ino = r
+                .file
+                .as_ref()
+                .and_then(|f| f.metadata().ok())
+                .map(|m| m.ino());
+            tails.push(Tail {
+                path: path.clone(),
+                file: r.file,
+                ino,
+                offset: r.offset,
+                partial: Vec::new(),
+                quiet_rounds: 0,
+                last_key: i64::MIN,
+                behind: false,
+            });
+        }
+        Follower { tails }
+    }
+
+    /// Whether a file has more to read than the last round took: poll again at once.
+    pub fn behind(&self) -> bool {
+        self.tails.iter().any(|t| t.behind)
+    }
+
+    /// One poll round: every whole line appended since the last round, in time order
+    /// (lines without a time right behind the line before them in their file).
+    pub fn poll(&mut self) -> Result<Vec<Line>, ReadError> {
+        let mut keyed = Vec::new();
+        for (source, t) in self.tails.iter_mut().enumerate() {
+            let fresh = t.poll().map_err(|error| ReadError {
+                path: t.path.clone(),
+                error,
+            })?;
+            for raw in t.split(fresh) {
+                let line = Line::new(source, raw);
+                if let Some(p) = line.prefix {
+                    t.last_key = p.micros;
+                }
+                keyed.push((t.last_key, line));
+            }
+        }
+        keyed.sort_by_key(|(k, _)| *k);
+        Ok(keyed.into_iter().map(|(_, l)| l).collect())
+    }
+}
+
+impl Tail {
+    /// What was appended since the last round, in chunks.
+    fn poll(&mut self) -> io::Result<Vec<Vec<u8>>> {
+        let mut fresh = Vec::new();
+        self.behind = !self.read_new(&mut fresh)?;
+        if self.behind {
+            return Ok(fresh);
+        }
+        // The path names another file now (renamed away, or deleted and created
+        // again): what the old one still held was read above; continue in the new.
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            if self.ino != Some(meta.ino()) {
+                if let Ok(f) = File::open(&self.path) {
+                    self.ino = Some(f.metadata()?.ino());
+                    self.file = Some(f);
+                    self.offset = 0;
+                    // The old file's last line ends with it.
+                    fresh.push(Vec::new());
+                    self.behind = !self.read_new(&mut fresh)?;
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Appends what was written to the open file since `offset` to `out`, at most
+    /// [`READ_MAX`] bytes; returns whether it read to the end. A file that shrank was
+    /// rotated in place: its first bytes moved to `PATH.1` (collapse) or all of them did
+    /// (truncate); continue where they ended.
+    fn read_new(&mut self, out: &mut Vec<Vec<u8>>) -> io::Result<bool> {
+        let Some(f) = self.file.as_mut() else {
+            return Ok(true);
+        };
+        let len = f.metadata()?.len();
+        if len < self.offset {
+            let moved = std::fs::metadata(super::backup(&self.path, 1)).map_or(0, |m| m.len());
+            self.offset = self.offset.saturating_sub(moved).min(len);
+        }
+        if len == self.offset {
+            return Ok(true);
+        }
+        let want = (len - self.offset).min(READ_MAX);
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut chunk = Vec::with_capacity(want as usize);
+        let n = f.by_ref().take(want).read_to_end(&mut chunk)?;
+        self.offset += n as u64;
+        out.push(chunk);
+        Ok(self.offset >= len)
+    }
+
+    /// Whole lines out of the held partial line and `chunks` (an empty chunk ends the
+    /// line before it); the rest is held, unless it has waited long enough or is large.
+    fn split(&mut self, chunks: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        let got_bytes = chunks.iter().any(|c| !c.is_empty());
+        for chunk in chunks {
+            if chunk.is_empty() {
+                if !self.partial.is_empty() {
+                    lines.push(std::mem::take(&mut self.partial));
+                }
+                continue;
+            }
+            let mut rest = &chunk[..];
+            while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                self.partial.extend_from_slice(&rest[..nl]);
+                lines.push(std::mem::take(&mut self.partial));
+                rest = &rest[nl + 1..];
+            }
+            self.partial.extend_from_slice(rest);
+        }
+        if self.partial.is_empty() {
+            self.quiet_rounds = 0;
+        } else {
+            self.quiet_rounds = if got_bytes { 0 } else { self.quiet_rounds + 1 };
+            if self.quiet_rounds >= PARTIAL_ROUNDS || self.partial.len() >= PARTIAL_MAX {
+                lines.push(std::mem::take(&mut self.partial));
+                self.quiet_rounds = 0;
+            }
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn at(s: &str) -> i64 {
+        micros(humantime::parse_rfc3339(s).expect(s))
+    }
+
+    #[test]
+    fn parses_exactly_the_shared_prefix() {
+        let p = parse_prefix(b"2026-12-06T21:58:01.123456Z hello").unwrap();
+        assert_eq!(p.micros, at("2026-12-06T21:58:01.123456Z"));
+        assert_eq!((p.stream, p.text_at), (None, 28));
+        let p = parse_prefix(b"2026-12-06T21:58:01.123456Z err boom").unwrap();
+        assert_eq!((p.stream, p.text_at), (Some(Stream::Err), 32));
+        let p = parse_prefix(b"2026-12-06T21:58:01.123456Z out").unwrap();
+        assert_eq!((p.stream, p.text_at), (Some(Stream::Out), 31));
+        assert_eq!(
+            parse_prefix(b"2026-12-06T21:58:01.123456Z")
+                .unwrap()
+                .text_at,
+            27
+        );
+        assert_eq!(
+            parse_prefix(b"2026-12-06T21:58:01.123456Z output")
+                .unwrap()
+                .stream,
+            None
+        );
+        for t in ["1970-01-01T00:00:00.000000Z", "2000-02-29T23:59:59.999999Z"] {
+            assert_eq!(parse_prefix(t.as_bytes()).unwrap().micros, at(t), "{t}");
+        }
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+        assert_eq!(days_from_civil(1600, 3, 1), -135_080);
+        for bad in [
+            "2026-12-06T21:58:01.123Z hello",
+            "2026-12-06 21:58:01.123456Z hello",
+            "2026-12-06T21:58:01.123456+00:00",
+            "2026-13-06T21:58:01.123456Z x",
+            "2026-12-06T21:58:01.123456Zx",
+            "2026-12-06T2a:58:01.123456Z x",
+            "hello",
+            "",
+        ] {
+            assert_eq!(parse_prefix(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    fn write(p: &Path, text: &str) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+
+    fn texts(lines: &[Line]) -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| format!("{}:{}", l.source, String::from_utf8_lossy(l.text())))
+            .collect()
+    }
+
+    const T: &str = "2026-12-06T21:58:0";
+
+    #[test]
+    fn merges_by_time_keeping_untimed_lines_behind_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        write(&a, &format!("{T}1.000000Z a1\ntrace\n{T}3.000000Z a3\n"));
+        write(&b, &format!("early\n{T}2.000000Z b2\n{T}4.000000Z b4\n"));
+        let w = Window {
+            last: Some(20),
+            since: None,
+            following: false,
+        };
+        let (lines, _) = initial(&[a.clone(), b.clone()], w).unwrap();
+        assert_eq!(
+            texts(&lines),
+            ["1:early", "0:a1", "0:trace", "1:b2", "0:a3", "1:b4"]
+        );
+        // -n counts per file.
+        let (lines, _) = initial(&[a, b], Window { last: Some(1), ..w }).unwrap();
+        assert_eq!(texts(&lines), ["0:a3", "1:b4"]);
+    }
+
+    #[test]
+    fn since_judges_untimed_lines_by_the_line_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        write(
+            &a,
+            &format!("{T}1.000000Z old\nold trace\n{T}5.000000Z new\nnew trace\n"),
+        );
+        let w = Window {
+            last: None,
+            since: Some(at(&format!("{T}3.000000Z"))),
+            following: false,
+        };
+        let (lines, _) = initial(std::slice::from_ref(&a), w).unwrap();
+        assert_eq!(texts(&lines), ["0:new", "0:new trace"]);
+        let (lines, _) = initial(std::slice::from_ref(&a), Window { last: Some(1), ..w }).unwrap();
+        assert_eq!(texts(&lines), ["0:new trace"]);
+        // A file without any time: its modification time decides (just now: kept).
+        let u = dir.path().join("u");
+        write(&u, "x\ny\n");
+        let now = Window {
+            since: Some(micros(SystemTime::now()) - 60_000_000),
+            ..w
+        };
+        assert_eq!(initial(std::slice::from_ref(&u), now).unwrap().0.len(), 2);
+        let later = Window {
+            since: Some(micros(SystemTime::now()) + 60_000_000),
+            ..w
+        };
+        assert_eq!(initial(&[u], later).unwrap().0.len(), 0);
+    }
+
+    #[test]
+    fn follows_across_rename_truncation_and_partial_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        write(&a, "one\ntwo (partial");
+        let w = Window {
+            last: Some(5),
+            since: None,
+            following: true,
+        };
+        let (lines, resumes) = initial(std::slice::from_ref(&a), w).unwrap();
+        assert_eq!(texts(&lines), ["0:one"]);
+        let mut f = Follower::new(std::slice::from_ref(&a), resumes);
+        assert!(f.poll().unwrap().is_empty());
+        write(&a, ") done\nthree");
+        assert_eq!(texts(&f.poll().unwrap()), ["0:two (partial) done"]);
+        // Renamed away with a partial line, then a new file: the old one's end first.
+        write(&a, " (end of old)");
+        std::fs::rename(&a, super::super::backup(&a, 1)).unwrap();
+        write(&a, "new one\n");
+        assert_eq!(
+            texts(&f.poll().unwrap()),
+            ["0:three (end of old)", "0:new one"]
+        );
+        // Truncated in place.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        // (Seen shrunk before it grows again: a poll only compares lengths.)
+        assert!(f.poll().unwrap().is_empty());
+        write(&a, "after truncation\n");
+        assert_eq!(texts(&f.poll().unwrap()), ["0:after truncation"]);
+        // A partial line that stays partial is shown after a while.
+        write(&a, "prompt> ");
+        let mut got = Vec::new();
+        for _ in 0..=PARTIAL_ROUNDS {
+            got.extend(f.poll().unwrap());
+        }
+        assert_eq!(texts(&got), ["0:prompt> "]);
+
+        // A large burst is read in bounded rounds, and says so.
+        let burst: String = (0..100_000).map(|i| format!("burst {i:06}\n")).collect();
+        write(&a, &burst);
+        let mut got = f.poll().unwrap();
+        assert!(f.behind() && got.len() < 100_000, "{}", got.len());
+        while f.behind() {
+            got.extend(f.poll().unwrap());
+        }
+        let want: Vec<String> = (0..100_000).map(|i| format!("0:burst {i:06}")).collect();
+        assert_eq!(texts(&got), want);
+    }
+}
