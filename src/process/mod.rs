@@ -9,6 +9,8 @@
 //! - [`reap`]: child subreaper, reaping, and the board of reaped exit statuses.
 //! - [`signals`]: signal masks around a start.
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
+//! - [`writer`]: the pipes to a service's log writer, and starting the writer outside
+//!   the service's kill scope.
 
 pub mod cgroup;
 pub mod check;
@@ -19,3 +21,4 @@ pub mod reap;
 pub mod signals;
 pub mod spawn;
 pub mod stop;
+pub mod writer;

@@ -7,6 +7,7 @@ mod cli;
 mod daemon;
 mod faults;
 mod lifecycle;
+mod log_writer;
 mod postgres;
 mod races;
 mod services_file;
