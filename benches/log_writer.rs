@@ -122,13 +122,17 @@ fn main() {
         .unwrap_or(3);
     let blocks = format!("yes '{LINE}' | head -c {BYTES}");
     let lines_n = 1_000_000u64;
-    let lines_bytes: u64 = (0..lines_n).map(|i| format!("line {i}\n").len() as u64).sum();
+    let lines_bytes: u64 = (0..lines_n)
+        .map(|i| format!("line {i}\n").len() as u64)
+        .sum();
     let lines_n_s = lines_n.to_string();
     let cases: Vec<(&str, Vec<&str>, u64)> = vec![
         ("blocks", vec!["sh", "-c", &blocks], BYTES),
         ("lines", vec![FIXTURE, "--lines", &lines_n_s], lines_bytes),
     ];
-    println!("log writer throughput, median of {n} runs, rotation off (MB/s of the service's output)");
+    println!(
+        "log writer throughput, median of {n} runs, rotation off (MB/s of the service's output)"
+    );
     println!(
         "{:<8} {:>14} {:>14} {:>14} {:>10}",
         "service", "direct", "writer:service", "writer:total", "ratio"

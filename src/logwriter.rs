@@ -309,11 +309,18 @@ impl Shared {
         let count = lines.iter().filter(|&&b| b == b'\n').count();
         let tag = self.tag(stream).as_bytes();
         let per_line = TIME_LEN + 1 + tag.len();
+        let needed = lines.len() + count * per_line;
         let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
+        // Full: drop and count. An empty queue always takes a chunk (at most one read's
+        // worth of lines with their prefixes), so the bound is the limit plus one chunk.
+        if q.bytes + needed > self.limit && !q.chunks.is_empty() {
+            q.dropped[stream] += count as u64;
+            return;
+        }
         let time = stamp(SystemTime::now());
-        let mut data = Vec::with_capacity(lines.len() + count * per_line + 80);
-        if q.dropped[stream] > 0 && q.bytes + lines.len() + count * per_line <= self.limit {
-            let n = std::mem::take(&mut q.dropped[stream]);
+        let mut data = Vec::with_capacity(needed + 96);
+        let n = std::mem::take(&mut q.dropped[stream]);
+        if n > 0 {
             let _ = writeln!(
                 data,
                 "{time} {}tend: dropped {n} lines (the log writer's queue was full)",
@@ -325,10 +332,6 @@ impl Shared {
             data.push(b' ');
             data.extend_from_slice(tag);
             data.extend_from_slice(line);
-        }
-        if q.bytes + data.len() > self.limit && !q.chunks.is_empty() {
-            q.dropped[stream] += count as u64;
-            return;
         }
         q.bytes += data.len();
         q.chunks.push_back(Chunk { dest: stream, data });
@@ -596,6 +599,84 @@ mod tests {
         assert_eq!(s.len(), TIME_LEN);
         assert!(s.ends_with(".000001Z"), "{s}");
         assert_eq!(stamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+    }
+
+    fn shared(limit: usize, prefix: Prefix, open: usize) -> Shared {
+        Shared {
+            q: Mutex::new(Queue {
+                open,
+                ..Queue::default()
+            }),
+            ready: Condvar::new(),
+            prefix,
+            limit,
+        }
+    }
+
+    fn drain(s: &Shared) -> Vec<String> {
+        let mut q = s.q.lock().unwrap();
+        q.bytes = 0;
+        q.chunks
+            .drain(..)
+            .flat_map(|c| {
+                String::from_utf8(c.data)
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        assert_eq!(&l[TIME_LEN..TIME_LEN + 1], " ");
+                        l[TIME_LEN + 1..].to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_says_so_once_there_is_room() {
+        let s = shared(100, Prefix::TimeAndStream, 2);
+        s.push(0, b"a\nb\n");
+        s.push(0, b"c\nd\ne\n");
+        s.push(1, &b"x\n".repeat(10));
+        // 2 lines of 34 bytes fit; the next 3 (and the 10 on stderr) would not.
+        assert_eq!(drain(&s), ["out a", "out b"]);
+        s.push(0, b"f\n");
+        assert_eq!(
+            drain(&s),
+            [
+                "out tend: dropped 3 lines (the log writer's queue was full)",
+                "out f"
+            ]
+        );
+        // Still counted for stderr, and reported at its end of input.
+        s.close(1);
+        assert_eq!(
+            drain(&s),
+            ["err tend: dropped 10 lines (the log writer's queue was full)"]
+        );
+    }
+
+    #[test]
+    fn partial_and_overlong_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in");
+        let mut input = b"one\ntw".to_vec();
+        input.extend(b"o\n");
+        input.extend(vec![b'z'; MAX_LINE + 10]);
+        input.extend(b"\nlast");
+        std::fs::write(&p, &input).unwrap();
+        let s = shared(QUEUE_BYTES, Prefix::Time, 1);
+        read_pipe(&s, 0, File::open(&p).unwrap());
+        let lines = drain(&s);
+        assert_eq!(lines[0], "one");
+        assert_eq!(lines[1], "two");
+        // Cut at a read's boundary once 64 KiB are held: no byte lost, none added.
+        assert_eq!(
+            lines[2..lines.len() - 1].concat(),
+            "z".repeat(MAX_LINE + 10)
+        );
+        assert!(lines[2].len() >= MAX_LINE);
+        assert_eq!(lines.last().unwrap(), "last");
+        assert_eq!(s.q.lock().unwrap().open, 0);
     }
 
     #[test]

@@ -20,10 +20,10 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::error::SpawnError;
+use crate::process::handle::Handle;
 
 /// The pipes of one instance: the service gets the write ends, the writer the read ends.
 pub struct LogPipes {
@@ -62,7 +62,9 @@ impl LogPipes {
 /// A started writer, killed on drop unless [`Writer::keep`] was called: a start that does
 /// not go ahead takes its writer back.
 pub struct Writer {
-    pid: Option<i32>,
+    /// The keeper, pinned by a pidfd: a daemon's reaper may reap it at any moment, and a
+    /// bare pid could then name a stranger.
+    keeper: Option<Handle>,
 }
 
 impl Writer {
@@ -91,29 +93,28 @@ impl Writer {
             .spawn()
             .map_err(fail)?;
         // Not waited for here: the daemon's reaper or init reaps it; a CLI exits soon.
+        // Gone already (it could not run): the service will meet no reader, so say so.
+        let keeper = Handle::pin(child.id() as i32)
+            .map(|(h, _)| h)
+            .ok_or_else(|| SpawnError::LogWriter("the log writer ended at once".into()))?;
         Ok(Writer {
-            pid: Some(child.id() as i32),
+            keeper: Some(keeper),
         })
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pid.unwrap_or(0)
     }
 
     /// The start went ahead: the writer stays.
     pub fn keep(mut self) {
-        self.pid = None;
+        self.keeper = None;
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            // The writer is a session of its own (it calls setsid first): its group holds
-            // the keeper and its worker. The pid alone too, in case it has not got that
-            // far. Both are our own child's, just started: no stranger.
-            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        // The keeper only: a worker it may have started ends by itself at end of input,
+        // once the held service process is killed and the start's copies of the write
+        // ends are closed, which a start that does not go ahead does right after.
+        if let Some(k) = self.keeper.take() {
+            let _ = k.signal(Signal::SIGKILL);
         }
     }
 }

@@ -412,3 +412,39 @@ fn a_bad_value_is_refused_and_the_file_key_works() {
         .stdout
         .contains("log_timestamps = \"stream\""));
 }
+
+#[test]
+fn concurrent_starts_leave_one_writer() {
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "s",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        "echo \"up $$\"; exec sleep 60",
+    ]);
+    let outs: Vec<Out> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..6)
+            .map(|_| sc.spawn(|| env.tend(&["start", "s"])))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &outs {
+        assert_eq!(o.code, 0, "{o:?}");
+    }
+    // The starts that lost took their writers back (killed, or ended at end of input).
+    assert!(
+        wait_until(LONG, || writers(&env).len() == 2),
+        "{:?}",
+        writers(&env)
+    );
+    assert!(wait_until(LONG, || !read(&env.log_path("s")).is_empty()));
+    let pid = env.pid("s").unwrap();
+    assert_eq!(texts(&read(&env.log_path("s"))), [format!("up {pid}")]);
+    env.ok(&["stop", "s"]);
+    assert_writers_end(&env);
+}
