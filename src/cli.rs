@@ -42,12 +42,6 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// The log writer of a `--log-timestamps` service (started by tend, not by people).
-    #[command(hide = true, disable_help_flag = true)]
-    LogWriter {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-        args: Vec<std::ffi::OsString>,
-    },
     /// Define a service: `tend add NAME [OPTIONS] -- PROGRAM [ARGS...]` or `--cmd STRING`.
     Add(AddArgs),
     /// Change a definition; takes effect at the next start.

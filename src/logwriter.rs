@@ -1,5 +1,5 @@
 //! The log writer (`--log-timestamps on|stream`): the tend binary in a hidden mode,
-//! `tend log-writer`, one per service instance, like runit's svlogd or s6-log.
+//! `tend log-writer` (dispatched in `main.rs` before the command line is parsed), one per service instance, like runit's svlogd or s6-log.
 //!
 //! It is two processes (started by [`crate::process::writer`]):
 //!
@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+/// The first argument that makes the tend binary a log writer (see `main.rs`).
+pub const MODE: &str = "log-writer";
 /// Bytes of stamped lines the worker holds in memory, waiting for the disk.
 pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// What one `read` takes from a pipe.
@@ -74,9 +76,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// The arguments of `tend log-writer` for these settings (see [`Config::parse`]).
+    /// The arguments of tend that start a writer with these settings: [`MODE`], then
+    /// what [`Config::parse`] reads.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec![
+            MODE.into(),
             "--prefix".into(),
             match self.prefix {
                 Prefix::Time => "time",
@@ -582,7 +586,9 @@ mod tests {
             max_bytes: 1000,
             backups: 3,
         };
-        let (p, role) = Config::parse(&c.to_args()).unwrap();
+        let args = c.to_args();
+        assert_eq!(args[0], MODE);
+        let (p, role) = Config::parse(&args[1..]).unwrap();
         assert_eq!(role, Role::Keeper);
         assert_eq!(p.prefix, c.prefix);
         assert_eq!(

@@ -131,10 +131,6 @@ fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failur
     match &cli.command {
         Command::Completions { shell } => return extras::completions(*shell, out),
         Command::Man { dir } => return extras::man(dir.as_deref(), out),
-        Command::LogWriter { args } => {
-            s.code = crate::logwriter::main(args);
-            return Ok(());
-        }
         _ => {}
     }
     let home = Home::resolve(cli.home.as_deref(), cli.home_from_env)?;
@@ -174,9 +170,7 @@ fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failur
         Command::Config { action } => settings::config(home, action, out),
         Command::Doctor { json } => doctor::run(s, home, json, out),
         Command::Fleet(args) => fleet::run(s, home, args, out),
-        Command::Completions { .. } | Command::Man { .. } | Command::LogWriter { .. } => {
-            unreachable!("handled above")
-        }
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Starting a service's log writer (`--log-timestamps on|stream`): the pipes between the
 //! service and the writer, and the writer process itself, outside the service's kill
-//! scope. What the writer does is in [`crate::logwriter`].
+//! scope. What the writer does is in the `logwriter` module.
 //!
 //! ```text
 //! service ──stdout pipe──▶ keeper (fd 0) ─┐ holds the read ends for as long as
@@ -68,7 +68,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer (`tend log-writer ARGS`) on the read ends of `pipes`: stdout's
+    /// Starts the writer (`tend ARGS`, ARGS beginning with `log-writer`) on the read ends
+    /// of `pipes`: stdout's
     /// pipe as its fd 0, stderr's (if any) as its fd 1. Our copies of the read ends are
     /// closed afterwards, so only the writer holds them.
     pub fn spawn(pipes: &mut LogPipes, args: &[OsString]) -> Result<Writer, SpawnError> {
@@ -84,7 +85,6 @@ impl Writer {
         // was replaced (an upgrade) since this process started.
         let child = Command::new("/proc/self/exe")
             .arg0("tend")
-            .arg("log-writer")
             .args(args)
             .stdin(Stdio::from(out_r))
             .stdout(err_r.map_or_else(Stdio::null, Stdio::from))
