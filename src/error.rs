@@ -273,6 +273,9 @@ pub enum SpawnError {
     /// A `--pidfile` service that did not hand over to a daemonized process.
     #[error("{0}")]
     Forking(String),
+    /// The log writer of a `--log-timestamps` service could not be started.
+    #[error("{0}")]
+    LogWriter(String),
 }
 
 fn describe(stage: Stage, errno: Errno, program: &str) -> String {

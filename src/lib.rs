@@ -15,7 +15,7 @@
 //! - **Core**: [`supervisor`] (the one code path), [`state`] (a service's state and its
 //!   transitions, pure), [`policy`] (the restart policy, pure).
 //! - **Mechanisms**: [`store`] (all SQL), [`process`] (all fork, exec, signals and
-//!   `unsafe`), [`logs`], [`probe`] (running one readiness or health check).
+//!   `unsafe`), [`logs`], [`logwriter`] (the `--log-timestamps` writer), [`probe`] (running one readiness or health check).
 //! - **Base**: [`service`] (a definition and the table of its settings), [`record`],
 //!   [`home`], [`config`], [`error`].
 //!
@@ -66,6 +66,7 @@ pub mod error;
 pub mod fleet;
 pub mod home;
 pub mod logs;
+pub mod logwriter;
 
 pub mod pg;
 pub mod policy;

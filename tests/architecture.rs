@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 /// Lowest first. A module may use modules of its own layer or any layer below.
 const LAYERS: &[(&str, &[&str])] = &[
     ("base", &["error", "record", "service", "home", "config"]),
-    ("mechanisms", &["store", "process", "logs", "probe"]),
+    (
+        "mechanisms",
+        &["store", "process", "logs", "logwriter", "probe"],
+    ),
     ("core", &["policy", "state", "supervisor"]),
     ("vocabulary", &["api", "fleet"]),
     ("transports", &["cli", "app", "daemon", "pg"]),

@@ -303,6 +303,7 @@ pub fn start_background(
         stdout: &log,
         stderr: &log,
         cgroup: None,
+        pipes: None,
     })
     .map_err(|e| Error::Daemon {
         message: e.to_string(),

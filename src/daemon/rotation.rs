@@ -108,7 +108,11 @@ impl Rotation {
         };
         self.limits.clear();
         for s in &services {
-            if s.settings.log_max_bytes == 0 {
+            // A service with a log writer has its files rotated by the writer, their
+            // only writer: renaming under it is lossless, copying here would not be.
+            if s.settings.log_max_bytes == 0
+                || s.settings.log_timestamps != crate::service::LogTimestamps::Off
+            {
                 continue;
             }
             for path in crate::logs::files(&s.settings.stdout, &s.settings.stderr) {

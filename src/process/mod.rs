@@ -10,6 +10,8 @@
 //! - [`signals`]: signal masks around a start.
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
 //! - [`usage`]: CPU time and memory of a process tree, for a service without a cgroup.
+//! - [`writer`]: the pipes to a service's log writer, and starting the writer outside
+//!   the service's kill scope.
 
 pub mod cgroup;
 pub mod check;
@@ -21,3 +23,4 @@ pub mod signals;
 pub mod spawn;
 pub mod stop;
 pub mod usage;
+pub mod writer;

@@ -22,7 +22,9 @@ pub use settings::{
     Defaults, SettingArgs, SettingChanges, Settings, DEFAULT_LOG_MAX_BYTES, DEFAULT_RESTART_DELAY,
     DEFAULT_START_LIMIT, DEFAULT_START_LIMIT_INTERVAL, DEFAULT_STOP_TIMEOUT,
 };
-pub use values::{fmt_duration, parse_duration, parse_size, RestartPolicy, StopSignal, Value};
+pub use values::{
+    fmt_duration, parse_duration, parse_size, LogTimestamps, RestartPolicy, StopSignal, Value,
+};
 
 /// Numbered backups kept by log rotation (NAME.log.1 is the newest).
 pub const LOG_BACKUPS: u32 = 3;

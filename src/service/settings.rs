@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use super::paths::{check_cwd, check_readable, check_writable};
 use super::probe::{Check, Probe};
-use super::values::{Bytes, Percent, PidFile, RestartPolicy, StopSignal, Value, Weight};
+use super::values::{
+    Bytes, LogTimestamps, Percent, PidFile, RestartPolicy, StopSignal, Value, Weight,
+};
 use crate::error::{Error, Result};
 
 /// Default time between the stop signal and SIGKILL (systemd's TimeoutStopSec is 90 s;
@@ -527,6 +529,17 @@ settings! {
         default: |_, _| DEFAULT_LOG_MAX_BYTES,
         check: no_check,
     }
+    /// Whether the output goes through tend's log writer, each line prefixed with its
+    /// time (`on`) and stream (`stream`); `off` writes the files directly.
+    log_timestamps: LogTimestamps {
+        flag: Flag::Option { long: "log-timestamps", short: None, value_name: "WHEN" },
+        option: "--log-timestamps",
+        help: "Prefix each log line with its time: off (default: the service writes its files directly), on, stream (time and out/err); through tend's log writer, which also rotates the files",
+        json: "log_timestamps",
+        label: "log-timestamps",
+        default: |_, _| LogTimestamps::Off,
+        check: no_check,
+    }
     /// The program daemonizes itself and writes its main pid here (systemd's
     /// `Type=forking` with `PIDFile=`); needs cgroup containment.
     pidfile: PidFile {
@@ -684,7 +697,7 @@ mod tests {
 
     #[test]
     fn every_row_is_a_field_and_an_option() {
-        assert_eq!(ROWS.len(), 21);
+        assert_eq!(ROWS.len(), 22);
         for r in ROWS {
             assert!(r.option.starts_with("--"), "{}", r.field);
             let long = match r.flag {

@@ -312,6 +312,63 @@ impl FromStr for RestartPolicy {
     }
 }
 
+/// Whether a service's output goes through tend's log writer, which prefixes each line
+/// with its time (and stream): `off` (the default: the service writes its files
+/// directly), `on` (`<time> <text>`), `stream` (`<time> <out|err> <text>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogTimestamps {
+    #[default]
+    Off,
+    On,
+    Stream,
+}
+
+impl LogTimestamps {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogTimestamps::Off => "off",
+            LogTimestamps::On => "on",
+            LogTimestamps::Stream => "stream",
+        }
+    }
+}
+
+impl fmt::Display for LogTimestamps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogTimestamps {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "off" => Ok(LogTimestamps::Off),
+            "on" => Ok(LogTimestamps::On),
+            "stream" => Ok(LogTimestamps::Stream),
+            other => Err(format!(
+                "unknown log timestamps {other:?} (expected off, on or stream)"
+            )),
+        }
+    }
+}
+
+impl Value for LogTimestamps {
+    fn parse(text: &str) -> Result<Self, String> {
+        text.parse()
+    }
+    fn to_json(&self) -> serde_json::Value {
+        self.as_str().into()
+    }
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        v.as_str()?.parse().ok()
+    }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A signal as a person names it: `TERM`, `SIGTERM` or `15`. Stored by its short name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StopSignal(pub Signal);

@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 use super::instances::{live_instance, lookup, record_exit};
 use super::{Seer, StartOutcome, Supervisor, Then, STATUS_WAIT};
 use crate::error::{Error, Result, SpawnError};
+use crate::logwriter;
 use crate::policy::ExitStatus;
 use crate::process::cgroup::Cgroup;
 use crate::process::handle::Handle;
 use crate::process::signals::Deferred;
 use crate::process::spawn;
+use crate::process::writer::{LogPipes, Writer};
 use crate::record::{event, now_ms, Instance, Runtime};
-use crate::service::Service;
+use crate::service::{LogTimestamps, Service};
 use crate::state;
 use crate::store::Tx;
 
@@ -53,8 +55,9 @@ impl Supervisor {
             Check::Done(outcome) => return Ok(outcome),
         };
         // Everything that can fail on bad input fails here, before any fork or write.
+        let mut pipes = log_pipes(&svc)?;
         let leaf = self.new_instance_cgroup(&svc)?;
-        let cmd = match prepare(&svc, leaf.as_ref()) {
+        let cmd = match prepare(&svc, leaf.as_ref(), pipes.as_ref()) {
             Ok(cmd) => cmd,
             Err(e) => {
                 if let Some(l) = &leaf {
@@ -80,6 +83,15 @@ impl Supervisor {
         // From before the fork until exec: a Ctrl-C, SIGTERM or hang-up meanwhile is
         // carried out afterwards, when the instance is recorded and running.
         let _deferred = Deferred::new();
+        // The log writer first, so that the service's first line has a reader. Killed
+        // again (dropped) unless the start is recorded.
+        let writer = match pipes.as_mut() {
+            Some(p) => Some(
+                Writer::spawn(p, &writer_config(&svc, p.err_w.is_some()).to_args())
+                    .map_err(|e| start_error(&svc.name, e))?,
+            ),
+            None => None,
+        };
         let pending = match cmd.spawn() {
             Ok(p) => p,
             Err(e) => {
@@ -126,6 +138,9 @@ impl Supervisor {
         };
         self.notices.extend(notes);
         leaf_guard.0 = None;
+        if let Some(w) = writer {
+            w.keep();
+        }
         if let Some(l) = &leaf {
             // The start is recorded: whatever an earlier instance left behind goes now,
             // before the new one can compete with it for ports and files.
@@ -292,6 +307,7 @@ pub(super) fn with_spec<T>(
     svc: &Service,
     file_env: &BTreeMap<String, String>,
     cgroup: Option<&Cgroup>,
+    pipes: Option<&LogPipes>,
     f: impl FnOnce(&spawn::Spec) -> T,
 ) -> T {
     let env = spawn::merged_env(file_env.iter().chain(svc.env.iter()));
@@ -303,14 +319,49 @@ pub(super) fn with_spec<T>(
         stdout: &svc.settings.stdout,
         stderr: &svc.settings.stderr,
         cgroup,
+        pipes,
     })
+}
+
+/// The pipes to the log writer of a `--log-timestamps` service: one when stderr shares
+/// stdout's file untagged, else two (a tag or a file of its own needs to know the stream).
+fn log_pipes(svc: &Service) -> Result<Option<LogPipes>> {
+    let s = &svc.settings;
+    if s.log_timestamps == LogTimestamps::Off {
+        return Ok(None);
+    }
+    let two = s.log_timestamps == LogTimestamps::Stream || s.stderr != s.stdout;
+    LogPipes::new(two)
+        .map(Some)
+        .map_err(|e| start_error(&svc.name, e))
+}
+
+/// The log writer's settings for `svc`: its files, and the same rotation size and
+/// number of backups as the daemon's rotation.
+fn writer_config(svc: &Service, err_pipe: bool) -> logwriter::Config {
+    let s = &svc.settings;
+    logwriter::Config {
+        prefix: match s.log_timestamps {
+            LogTimestamps::Stream => logwriter::Prefix::TimeAndStream,
+            _ => logwriter::Prefix::Time,
+        },
+        out: s.stdout.clone(),
+        err: s.stderr.clone(),
+        err_pipe,
+        max_bytes: s.log_max_bytes,
+        backups: crate::service::LOG_BACKUPS,
+    }
 }
 
 /// Opens the files and resolves the program of a start (no fork yet). The env file is
 /// read now, at every start, so a changed secret takes effect on restart.
-pub(super) fn prepare(svc: &Service, cgroup: Option<&Cgroup>) -> Result<spawn::Prepared> {
+pub(super) fn prepare(
+    svc: &Service,
+    cgroup: Option<&Cgroup>,
+    pipes: Option<&LogPipes>,
+) -> Result<spawn::Prepared> {
     let file_env = read_env_file(svc)?;
-    with_spec(svc, &file_env, cgroup, spawn::Prepared::prepare)
+    with_spec(svc, &file_env, cgroup, pipes, spawn::Prepared::prepare)
         .map_err(|e| start_error(&svc.name, e))
 }
 

@@ -8,6 +8,7 @@ mod daemon;
 mod faults;
 mod lifecycle;
 mod logs_multi;
+mod log_writer;
 mod postgres;
 mod races;
 mod services_file;

@@ -73,6 +73,9 @@ pub struct Spec<'a> {
     pub stderr: &'a Path,
     /// The cgroup the service joins before exec (its instance's leaf), if any.
     pub cgroup: Option<&'a crate::process::cgroup::Cgroup>,
+    /// Pipes to a log writer (`--log-timestamps`): stdout (and stderr) go there instead
+    /// of the files, which are still opened here to refuse a bad path before any fork.
+    pub pipes: Option<&'a crate::process::writer::LogPipes>,
 }
 
 /// A new process waiting at the gate: set up, pinned, not yet exec'd. Dropping it
@@ -144,12 +147,19 @@ impl Prepared {
             .collect::<Result<Vec<_>, _>>()?;
 
         let stdin = open_fd("stdin", spec.stdin, false)?;
-        let stdout = open_fd("stdout", spec.stdout, true)?;
-        let stderr = if spec.stderr == spec.stdout {
+        let mut stdout = open_fd("stdout", spec.stdout, true)?;
+        let mut stderr = if spec.stderr == spec.stdout {
             dup_high(stdout.as_raw_fd()).map_err(|errno| SpawnError::Os { what: "dup", errno })?
         } else {
             open_fd("stderr", spec.stderr, true)?
         };
+        if let Some(p) = spec.pipes {
+            let dup = |fd: &OwnedFd| {
+                dup_high(fd.as_raw_fd()).map_err(|errno| SpawnError::Os { what: "dup", errno })
+            };
+            stdout = dup(&p.out_w)?;
+            stderr = dup(p.err_w.as_ref().unwrap_or(&p.out_w))?;
+        }
         Ok(Prepared {
             program: cstr(program.as_os_str().as_bytes(), "the program path")?,
             program_display: arg0.clone(),

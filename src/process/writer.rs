@@ -1,0 +1,129 @@
+//! Starting a service's log writer (`--log-timestamps on|stream`): the pipes between the
+//! service and the writer, and the writer process itself, outside the service's kill
+//! scope. What the writer does is in the `logwriter` module.
+//!
+//! ```text
+//! service ──stdout pipe──▶ keeper (fd 0) ─┐ holds the read ends for as long as
+//!         ──stderr pipe──▶ keeper (fd 1) ─┘ the service may write; waits for ...
+//!                                          worker: reads both, stamps, queues, writes,
+//!                                          rotates; exits at end of input
+//! ```
+//!
+//! The writer is started by whoever starts the service (the CLI or the daemon), with
+//! `/proc/self/exe`, so it is not in the service's cgroup leaf nor in its session: a stop
+//! or a crash of the service never reaches it, and it exits on its own once every holder
+//! of the pipes' write ends (the service and whatever it forked) is gone.
+
+use std::ffi::OsString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+
+use crate::error::SpawnError;
+use crate::process::handle::Handle;
+
+/// The pipes of one instance: the service gets the write ends, the writer the read ends.
+pub struct LogPipes {
+    pub out_w: OwnedFd,
+    /// A second pipe for stderr, when stderr is tagged or goes to its own file.
+    pub err_w: Option<OwnedFd>,
+    out_r: Option<OwnedFd>,
+    err_r: Option<OwnedFd>,
+}
+
+impl LogPipes {
+    /// One pipe (stderr shares stdout's), or two.
+    pub fn new(two: bool) -> Result<LogPipes, SpawnError> {
+        let pipe = || {
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| SpawnError::Os {
+                what: "pipe",
+                errno,
+            })
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = if two {
+            let (r, w) = pipe()?;
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
+        Ok(LogPipes {
+            out_w,
+            err_w,
+            out_r: Some(out_r),
+            err_r,
+        })
+    }
+}
+
+/// A started writer, killed on drop unless [`Writer::keep`] was called: a start that does
+/// not go ahead takes its writer back.
+pub struct Writer {
+    /// The keeper, pinned by a pidfd: a daemon's reaper may reap it at any moment, and a
+    /// bare pid could then name a stranger.
+    keeper: Option<Handle>,
+}
+
+impl Writer {
+    /// Starts the writer (`tend ARGS`, ARGS beginning with `log-writer`) on the read ends
+    /// of `pipes`: stdout's
+    /// pipe as its fd 0, stderr's (if any) as its fd 1. Our copies of the read ends are
+    /// closed afterwards, so only the writer holds them.
+    pub fn spawn(pipes: &mut LogPipes, args: &[OsString]) -> Result<Writer, SpawnError> {
+        let fail = |e: std::io::Error| {
+            SpawnError::LogWriter(format!(
+                "cannot start the log writer: {}",
+                crate::error::io_reason(&e)
+            ))
+        };
+        let out_r = pipes.out_r.take().expect("read ends are handed over once");
+        let err_r = pipes.err_r.take();
+        // /proc/self/exe rather than a path: it runs this very binary even if the file
+        // was replaced (an upgrade) since this process started.
+        let child = Command::new("/proc/self/exe")
+            .arg0("tend")
+            .args(args)
+            .stdin(Stdio::from(out_r))
+            .stdout(err_r.map_or_else(Stdio::null, Stdio::from))
+            .stderr(Stdio::null())
+            .current_dir("/")
+            .spawn()
+            .map_err(fail)?;
+        // Not waited for here: the daemon's reaper or init reaps it; a CLI exits soon.
+        // Gone already (it could not run): the service will meet no reader, so say so.
+        let keeper = Handle::pin(child.id() as i32)
+            .map(|(h, _)| h)
+            .ok_or_else(|| SpawnError::LogWriter("the log writer ended at once".into()))?;
+        Ok(Writer {
+            keeper: Some(keeper),
+        })
+    }
+
+    /// The start went ahead: the writer stays.
+    pub fn keep(mut self) {
+        self.keeper = None;
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // The keeper only: a worker it may have started ends by itself at end of input,
+        // once the held service process is killed and the start's copies of the write
+        // ends are closed, which a start that does not go ahead does right after.
+        if let Some(k) = self.keeper.take() {
+            let _ = k.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+/// Takes ownership of descriptor `fd` this process was started with (the log writer's
+/// pipes, fds 0 and 1).
+pub fn inherited(fd: i32) -> OwnedFd {
+    // SAFETY: called once per descriptor by the log writer's worker, whose fds 0 and 1
+    // are the pipes its keeper handed down and which nothing else in it uses (it never
+    // reads stdin nor prints to stdout).
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
