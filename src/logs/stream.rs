@@ -230,37 +230,51 @@ pub fn initial(
         }
         readers.push(r);
     }
-    // A min-heap of each file's next timestamped line (by time, then file order). A
-    // line without a time never waits in it: it follows the line before it at once, so
-    // a stack trace stays under the line that announced it; those before any
-    // timestamped line of their file sort first.
-    let mut heads: Vec<Option<Line>> = Vec::with_capacity(readers.len());
-    let mut heap = std::collections::BinaryHeap::new();
-    for (s, r) in readers.iter_mut().enumerate() {
-        let head = r.next().map_err(read_err(s))?;
+    merge(
+        readers.len(),
+        |s| readers[s].next().map_err(read_err(s)),
+        |l| emit(&l).map_err(Failed::Write),
+    )?;
+    Ok(readers.into_iter().map(Reader::resume).collect())
+}
+
+/// Merges the lines of `n` files (`next(file)` gives a file's next line) in time order
+/// into `emit`, keeping each file's own order.
+///
+/// A min-heap holds each file's next timestamped line (by time, then file order). A line
+/// without a time never waits in it: it follows the line before it at once, so a stack
+/// trace stays under the line that announced it; those at the start of a file (before
+/// any timestamped line) sort first.
+fn merge<E>(
+    n: usize,
+    mut next: impl FnMut(usize) -> Result<Option<Line>, E>,
+    mut emit: impl FnMut(Line) -> Result<(), E>,
+) -> Result<(), E> {
+    use std::cmp::Reverse;
+    let mut heads: Vec<Option<Line>> = Vec::with_capacity(n);
+    let mut heap = std::collections::BinaryHeap::with_capacity(n);
+    for s in 0..n {
+        let head = next(s)?;
         if let Some(l) = &head {
-            heap.push(std::cmp::Reverse((
-                l.prefix.map_or(i64::MIN, |p| p.micros),
-                s,
-            )));
+            heap.push(Reverse((l.prefix.map_or(i64::MIN, |p| p.micros), s)));
         }
         heads.push(head);
     }
-    while let Some(std::cmp::Reverse((_, s))) = heap.pop() {
+    while let Some(Reverse((_, s))) = heap.pop() {
         let line = heads[s].take().expect("one head per heap entry");
-        emit(&line).map_err(Failed::Write)?;
-        while let Some(next) = readers[s].next().map_err(read_err(s))? {
-            match next.prefix {
-                None => emit(&next).map_err(Failed::Write)?,
+        emit(line)?;
+        while let Some(following) = next(s)? {
+            match following.prefix {
+                None => emit(following)?,
                 Some(p) => {
-                    heap.push(std::cmp::Reverse((p.micros, s)));
-                    heads[s] = Some(next);
+                    heap.push(Reverse((p.micros, s)));
+                    heads[s] = Some(following);
                     break;
                 }
             }
         }
     }
-    Ok(readers.into_iter().map(Reader::resume).collect())
+    Ok(())
 }
 
 /// One file of a chain: the open file, its length when opened, its mtime in µs.
@@ -468,7 +482,6 @@ struct Tail {
     offset: u64,
     partial: Vec<u8>,
     quiet_rounds: u32,
-    last_key: i64,
     /// The last round stopped at [`READ_MAX`] with more to read.
     behind: bool,
 }
@@ -490,7 +503,6 @@ impl Follower {
                 offset: r.offset,
                 partial: Vec::new(),
                 quiet_rounds: 0,
-                last_key: i64::MIN,
                 behind: false,
             });
         }
@@ -502,25 +514,30 @@ impl Follower {
         self.tails.iter().any(|t| t.behind)
     }
 
-    /// One poll round: every whole line appended since the last round, in time order
-    /// (lines without a time right behind the line before them in their file).
+    /// One poll round: every whole line appended since the last round, merged in time
+    /// order as the first lines are (each file in its own order; lines without a time
+    /// right behind the line before them).
     pub fn poll(&mut self) -> Result<Vec<Line>, ReadError> {
-        let mut keyed = Vec::new();
+        let mut per_file = Vec::with_capacity(self.tails.len());
         for (source, t) in self.tails.iter_mut().enumerate() {
             let fresh = t.poll().map_err(|error| ReadError {
                 path: t.path.clone(),
                 error,
             })?;
-            for raw in t.split(fresh) {
-                let line = Line::new(source, raw);
-                if let Some(p) = line.prefix {
-                    t.last_key = p.micros;
-                }
-                keyed.push((t.last_key, line));
-            }
+            let lines = t.split(fresh).into_iter().map(|raw| Line::new(source, raw));
+            per_file.push(lines.collect::<Vec<_>>().into_iter());
         }
-        keyed.sort_by_key(|(k, _)| *k);
-        Ok(keyed.into_iter().map(|(_, l)| l).collect())
+        let mut out = Vec::new();
+        merge::<std::convert::Infallible>(
+            per_file.len(),
+            |s| Ok(per_file[s].next()),
+            |l| {
+                out.push(l);
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|never| match never {});
+        Ok(out)
     }
 }
 
@@ -703,6 +720,12 @@ mod tests {
         // -n counts per file.
         let (lines, _) = initial(&[a, b], Window { last: Some(1), ..w }).unwrap();
         assert_eq!(texts(&lines), ["0:a3", "1:b4"]);
+        // A clock stepped back inside one file does not reorder that file.
+        let (c, d) = (dir.path().join("c"), dir.path().join("d"));
+        write(&c, &format!("{T}5.000000Z c5\n{T}3.000000Z c3\n"));
+        write(&d, &format!("{T}4.000000Z d4\n"));
+        let (lines, _) = initial(&[c, d], w).unwrap();
+        assert_eq!(texts(&lines), ["1:d4", "0:c5", "0:c3"]);
     }
 
     #[test]
