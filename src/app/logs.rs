@@ -14,7 +14,7 @@ use super::term::{escape, Term};
 use crate::cli::LogsArgs;
 use crate::error::{io_reason, Error};
 use crate::home::Home;
-use crate::logs::stream::{self, Follower, Line, ReadError, Stream, Window};
+use crate::logs::stream::{self, Failed, Follower, Line, ReadError, Stream, Window};
 use crate::service::{self, Service};
 
 /// How many lines per file without `-n` (and without `--since`).
@@ -76,10 +76,11 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
         since,
         following: a.follow,
     };
-    let (lines, resumes) = stream::initial(&paths, window).map_err(read_failure)?;
-    for l in &lines {
-        printer.line(out, l)?;
-    }
+    let resumes =
+        stream::initial(&paths, window, &mut |l| printer.line(out, l)).map_err(|e| match e {
+            Failed::Read(e) => read_failure(e),
+            Failed::Write(e) => Failure::Output(e),
+        })?;
     out.flush()?;
     // Following nothing (no services, or none writing to a file) would only wait: the
     // services followed are those defined when the command starts.

@@ -8,9 +8,8 @@
 //! time; anything else is a line without one.
 //!
 //! Lines without a time are never moved away from the line before them in their own
-//! file: they sort with the time of the last timestamped line before them (a stack trace
-//! stays under the line that announced it), and those before any timestamped line sort
-//! first.
+//! file (a stack trace stays under the line that announced it), and those before any
+//! timestamped line sort first.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
@@ -194,29 +193,88 @@ pub struct ReadError {
     pub error: io::Error,
 }
 
+/// Why reading the first lines stopped.
+#[derive(Debug)]
+pub enum Failed {
+    Read(ReadError),
+    /// `emit` failed (a closed pipe, a full disk).
+    Write(io::Error),
+}
+
 /// The first lines of `paths` (each read with its rotated backups `PATH.1`… as one
-/// stream), merged in time order, and where a follow of each continues.
-pub fn initial(paths: &[PathBuf], window: Window) -> Result<(Vec<Line>, Vec<Resume>), ReadError> {
-    let mut keyed = Vec::new();
-    let mut resumes = Vec::with_capacity(paths.len());
-    for (source, path) in paths.iter().enumerate() {
-        let (lines, resume) = read_file(source, path, window).map_err(|error| ReadError {
-            path: path.clone(),
-            error,
-        })?;
-        let mut last = i64::MIN;
-        for line in lines {
-            if let Some(p) = line.prefix {
-                last = p.micros;
-            }
-            keyed.push((last, line));
+/// stream), given to `emit` merged in time order; returns where a follow of each file
+/// continues.
+///
+/// The files are read side by side and merged as they are read, so what is held is one
+/// line per file (or, with [`Window::last`], that many lines per file), whatever the
+/// window holds.
+pub fn initial(
+    paths: &[PathBuf],
+    window: Window,
+    emit: &mut dyn FnMut(&Line) -> io::Result<()>,
+) -> Result<Vec<Resume>, Failed> {
+    let read_err = |source: usize| {
+        move |error| {
+            Failed::Read(ReadError {
+                path: paths[source].clone(),
+                error,
+            })
         }
-        resumes.push(resume);
+    };
+    let mut readers = Vec::with_capacity(paths.len());
+    for (source, path) in paths.iter().enumerate() {
+        let mut r = Reader::open(source, path, window).map_err(read_err(source))?;
+        if let (Some(n), Some(_)) = (window.last, window.since) {
+            // The last N of the lines in the window: known only at the end of the file.
+            r.keep_last(n).map_err(read_err(source))?;
+        }
+        readers.push(r);
     }
-    // Stable: equal keys keep file order, and a file's untimed lines share the key of the
-    // timestamped line before them, so they stay right behind it.
-    keyed.sort_by_key(|(k, _)| *k);
-    Ok((keyed.into_iter().map(|(_, l)| l).collect(), resumes))
+    merge(
+        readers.len(),
+        |s| readers[s].next().map_err(read_err(s)),
+        |l| emit(&l).map_err(Failed::Write),
+    )?;
+    Ok(readers.into_iter().map(Reader::resume).collect())
+}
+
+/// Merges the lines of `n` files (`next(file)` gives a file's next line) in time order
+/// into `emit`, keeping each file's own order.
+///
+/// A min-heap holds each file's next timestamped line (by time, then file order). A line
+/// without a time never waits in it: it follows the line before it at once, so a stack
+/// trace stays under the line that announced it; those at the start of a file (before
+/// any timestamped line) sort first.
+fn merge<E>(
+    n: usize,
+    mut next: impl FnMut(usize) -> Result<Option<Line>, E>,
+    mut emit: impl FnMut(Line) -> Result<(), E>,
+) -> Result<(), E> {
+    use std::cmp::Reverse;
+    let mut heads: Vec<Option<Line>> = Vec::with_capacity(n);
+    let mut heap = std::collections::BinaryHeap::with_capacity(n);
+    for s in 0..n {
+        let head = next(s)?;
+        if let Some(l) = &head {
+            heap.push(Reverse((l.prefix.map_or(i64::MIN, |p| p.micros), s)));
+        }
+        heads.push(head);
+    }
+    while let Some(Reverse((_, s))) = heap.pop() {
+        let line = heads[s].take().expect("one head per heap entry");
+        emit(line)?;
+        while let Some(following) = next(s)? {
+            match following.prefix {
+                None => emit(following)?,
+                Some(p) => {
+                    heap.push(Reverse((p.micros, s)));
+                    heads[s] = Some(following);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One file of a chain: the open file, its length when opened, its mtime in µs.
@@ -245,87 +303,169 @@ fn open_chain(path: &Path) -> io::Result<(Vec<Link>, bool)> {
     Ok((files, current))
 }
 
-fn read_file(source: usize, path: &Path, w: Window) -> io::Result<(Vec<Line>, Resume)> {
-    let (chain, current_exists) = open_chain(path)?;
-    // Without `since` only the tail is read (backwards, in blocks); with it, everything,
-    // since a time can only be judged line by line.
-    let (first, offset) = match (w.since, w.last) {
-        (None, Some(n)) => {
-            let mut pairs: Vec<(File, u64)> = Vec::with_capacity(chain.len());
-            for (f, len, _) in &chain {
-                pairs.push((f.try_clone()?, *len));
+/// The lines of one file and its backups, read forward as one stream (a rotation may
+/// split a line between two files), from where the window begins.
+struct Reader {
+    source: usize,
+    window: Window,
+    chain: Vec<Link>,
+    /// Index in `chain` of the file itself, when it exists.
+    current: Option<usize>,
+    /// The file being read (index in `chain`) and a reader over the rest of it.
+    at: usize,
+    reader: Option<BufReader<io::Take<File>>>,
+    pos: u64,
+    /// The line being assembled, and where it began in the file itself, if there.
+    carry: Vec<u8>,
+    carry_start: Option<u64>,
+    /// Time of the last timestamped line read (for `since`).
+    last_time: Option<i64>,
+    /// Where a follow continues in the file itself.
+    resume_at: u64,
+    /// With `keep_last`: the lines to give, read in advance.
+    kept: Option<std::collections::VecDeque<Line>>,
+    done: bool,
+}
+
+impl Reader {
+    fn open(source: usize, path: &Path, window: Window) -> io::Result<Reader> {
+        let (chain, current_exists) = open_chain(path)?;
+        // Without `since` only the tail is read (found backwards, in blocks); with it,
+        // everything, since a time can only be judged line by line.
+        let (first, offset) = match (window.since, window.last) {
+            (None, Some(n)) => {
+                let mut pairs: Vec<(File, u64)> = Vec::with_capacity(chain.len());
+                for (f, len, _) in &chain {
+                    pairs.push((f.try_clone()?, *len));
+                }
+                super::tail_start(&mut pairs, n)?
             }
-            super::tail_start(&mut pairs, n)?
+            _ => (0, 0),
+        };
+        let current = current_exists.then(|| chain.len() - 1);
+        let resume_at = current.map_or(0, |i| chain[i].1);
+        let mut r = Reader {
+            source,
+            window,
+            chain,
+            current,
+            at: first,
+            reader: None,
+            pos: offset,
+            carry: Vec::new(),
+            carry_start: None,
+            last_time: None,
+            resume_at,
+            kept: None,
+            done: false,
+        };
+        r.open_at(offset)?;
+        Ok(r)
+    }
+
+    /// Starts reading file `self.at` at `offset` (nothing when past the last file).
+    fn open_at(&mut self, offset: u64) -> io::Result<()> {
+        self.reader = None;
+        if let Some((f, len, _)) = self.chain.get(self.at) {
+            let mut f = f.try_clone()?;
+            f.seek(SeekFrom::Start(offset))?;
+            self.reader = Some(BufReader::with_capacity(
+                64 * 1024,
+                f.take(len.saturating_sub(offset)),
+            ));
+            self.pos = offset;
         }
-        _ => (0, 0),
-    };
-    let mut lines: std::collections::VecDeque<Line> = std::collections::VecDeque::new();
-    let mut carry: Vec<u8> = Vec::new();
-    // Where the pending (carried) line began in the current file, if it did there.
-    let mut carry_start: Option<u64> = None;
-    let mut last_time: Option<i64> = None;
-    let mut keep_line = |raw: Vec<u8>, mtime: i64, lines: &mut std::collections::VecDeque<Line>| {
-        let line = Line::new(source, raw);
-        if let Some(since) = w.since {
+        Ok(())
+    }
+
+    /// The next whole line of the stream and the mtime of the file it ended in.
+    fn next_raw(&mut self) -> io::Result<Option<(Vec<u8>, i64)>> {
+        while !self.done {
+            let Some(reader) = self.reader.as_mut() else {
+                self.done = true;
+                break;
+            };
+            if self.carry.is_empty() && Some(self.at) == self.current {
+                self.carry_start = Some(self.pos);
+            }
+            let n = reader.read_until(b'\n', &mut self.carry)?;
+            let mtime = self.chain[self.at].2;
+            if n == 0 {
+                self.at += 1;
+                self.open_at(0)?;
+                continue;
+            }
+            self.pos += n as u64;
+            if self.carry.last() == Some(&b'\n') {
+                self.carry.pop();
+                self.carry_start = None;
+                return Ok(Some((std::mem::take(&mut self.carry), mtime)));
+            }
+        }
+        // The end: a last line without its newline is left for a follow to read again
+        // once it is whole, or given as it is.
+        if self.carry.is_empty() {
+            return Ok(None);
+        }
+        match self.carry_start {
+            Some(at) if self.window.following => {
+                self.resume_at = at;
+                self.carry.clear();
+                Ok(None)
+            }
+            _ => {
+                let mtime = self.chain.last().map_or(0, |c| c.2);
+                Ok(Some((std::mem::take(&mut self.carry), mtime)))
+            }
+        }
+    }
+
+    /// The next line in the window.
+    fn next(&mut self) -> io::Result<Option<Line>> {
+        if let Some(kept) = self.kept.as_mut() {
+            return Ok(kept.pop_front());
+        }
+        while let Some((raw, mtime)) = self.next_raw()? {
+            let line = Line::new(self.source, raw);
+            let Some(since) = self.window.since else {
+                return Ok(Some(line));
+            };
             let at = match line.prefix {
                 Some(p) => {
-                    last_time = Some(p.micros);
+                    self.last_time = Some(p.micros);
                     p.micros
                 }
-                None => last_time.unwrap_or(mtime),
+                None => self.last_time.unwrap_or(mtime),
             };
-            if at < since {
-                return;
+            if at >= since {
+                return Ok(Some(line));
             }
         }
-        lines.push_back(line);
-        if w.since.is_some() && w.last.is_some_and(|n| lines.len() > n) {
-            lines.pop_front();
-        }
-    };
-    let current_index = current_exists.then(|| chain.len() - 1);
-    for (i, (f, len, mtime)) in chain.iter().enumerate().skip(first) {
-        let start = if i == first { offset } else { 0 };
-        let mut f = f;
-        f.seek(SeekFrom::Start(start))?;
-        let mut reader = BufReader::with_capacity(64 * 1024, f.take(len - start));
-        let mut pos = start;
-        loop {
-            if carry.is_empty() && Some(i) == current_index {
-                carry_start = Some(pos);
-            }
-            let n = reader.read_until(b'\n', &mut carry)?;
-            if n == 0 {
-                break;
-            }
-            pos += n as u64;
-            if carry.last() == Some(&b'\n') {
-                carry.pop();
-                keep_line(std::mem::take(&mut carry), *mtime, &mut lines);
-                carry_start = None;
-            }
-        }
+        Ok(None)
     }
-    let current_len = current_index.map_or(0, |i| chain[i].1);
-    let mut resume_at = current_len;
-    if !carry.is_empty() {
-        match carry_start {
-            // Left for the follow, which reads it again once it is whole.
-            Some(at) if w.following => resume_at = at,
-            _ => {
-                let mtime = chain.last().map_or(0, |c| c.2);
-                keep_line(carry, mtime, &mut lines);
+
+    /// Reads to the end, keeping only the last `n` lines of the window to give.
+    fn keep_last(&mut self, n: usize) -> io::Result<()> {
+        let mut kept = std::collections::VecDeque::with_capacity(n.min(4096));
+        while let Some(line) = self.next()? {
+            if kept.len() == n {
+                kept.pop_front();
+            }
+            if n > 0 {
+                kept.push_back(line);
             }
         }
+        self.kept = Some(kept);
+        Ok(())
     }
-    let file = current_index.map(|i| chain.into_iter().nth(i).expect("index in range").0);
-    Ok((
-        lines.into(),
-        Resume {
-            file,
-            offset: resume_at,
-        },
-    ))
+
+    fn resume(self) -> Resume {
+        let offset = self.resume_at;
+        let file = self
+            .current
+            .map(|i| self.chain.into_iter().nth(i).expect("index in range").0);
+        Resume { file, offset }
+    }
 }
 
 /// Follows many files in one poll loop (no thread per file), surviving rotation by
@@ -342,7 +482,6 @@ struct Tail {
     offset: u64,
     partial: Vec<u8>,
     quiet_rounds: u32,
-    last_key: i64,
     /// The last round stopped at [`READ_MAX`] with more to read.
     behind: bool,
 }
@@ -364,7 +503,6 @@ impl Follower {
                 offset: r.offset,
                 partial: Vec::new(),
                 quiet_rounds: 0,
-                last_key: i64::MIN,
                 behind: false,
             });
         }
@@ -376,25 +514,30 @@ impl Follower {
         self.tails.iter().any(|t| t.behind)
     }
 
-    /// One poll round: every whole line appended since the last round, in time order
-    /// (lines without a time right behind the line before them in their file).
+    /// One poll round: every whole line appended since the last round, merged in time
+    /// order as the first lines are (each file in its own order; lines without a time
+    /// right behind the line before them).
     pub fn poll(&mut self) -> Result<Vec<Line>, ReadError> {
-        let mut keyed = Vec::new();
+        let mut per_file = Vec::with_capacity(self.tails.len());
         for (source, t) in self.tails.iter_mut().enumerate() {
             let fresh = t.poll().map_err(|error| ReadError {
                 path: t.path.clone(),
                 error,
             })?;
-            for raw in t.split(fresh) {
-                let line = Line::new(source, raw);
-                if let Some(p) = line.prefix {
-                    t.last_key = p.micros;
-                }
-                keyed.push((t.last_key, line));
-            }
+            let lines = t.split(fresh).into_iter().map(|raw| Line::new(source, raw));
+            per_file.push(lines.collect::<Vec<_>>().into_iter());
         }
-        keyed.sort_by_key(|(k, _)| *k);
-        Ok(keyed.into_iter().map(|(_, l)| l).collect())
+        let mut out = Vec::new();
+        merge::<std::convert::Infallible>(
+            per_file.len(),
+            |s| Ok(per_file[s].next()),
+            |l| {
+                out.push(l);
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|never| match never {});
+        Ok(out)
     }
 }
 
@@ -540,6 +683,15 @@ mod tests {
             .unwrap();
     }
 
+    fn initial(paths: &[PathBuf], w: Window) -> Result<(Vec<Line>, Vec<Resume>), Failed> {
+        let mut lines = Vec::new();
+        let resumes = super::initial(paths, w, &mut |l| {
+            lines.push(l.clone());
+            Ok(())
+        })?;
+        Ok((lines, resumes))
+    }
+
     fn texts(lines: &[Line]) -> Vec<String> {
         lines
             .iter()
@@ -568,6 +720,12 @@ mod tests {
         // -n counts per file.
         let (lines, _) = initial(&[a, b], Window { last: Some(1), ..w }).unwrap();
         assert_eq!(texts(&lines), ["0:a3", "1:b4"]);
+        // A clock stepped back inside one file does not reorder that file.
+        let (c, d) = (dir.path().join("c"), dir.path().join("d"));
+        write(&c, &format!("{T}5.000000Z c5\n{T}3.000000Z c3\n"));
+        write(&d, &format!("{T}4.000000Z d4\n"));
+        let (lines, _) = initial(&[c, d], w).unwrap();
+        assert_eq!(texts(&lines), ["1:d4", "0:c5", "0:c3"]);
     }
 
     #[test]
