@@ -54,9 +54,16 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
                 escape(&svc.settings.stdout.to_string_lossy())
             );
         }
+        // Only a `stream` service's lines carry `out`/`err` after the time: in any other
+        // service's line, such a word is the service's own text.
+        let tagged = svc.settings.log_timestamps == crate::service::LogTimestamps::Stream;
         for (path, stream) in files {
             paths.push(path);
-            sources.push((si, stream));
+            sources.push(Source {
+                service: si,
+                stream,
+                tagged,
+            });
         }
     }
     let printer = Printer {
@@ -193,24 +200,41 @@ struct Printer<'a> {
     json: bool,
     /// `NAME | ` before each line (several services, or `--all`).
     prefixed: bool,
-    /// Per file: its service's index in `names`, and the stream the file holds.
-    sources: Vec<(usize, Option<Stream>)>,
+    /// Per file: its service, the stream the file holds, whether its lines carry stream tags.
+    sources: Vec<Source>,
+}
+
+#[derive(Clone, Copy)]
+struct Source {
+    /// Index in `names`.
+    service: usize,
+    /// The stream the file holds, when stdout and stderr go to different files.
+    stream: Option<Stream>,
+    /// The service writes `--log-timestamps stream` lines.
+    tagged: bool,
 }
 
 impl Printer<'_> {
     fn line(&self, out: &mut dyn Write, l: &Line) -> std::io::Result<()> {
-        let (si, file_stream) = self.sources[l.source];
+        let Source {
+            service: si,
+            stream: file_stream,
+            tagged,
+        } = self.sources[l.source];
         let name = self.names[si];
         if self.json {
+            let (tag, text) = match l.prefix {
+                Some(p) if p.stream.is_some() && !tagged => {
+                    (None, &l.raw[(stream::TIME_LEN + 1).min(l.raw.len())..])
+                }
+                Some(p) => (p.stream, l.text()),
+                None => (None, l.text()),
+            };
             let j = LineJson {
                 time: l.time_text(),
                 service: name,
-                stream: l
-                    .prefix
-                    .and_then(|p| p.stream)
-                    .or(file_stream)
-                    .map(Stream::name),
-                text: String::from_utf8_lossy(l.text()),
+                stream: tag.or(file_stream).map(Stream::name),
+                text: String::from_utf8_lossy(text),
             };
             serde_json::to_writer(&mut *out, &j)?;
             return out.write_all(b"\n");
@@ -259,7 +283,18 @@ mod tests {
             color: false,
             json: false,
             prefixed: true,
-            sources: vec![(0, None), (1, Some(Stream::Err))],
+            sources: vec![
+                Source {
+                    service: 0,
+                    stream: None,
+                    tagged: false,
+                },
+                Source {
+                    service: 1,
+                    stream: Some(Stream::Err),
+                    tagged: true,
+                },
+            ],
         };
         assert_eq!(shown(&p, b"a\tb\x1b[2J\r", 0), "web    | a\tb\\x1b[2J\\r\n");
         p.color = true;
@@ -279,6 +314,18 @@ mod tests {
             shown(&p, b"2026-12-06T21:58:01.000001Z \xff", 1),
             "{\"time\":\"2026-12-06T21:58:01.000001Z\",\"service\":\"worker\",\
              \"stream\":\"err\",\"text\":\"\u{fffd}\"}\n"
+        );
+        assert_eq!(
+            shown(&p, b"2026-12-06T21:58:01.000001Z out x", 1),
+            "{\"time\":\"2026-12-06T21:58:01.000001Z\",\"service\":\"worker\",\
+             \"stream\":\"out\",\"text\":\"x\"}\n",
+            "a `stream` service: the tag is the stream"
+        );
+        assert_eq!(
+            shown(&p, b"2026-12-06T21:58:01.000001Z out x", 0),
+            "{\"time\":\"2026-12-06T21:58:01.000001Z\",\"service\":\"web\",\
+             \"stream\":null,\"text\":\"out x\"}\n",
+            "any other service: `out` is its own text"
         );
     }
 

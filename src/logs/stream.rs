@@ -94,9 +94,9 @@ impl Line {
 /// The prefix of a timestamped line: exactly `YYYY-MM-DDTHH:MM:SS.ffffffZ` and a space (or
 /// the end of the line), then optionally `out`/`err` and a space (or the end).
 ///
-/// Without the service's `log_timestamps` setting, a line of an `on` service whose text
-/// itself begins with `out ` or `err ` reads as if it carried a stream; human output is
-/// the line as written either way, only `--json`'s `stream` can be wrong for it.
+/// The prefix alone cannot tell a stream tag from text that begins with `out ` or `err `:
+/// the reader takes the tag only from a service whose setting is `stream`
+/// (`app::logs`).
 pub fn parse_prefix(line: &[u8]) -> Option<Prefix> {
     let t = line.get(..TIME_LEN)?;
     let digits = |r: std::ops::Range<usize>| -> Option<i64> {
