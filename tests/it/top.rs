@@ -334,3 +334,19 @@ fn top_refuses_what_is_not_a_terminal_and_a_bad_interval() {
         );
     }
 }
+
+#[test]
+fn top_shows_a_failed_action_on_the_status_line() {
+    let env = Env::new();
+    env.ok(&["add", "broken", "--", "/nonexistent/tend-top-program"]);
+    let Some(t) = Tmux::start(&env, "", 120, 30) else {
+        return;
+    };
+    t.wait("the service", |s| row_has(s, "broken", "stopped"));
+    t.keys(&["s"]);
+    let s = t.wait("the error", |s| s.contains("error: broken:"));
+    assert!(s.contains("no such program"), "{s}");
+    assert!(row_has(&s, "broken", "stopped"), "{s}");
+    t.keys(&["q"]);
+    assert_restored(&t);
+}
