@@ -350,3 +350,22 @@ fn top_shows_a_failed_action_on_the_status_line() {
     t.keys(&["q"]);
     assert_restored(&t);
 }
+
+#[test]
+fn top_gives_the_terminal_back_on_sighup() {
+    let env = Env::new();
+    env.add_fixture("svc", &[], &[]);
+    let Some(t) = Tmux::start(&env, "", 80, 20) else {
+        return;
+    };
+    t.wait("the service", |s| row_has(s, "svc", "stopped"));
+    assert_eq!(
+        t.display("#{alternate_on}"),
+        "1",
+        "top is not on the alternate screen"
+    );
+    let pid = t.top_pid();
+    // SAFETY: kill on the pid of the tend top this test started, which is alive.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    assert_restored(&t);
+}
