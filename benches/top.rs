@@ -189,10 +189,19 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        // tmux leaves its socket file behind when its server is killed.
+        let socket = Command::new("tmux")
+            .args(["-L", &self.0, "display", "-p", "#{socket_path}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         let _ = Command::new("tmux")
             .arg("-L")
             .arg(&self.0)
             .arg("kill-server")
             .status();
+        if !socket.trim().is_empty() {
+            let _ = std::fs::remove_file(socket.trim());
+        }
     }
 }

@@ -123,7 +123,12 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        // tmux leaves its socket file behind when its server is killed.
+        let socket = self.display("#{socket_path}");
         let _ = self.tmux(&["kill-server"]);
+        if !socket.is_empty() {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
 
