@@ -44,6 +44,8 @@ fn env_num(key: &str, default: u64) -> u64 {
 }
 
 fn measure(mode: &str, cgroup: bool, n: usize, watch: Duration) {
+    // Declared before the home, so it is dropped after the home stopped its services.
+    let _cleanup: Option<CgroupRoot>;
     let t = Tend::new();
     for i in 0..n {
         t.run(&["add", &format!("svc{i:03}"), "--", "sleep", "1000000"]);
@@ -60,10 +62,15 @@ fn measure(mode: &str, cgroup: bool, n: usize, watch: Duration) {
         start.env("TEND_CGROUP", "off");
     }
     assert!(start.status().expect("tend start --all").success());
-    let contained = t
-        .run(&["status", "svc000", "--json"])
-        .contains("\"path\": \"/");
-    if cgroup && !contained {
+    let status: serde_json::Value =
+        serde_json::from_str(&t.run(&["status", "svc000", "--json"])).expect("status JSON");
+    // The home's cgroup (`tend-HASH`, above `svc000.service/run-...`), removed at the end.
+    let root = status["cgroup"]["path"]
+        .as_str()
+        .and_then(|p| std::path::Path::new(p).ancestors().nth(2))
+        .map(std::path::Path::to_path_buf);
+    _cleanup = root.clone().map(CgroupRoot);
+    if cgroup && root.is_none() {
         println!("{mode:>7}: tend cannot create cgroups here; skipped");
         return;
     }
@@ -143,6 +150,25 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Removes a home's (empty) cgroup tree on drop, after the services were stopped.
+struct CgroupRoot(std::path::PathBuf);
+
+impl Drop for CgroupRoot {
+    fn drop(&mut self) {
+        fn remove(dir: &std::path::Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        remove(&self.0);
+    }
+}
+
 /// A private tmux server; dropping it kills the server and `tend top` with it.
 struct Tmux(String);
 
@@ -163,10 +189,19 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        // tmux leaves its socket file behind when its server is killed.
+        let socket = Command::new("tmux")
+            .args(["-L", &self.0, "display", "-p", "#{socket_path}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         let _ = Command::new("tmux")
             .arg("-L")
             .arg(&self.0)
             .arg("kill-server")
             .status();
+        if !socket.trim().is_empty() {
+            let _ = std::fs::remove_file(socket.trim());
+        }
     }
 }

@@ -123,7 +123,12 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        // tmux leaves its socket file behind when its server is killed.
+        let socket = self.display("#{socket_path}");
         let _ = self.tmux(&["kill-server"]);
+        if !socket.is_empty() {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
 
@@ -333,4 +338,39 @@ fn top_refuses_what_is_not_a_terminal_and_a_bad_interval() {
             "{bad}: {out:?}"
         );
     }
+}
+
+#[test]
+fn top_shows_a_failed_action_on_the_status_line() {
+    let env = Env::new();
+    env.ok(&["add", "broken", "--", "/nonexistent/tend-top-program"]);
+    let Some(t) = Tmux::start(&env, "", 120, 30) else {
+        return;
+    };
+    t.wait("the service", |s| row_has(s, "broken", "stopped"));
+    t.keys(&["s"]);
+    let s = t.wait("the error", |s| s.contains("error: broken:"));
+    assert!(s.contains("no such program"), "{s}");
+    assert!(row_has(&s, "broken", "stopped"), "{s}");
+    t.keys(&["q"]);
+    assert_restored(&t);
+}
+
+#[test]
+fn top_gives_the_terminal_back_on_sighup() {
+    let env = Env::new();
+    env.add_fixture("svc", &[], &[]);
+    let Some(t) = Tmux::start(&env, "", 80, 20) else {
+        return;
+    };
+    t.wait("the service", |s| row_has(s, "svc", "stopped"));
+    assert_eq!(
+        t.display("#{alternate_on}"),
+        "1",
+        "top is not on the alternate screen"
+    );
+    let pid = t.top_pid();
+    // SAFETY: kill on the pid of the tend top this test started, which is alive.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    assert_restored(&t);
 }

@@ -278,15 +278,16 @@ impl App {
             return;
         };
         let row = visible[i];
+        let files = crate::logs::files(&row.stdout, &row.stderr);
         let mut lines = Vec::new();
-        if row.logs.is_empty() {
+        if files.is_empty() {
             lines.push(format!(
                 "output goes to {}, not to a file: nothing to show",
                 crate::app::term::escape(&row.stdout.to_string_lossy())
             ));
         }
-        for path in &row.logs {
-            if row.logs.len() > 1 {
+        for path in &files {
+            if files.len() > 1 {
                 lines.push(format!(
                     "==> {} <==",
                     crate::app::term::escape(&path.to_string_lossy())

@@ -83,10 +83,10 @@ pub struct Row {
     pub memory: Option<u64>,
     /// CPU and memory come from a cgroup (else from /proc).
     pub cgroup: bool,
-    /// The files the log pane reads (none when output goes to /dev/null or a device).
-    pub logs: Vec<PathBuf>,
-    /// Where stdout goes, to say so when there is no file to show.
+    /// Where stdout and stderr go: the log pane reads them (which of them are files is
+    /// looked at only then, not for every row at every refresh).
     pub stdout: PathBuf,
+    pub stderr: PathBuf,
     /// Fleet mode: the host the service runs on, and how long ago it was heard from.
     pub host: Option<String>,
     pub seen: Option<String>,
@@ -170,8 +170,8 @@ impl Row {
             cpu: None,
             memory: None,
             cgroup: false,
-            logs: crate::logs::files(&set.stdout, &set.stderr),
             stdout: set.stdout.clone(),
+            stderr: set.stderr.clone(),
             host: None,
             seen: None,
         }
