@@ -22,13 +22,7 @@ impl Tmux {
     /// prints `TOP-EXITED:<code>` and stays. `None` (with the reason printed) when tmux
     /// is missing.
     pub fn start(env: &Env, args: &str, width: u16, height: u16) -> Option<Tmux> {
-        if Command::new("tmux")
-            .arg("-V")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            eprintln!("skipped: tmux is not installed");
+        if !crate::util::require_tool("tmux") {
             return None;
         }
         let socket = format!(

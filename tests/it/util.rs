@@ -493,25 +493,44 @@ pub fn require_root(test: &str, why: &str) -> bool {
         return true;
     }
     eprintln!("{test}: not run: needs root to {why}");
-    record_not_run(test, why);
+    record_not_run(Some(test), format!("needs root to {why}"));
     false
 }
 
-/// Tests that did not run because they need root: (name, what they need root for).
+/// True when program `tool` can be run; otherwise records the calling test as not run
+/// (a test that needs it cannot stage its corner without it) and returns false.
+pub fn require_tool(tool: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("-V")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        eprintln!("not run: needs {tool}, which is not installed");
+        record_not_run(None, format!("needs {tool}, which is not installed"));
+    }
+    found
+}
+
+/// Tests that did not run: (name, what they need).
 static NOT_RUN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
-fn record_not_run(test: &str, why: &str) {
+fn record_not_run(test: Option<&str>, why: String) {
     // libtest names each test's thread after the test's full path (`faults::name`);
     // elsewhere the bare name is all there is.
-    let name = std::thread::current()
+    let thread = std::thread::current();
+    let name = thread
         .name()
-        .filter(|n| n.ends_with(test))
-        .unwrap_or(test)
+        .filter(|n| test.is_none_or(|t| n.ends_with(t)))
+        .or(test)
+        .unwrap_or("a test")
         .to_string();
     NOT_RUN
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push((name, why.to_string()));
+        .push((name, why));
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         // SAFETY: registers a function without arguments that only reads a static.
@@ -541,14 +560,14 @@ extern "C" fn print_not_run() {
     let mut list = list.clone();
     list.sort();
     let n = list.len();
-    let (tests, need, were) = if n == 1 {
-        ("test", "needs", "was")
+    let (tests, were) = if n == 1 {
+        ("test", "was")
     } else {
-        ("tests", "need", "were")
+        ("tests", "were")
     };
-    let mut text = format!("\n{n} {tests} {need} root and {were} not run:\n");
+    let mut text = format!("\n{n} {tests} {were} not run:\n");
     for (name, why) in &list {
-        text.push_str(&format!("    {name} (to {why})\n"));
+        text.push_str(&format!("    {name} ({why})\n"));
     }
     let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
 }
