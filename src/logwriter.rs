@@ -42,8 +42,8 @@ use std::time::{Duration, Instant, SystemTime};
 pub const MODE: &str = "log-writer";
 /// Bytes of stamped lines the worker holds in memory, waiting for the disk.
 pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
-/// What one `read` takes from a pipe.
-const READ_SIZE: usize = 64 * 1024;
+/// What one `read` takes from a pipe (a quarter of the pipe tend asks for).
+const READ_SIZE: usize = 256 * 1024;
 /// A line longer than this is cut: its first part is written as a line of its own, so a
 /// service that never writes a newline cannot make the writer grow without bound.
 pub const MAX_LINE: usize = 64 * 1024;
