@@ -128,7 +128,11 @@ fn main() {
     let lines_n_s = lines_n.to_string();
     let cases: Vec<(&str, Vec<&str>, u64)> = vec![
         ("blocks", vec!["sh", "-c", &blocks], BYTES),
-        ("lines", vec![FIXTURE, "--lines", &lines_n_s, "--exit-now", "0"], lines_bytes),
+        (
+            "lines",
+            vec![FIXTURE, "--lines", &lines_n_s, "--exit-now", "0"],
+            lines_bytes,
+        ),
     ];
     println!(
         "log writer throughput, median of {n} runs, rotation off (MB/s of the service's output)"

@@ -1,14 +1,16 @@
 //! The log writer (`--log-timestamps on|stream`): the tend binary in a hidden mode,
-//! `tend log-writer` (dispatched in `main.rs` before the command line is parsed), one per service instance, like runit's svlogd or s6-log.
+//! `tend log-writer` (dispatched in `main.rs` before the command line is parsed), one
+//! per service instance, like runit's svlogd or s6-log.
 //!
 //! It is two processes (started by [`crate::process::writer`]):
 //!
 //! - the **keeper** holds the read ends of the service's pipes (its fd 0 for stdout, fd 1
 //!   for stderr when that has a pipe of its own) and runs a worker on them. When the
 //!   worker is killed, the keeper starts a new one on the same pipes: meanwhile the
-//!   service's writes wait in the pipe (and block it once the pipe's 64 KiB are full),
-//!   but they never fail with EPIPE, since the keeper still holds a read end. When the
-//!   worker exits on its own (end of input, or an error it reported), so does the keeper.
+//!   service's writes wait in the pipe (and block it once the pipe, 1 MiB where
+//!   allowed, is full), but they never fail with EPIPE, since the keeper still holds a
+//!   read end. When the worker exits on its own (end of input, or an error it
+//!   reported), so does the keeper.
 //! - the **worker** reads each pipe on a thread of its own, prefixes every line with its
 //!   time (RFC 3339 in UTC, microseconds: `2026-12-06T21:58:01.123456Z`) and, with
 //!   `stream`, `out` or `err`, and hands the lines to the main thread through a queue

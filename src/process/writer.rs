@@ -57,10 +57,7 @@ impl LogPipes {
         // and the writer, and more room for the service while a killed writer is
         // replaced. Where the system allows less (pipe-max-size), the default stays.
         for w in std::iter::once(&out_w).chain(err_w.as_ref()) {
-            let _ = nix::fcntl::fcntl(
-                w.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE),
-            );
+            let _ = nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
         }
         Ok(LogPipes {
             out_w,
