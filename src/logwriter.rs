@@ -75,6 +75,9 @@ pub struct Config {
     pub max_bytes: u64,
     /// Rotated files kept: `NAME.log.1` (newest) to `NAME.log.N`.
     pub backups: u32,
+    /// The cgroup the keeper moves itself into first (its worker is born there): the
+    /// home's `log-writers`, beside the services' cgroups and never in one of them.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Config {
@@ -101,6 +104,10 @@ impl Config {
         if self.err_pipe {
             a.push("--err-pipe".into());
         }
+        if let Some(c) = &self.cgroup {
+            a.push("--cgroup".into());
+            a.push(c.clone().into());
+        }
         a
     }
 
@@ -114,6 +121,7 @@ impl Config {
             err_pipe: false,
             max_bytes: 0,
             backups: crate::service::LOG_BACKUPS,
+            cgroup: None,
         };
         let mut role = Role::Keeper;
         let mut it = args.iter();
@@ -136,6 +144,7 @@ impl Config {
                 "--max-bytes" => c.max_bytes = num(it.next(), "--max-bytes")?,
                 "--backups" => c.backups = num(it.next(), "--backups")? as u32,
                 "--err-pipe" => c.err_pipe = true,
+                "--cgroup" => c.cgroup = Some(it.next().ok_or("--cgroup needs a path")?.into()),
                 "--worker" => {
                     role = Role::Worker {
                         restarts: 0,
@@ -190,7 +199,15 @@ pub fn main(args: &[OsString]) -> u8 {
     };
     shield();
     match role {
-        Role::Keeper => keep(args),
+        Role::Keeper => {
+            // Out of the cgroup of the tend process that started it (a login session's
+            // scope, say, which may be killed at logout while the service runs on).
+            // Where it cannot move, it stays: it still is in none of the service's.
+            if let Some(c) = &cfg.cgroup {
+                let _ = crate::process::writer::join_cgroup(c);
+            }
+            keep(args)
+        }
         Role::Worker {
             restarts,
             killed_by,
@@ -587,6 +604,7 @@ mod tests {
             err_pipe: true,
             max_bytes: 1000,
             backups: 3,
+            cgroup: Some("/sys/fs/cgroup/tend-x/log-writers".into()),
         };
         let args = c.to_args();
         assert_eq!(args[0], MODE);

@@ -128,6 +128,11 @@ impl Drop for Writer {
     }
 }
 
+/// Moves this process into the cgroup `dir` (its children are then born there).
+pub fn join_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::write(dir.join("cgroup.procs"), "0")
+}
+
 /// Takes ownership of descriptor `fd` this process was started with (the log writer's
 /// pipes, fds 0 and 1).
 pub fn inherited(fd: i32) -> OwnedFd {

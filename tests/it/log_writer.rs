@@ -213,6 +213,9 @@ fn stream_tags_and_the_writer_outside_the_kill_scope() {
                 .to_string_lossy()
                 .into_owned();
             assert!(!own.contains(&name), "writer {pid} in {own}");
+            // In the home's cgroup for writers, which a stop never touches.
+            let line = own.lines().find(|l| l.starts_with("0::")).unwrap();
+            assert!(line.ends_with("/log-writers"), "writer {pid} in {line}");
         }
     }
     env.ok(&["stop", "s", "split"]);
