@@ -241,10 +241,7 @@ fn keep(args: &[OsString]) -> u8 {
     let mut failures = 0;
     loop {
         let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.arg0("tend")
-            .arg("log-writer")
-            .args(args)
-            .arg("--worker");
+        cmd.arg0("tend").arg(MODE).args(args).arg("--worker");
         if restarts > 0 {
             cmd.arg("--restarts")
                 .arg(restarts.to_string())
@@ -334,8 +331,9 @@ impl Shared {
         let per_line = TIME_LEN + 1 + tag.len();
         let needed = lines.len() + count * per_line;
         let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
-        // Full: drop and count. An empty queue always takes a chunk (at most one read's
-        // worth of lines with their prefixes), so the bound is the limit plus one chunk.
+        // Full: drop and count. An empty queue always takes a chunk (at most 64 KiB of
+        // lines, or one longer line, with their prefixes), so the bound is the limit
+        // plus one chunk.
         if q.bytes + needed > self.limit && !q.chunks.is_empty() {
             q.dropped[stream] += count as u64;
             return;
@@ -380,6 +378,27 @@ impl Shared {
     }
 }
 
+/// Queues complete lines in pieces of at most [`MAX_LINE`] bytes (but whole lines): a
+/// queued chunk stays small even for a read of many short lines, whose prefixes
+/// multiply its size, and a full queue drops no more than one piece at a time.
+fn push_lines(shared: &Shared, stream: usize, mut lines: &[u8]) {
+    while lines.len() > MAX_LINE {
+        let cut = match lines[..MAX_LINE].iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            // One line longer than a piece: whole, on its own.
+            None => lines
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(lines.len(), |i| i + 1),
+        };
+        shared.push(stream, &lines[..cut]);
+        lines = &lines[cut..];
+    }
+    if !lines.is_empty() {
+        shared.push(stream, lines);
+    }
+}
+
 /// Reads one pipe until end of input, queueing complete lines.
 fn read_pipe(shared: &Shared, stream: usize, mut pipe: File) {
     let mut buf = vec![0u8; READ_SIZE];
@@ -402,10 +421,10 @@ fn read_pipe(shared: &Shared, stream: usize, mut pipe: File) {
             continue;
         };
         if partial.is_empty() {
-            shared.push(stream, &data[..=last_nl]);
+            push_lines(shared, stream, &data[..=last_nl]);
         } else {
             partial.extend_from_slice(&data[..=last_nl]);
-            shared.push(stream, &partial);
+            push_lines(shared, stream, &partial);
             partial.clear();
         }
         partial.extend_from_slice(&data[last_nl + 1..]);
@@ -679,6 +698,22 @@ mod tests {
             drain(&s),
             ["err tend: dropped 10 lines (the log writer's queue was full)"]
         );
+    }
+
+    #[test]
+    fn many_short_lines_are_queued_in_small_chunks() {
+        let s = shared(QUEUE_BYTES, Prefix::Time, 1);
+        let input = b"ab\n".repeat(100_000);
+        push_lines(&s, 0, &input);
+        let q = s.q.lock().unwrap();
+        assert!(q.chunks.len() >= 5);
+        let mut lines = 0;
+        for c in &q.chunks {
+            let n = c.data.iter().filter(|&&b| b == b'\n').count();
+            assert!(n * 3 <= MAX_LINE, "{n} lines in one chunk");
+            lines += n;
+        }
+        assert_eq!(lines, 100_000);
     }
 
     #[test]
