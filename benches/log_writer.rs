@@ -138,7 +138,8 @@ fn main() {
         ),
     ];
     println!(
-        "log writer throughput, median of {n} interleaved pairs, rotation off (MB/s of the service's output)"
+        "log writer throughput, median of {n} interleaved pairs, rotation off \
+         (MB/s of the service's output)"
     );
     println!(
         "{:<8} {:>14} {:>14} {:>14} {:>10}",
