@@ -6,7 +6,8 @@
 //! cargo bench --bench log_writer
 //! ```
 //!
-//! Two services, each run `TEND_BENCH_N` times (default 3) per mode, rotation off
+//! Two services, each run `TEND_BENCH_N` times (default 5) per mode, interleaved
+//! (direct, writer, direct, ...), rotation off
 //! (`--log-max-size 0`) so that both modes do the same work:
 //!
 //! - **blocks**: `yes LINE | head -c 50M` (60-byte lines, written in large blocks);
@@ -16,7 +17,9 @@
 //! For each run: the **service time** (from `tend start` returning to the service's
 //! process being gone: how much the writer slows the service) and the **total time**
 //! (until the whole log is on disk: the writer has written everything and exited), as
-//! MB/s of the service's own output. Then one run with rotation at 10M (the default),
+//! MB/s of the service's own output; the ratio is the median over the pairs of the
+//! direct run's service time against the writer run's total time. Then one run with
+//! rotation at 10M (the default),
 //! and the writer's memory: VmHWM and VmRSS of the keeper and the worker after a 50 MB
 //! burst, while the service still runs.
 
@@ -119,7 +122,7 @@ fn main() {
     let n: usize = std::env::var("TEND_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let blocks = format!("yes '{LINE}' | head -c {BYTES}");
     let lines_n = 1_000_000u64;
     let lines_bytes: u64 = (0..lines_n)
@@ -135,25 +138,39 @@ fn main() {
         ),
     ];
     println!(
-        "log writer throughput, median of {n} runs, rotation off (MB/s of the service's output)"
+        "log writer throughput, median of {n} interleaved pairs, rotation off \
+         (MB/s of the service's output)"
     );
     println!(
         "{:<8} {:>14} {:>14} {:>14} {:>10}",
         "service", "direct", "writer:service", "writer:total", "ratio"
     );
     for (name, argv, bytes) in &cases {
-        let direct: Vec<Run> = (0..n).map(|_| run(argv, "off", "0")).collect();
-        let through: Vec<Run> = (0..n).map(|_| run(argv, "on", "0")).collect();
+        // Interleaved, so that a change in the machine's load hits both modes alike.
+        let mut direct = Vec::new();
+        let mut through = Vec::new();
+        for _ in 0..n {
+            direct.push(run(argv, "off", "0"));
+            through.push(run(argv, "on", "0"));
+        }
         let d = median(direct.iter().map(|r| r.service).collect());
         let ws = median(through.iter().map(|r| r.service).collect());
         let wt = median(through.iter().map(|r| r.total).collect());
+        // Each writer run against the direct run just before it.
+        let ratio = median(
+            direct
+                .iter()
+                .zip(&through)
+                .map(|(d, w)| d.service / w.total)
+                .collect(),
+        );
         println!(
             "{:<8} {:>9.1} MB/s {:>9.1} MB/s {:>9.1} MB/s {:>9.0}%   (target >= 50%)",
             name,
             mb_s(*bytes, d),
             mb_s(*bytes, ws),
             mb_s(*bytes, wt),
-            100.0 * d / wt
+            100.0 * ratio
         );
     }
 
@@ -195,10 +212,12 @@ fn main() {
                 .unwrap_or_default()
         };
         println!(
-            "{}: VmHWM {}, VmRSS {} (after a 50 MB burst)",
+            "{}: VmHWM {}, VmRSS {} (RssAnon {}, RssFile {}) after a 50 MB burst",
             if worker { "worker" } else { "keeper" },
             field("VmHWM:"),
-            field("VmRSS:")
+            field("VmRSS:"),
+            field("RssAnon:"),
+            field("RssFile:")
         );
     }
     t.run(&["stop", "mem"]);

@@ -1,14 +1,16 @@
 //! The log writer (`--log-timestamps on|stream`): the tend binary in a hidden mode,
-//! `tend log-writer` (dispatched in `main.rs` before the command line is parsed), one per service instance, like runit's svlogd or s6-log.
+//! `tend log-writer` (dispatched in `main.rs` before the command line is parsed), one
+//! per service instance, like runit's svlogd or s6-log.
 //!
 //! It is two processes (started by [`crate::process::writer`]):
 //!
 //! - the **keeper** holds the read ends of the service's pipes (its fd 0 for stdout, fd 1
 //!   for stderr when that has a pipe of its own) and runs a worker on them. When the
 //!   worker is killed, the keeper starts a new one on the same pipes: meanwhile the
-//!   service's writes wait in the pipe (and block it once the pipe's 64 KiB are full),
-//!   but they never fail with EPIPE, since the keeper still holds a read end. When the
-//!   worker exits on its own (end of input, or an error it reported), so does the keeper.
+//!   service's writes wait in the pipe (and block it once the pipe, 1 MiB where
+//!   allowed, is full), but they never fail with EPIPE, since the keeper still holds a
+//!   read end. When the worker exits on its own (end of input, or an error it
+//!   reported), so does the keeper.
 //! - the **worker** reads each pipe on a thread of its own, prefixes every line with its
 //!   time (RFC 3339 in UTC, microseconds: `2026-12-06T21:58:01.123456Z`) and, with
 //!   `stream`, `out` or `err`, and hands the lines to the main thread through a queue
@@ -42,8 +44,8 @@ use std::time::{Duration, Instant, SystemTime};
 pub const MODE: &str = "log-writer";
 /// Bytes of stamped lines the worker holds in memory, waiting for the disk.
 pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
-/// What one `read` takes from a pipe.
-const READ_SIZE: usize = 64 * 1024;
+/// What one `read` takes from a pipe (a quarter of the pipe tend asks for).
+const READ_SIZE: usize = 256 * 1024;
 /// A line longer than this is cut: its first part is written as a line of its own, so a
 /// service that never writes a newline cannot make the writer grow without bound.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -73,6 +75,9 @@ pub struct Config {
     pub max_bytes: u64,
     /// Rotated files kept: `NAME.log.1` (newest) to `NAME.log.N`.
     pub backups: u32,
+    /// The cgroup the keeper moves itself into first (its worker is born there): the
+    /// home's `log-writers`, beside the services' cgroups and never in one of them.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Config {
@@ -99,6 +104,10 @@ impl Config {
         if self.err_pipe {
             a.push("--err-pipe".into());
         }
+        if let Some(c) = &self.cgroup {
+            a.push("--cgroup".into());
+            a.push(c.clone().into());
+        }
         a
     }
 
@@ -112,6 +121,7 @@ impl Config {
             err_pipe: false,
             max_bytes: 0,
             backups: crate::service::LOG_BACKUPS,
+            cgroup: None,
         };
         let mut role = Role::Keeper;
         let mut it = args.iter();
@@ -134,6 +144,7 @@ impl Config {
                 "--max-bytes" => c.max_bytes = num(it.next(), "--max-bytes")?,
                 "--backups" => c.backups = num(it.next(), "--backups")? as u32,
                 "--err-pipe" => c.err_pipe = true,
+                "--cgroup" => c.cgroup = Some(it.next().ok_or("--cgroup needs a path")?.into()),
                 "--worker" => {
                     role = Role::Worker {
                         restarts: 0,
@@ -188,7 +199,15 @@ pub fn main(args: &[OsString]) -> u8 {
     };
     shield();
     match role {
-        Role::Keeper => keep(args),
+        Role::Keeper => {
+            // Out of the cgroup of the tend process that started it (a login session's
+            // scope, say, which may be killed at logout while the service runs on).
+            // Where it cannot move, it stays: it still is in none of the service's.
+            if let Some(c) = &cfg.cgroup {
+                let _ = crate::process::writer::join_cgroup(c);
+            }
+            keep(args)
+        }
         Role::Worker {
             restarts,
             killed_by,
@@ -222,10 +241,7 @@ fn keep(args: &[OsString]) -> u8 {
     let mut failures = 0;
     loop {
         let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.arg0("tend")
-            .arg("log-writer")
-            .args(args)
-            .arg("--worker");
+        cmd.arg0("tend").arg(MODE).args(args).arg("--worker");
         if restarts > 0 {
             cmd.arg("--restarts")
                 .arg(restarts.to_string())
@@ -315,8 +331,9 @@ impl Shared {
         let per_line = TIME_LEN + 1 + tag.len();
         let needed = lines.len() + count * per_line;
         let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
-        // Full: drop and count. An empty queue always takes a chunk (at most one read's
-        // worth of lines with their prefixes), so the bound is the limit plus one chunk.
+        // Full: drop and count. An empty queue always takes a chunk (at most 64 KiB of
+        // lines, or one longer line, with their prefixes), so the bound is the limit
+        // plus one chunk.
         if q.bytes + needed > self.limit && !q.chunks.is_empty() {
             q.dropped[stream] += count as u64;
             return;
@@ -361,6 +378,27 @@ impl Shared {
     }
 }
 
+/// Queues complete lines in pieces of at most [`MAX_LINE`] bytes (but whole lines): a
+/// queued chunk stays small even for a read of many short lines, whose prefixes
+/// multiply its size, and a full queue drops no more than one piece at a time.
+fn push_lines(shared: &Shared, stream: usize, mut lines: &[u8]) {
+    while lines.len() > MAX_LINE {
+        let cut = match lines[..MAX_LINE].iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            // One line longer than a piece: whole, on its own.
+            None => lines
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(lines.len(), |i| i + 1),
+        };
+        shared.push(stream, &lines[..cut]);
+        lines = &lines[cut..];
+    }
+    if !lines.is_empty() {
+        shared.push(stream, lines);
+    }
+}
+
 /// Reads one pipe until end of input, queueing complete lines.
 fn read_pipe(shared: &Shared, stream: usize, mut pipe: File) {
     let mut buf = vec![0u8; READ_SIZE];
@@ -383,10 +421,10 @@ fn read_pipe(shared: &Shared, stream: usize, mut pipe: File) {
             continue;
         };
         if partial.is_empty() {
-            shared.push(stream, &data[..=last_nl]);
+            push_lines(shared, stream, &data[..=last_nl]);
         } else {
             partial.extend_from_slice(&data[..=last_nl]);
-            shared.push(stream, &partial);
+            push_lines(shared, stream, &partial);
             partial.clear();
         }
         partial.extend_from_slice(&data[last_nl + 1..]);
@@ -585,6 +623,7 @@ mod tests {
             err_pipe: true,
             max_bytes: 1000,
             backups: 3,
+            cgroup: Some("/sys/fs/cgroup/tend-x/log-writers".into()),
         };
         let args = c.to_args();
         assert_eq!(args[0], MODE);
@@ -659,6 +698,22 @@ mod tests {
             drain(&s),
             ["err tend: dropped 10 lines (the log writer's queue was full)"]
         );
+    }
+
+    #[test]
+    fn many_short_lines_are_queued_in_small_chunks() {
+        let s = shared(QUEUE_BYTES, Prefix::Time, 1);
+        let input = b"ab\n".repeat(100_000);
+        push_lines(&s, 0, &input);
+        let q = s.q.lock().unwrap();
+        assert!(q.chunks.len() >= 5);
+        let mut lines = 0;
+        for c in &q.chunks {
+            let n = c.data.iter().filter(|&&b| b == b'\n').count();
+            assert!(n * 3 <= MAX_LINE, "{n} lines in one chunk");
+            lines += n;
+        }
+        assert_eq!(lines, 100_000);
     }
 
     #[test]

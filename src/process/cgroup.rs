@@ -79,6 +79,10 @@ pub struct Root {
     pub parent: PathBuf,
 }
 
+/// The cgroup of a home's log writers, beside its `NAME.service` cgroups (a name no
+/// service cgroup can have).
+pub const WRITERS: &str = "log-writers";
+
 /// The name of a home's cgroup: `tend-` and 16 hex digits of the SHA-256 of its path.
 pub fn home_cgroup_name(home: &Path) -> String {
     use sha2::Digest;

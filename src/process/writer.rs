@@ -15,7 +15,7 @@
 //! of the pipes' write ends (the service and whatever it forked) is gone.
 
 use std::ffi::OsString;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -24,6 +24,9 @@ use nix::sys::signal::Signal;
 
 use crate::error::SpawnError;
 use crate::process::handle::Handle;
+
+/// The size asked for each pipe to a log writer (the unprivileged maximum by default).
+pub const PIPE_SIZE: i32 = 1024 * 1024;
 
 /// The pipes of one instance: the service gets the write ends, the writer the read ends.
 pub struct LogPipes {
@@ -50,6 +53,12 @@ impl LogPipes {
         } else {
             (None, None)
         };
+        // A larger pipe than the default 64 KiB: fewer switches between a fast service
+        // and the writer, and more room for the service while a killed writer is
+        // replaced. Where the system allows less (pipe-max-size), the default stays.
+        for w in std::iter::once(&out_w).chain(err_w.as_ref()) {
+            let _ = nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        }
         Ok(LogPipes {
             out_w,
             err_w,
@@ -117,6 +126,11 @@ impl Drop for Writer {
             let _ = k.signal(Signal::SIGKILL);
         }
     }
+}
+
+/// Moves this process into the cgroup `dir` (its children are then born there).
+pub fn join_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::write(dir.join("cgroup.procs"), "0")
 }
 
 /// Takes ownership of descriptor `fd` this process was started with (the log writer's

@@ -18,6 +18,18 @@ impl Supervisor {
             .get_or_insert_with(|| cgroup::detect(&root))
     }
 
+    /// The cgroup log writers join (`log-writers` in the home's cgroup, beside the
+    /// services' and in none of them), created if needed; `None` without cgroup
+    /// containment or if it cannot be created (the writer then stays where it starts).
+    pub(super) fn writers_cgroup(&mut self) -> Option<std::path::PathBuf> {
+        let dir = self.containment().root()?.path.join(cgroup::WRITERS);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Some(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
+            Err(_) => None,
+        }
+    }
+
     /// A new, empty cgroup for an instance of `svc`, with the service's limits applied;
     /// `None` without cgroup containment.
     pub(super) fn new_instance_cgroup(&mut self, svc: &Service) -> Result<Option<Cgroup>> {

@@ -86,10 +86,10 @@ impl Supervisor {
         // The log writer first, so that the service's first line has a reader. Killed
         // again (dropped) unless the start is recorded.
         let writer = match pipes.as_mut() {
-            Some(p) => Some(
-                Writer::spawn(p, &writer_config(&svc, p.err_w.is_some()).to_args())
-                    .map_err(|e| start_error(&svc.name, e))?,
-            ),
+            Some(p) => {
+                let cfg = writer_config(&svc, p.err_w.is_some(), self.writers_cgroup());
+                Some(Writer::spawn(p, &cfg.to_args()).map_err(|e| start_error(&svc.name, e))?)
+            }
             None => None,
         };
         let pending = match cmd.spawn() {
@@ -338,7 +338,11 @@ fn log_pipes(svc: &Service) -> Result<Option<LogPipes>> {
 
 /// The log writer's settings for `svc`: its files, and the same rotation size and
 /// number of backups as the daemon's rotation.
-fn writer_config(svc: &Service, err_pipe: bool) -> logwriter::Config {
+fn writer_config(
+    svc: &Service,
+    err_pipe: bool,
+    cgroup: Option<std::path::PathBuf>,
+) -> logwriter::Config {
     let s = &svc.settings;
     logwriter::Config {
         prefix: match s.log_timestamps {
@@ -350,6 +354,7 @@ fn writer_config(svc: &Service, err_pipe: bool) -> logwriter::Config {
         err_pipe,
         max_bytes: s.log_max_bytes,
         backups: crate::service::LOG_BACKUPS,
+        cgroup,
     }
 }
 

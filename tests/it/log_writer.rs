@@ -213,6 +213,9 @@ fn stream_tags_and_the_writer_outside_the_kill_scope() {
                 .to_string_lossy()
                 .into_owned();
             assert!(!own.contains(&name), "writer {pid} in {own}");
+            // In the home's cgroup for writers, which a stop never touches.
+            let line = own.lines().find(|l| l.starts_with("0::")).unwrap();
+            assert!(line.ends_with("/log-writers"), "writer {pid} in {line}");
         }
     }
     env.ok(&["stop", "s", "split"]);
@@ -446,5 +449,33 @@ fn concurrent_starts_leave_one_writer() {
     let pid = env.pid("s").unwrap();
     assert_eq!(texts(&read(&env.log_path("s"))), [format!("up {pid}")]);
     env.ok(&["stop", "s"]);
+    assert_writers_end(&env);
+}
+
+#[test]
+fn off_is_the_default_and_writes_the_file_directly() {
+    let env = Env::new();
+    env.ok(&["add", "plain", "--", "sh", "-c", "echo raw; exec sleep 60"]);
+    assert_eq!(env.status_json("plain")["log_timestamps"], "off");
+    env.ok(&["start", "plain"]);
+    assert!(wait_until(LONG, || read(&env.log_path("plain")) == "raw\n"));
+    assert!(writers(&env).is_empty());
+    // The service's stdout is the file itself, not a pipe.
+    let pid = env.pid("plain").unwrap();
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
+    assert_eq!(target, env.log_path("plain"));
+    // An edit takes effect at the next start.
+    let edit = env.ok(&["edit", "plain", "--log-timestamps", "on"]);
+    assert!(edit.stdout.contains("log-timestamps"), "{}", edit.stdout);
+    env.ok(&["restart", "plain"]);
+    let _sweep = Sweep(&env);
+    assert!(wait_until(LONG, || read(&env.log_path("plain"))
+        .lines()
+        .count()
+        == 2));
+    let text = read(&env.log_path("plain"));
+    let last = text.lines().last().unwrap();
+    assert_eq!(split_time(last).map(|(_, t)| t), Some("raw"), "{text}");
+    env.ok(&["stop", "plain"]);
     assert_writers_end(&env);
 }
