@@ -164,10 +164,10 @@ fn tail_start(files: &mut [(File, u64)], n: usize) -> io::Result<(usize, u64)> {
 /// `out` fails (a closed pipe ends it quietly). A file that shrinks or is replaced (a
 /// rotation, a truncation) is read again from its start.
 pub fn follow(out: &mut dyn Write, paths: &[PathBuf], mut offsets: Vec<u64>) -> io::Result<()> {
-    let mut inodes: Vec<Option<u64>> = paths
-        .iter()
-        .map(|p| std::fs::metadata(p).ok().map(|m| m.ino()))
-        .collect();
+    // The file each path named when last read, kept open: when the path comes to name
+    // another file (a rotation by rename, as the log writer does), what was appended to
+    // the old one after the last round is read from it before switching.
+    let mut open: Vec<Option<File>> = paths.iter().map(|p| File::open(p).ok()).collect();
     let mut last_printed: Option<usize> = None;
     loop {
         let mut wrote = false;
@@ -175,25 +175,43 @@ pub fn follow(out: &mut dyn Write, paths: &[PathBuf], mut offsets: Vec<u64>) -> 
             let Ok(meta) = std::fs::metadata(path) else {
                 continue;
             };
-            if inodes[i] != Some(meta.ino()) {
-                inodes[i] = Some(meta.ino());
+            let same = match &open[i] {
+                Some(f) => f
+                    .metadata()
+                    .is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev()),
+                None => false,
+            };
+            if !same {
+                if let Some(mut old) = open[i].take() {
+                    let end = old.metadata()?.len();
+                    if end > offsets[i] {
+                        if paths.len() > 1 && last_printed != Some(i) {
+                            writeln!(out, "==> {} <==", path.display())?;
+                            last_printed = Some(i);
+                        }
+                        old.seek(SeekFrom::Start(offsets[i]))?;
+                        io::copy(&mut (&mut old).take(end - offsets[i]), out)?;
+                        wrote = true;
+                    }
+                }
+                open[i] = Some(File::open(path)?);
                 offsets[i] = 0;
             } else if meta.len() < offsets[i] {
-                // Rotated: the first bytes moved to NAME.1 (collapse) or all of them did
-                // (truncate). Continue where the moved part ended.
+                // Rotated in place: the first bytes moved to NAME.1 (collapse) or all of
+                // them did (truncate). Continue where the moved part ended.
                 let moved = std::fs::metadata(backup(path, 1)).map_or(0, |m| m.len());
                 offsets[i] = offsets[i].saturating_sub(moved).min(meta.len());
             }
-            if meta.len() == offsets[i] {
+            if meta.len() <= offsets[i] {
                 continue;
             }
-            let mut f = File::open(path)?;
+            let f = open[i].as_mut().expect("opened above");
             f.seek(SeekFrom::Start(offsets[i]))?;
             if paths.len() > 1 && last_printed != Some(i) {
                 writeln!(out, "==> {} <==", path.display())?;
                 last_printed = Some(i);
             }
-            let copied = io::copy(&mut (&mut f).take(meta.len() - offsets[i]), out)?;
+            let copied = io::copy(&mut f.take(meta.len() - offsets[i]), out)?;
             offsets[i] += copied;
             wrote = true;
         }

@@ -256,7 +256,9 @@ fn since_filters_by_time() {
 }
 
 /// `--json`: one object per line with exactly time, service, stream, text; the stream
-/// from the prefix, or from the file when stdout and stderr are separate files.
+/// from the prefix of a `--log-timestamps stream` service (only there: in another
+/// service's line `err` after the time is text), or from the file when stdout and stderr
+/// are separate files.
 #[test]
 fn json_lines_have_the_documented_shape() {
     let env = Env::new();
@@ -276,8 +278,19 @@ fn json_lines_have_the_documented_shape() {
         "-c",
         &format!("echo '{T}2.000000Z to out'; echo to-err >&2"),
     ]);
-    env.start_brief(&["mixed", "split"]);
+    env.ok(&[
+        "add",
+        "tagged",
+        "--log-timestamps",
+        "stream",
+        "--",
+        "sh",
+        "-c",
+        "echo boom >&2; echo fine",
+    ]);
+    env.start_brief(&["mixed", "split", "tagged"]);
     wait_log(&env, "mixed", "quoted");
+    wait_log(&env, "tagged", "fine");
     wait_log(&env, "split", "to out");
     assert!(wait_until(LONG, || read(&err).contains("to-err")));
 
@@ -300,9 +313,20 @@ fn json_lines_have_the_documented_shape() {
             .clone()
     };
     assert_eq!(
-        find("boom"),
-        serde_json::json!({"time": format!("{T}1.000000Z"), "service": "mixed", "stream": "err", "text": "boom"})
+        find("err boom"),
+        serde_json::json!({"time": format!("{T}1.000000Z"), "service": "mixed", "stream": null, "text": "err boom"})
     );
+    let boom = find("boom");
+    assert_eq!(
+        (&boom["service"], &boom["stream"]),
+        (&serde_json::json!("tagged"), &serde_json::json!("err")),
+        "{boom}"
+    );
+    assert!(
+        boom["time"].as_str().is_some_and(|t| t.len() == 27),
+        "{boom}"
+    );
+    assert_eq!(find("fine")["stream"], "out");
     assert_eq!(
         find("no time \"quoted\""),
         serde_json::json!({"time": null, "service": "mixed", "stream": null, "text": "no time \"quoted\""})
@@ -464,4 +488,33 @@ fn names_are_coloured_on_a_terminal_unless_no_color() {
         plain.contains("a  | a-line") && plain.contains("bb | bb-line"),
         "{plain:?}"
     );
+}
+
+/// One service followed alone (its bytes as written, the old path): a rotation by rename
+/// (as the log writer rotates) with lines still unread in the renamed file loses none of
+/// them; a truncation is seen too.
+#[test]
+fn follow_of_one_service_survives_rotation_by_rename() {
+    let env = Env::new();
+    add_sh(&env, "solo", "true");
+    let log = env.log_path("solo");
+    append(&log, "before\n");
+    let follow = Follow::start(&env, &["solo", "-f", "-n", "0"]);
+    follow.sync(&log);
+    let line = |i: usize| format!("solo line {i:04}\n");
+    let write = |from: usize, to: usize| {
+        append(&log, &(from..to).map(line).collect::<String>());
+    };
+    for round in 0..5 {
+        let at = round * 100;
+        write(at, at + 50);
+        // Renamed away with (likely) its last lines unread, then written again.
+        std::fs::rename(&log, log.with_extension("log.1")).unwrap();
+        write(at + 50, at + 100);
+        let expected: Vec<String> = (at..at + 100)
+            .map(|i| format!("solo line {i:04}"))
+            .collect();
+        assert_eq!(follow.take(100), expected, "round {round}");
+    }
+    assert_eq!(follow.quiet(), None);
 }
