@@ -368,3 +368,26 @@ fn top_gives_the_terminal_back_on_sighup() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     assert_restored(&t);
 }
+
+/// The terminal itself goes away (its tmux server killed: the pty hangs up): `tend top`
+/// ends instead of spinning on a terminal that reads as empty forever.
+#[test]
+fn top_ends_when_its_terminal_hangs_up() {
+    let env = Env::new();
+    env.add_fixture("svc", &[], &[]);
+    let Some(t) = Tmux::start(&env, "", 80, 20) else {
+        return;
+    };
+    t.wait("the service", |s| row_has(s, "svc", "stopped"));
+    let pid = t.top_pid();
+    drop(t);
+    let ended = wait_until(Duration::from_secs(30), || !alive(pid));
+    if !ended {
+        // SAFETY: kill on the pid of the tend top this test started (still alive).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(
+        ended,
+        "tend top (pid {pid}) still ran after its terminal hung up"
+    );
+}

@@ -86,6 +86,7 @@ pub fn run(home: &Home, interval: &str, fleet: Option<FleetPgArgs>) -> Result<()
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     let screen = Screen::enter()?;
+    watch_terminal(Arc::clone(&stop));
     let mut terminal =
         ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(io::stdout()))?;
     terminal.clear()?;
@@ -131,6 +132,42 @@ impl Drop for Screen {
     fn drop(&mut self) {
         restore();
     }
+}
+
+/// Ends the process when the loop cannot: crossterm's reader retries forever on a terminal
+/// that hung up (each read returns 0 bytes) and never returns to the loop, so neither the
+/// stop flag nor a read error would end the view, and `tend top` would spin on a closed
+/// pty (a closed terminal emulator, a killed tmux). Every 250 ms this looks at standard
+/// input: hung up (or gone), or a stop signal the loop has not acted on within a second,
+/// ends the process (giving the terminal back in the second case).
+fn watch_terminal(stop: Arc<AtomicBool>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    std::thread::spawn(move || {
+        let mut stop_seen: Option<Instant> = None;
+        loop {
+            let stdin = io::stdin();
+            let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::empty())];
+            let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+            let hung_up = matches!(poll(&mut fds, PollTimeout::from(250u16)), Ok(n) if n > 0)
+                && fds[0].revents().is_some_and(|r| r.intersects(gone));
+            if stop.load(Ordering::Relaxed) {
+                stop_seen.get_or_insert_with(Instant::now);
+            }
+            let stuck = stop_seen.is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+            if hung_up {
+                // Nothing left to give back. (The main thread may hold stdout's lock.)
+                std::process::exit(0);
+            }
+            if stuck {
+                // Past stdout's lock, which the stuck main thread may hold: raw mode off,
+                // then the main screen and the cursor back in one write to the descriptor.
+                let _ = terminal::disable_raw_mode();
+                let _ = nix::unistd::write(io::stdout().as_fd(), b"\x1b[?1049l\x1b[?25h");
+                std::process::exit(0);
+            }
+        }
+    });
 }
 
 /// Raw mode off, main screen back, cursor shown. Safe to call twice (the panic hook and
