@@ -63,6 +63,9 @@ impl Tmux {
             .args(args)
             .env_remove("TMUX")
             .env_remove("NO_COLOR")
+            // The pane runs its command with the user's shell, which for a system user
+            // (CI's unprivileged one) is nologin.
+            .env("SHELL", "/bin/sh")
             .stdin(Stdio::null())
             .output()
             .expect("run tmux")
