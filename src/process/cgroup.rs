@@ -442,11 +442,12 @@ impl Cgroup {
             }
             match (&inotify, watching) {
                 (Some(i), true) => {
-                    // The kernel may drop the last notification: it delays one that
-                    // follows another within 10 ms, and cancels the delayed one when
-                    // the cgroup is removed (a concurrent start removing its own
-                    // leaf). So inotify only hurries the wait; it also looks again
-                    // every RECHECK.
+                    // The last notification can fail to come: the soak saw it when a
+                    // concurrent start removed its own leaf at once (the kernel delays
+                    // a notification that follows another within 10 ms, and, as far
+                    // as we can tell from its source, cancels it when the cgroup goes).
+                    // So inotify only hurries the wait; it also looks again every
+                    // RECHECK.
                     let mut fds = [PollFd::new(i.as_fd(), PollFlags::POLLIN)];
                     let ms = (left.min(RECHECK).as_millis() as i32).max(1);
                     let _ = poll(
