@@ -17,15 +17,17 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
-use crate::home::Home;
 use crate::record::now_ms;
-use crate::supervisor::{Context, Supervisor};
+use crate::supervisor::Supervisor;
+
+use super::pool::Pool;
 
 /// How often a `starting` instance's readiness check is tried.
 const READY_EVERY: Duration = Duration::from_millis(250);
@@ -51,7 +53,9 @@ struct Entry {
     instance: Option<(i32, u64)>,
 }
 
-pub fn start(home: Home, ctx: Context) -> Result<Resync> {
+/// `pool`: the health thread's own supervisors (their context says a daemon watches the
+/// services, so an exit it notices is left to the worker).
+pub fn start(pool: Arc<Pool>) -> Result<Resync> {
     let (read, write) = UnixStream::pair().map_err(|e| Error::Daemon {
         message: format!("health wake pipe: {e}"),
     })?;
@@ -60,21 +64,20 @@ pub fn start(home: Home, ctx: Context) -> Result<Resync> {
     std::thread::Builder::new()
         .name("tend-health".into())
         .stack_size(512 * 1024)
-        .spawn(move || run(home, ctx, read))
+        .spawn(move || run(pool, read))
         .map_err(|e| Error::Daemon {
             message: format!("cannot start the health check thread: {e}"),
         })?;
     Ok(Resync(std::sync::Arc::new(write)))
 }
 
-fn run(home: Home, ctx: Context, read: UnixStream) {
+fn run(pool: Arc<Pool>, read: UnixStream) {
     let mut entries: HashMap<String, Entry> = HashMap::new();
     let mut dirty = true;
     loop {
         if dirty {
             dirty = false;
-            // A connection only while there is work: an idle daemon keeps one.
-            if let Ok(mut sup) = Supervisor::open_with(home.clone(), ctx.clone()) {
+            if let Ok(mut sup) = pool.get() {
                 sync(&mut sup, &mut entries);
             }
         }
@@ -115,7 +118,7 @@ fn run(home: Home, ctx: Context, read: UnixStream) {
         if due.is_empty() {
             continue;
         }
-        let Ok(mut sup) = Supervisor::open_with(home.clone(), ctx.clone()) else {
+        let Ok(mut sup) = pool.get() else {
             continue;
         };
         for name in due {

@@ -44,6 +44,7 @@ pub mod bus;
 pub mod client;
 pub mod event_loop;
 pub mod health;
+pub mod pool;
 pub mod protocol;
 pub mod rotation;
 pub mod server;
@@ -173,26 +174,27 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
             crate::pg::listener::start(settings, pg_key, home.clone(), ctx.clone(), hooks())?;
         *shared.postgres.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
-    let rotation = rotation::start(home.clone(), ctx.clone())?;
+    let pool = pool::Pool::new(home.clone(), ctx.clone());
+    let rotation = rotation::start(pool.clone())?;
     // The health thread leaves every exit it notices to the worker (which knows the
     // status, kills what a crashed service left behind and restarts it), as a CLI beside
     // the daemon does.
-    let health = health::start(
+    let health = health::start(pool::Pool::new(
         home.clone(),
         Context {
             daemon_watching: true,
             board: ctx.board.clone(),
             containment: ctx.containment.clone(),
         },
-    )?;
+    ))?;
     let worker = worker::start(sup, waker.clone())?;
     let serve = ServeCtx {
         home: home.clone(),
-        ctx,
         shared: shared.clone(),
         waker,
         in_flight,
         heartbeats: server::Heartbeats::start()?,
+        pool,
     };
     let mut l = EventLoop {
         home: home.clone(),

@@ -7,14 +7,16 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tracing::{debug, error, info, warn};
 
 use crate::error::{Error, Result};
-use crate::home::Home;
-use crate::supervisor::{Context, Supervisor};
+use crate::supervisor::Supervisor;
+
+use super::pool::Pool;
 
 /// Asks the rotation thread to re-read which files to watch.
 #[derive(Clone)]
@@ -27,7 +29,7 @@ impl Resync {
 }
 
 /// Starts the rotation thread.
-pub fn start(home: Home, ctx: Context) -> Result<Resync> {
+pub fn start(pool: Arc<Pool>) -> Result<Resync> {
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
         Error::Daemon {
             message: format!("inotify: {e}"),
@@ -52,9 +54,8 @@ pub fn start(home: Home, ctx: Context) -> Result<Resync> {
             loop {
                 if dirty {
                     dirty = false;
-                    // A connection only for the moment: an idle daemon keeps one database
-                    // connection (the worker's), not one per thread.
-                    if let Ok(mut s) = Supervisor::open_with(home.clone(), ctx.clone()) {
+                    // A connection from the requests' pool, given back at once.
+                    if let Ok(mut s) = pool.get() {
                         r.sync(&mut s);
                     }
                 }

@@ -18,12 +18,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, info, warn};
 
 use super::bus::{InFlight, Msg, Shared, ToLoop, Waker, MAX_CONNECTIONS};
+use super::pool::{Pool, Pooled};
 use super::protocol::{Action, Request, Response, WaitSpec, HEARTBEAT, MAX_MESSAGE, VERSION};
 use crate::api::{DaemonStatus, Selection, Verb};
 use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
 use crate::record::now_ms;
-use crate::supervisor::{Context, Supervisor};
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,11 +67,12 @@ pub fn bind(home: &Home) -> Result<UnixListener> {
 #[derive(Clone)]
 pub struct ServeCtx {
     pub home: Home,
-    pub ctx: Context,
     pub shared: Arc<Shared>,
     pub waker: Waker,
     pub in_flight: Arc<InFlight>,
     pub heartbeats: Arc<Heartbeats>,
+    /// Warm supervisors (open database connections) to serve requests with.
+    pub pool: Arc<Pool>,
 }
 
 /// One client connection's writing end, shared by its request thread and the heartbeat.
@@ -283,8 +284,8 @@ impl ServeCtx {
         }
     }
 
-    fn supervisor(&self) -> Result<Supervisor> {
-        Supervisor::open_with(self.home.clone(), self.ctx.clone())
+    fn supervisor(&self) -> Result<Pooled> {
+        self.pool.get()
     }
 
     fn handle(&self, action: Action, proceed: &dyn Fn() -> bool) -> Response {

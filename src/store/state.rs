@@ -283,6 +283,19 @@ impl Tx<'_> {
         rows.collect::<rusqlite::Result<_>>()
             .map_err(|e| self.err(e))
     }
+
+    /// Services with an automatic restart pending: (name, due unix ms), in one query (the
+    /// daemon asks after every request, whatever the number of services).
+    pub fn pending_retries(&self) -> Result<Vec<(String, i64)>> {
+        self.0
+            .prepare_cached(
+                "SELECT s.name, r.next_retry_at FROM runtime r \
+                 JOIN services s ON s.id = r.service_id \
+                 WHERE r.next_retry_at IS NOT NULL ORDER BY s.name",
+            )
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(|e| self.err(e))
+    }
 }
 
 pub(super) fn instance_from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Instance> {

@@ -38,9 +38,27 @@ pub struct Watched {
 
 impl Supervisor {
     /// Services with a health check or an instance still `starting`.
+    ///
+    /// Only services that have a health or readiness check are looked at: the health
+    /// thread asks after every request, and a process check of every running service
+    /// each time would cost the daemon a read per service for nothing.
     pub fn watched(&mut self) -> Result<Vec<Watched>> {
-        Ok(self
-            .list()?
+        let names: Vec<String> = self
+            .services()?
+            .into_iter()
+            .filter(|s| s.settings.health.is_some() || s.settings.ready.is_some())
+            .map(|s| s.name)
+            .collect();
+        let mut looked = Vec::with_capacity(names.len());
+        for name in names {
+            match self.status(&name) {
+                Ok(st) => looked.push(st),
+                // Removed since.
+                Err(crate::Error::UnknownService(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(looked
             .into_iter()
             .filter_map(|st| {
                 let starting = match (&st.state, &st.service.settings.ready) {

@@ -86,15 +86,7 @@ impl Supervisor {
 
     /// Services with an automatic restart pending: (name, due unix ms).
     pub fn pending_restarts(&mut self) -> Result<Vec<(String, i64)>> {
-        self.store.read(|tx| {
-            let mut out = Vec::new();
-            for (id, svc) in tx.services()? {
-                if let Some(at) = tx.runtime(id)?.next_retry_at {
-                    out.push((svc.name, at));
-                }
-            }
-            Ok(out)
-        })
+        self.store.read(|tx| tx.pending_retries())
     }
 
     /// Names of services marked `--autostart`, with what they require, in start order
