@@ -41,8 +41,23 @@ impl Pool {
 
     /// A supervisor to use now: an idle one, or a new one. It goes back to the pool when
     /// dropped.
+    ///
+    /// An idle one is used only while the database's files on disk are still the ones it
+    /// has open; if they were deleted or replaced, every idle one is closed and a new one
+    /// opened, which reports the problem as an error (as it did when every request opened
+    /// its own).
     pub fn get(self: &Arc<Self>) -> Result<Pooled> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            match idle.pop() {
+                Some(s) if s.store_current() => Some(s),
+                Some(_) => {
+                    idle.clear();
+                    None
+                }
+                None => None,
+            }
+        };
         let sup = match idle {
             Some(s) => s,
             None => Supervisor::open_with(self.home.clone(), self.ctx.clone())?,

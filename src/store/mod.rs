@@ -37,6 +37,15 @@ const ATTEMPTS: u32 = 3;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// (device, inode) of the database file and of its WAL when this connection was
+    /// set up: see [`Store::files_unchanged`].
+    files: Option<[(u64, u64); 2]>,
+}
+
+/// (device, inode) of `path`, if it exists.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Store {
@@ -61,8 +70,12 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            files: None,
         };
         store.configure()?;
+        store.files = file_id(path)
+            .zip(file_id(&store.wal_path()))
+            .map(|(d, w)| [d, w]);
         Ok(store)
     }
 
@@ -199,9 +212,25 @@ impl Store {
     /// reading it became most of a `tend start`. So once the WAL passes [`WAL_LIMIT`],
     /// the committer checkpoints it and truncates it to nothing (one fsync, every few
     /// dozen commits). Contention is not an error: someone else will do it.
-    fn keep_wal_short(&mut self) {
+    fn wal_path(&self) -> PathBuf {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
+        PathBuf::from(wal)
+    }
+
+    /// True while the database file and its WAL on disk are still the ones this
+    /// connection has open. A connection kept open for a long time (the daemon's) must
+    /// ask before each use: if someone deleted or replaced either file, this connection
+    /// would go on reading and committing to files nobody else sees, and everything it
+    /// wrote would be lost when it closes. A new connection fails instead, loudly.
+    pub fn files_unchanged(&self) -> bool {
+        self.files.is_some_and(|[db, wal]| {
+            file_id(&self.path) == Some(db) && file_id(&self.wal_path()) == Some(wal)
+        })
+    }
+
+    fn keep_wal_short(&mut self) {
+        let wal = self.wal_path();
         if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT) {
             let _ = self
                 .conn

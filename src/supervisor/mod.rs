@@ -255,6 +255,12 @@ impl Supervisor {
         })
     }
 
+    /// False once the state database's files on disk are no longer the ones this
+    /// supervisor has open (see [`Store::files_unchanged`]): it must not be used again.
+    pub fn store_current(&self) -> bool {
+        self.store.files_unchanged()
+    }
+
     pub fn boot_id(&self) -> &str {
         &self.boot_id
     }
