@@ -88,6 +88,8 @@ fn init_logging() {
 /// PostgreSQL settings (flags or `tend config`), it also LISTENs for NOTIFY commands.
 pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     init_logging();
+    // Before any thread exists (see `process::memory`).
+    crate::process::memory::one_arena();
     home.ensure()?;
     let lock_path = client::lock_path(&home);
     let _lock = match lock::acquire(&lock_path).map_err(|e| Error::Io {
@@ -125,6 +127,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         containment: Some(containment.clone()),
     };
     let mut sup = Supervisor::open_with(home.clone(), ctx.clone())?;
+    sup.cap_cache(pool::CACHE_KIB)?;
     let pg_settings = crate::pg::Settings::resolve(&mut sup, &pg)?;
     // Read once; the services this daemon starts must not inherit a password. No other
     // thread exists yet, so changing the environment is safe.

@@ -7,7 +7,8 @@
 //! the journal-mode check, preparing every statement again) was over half, and the
 //! log-rotation and health threads opened one more each after the request.
 //!
-//! A pool keeps at most [`MAX_IDLE`] idle supervisors; more are opened when more threads
+//! A pool keeps at most [`MAX_IDLE`] idle supervisors, each with a page cache of
+//! [`CACHE_KIB`]; more are opened when more threads
 //! work at once and closed when they come back to a full pool. An idle daemon so keeps a
 //! few connections open (each a few hundred kB: SQLite's schema and the pages it read),
 //! which is the price of answering from a warm one.
@@ -20,8 +21,13 @@ use crate::home::Home;
 use crate::supervisor::{Context, Supervisor};
 
 /// Idle supervisors kept: one for a request, one for a thread that follows up on it
-/// (rotation, health), one for a concurrent request.
-pub const MAX_IDLE: usize = 3;
+/// (rotation, health) or a concurrent request.
+pub const MAX_IDLE: usize = 2;
+
+/// Page cache of each connection the daemon keeps, in KiB: the pages a request reads
+/// (one service's rows, the indexes above them) stay warm, and an idle daemon with many
+/// services does not keep a copy of the whole database per connection.
+pub const CACHE_KIB: u32 = 256;
 
 /// Supervisors of one home and context, shared by the threads that use them.
 pub struct Pool {
@@ -60,7 +66,11 @@ impl Pool {
         };
         let sup = match idle {
             Some(s) => s,
-            None => Supervisor::open_with(self.home.clone(), self.ctx.clone())?,
+            None => {
+                let s = Supervisor::open_with(self.home.clone(), self.ctx.clone())?;
+                s.cap_cache(CACHE_KIB)?;
+                s
+            }
         };
         Ok(Pooled {
             sup: Some(sup),

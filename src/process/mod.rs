@@ -9,6 +9,7 @@
 //! - [`reap`]: child subreaper, reaping, and the board of reaped exit statuses.
 //! - [`signals`]: signal masks around a start.
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
+//! - [`memory`]: the daemon's heap: one arena, free pages given back.
 //! - [`usage`]: CPU time and memory of a process tree, for a service without a cgroup.
 //! - [`writer`]: the pipes to a service's log writer, and starting the writer outside
 //!   the service's kill scope.
@@ -18,6 +19,7 @@ pub mod check;
 pub mod handle;
 pub mod identity;
 pub mod lock;
+pub mod memory;
 pub mod reap;
 pub mod signals;
 pub mod spawn;

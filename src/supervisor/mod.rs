@@ -255,6 +255,12 @@ impl Supervisor {
         })
     }
 
+    /// Caps the page cache of this supervisor's database connection (see
+    /// [`Store::cap_cache`]).
+    pub fn cap_cache(&self, kib: u32) -> Result<()> {
+        self.store.cap_cache(kib)
+    }
+
     /// False once the state database's files on disk are no longer the ones this
     /// supervisor has open (see [`Store::files_unchanged`]): it must not be used again.
     pub fn store_current(&self) -> bool {
