@@ -62,7 +62,14 @@ pub struct EventLoop {
     /// Startup adoption is done; requests are accepted.
     pub ready: bool,
     pub drain: Option<Drain>,
+    /// When to give free heap memory back (see [`TRIM_AFTER`]); `None`: done.
+    pub trim_at: Option<i64>,
 }
+
+/// Free heap memory is given back to the kernel once the daemon has been quiet this
+/// long (ms): not after every request, whose successor would fault the same pages in
+/// again, but before an idle daemon settles (see `process::memory`).
+const TRIM_AFTER: i64 = 1000;
 
 #[derive(Default)]
 struct Ready {
@@ -105,6 +112,12 @@ impl EventLoop {
             }
             self.fire_timers();
             self.publish();
+            if ready.signal || ready.wake || ready.listener {
+                self.trim_at = Some(now_ms() + TRIM_AFTER);
+            } else if self.trim_at.is_some_and(|at| at <= now_ms()) {
+                self.trim_at = None;
+                crate::process::memory::give_back();
+            }
             if self.drained() {
                 self.finish_shutdown();
                 return Ok(());
@@ -112,10 +125,10 @@ impl EventLoop {
         }
     }
 
-    /// Until the next pending restart, or forever. While shutting down, look again every
+    /// Until the next pending restart (or the time to give memory back), or forever. While shutting down, look again every
     /// few milliseconds for requests in flight to finish.
     fn timeout(&self) -> PollTimeout {
-        let next = self.timers.values().min().copied();
+        let next = self.timers.values().chain(&self.trim_at).min().copied();
         let ms = next.map(|at| (at - now_ms()).clamp(0, i32::MAX as i64) as i32);
         let ms = match (ms, &self.drain) {
             (Some(ms), Some(_)) => Some(ms.min(10)),

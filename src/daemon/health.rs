@@ -73,12 +73,13 @@ pub fn start(pool: Arc<Pool>) -> Result<Resync> {
 
 fn run(pool: Arc<Pool>, read: UnixStream) {
     let mut entries: HashMap<String, Entry> = HashMap::new();
+    let mut checked = Checked::default();
     let mut dirty = true;
     loop {
         if dirty {
             dirty = false;
             if let Ok(mut sup) = pool.get() {
-                sync(&mut sup, &mut entries);
+                sync(&mut sup, &mut checked, &mut entries);
             }
         }
         let next = entries
@@ -143,9 +144,29 @@ fn run(pool: Arc<Pool>, read: UnixStream) {
     }
 }
 
+/// Which services have a check, as of a version of the definitions.
+#[derive(Default)]
+struct Checked {
+    version: Option<i64>,
+    names: Vec<String>,
+}
+
 /// Re-reads which services to check, keeping the failure counts of those that remain.
-fn sync(sup: &mut Supervisor, entries: &mut HashMap<String, Entry>) {
-    let watched = match sup.watched() {
+/// The definitions are read again only when they changed; then the services that have a
+/// check are looked at (running? starting?).
+fn sync(sup: &mut Supervisor, checked: &mut Checked, entries: &mut HashMap<String, Entry>) {
+    match sup.services_if_changed(checked.version) {
+        Ok(Some((version, services))) => {
+            checked.version = Some(version);
+            checked.names = crate::supervisor::health::checked(&services);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            error!(error = %e, "reading services for health checks failed");
+            return;
+        }
+    }
+    let watched = match sup.watched(&checked.names) {
         Ok(w) => w,
         Err(e) => {
             error!(error = %e, "reading services for health checks failed");

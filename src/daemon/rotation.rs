@@ -45,6 +45,7 @@ pub fn start(pool: Arc<Pool>) -> Result<Resync> {
         dirs: HashMap::new(),
         watched: HashSet::new(),
         limits: HashMap::new(),
+        version: None,
     };
     std::thread::Builder::new()
         .name("tend-logs".into())
@@ -94,14 +95,23 @@ struct Rotation {
     watched: HashSet<PathBuf>,
     /// Log file -> size limit.
     limits: HashMap<PathBuf, u64>,
+    /// The definitions version `limits` were read at.
+    version: Option<i64>,
 }
 
 impl Rotation {
     /// Re-reads which files to watch, and rotates any that are already too large.
     /// False when the database could not be read.
+    ///
+    /// Only when the definitions changed since the last sync (the thread is asked after
+    /// every request): growth of the files watched meanwhile is seen through inotify.
     fn sync(&mut self, sup: &mut Supervisor) -> bool {
-        let services = match sup.services() {
-            Ok(s) => s,
+        let services = match sup.services_if_changed(self.version) {
+            Ok(Some((version, s))) => {
+                self.version = Some(version);
+                s
+            }
+            Ok(None) => return true,
             Err(e) => {
                 error!(error = %e, "reading services for log rotation failed");
                 return false;

@@ -185,8 +185,6 @@ pub fn accept(listener: &UnixListener, sc: &ServeCtx) {
                     .spawn(move || {
                         sc.serve(stream);
                         drop(ticket);
-                        // The answer is sent: what the request allocated goes back now.
-                        crate::process::memory::give_back();
                         sc.waker.send(Msg::FromRequest(ToLoop::Changed));
                     });
                 if let Err(e) = spawned {

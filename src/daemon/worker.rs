@@ -77,7 +77,6 @@ pub fn start(sup: Supervisor, waker: Waker) -> crate::Result<WorkerHandle> {
                 count.fetch_sub(1, Ordering::SeqCst);
                 // Also wakes a draining loop that waits for the worker to be idle.
                 w.sync_timers();
-                crate::process::memory::give_back();
             }
         })
         .map_err(|e| crate::Error::Daemon {

@@ -16,8 +16,8 @@ pub fn one_arena() {
 }
 
 /// Gives free heap pages back to the kernel (`malloc_trim(0)`: the top of the heap, and
-/// whole free pages inside it). Call after work that allocated a lot, off the path that
-/// answers anyone.
+/// whole free pages inside it). The daemon calls it once it has been quiet for a moment:
+/// after every request, the next one would fault the same pages in again.
 pub fn give_back() {
     // SAFETY: malloc_trim takes the allocator's own locks; it may be called from any
     // thread at any time outside a signal handler.

@@ -134,6 +134,20 @@ pub const MIGRATIONS: &[&str] = &[
         signed_at INTEGER NOT NULL     -- unix seconds from the envelope
     );
     "#,
+    // 8 (speed): a counter of changes to the definitions, kept by triggers whatever
+    // writes them, so that the daemon's threads that depend only on definitions (log
+    // rotation; which services have health checks) re-read them only when they changed,
+    // not after every start and stop.
+    r#"
+    CREATE TABLE definitions_version (v INTEGER NOT NULL);
+    INSERT INTO definitions_version (v) VALUES (0);
+    CREATE TRIGGER definitions_added AFTER INSERT ON services
+        BEGIN UPDATE definitions_version SET v = v + 1; END;
+    CREATE TRIGGER definitions_changed AFTER UPDATE ON services
+        BEGIN UPDATE definitions_version SET v = v + 1; END;
+    CREATE TRIGGER definitions_removed AFTER DELETE ON services
+        BEGIN UPDATE definitions_version SET v = v + 1; END;
+    "#,
 ];
 
 /// The schema version this build writes and understands.

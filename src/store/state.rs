@@ -284,6 +284,15 @@ impl Tx<'_> {
             .map_err(|e| self.err(e))
     }
 
+    /// A number that changes whenever any definition is added, changed or removed
+    /// (kept by triggers, schema 8).
+    pub fn definitions_version(&self) -> Result<i64> {
+        self.0
+            .prepare_cached("SELECT v FROM definitions_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(|e| self.err(e))
+    }
+
     /// Services with an automatic restart pending: (name, due unix ms), in one query (the
     /// daemon asks after every request, whatever the number of services).
     pub fn pending_retries(&self) -> Result<Vec<(String, i64)>> {

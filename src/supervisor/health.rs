@@ -36,22 +36,26 @@ pub struct Watched {
     pub starting: Option<(i32, i64, Duration)>,
 }
 
+/// Names of the services among `services` that have a health or readiness check.
+pub fn checked(services: &[crate::service::Service]) -> Vec<String> {
+    services
+        .iter()
+        .filter(|s| s.settings.health.is_some() || s.settings.ready.is_some())
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 impl Supervisor {
-    /// Services with a health check or an instance still `starting`.
+    /// Of `names` (the services that have a health or readiness check, see
+    /// [`checked`]), those with a health check or an instance still `starting`.
     ///
-    /// Only services that have a health or readiness check are looked at: the health
-    /// thread asks after every request, and a process check of every running service
-    /// each time would cost the daemon a read per service for nothing.
-    pub fn watched(&mut self) -> Result<Vec<Watched>> {
-        let names: Vec<String> = self
-            .services()?
-            .into_iter()
-            .filter(|s| s.settings.health.is_some() || s.settings.ready.is_some())
-            .map(|s| s.name)
-            .collect();
+    /// Only services that have a check are looked at: the health thread asks after every
+    /// request, and a process check of every running service each time would cost the
+    /// daemon a read per service for nothing.
+    pub fn watched(&mut self, names: &[String]) -> Result<Vec<Watched>> {
         let mut looked = Vec::with_capacity(names.len());
         for name in names {
-            match self.status(&name) {
+            match self.status(name) {
                 Ok(st) => looked.push(st),
                 // Removed since.
                 Err(crate::Error::UnknownService(_)) => {}

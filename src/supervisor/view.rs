@@ -64,6 +64,24 @@ impl Supervisor {
         Ok(out)
     }
 
+    /// All definitions with the [definitions version](crate::store::Tx::definitions_version)
+    /// they are at, read in one snapshot; `None` when the version is still `known`.
+    pub fn services_if_changed(
+        &mut self,
+        known: Option<i64>,
+    ) -> Result<Option<(i64, Vec<Service>)>> {
+        self.store.read(|tx| {
+            let v = tx.definitions_version()?;
+            if known == Some(v) {
+                return Ok(None);
+            }
+            Ok(Some((
+                v,
+                tx.services()?.into_iter().map(|(_, s)| s).collect(),
+            )))
+        })
+    }
+
     /// Names of all defined services, sorted.
     pub fn names(&mut self) -> Result<Vec<String>> {
         Ok(self.services()?.into_iter().map(|s| s.name).collect())
