@@ -33,7 +33,8 @@ they need --services 1000), with its bound, "met" or "missed: X× the bound", or
 was not measured (peer not in --only, phase failed). It is in compare.md, and in
 compare.json under "targets".
 
-The targets alone, in about 10 minutes:
+The targets alone (13 minutes once, on a loaded 2-core machine; each phase prints how
+long it took):
 
     python3 bench/compare.py --only tend,runit,s6,pm2 --samples 20 --crash-samples 5 --idle-secs 10
 
@@ -883,8 +884,10 @@ def main():
                                lambda: footprint(p, r.dir, a.services, a.idle_secs, a.list_samples, res)))
             for what, fn in phases:
                 print(f"== {p.title()}: {what} ...", flush=True)
+                t0 = time.monotonic()
                 try:
                     fn()
+                    print(f"   done in {time.monotonic() - t0:.0f} s", flush=True)
                 except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
                     # One supervisor failing a phase does not lose the others' figures.
                     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
