@@ -604,9 +604,11 @@ def footprint(peer: Peer, base: Path, count: int, idle: float, list_n: int, res:
     """Memory and idle CPU with `count` running services, then (after the idle window,
     which it would disturb) the status of all of them (listN)."""
     names = [f"s{i:04d}" for i in range(count)]
+    t0 = time.monotonic()
     peer.setup(base, {k: "run" for k in names}, autostart=True)
     try:
         wait_all_running(peer, names, 900)
+        print(f"   {count} services set up and running in {time.monotonic() - t0:.0f} s", flush=True)
         time.sleep(3.0)
         own = B.supervisor_tree(peer.roots(), str(peer.svc))
         rss, pss = B.memory(own)
@@ -622,7 +624,9 @@ def footprint(peer: Peer, base: Path, count: int, idle: float, list_n: int, res:
         if list_n:
             res["listN"] = timed_ms(peer.list_cmd(names), list_n, 1, env_of(peer), timeout=300)
     finally:
+        t0 = time.monotonic()
         peer.teardown()
+        print(f"   torn down in {time.monotonic() - t0:.0f} s", flush=True)
 
 
 # ---------------------------------------------------------------------------------------
