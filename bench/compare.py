@@ -11,6 +11,33 @@ runs each supervisor in a temporary directory of its own, and writes the results
 and as a Markdown table (`--out DIR`, default target/compare). See the README, section
 "Compared with supervisord, runit, s6 and PM2", for what each figure means.
 
+Figures, each the median of its samples (min-max and n beside it):
+
+- start_ret / start_run: the start command's return / the service's own start stamp
+  (CLOCK_MONOTONIC), from the command's exec; stop_ret / stop_gone: the stop command's
+  return / the service's exit seen through a pidfd; crash: SIGKILL to the service's new
+  start stamp (configurations that restart only);
+- list100 / status1: the status command of 100 running services / of one among them
+  (`tend list`, `tend status NAME`; `sv status`, `s6-svstat` per directory,
+  `supervisorctl status [NAME]`, `pm2 list` / `pm2 describe NAME`);
+- memN_rss/pss, idle_cpu, then listN: the supervisor's own processes with --services
+  running, its CPU over --idle-secs, then --list-samples runs of the status of all;
+- version / bin_true: `tend --version` and `/bin/true`, run to their exit the same way
+  and interleaved (--exec-samples each).
+
+A second table, "Targets", checks the targets of issue 15 against this one run: each
+ratio of tend's median to the reference's median (runit `sv up`, s6 `s6-svc -d`, s6's
+waiting `-wu`/`-wd`, runit `sv status`, PM2's crash restart, tend without its daemon,
+`/bin/true`) or absolute figure (`tend list` of 1,000 services, daemon RSS with 1,000:
+they need --services 1000), with its bound, "met" or "missed: X× the bound", or why it
+was not measured (peer not in --only, phase failed). It is in compare.md, and in
+compare.json under "targets".
+
+The targets alone (13 minutes once, on a loaded 2-core machine; each phase prints how
+long it took):
+
+    python3 bench/compare.py --only tend,runit,s6,pm2 --samples 20 --crash-samples 5 --idle-secs 10
+
 Every process it starts carries a mark in its environment and is ended by pid (through a
 pidfd) at the end, whatever happened; the run is bounded by `--max-minutes`.
 """
@@ -46,6 +73,7 @@ class Peer:
     system = ""
     label = ""
     config = ""
+    cid = ""  # short id of the configuration, used by the targets ("runit-wait")
     restarts = True  # restarts a crashed service
     primary = True  # the configuration used for the system-wide figures
 
@@ -58,6 +86,7 @@ class Peer:
     def start_cmd(self, name: str) -> list[str]: ...
     def stop_cmd(self, name: str) -> list[str]: ...
     def list_cmd(self, names: list[str]) -> list[str]: ...
+    def status_cmd(self, name: str) -> list[str]: ...
     def roots(self) -> list[int]: ...
     def teardown(self): ...
 
@@ -88,6 +117,7 @@ class Tend(Peer):
         self.zero = zero_delay
         self.primary = daemon and not zero_delay
         self.restarts = daemon
+        self.cid = "tend" + ("" if daemon else "-nodaemon") + ("-zero" if zero_delay else "")
         self.label = ("daemon" if daemon else "no daemon") + (", --restart-delay 0" if zero_delay else "")
         self.config = (
             ("daemon running: start/stop/restart go through it; " if daemon else "no daemon: the CLI does the work; nothing restarts a crash; ")
@@ -116,6 +146,9 @@ class Tend(Peer):
     def list_cmd(self, names):
         return self.t("list")
 
+    def status_cmd(self, name):
+        return self.t("status", name)
+
     def roots(self):
         if not self.daemon:
             return []
@@ -141,6 +174,7 @@ class Supervisord(Peer):
         super().__init__(svc)
         self.startsecs = startsecs
         self.primary = startsecs == 1
+        self.cid = f"supervisord-startsecs{startsecs}"
         self.label = f"startsecs={startsecs}" + (" (default)" if startsecs == 1 else "")
         self.config = (
             f"startsecs={startsecs}, autorestart=true, log to a file per program; "
@@ -192,6 +226,9 @@ class Supervisord(Peer):
     def list_cmd(self, names):
         return self.ctl("status")
 
+    def status_cmd(self, name):
+        return self.ctl("status", name)
+
     def roots(self):
         return [self.proc.pid]
 
@@ -210,6 +247,7 @@ class Runit(Peer):
         super().__init__(svc)
         self.wait = wait
         self.primary = not wait
+        self.cid = "runit-wait" if wait else "runit"
         self.label = "sv start/stop: waits" if wait else "sv up/down: no wait"
         self.config = (
             "`sv -w 10 start|stop`: waits until runsv reports the state" if wait
@@ -253,6 +291,9 @@ class Runit(Peer):
     def list_cmd(self, names):
         return ["sv", "status", *[str(self.sdir(n)) for n in names]]
 
+    def status_cmd(self, name):
+        return ["sv", "status", str(self.sdir(name))]
+
     def roots(self):
         return [self.proc.pid]
 
@@ -272,6 +313,7 @@ class S6(Peer):
         super().__init__(svc)
         self.wait = wait
         self.primary = not wait
+        self.cid = "s6-wait" if wait else "s6"
         self.label = "s6-svc -wu/-wd: waits" if wait else "s6-svc -u/-d: no wait"
         self.config = (
             "`s6-svc -wu -u` / `s6-svc -wd -d`: waits for the up/down event" if wait
@@ -320,6 +362,9 @@ class S6(Peer):
         dirs = " ".join(f"'{self.sdir(n)}'" for n in names)
         return ["sh", "-c", f'for d in {dirs}; do s6-svstat "$d" || exit 1; done']
 
+    def status_cmd(self, name):
+        return ["s6-svstat", str(self.sdir(name))]
+
     def roots(self):
         return [self.proc.pid]
 
@@ -334,6 +379,7 @@ class S6(Peer):
 class Pm2(Peer):
     system = "pm2"
     label = ""
+    cid = "pm2"
     config = "fork mode, interpreter none, autorestart (restart_delay 0); `pm2 start/stop NAME`"
 
     def env(self):
@@ -368,6 +414,9 @@ class Pm2(Peer):
 
     def list_cmd(self, names):
         return self.p("list")
+
+    def status_cmd(self, name):
+        return self.p("describe", name)
 
     def roots(self):
         try:
@@ -513,27 +562,53 @@ def wait_all_running(peer: Peer, names: list[str], timeout: float):
                f"{len(names)} services of {peer.title()} to run", 0.2)
 
 
+def timed_ms(argv, n: int, warm: int, env=None, timeout=60.0) -> list[float]:
+    """ms of `n` runs of argv to completion, after `warm` runs that are not kept."""
+    out = []
+    for i in range(n + warm):
+        t0, t1, _ = B.timed(argv, env=env, timeout=timeout)
+        if i >= warm:
+            out.append((t1 - t0) / MS)
+    return out
+
+
 def list_figure(peer: Peer, base: Path, n: int, res: dict):
+    """The status of 100 running services (list100), and of one of them (status1)."""
     names = [f"s{i:04d}" for i in range(100)]
     peer.setup(base, {k: "run" for k in names}, autostart=True)
     try:
         wait_all_running(peer, names, 300)
         time.sleep(1.0)
-        out = []
-        for i in range(n + 2):
-            t0, t1, _ = B.timed(peer.list_cmd(names), env=env_of(peer))
-            if i >= 2:
-                out.append((t1 - t0) / MS)
-        res["list100"] = out
+        res["list100"] = timed_ms(peer.list_cmd(names), n, 2, env_of(peer))
+        res["status1"] = timed_ms(peer.status_cmd(names[50]), n, 2, env_of(peer))
     finally:
         peer.teardown()
 
 
-def footprint(peer: Peer, base: Path, count: int, idle: float, res: dict):
+def exec_figure(tend: Path, n: int, res: dict):
+    """`tend --version` and `/bin/true` run to completion the same way (B.timed),
+    interleaved so that both see the same load."""
+    true = shutil.which("true") or "/bin/true"
+    v, t = [], []
+    for i in range(n + 5):
+        a0, a1, _ = B.timed([true])
+        b0, b1, _ = B.timed([str(tend), "--version"])
+        if i >= 5:
+            t.append((a1 - a0) / MS)
+            v.append((b1 - b0) / MS)
+    res["bin_true"] = t
+    res["version"] = v
+
+
+def footprint(peer: Peer, base: Path, count: int, idle: float, list_n: int, res: dict):
+    """Memory and idle CPU with `count` running services, then (after the idle window,
+    which it would disturb) the status of all of them (listN)."""
     names = [f"s{i:04d}" for i in range(count)]
+    t0 = time.monotonic()
     peer.setup(base, {k: "run" for k in names}, autostart=True)
     try:
         wait_all_running(peer, names, 900)
+        print(f"   {count} services set up and running in {time.monotonic() - t0:.0f} s", flush=True)
         time.sleep(3.0)
         own = B.supervisor_tree(peer.roots(), str(peer.svc))
         rss, pss = B.memory(own)
@@ -546,8 +621,12 @@ def footprint(peer: Peer, base: Path, count: int, idle: float, res: dict):
         ticks = sum(after[p] - before[p] for p in before if p in after)
         res["idle_cpu"] = [ticks / B.TICK]
         res["idle_secs"] = idle
+        if list_n:
+            res["listN"] = timed_ms(peer.list_cmd(names), list_n, 1, env_of(peer), timeout=300)
     finally:
+        t0 = time.monotonic()
         peer.teardown()
+        print(f"   torn down in {time.monotonic() - t0:.0f} s", flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -608,6 +687,10 @@ FIGURES = [
     ("stop_gone", "stop: service gone (pidfd)", "ms"),
     ("crash", "crash (SIGKILL) → restarted (its own timestamp)", "ms"),
     ("list100", "status of 100 services", "ms"),
+    ("status1", "status of one service among 100", "ms"),
+    ("listN", "status of {N} services (after the idle window)", "ms"),
+    ("version", "`tend --version`, run to its exit", "ms"),
+    ("bin_true", "`/bin/true`, run to its exit beside it", "ms"),
     ("mem1_rss", "supervisor RSS, 1 service", "MB"),
     ("mem1_pss", "supervisor PSS, 1 service", "MB"),
     ("memN_rss", "supervisor RSS, {N} services", "MB"),
@@ -650,12 +733,119 @@ def table(results: list[dict], count: int, idle: float) -> str:
     return "\n".join(rows)
 
 
+MIB = 1024 * 1024 / 1e6  # MB (the unit of the memory figures) per MiB
+
+# The targets of issue 15, each measured in this one run: (what, tend's configuration,
+# its figure, the reference configuration and figure, the bound). With a reference, the
+# ratio of the medians must be at most the bound; without one (None), tend's median
+# itself (ms, or MiB for memory).
+TARGETS = [
+    ("1. start → service running", "tend", "start_run", ("runit", "start_run"), 0.6),
+    ("2. stop → service gone", "tend", "stop_gone", ("s6", "stop_gone"), 1.0),
+    ("3. start that confirms (command returns)", "tend", "start_ret", ("s6-wait", "start_ret"), 0.33),
+    ("3. stop that confirms (command returns)", "tend", "stop_ret", ("s6-wait", "stop_ret"), 0.33),
+    ("4. status of 100 services", "tend", "list100", ("runit", "list100"), 1.0),
+    ("4. status of one service among 100 (bound: as for 100)", "tend", "status1", ("runit", "status1"), 1.0),
+    ("4. `tend list` of 1,000 services", "tend", "listN", None, 10.0),
+    ("5. crash → restarted, --restart-delay 0", "tend-zero", "crash", ("pm2", "crash"), 0.5),
+    ("6. daemon ≤ no daemon: start returns", "tend", "start_ret", ("tend-nodaemon", "start_ret"), 1.0),
+    ("6. daemon ≤ no daemon: stop returns", "tend", "stop_ret", ("tend-nodaemon", "stop_ret"), 1.0),
+    ("6. daemon ≤ no daemon: status of 100", "tend", "list100", ("tend-nodaemon", "list100"), 1.0),
+    ("7. `tend --version` vs `/bin/true`", "tend", "version", ("tend", "bin_true"), 1.3),
+    ("8. daemon RSS, 1,000 services", "tend", "memN_rss", None, 7.0),
+]
+COMMANDS = {  # what each figure runs, for the targets table
+    ("runit", "start_run"): "`sv up`", ("runit", "list100"): "`sv status` of 100 dirs",
+    ("runit", "status1"): "`sv status DIR`", ("s6", "stop_gone"): "`s6-svc -d`",
+    ("s6-wait", "start_ret"): "`s6-svc -wu -u`", ("s6-wait", "stop_ret"): "`s6-svc -wd -d`",
+}
+TITLES = {("tend", "bin_true"): "`/bin/true` (run beside `tend --version`)"}  # instead of the configuration
+
+
+def targets(results: list[dict], systems: set[str], count: int) -> list[dict]:
+    """One entry per target: the medians, the ratio, the bound and whether it is met, or
+    why it was not measured."""
+    by = {r["id"]: r for r in results}
+
+    def median(cid, key):
+        """(result, median, None) or (result or None, None, why not measured)."""
+        r = by.get(cid)
+        if r is None:
+            system = cid.split("-")[0]
+            why = f"{system} not run (--only)" if system not in systems else f"{cid} not run"
+            return None, None, why
+        if not r.get(key):
+            errs = "; ".join(r.get("errors", [])) or "no figure"
+            return r, None, f"{r['title']}: {key} missing ({errs})"
+        return r, B.summary(r[key])["median"], None
+
+    out = []
+    for what, cid, key, ref, bound in TARGETS:
+        t = {"target": what, "figure": key, "config": cid, "bound": bound,
+             "reference": None, "met": None, "why": None}
+        r, med, why = median(cid, key)
+        t["tend"] = {"title": r["title"] if r else cid, "median": med}
+        if ref:
+            rr, rmed, rwhy = median(*ref)
+            t["reference"] = {"config": ref[0], "figure": ref[1],
+                              "title": TITLES.get(ref) or (rr["title"] if rr else ref[0]),
+                              "command": COMMANDS.get(ref), "median": rmed}
+            why = why or rwhy
+            if why is None and not rmed:
+                why = f"{rr['title']}: {ref[1]} median is 0"
+            value = None if why else med / rmed
+        else:
+            if key.startswith(("memN", "listN")) and count != 1000:
+                why = why or f"needs --services 1000 (this run: {count})"
+            value = None if why else (med / MIB if key.startswith("mem") else med)
+        t["value"] = value
+        if why:
+            t["why"] = why
+        else:
+            t["of_bound"] = value / bound
+            t["met"] = value <= bound
+        out.append(t)
+    return out
+
+
+def targets_table(ts: list[dict]) -> str:
+    rows = ["| target | tend: median | reference: median | ratio (or figure) | bound | result |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for t in ts:
+        absolute = t["reference"] is None
+        unit = ("MiB" if t["figure"].startswith("mem") else "ms") if absolute else "×"
+
+        def side(s, key):
+            unit_ = "MB" if key.startswith("mem") else "ms"
+            return f"{s['title']}: {fmt(s['median'], unit_) + ' ' + unit_ if s['median'] is not None else '—'}"
+
+        tend = side(t["tend"], t["figure"])
+        if absolute:
+            ref = "— (absolute)"
+        else:
+            x = t["reference"]
+            ref = (x["command"] + ", " if x["command"] else "") + side(x, x["figure"])
+        bound = f"≤ {t['bound']:g} {unit}" if absolute else f"≤ {t['bound']:g}×"
+        if t["why"]:
+            value, verdict = "—", f"not measured: {t['why']}"
+        else:
+            value = f"{t['value']:.2f} {unit}" if absolute else f"{t['value']:.2f}×"
+            verdict = (f"**met** ({t['of_bound']:.2f}× the bound)" if t["met"]
+                       else f"**missed**: {t['of_bound']:.2f}× the bound")
+        rows.append(f"| {t['target']} (`{t['figure']}`) | {tend} | {ref} | {value} | {bound} | {verdict} |")
+    return "\n".join(rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=20, help="start/stop/status samples per configuration (default 20)")
     ap.add_argument("--crash-samples", type=int, default=10, help="crash-to-restart samples (default 10; each takes over 1.2 s)")
     ap.add_argument("--services", type=int, default=1000, help="services for the memory and idle figures (default 1000)")
     ap.add_argument("--idle-secs", type=float, default=60, help="idle CPU window (default 60)")
+    ap.add_argument("--list-samples", type=int, default=5,
+                    help="status-of-all samples with --services running, after the idle window (default 5)")
+    ap.add_argument("--exec-samples", type=int, default=200,
+                    help="`tend --version` and `/bin/true` samples (default 200)")
     ap.add_argument("--only", default="tend,supervisord,runit,s6,pm2", help="comma-separated systems")
     ap.add_argument("--tend", help="the tend binary (default: cargo build --release)")
     ap.add_argument("--out", default=str(B.REPO / "target" / "compare"), help="where to write compare.json and compare.md")
@@ -685,18 +875,23 @@ def main():
             peers += [Pm2(svc)]
         results = []
         for p in peers:
-            res = {"system": p.system, "title": p.title(), "config": p.config, "primary": p.primary,
-                   "daemon": getattr(p, "daemon", True)}
-            phases = [("start/stop/crash", lambda: latencies(p, r.dir, a.samples, a.crash_samples, res))]
+            res = {"system": p.system, "id": p.cid, "title": p.title(), "config": p.config,
+                   "primary": p.primary, "daemon": getattr(p, "daemon", True)}
+            phases = []
+            if p.system == "tend" and p.primary:
+                phases.append(("`tend --version` beside `/bin/true`", lambda: exec_figure(tend, a.exec_samples, res)))
+            phases.append(("start/stop/crash", lambda: latencies(p, r.dir, a.samples, a.crash_samples, res)))
             if p.primary or (p.system == "tend" and not p.daemon):
-                phases.append(("status of 100", lambda: list_figure(p, r.dir, a.samples, res)))
+                phases.append(("status of 100 and of one", lambda: list_figure(p, r.dir, a.samples, res)))
             if p.primary:
-                phases.append((f"{a.services} services, idle {a.idle_secs:g} s",
-                               lambda: footprint(p, r.dir, a.services, a.idle_secs, res)))
+                phases.append((f"{a.services} services, idle {a.idle_secs:g} s, status of all",
+                               lambda: footprint(p, r.dir, a.services, a.idle_secs, a.list_samples, res)))
             for what, fn in phases:
                 print(f"== {p.title()}: {what} ...", flush=True)
+                t0 = time.monotonic()
                 try:
                     fn()
+                    print(f"   done in {time.monotonic() - t0:.0f} s", flush=True)
                 except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
                     # One supervisor failing a phase does not lose the others' figures.
                     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -708,17 +903,20 @@ def main():
             out.mkdir(parents=True, exist_ok=True)
             (out / "compare.partial.json").write_text(json.dumps(results, indent=1) + "\n")
         md = table(results, a.services, a.idle_secs)
+        goals = targets(results, systems, a.services)
+        md += "\n\n## Targets (issue 15), from this run\n\n" + targets_table(goals)
         info = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": B.machine(),
             "versions": {"tend": B.run([str(tend), "--version"]).stdout.strip().removeprefix("tend "), **versions(systems)},
             "settings": {"samples": a.samples, "crash_samples": a.crash_samples, "services": a.services,
-                         "idle_secs": a.idle_secs},
+                         "idle_secs": a.idle_secs, "list_samples": a.list_samples,
+                         "exec_samples": a.exec_samples},
             "duration_secs": round(time.monotonic() - started),
         }
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.json").write_text(json.dumps({**info, "results": results}, indent=1) + "\n")
+        (out / "compare.json").write_text(json.dumps({**info, "results": results, "targets": goals}, indent=1) + "\n")
         m = info["machine"]
         head = (
             f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_mb']} MB, {m['os']}, kernel {m['kernel']}. "
