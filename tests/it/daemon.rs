@@ -783,6 +783,47 @@ fn log_rotation() {
     );
 }
 
+/// The daemon's rotation re-reads the definitions only when they changed (a version the
+/// database's triggers keep): a limit set with `tend edit` while the daemon runs, without
+/// telling it, is in force from the next start it carries out.
+#[test]
+fn log_rotation_follows_an_edit_made_while_the_daemon_runs() {
+    let env = Env::new();
+    const LINES: usize = 2000;
+    let written: usize = (0..LINES).map(|i| format!("line {i}\n").len()).sum();
+    env.add_fixture("chatty", &[], &["--lines", "1"]);
+    start_daemon(&env);
+    // The daemon has read the definitions (no limit) after this request.
+    env.ok(&["start", "chatty"]);
+    env.ok(&["stop", "chatty"]);
+    env.ok(&[
+        "edit",
+        "chatty",
+        "--log-max-size",
+        "2K",
+        "--",
+        FIXTURE,
+        "--lines",
+        &LINES.to_string(),
+    ]);
+    env.ok(&["start", "chatty"]);
+    let pid = env.pid("chatty").unwrap();
+    assert!(
+        wait_until(LONG, || bytes_written(pid) >= written as u64),
+        "the service wrote only {} of {written} bytes",
+        bytes_written(pid)
+    );
+    let log = env.log_path("chatty");
+    let b1 = Path::new(&format!("{}.1", log.display())).to_path_buf();
+    let size = std::fs::metadata(&log).map_or(0, |m| m.len());
+    assert!(
+        wait_until(LONG, || b1.exists()
+            && std::fs::metadata(&log).map_or(0, |m| m.len()) < 4096),
+        "the edited limit was not applied; log size {size}\ndaemon.log:\n{}",
+        env.daemon_log()
+    );
+}
+
 /// `daemon --foreground` tells a NOTIFY_SOCKET it is ready, and that it is stopping when
 /// SIGTERM ends it (exit 0).
 #[test]
