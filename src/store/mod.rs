@@ -24,6 +24,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use crate::error::{io_reason, Error, Result};
 
 pub use schema::latest as schema_version;
+pub use services::Overview;
 
 /// How long one statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
