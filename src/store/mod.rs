@@ -24,7 +24,6 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use crate::error::{io_reason, Error, Result};
 
 pub use schema::latest as schema_version;
-pub use services::Overview;
 
 /// How long one statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -263,6 +262,16 @@ fn db_err(path: &Path, e: rusqlite::Error) -> Error {
             source: e,
         },
     }
+}
+
+/// One service as [`Tx::overview`] reads it.
+pub struct Overview {
+    pub id: i64,
+    pub service: crate::service::Service,
+    pub instance: Option<crate::record::Instance>,
+    /// When the instance passed its readiness check, if it did.
+    pub ready_at: Option<i64>,
+    pub runtime: crate::record::Runtime,
 }
 
 /// An open transaction. All reads and writes of tend's tables go through its methods

@@ -7,22 +7,12 @@ use std::path::Path;
 
 use rusqlite::{params, ErrorCode, OptionalExtension};
 
-use super::Tx;
+use super::{Overview, Tx};
 use crate::error::{Error, Result};
 use crate::record::{Instance, Runtime};
 use crate::service::{Defaults, Service, Settings};
 
 const COLUMNS: &str = "id, name, argv, env, settings, created_at, updated_at";
-
-/// One service as [`Tx::overview`] reads it.
-pub struct Overview {
-    pub id: i64,
-    pub service: Service,
-    pub instance: Option<Instance>,
-    /// When the instance passed its readiness check, if it did.
-    pub ready_at: Option<i64>,
-    pub runtime: Runtime,
-}
 
 /// A services row as SQLite holds it, before its JSON columns are read.
 struct Row {
