@@ -18,8 +18,8 @@
 #
 # Everything it starts is gone at the end, however it ends: the tend homes are stopped
 # with `tend stop --all`, runsvdir and every runsv get `sv exit`/SIGTERM by pid, the
-# `sleep`s started under runit are killed by the pids runsv recorded, and the temporary
-# directory is removed.
+# `sleep`s started under runit are killed by the pids runsv recorded, the homes' emptied
+# cgroups are removed (rmdir, deepest first) and the temporary directory is removed.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +27,7 @@ TEND=${TEND_BIN:-$here/target/release/tend}
 N=${N:-100}
 BIG=${BIG:-1000}
 RUNS=${RUNS:-300}
+[ "$RUNS" -ge 6 ] || RUNS=6 # the 1,000 lists run a third as often; hyperfine needs 2
 [ -x "$TEND" ] || { echo "no tend binary at $TEND (cargo build --release)" >&2; exit 2; }
 for t in hyperfine sv runsvdir python3; do
     command -v "$t" >/dev/null || { echo "$t is needed" >&2; exit 2; }
@@ -38,6 +39,11 @@ cleanup() {
     set +e
     for h in "$tmp"/home-*; do
         [ -d "$h" ] && "$TEND" --home "$h" stop --all >/dev/null 2>&1
+    done
+    # The homes' cgroups (tend-<key>, where it runs services in cgroups), now empty:
+    # rmdir removes only empty ones, deepest first.
+    for c in "$tmp"/cgroup-*; do
+        [ -f "$c" ] && find "$(cat "$c")" -depth -type d -exec rmdir {} + 2>/dev/null
     done
     if [ -d "$tmp/sv" ]; then
         # Take the sleeps down first, then each runsv, then runsvdir.
@@ -66,7 +72,7 @@ stats() { # FILE LABEL: mean ± sd (min) in ms, from hyperfine's JSON
     python3 - "$1" "$2" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"][0]
-print(f"  {sys.argv[2]:<44} {r['mean']*1e3:7.3f} ms ± {r['stddev']*1e3:6.3f}  "
+print(f"  {sys.argv[2]:<44} {r['mean']*1e3:7.3f} ms ± {(r['stddev'] or 0)*1e3:6.3f}  "
       f"(min {r['min']*1e3:6.3f}, median {r['median']*1e3:6.3f}, {len(r['times'])} runs)")
 EOF
 }
@@ -74,6 +80,15 @@ mean() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["result
 median() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["median"])' "$1"; }
 hf() { # JSON RUNS COMMAND
     hyperfine -N --style none --warmup 20 --runs "$2" --export-json "$1" "$3" >/dev/null
+}
+
+home_cgroup() { # HOME TAG: note the home's cgroup (from a running instance's) for cleanup
+    local path
+    path=$("$TEND" --home "$1" list --json |
+        python3 -c 'import json,sys; print(next((s["cgroup"]["path"] for s in json.load(sys.stdin) if s.get("cgroup")), ""))')
+    # .../tend-<key>/NAME.service/run-...: keep .../tend-<key>.
+    [ -n "$path" ] && dirname "$(dirname "$path")" >"$tmp/cgroup-$2"
+    return 0
 }
 
 wait_for() { # SECONDS COMMAND...
@@ -114,6 +129,7 @@ for i in $(seq -f %03g 0 $((N - 1))); do
     "$TEND" --home "$H" add "s$i" -- /bin/sleep 1000088 >/dev/null
 done
 "$TEND" --home "$H" start --all >/dev/null
+home_cgroup "$H" 100
 running=$("$TEND" --home "$H" list | grep -c ' running ' || true)
 [ "$running" -eq "$N" ] || { echo "only $running of $N tend services run" >&2; exit 1; }
 hf "$tmp/list.json" "$RUNS" "$TEND --home $H list"
@@ -127,6 +143,7 @@ for i in $(seq -f %04g 0 $((BIG - 1))); do
 done
 hf "$tmp/big-defined.json" $((RUNS / 3)) "$TEND --home $B list"
 "$TEND" --home "$B" start --all >/dev/null
+home_cgroup "$B" big
 hf "$tmp/big-running.json" $((RUNS / 3)) "$TEND --home $B list"
 "$TEND" --home "$B" stop --all >/dev/null
 
