@@ -184,7 +184,7 @@ if command -v strace >/dev/null; then
     echo "syscalls, one tend list with $N running (strace -c -f):"
     strace -c -f -o "$tmp/strace.txt" "$TEND" --home "$H" list >/dev/null
     total=$(awk '$NF == "total" {print $4}' "$tmp/strace.txt")
-    echo "  total $total, $(python3 -c "print(f'{$total/$N:.1f}')") per service; top calls:"
+    echo "  total $total ($(python3 -c "print(f'{$total/$N:.1f}')") per service, fixed costs included); top calls:"
     grep -E '^ +[0-9]' "$tmp/strace.txt" | sort -k4 -n -r | head -8 |
         awk '{printf "    %-16s %6d\n", $NF, $4}'
 fi
