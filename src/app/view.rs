@@ -14,7 +14,12 @@ use crate::service;
 
 pub fn list(home: &Home, how: OutputArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let mut sup = open_supervisor(home)?;
-    let rows = sup.list()?;
+    // The table shows no usage; `--json` has it in each service's `cgroup`.
+    let rows = if how.json {
+        sup.list()?
+    } else {
+        sup.list_brief()?
+    };
     notices(&mut sup);
     if how.json {
         let items: Vec<_> = rows.iter().map(output::ServiceJson::new).collect();

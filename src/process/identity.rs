@@ -30,11 +30,16 @@ impl Stat {
 }
 
 /// Reads /proc/PID/stat. `Ok(None)` when the process does not exist.
+///
+/// `tend list` reads this once per running service, so it costs one open, one read and
+/// one close: the kernel writes the whole line on the first read when the buffer holds
+/// it, and a line that ends in its newline is complete, so no second read is needed to
+/// see the end of the file.
 pub fn stat(pid: i32) -> io::Result<Option<Stat>> {
     let mut buf = [0u8; 1024];
     let path = format!("/proc/{pid}/stat");
     let n = match std::fs::File::open(&path) {
-        Ok(mut f) => read_all(&mut f, &mut buf)?,
+        Ok(mut f) => read_line(&mut f, &mut buf)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
@@ -47,7 +52,9 @@ pub fn stat(pid: i32) -> io::Result<Option<Stat>> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unparsable {path}")))
 }
 
-fn read_all(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads until the buffer holds a whole line (it ends in `\n`), the file ends or the
+/// buffer is full.
+fn read_line(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
     use std::io::Read;
     let mut n = 0;
     loop {
@@ -55,7 +62,7 @@ fn read_all(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
             Ok(0) => return Ok(n),
             Ok(k) => {
                 n += k;
-                if n == buf.len() {
+                if n == buf.len() || buf[n - 1] == b'\n' {
                     return Ok(n);
                 }
             }
@@ -70,15 +77,17 @@ fn read_all(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
 /// contain spaces and parentheses, so fields are counted from the last `)`.
 pub fn parse_stat(line: &[u8]) -> Option<Stat> {
     let close = line.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(line.get(close + 2..)?).ok()?;
-    let mut fields = rest.split_ascii_whitespace();
     // rest starts at field 3 (state).
-    let state = *fields.next()?.as_bytes().first()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    let session = fields.next()?.parse().ok()?;
+    let mut fields = line
+        .get(close + 2..)?
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty());
+    let state = *fields.next()?.first()?;
+    let ppid = int(fields.next()?)?;
+    let pgrp = int(fields.next()?)?;
+    let session = int(fields.next()?)?;
     // field 22 is the 19th after the state.
-    let start_time = fields.nth(22 - 7)?.parse().ok()?;
+    let start_time = uint(fields.nth(22 - 7)?)?;
     Some(Stat {
         state,
         ppid,
@@ -86,6 +95,32 @@ pub fn parse_stat(line: &[u8]) -> Option<Stat> {
         session,
         start_time,
     })
+}
+
+/// A decimal field, read as `str::parse::<u64>` reads it (an optional `+`, then digits)
+/// but straight from the bytes.
+fn uint(f: &[u8]) -> Option<u64> {
+    let digits = f.strip_prefix(b"+").unwrap_or(f);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// A decimal i32 field as `str::parse::<i32>` reads it (an optional sign, then digits).
+fn int(f: &[u8]) -> Option<i32> {
+    match f.split_first()? {
+        (b'-', digits) if !digits.starts_with(b"+") => {
+            i32::try_from(-i64::try_from(uint(digits)?).ok()?).ok()
+        }
+        _ => i32::try_from(uint(f)?).ok(),
+    }
 }
 
 /// This boot's id; a record from another boot can never be a live process.
@@ -148,6 +183,40 @@ mod tests {
         assert_eq!(s.pgrp, 4241);
         assert_eq!(s.session, 4241);
         assert_eq!(s.start_time, 987654);
+    }
+
+    #[test]
+    fn fields_parse_like_str_parse() {
+        for f in [
+            "0",
+            "42",
+            "+7",
+            "-1",
+            "-2147483648",
+            "2147483647",
+            "2147483648",
+            "",
+            "-",
+            "+",
+            "-+1",
+            "+-1",
+            "1a",
+            "4294967296",
+            "18446744073709551615",
+            "18446744073709551616",
+        ] {
+            assert_eq!(int(f.as_bytes()), f.parse::<i32>().ok(), "{f:?} as i32");
+            assert_eq!(uint(f.as_bytes()), f.parse::<u64>().ok(), "{f:?} as u64");
+        }
+    }
+
+    #[test]
+    fn reads_own_stat_whole() {
+        let me = std::process::id() as i32;
+        let text = std::fs::read(format!("/proc/{me}/stat")).unwrap();
+        let s = stat(me).unwrap().unwrap();
+        assert_eq!(Some(s), parse_stat(&text));
+        assert_eq!(stat(i32::MAX).unwrap(), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use super::paths::{check_cwd, check_readable, check_writable};
 use super::probe::{Check, Probe};
 use super::values::{
-    Bytes, LogTimestamps, Percent, PidFile, RestartPolicy, StopSignal, Value, Weight,
+    Bytes, LogTimestamps, Percent, PidFile, RestartPolicy, StopSignal, Text, Value, Weight,
 };
 use crate::error::{Error, Result};
 
@@ -374,7 +374,7 @@ macro_rules! settings {
                 mut map: A,
             ) -> std::result::Result<SettingChanges, A::Error> {
                 let mut c = SettingChanges::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     match key.as_ref() {
                         $( stringify!($field) => {
                             c.$field = Some(map.next_value::<Stored<$ty>>()

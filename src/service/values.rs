@@ -251,7 +251,7 @@ impl Value for RestartPolicy {
         v.as_str()?.parse().ok()
     }
     fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        let Text(text) = serde::Deserialize::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
 }
@@ -267,8 +267,16 @@ impl Value for StopSignal {
         v.as_str()?.parse().ok()
     }
     fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        let Text(text) = serde::Deserialize::deserialize(d)?;
+        // The store holds the short name; the usual ones are read without the general
+        // parse's allocations (`tend list` reads every service's).
+        match text.as_ref() {
+            "TERM" => Ok(StopSignal(Signal::SIGTERM)),
+            "INT" => Ok(StopSignal(Signal::SIGINT)),
+            "HUP" => Ok(StopSignal(Signal::SIGHUP)),
+            "QUIT" => Ok(StopSignal(Signal::SIGQUIT)),
+            other => other.parse().map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -364,8 +372,35 @@ impl Value for LogTimestamps {
         v.as_str()?.parse().ok()
     }
     fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        let Text(text) = serde::Deserialize::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A string read from a deserializer, borrowed from its input when it can be: serde's
+/// own `Cow<str>` always copies, and the store's settings are read for every service a
+/// `tend list` shows (every key and every named value).
+pub(super) struct Text<'de>(pub std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 

@@ -302,6 +302,16 @@ fn db_err(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
+/// One service as [`Tx::overview`] reads it.
+pub struct Overview {
+    pub id: i64,
+    pub service: crate::service::Service,
+    pub instance: Option<crate::record::Instance>,
+    /// When the instance passed its readiness check, if it did.
+    pub ready_at: Option<i64>,
+    pub runtime: crate::record::Runtime,
+}
+
 /// An open transaction. All reads and writes of tend's tables go through its methods
 /// (definitions in `services.rs`; instances, bookkeeping, settings and events in
 /// `state.rs`).

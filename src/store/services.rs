@@ -7,9 +7,9 @@ use std::path::Path;
 
 use rusqlite::{params, ErrorCode, OptionalExtension};
 
-use super::Tx;
+use super::{Overview, Tx};
 use crate::error::{Error, Result};
-use crate::record::Instance;
+use crate::record::{Instance, Runtime};
 use crate::service::{Defaults, Service, Settings};
 
 const COLUMNS: &str = "id, name, argv, env, settings, created_at, updated_at";
@@ -133,6 +133,59 @@ impl Tx<'_> {
         let mut out = Vec::new();
         for row in rows {
             out.push(row.map_err(|e| self.err(e))?.into_service(self.1)?);
+        }
+        Ok(out)
+    }
+
+    /// Every service, sorted by name, with its recorded instance (and when that passed
+    /// its readiness check) and its restart bookkeeping (the default when it has none):
+    /// all that `list` shows, in one statement rather than one per table.
+    pub fn overview(&self) -> Result<Vec<Overview>> {
+        use super::state::{instance_from_row, runtime_from_row, INSTANCE, RUNTIME};
+        let prefixed = |table: &str, cols: &str| {
+            cols.split(", ")
+                .map(|c| format!("{table}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Columns: 0..7 the service, 7 whether an instance is recorded, 8..16 the
+        // instance, 16 its ready_at, 17 whether bookkeeping is recorded, 18.. the latter.
+        let sql = format!(
+            "SELECT {}, i.service_id IS NOT NULL, {}, i.ready_at, r.service_id IS NOT NULL, {} \
+             FROM services s \
+             LEFT JOIN instances i ON i.service_id = s.id \
+             LEFT JOIN runtime r ON r.service_id = s.id \
+             ORDER BY s.name",
+            prefixed("s", COLUMNS),
+            prefixed("i", INSTANCE),
+            prefixed("r", RUNTIME),
+        );
+        let mut stmt = self.0.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let row = Row::read(r).map_err(|e| self.err(e))?;
+            let read = || -> rusqlite::Result<_> {
+                let instance = match r.get::<_, bool>(7)? {
+                    true => Some(instance_from_row(r, 8)?),
+                    false => None,
+                };
+                let ready_at: Option<i64> = r.get(16)?;
+                let runtime = match r.get::<_, bool>(17)? {
+                    true => runtime_from_row(r, 18)?,
+                    false => Runtime::default(),
+                };
+                Ok((instance, ready_at, runtime))
+            };
+            let (instance, ready_at, runtime) = read().map_err(|e| self.err(e))?;
+            let (id, service) = row.into_service(self.1)?;
+            out.push(Overview {
+                id,
+                service,
+                instance,
+                ready_at,
+                runtime,
+            });
         }
         Ok(out)
     }

@@ -84,48 +84,28 @@ impl Tx<'_> {
     pub fn runtime(&self, service_id: i64) -> Result<Runtime> {
         let mut stmt = self
             .0
-            .prepare_cached(
-                "SELECT restarts, last_exit, last_exit_at, backoff_ms, next_retry_at, failed, \
-                 recent_starts FROM runtime WHERE service_id = ?1",
-            )
+            .prepare_cached(&format!(
+                "SELECT {RUNTIME} FROM runtime WHERE service_id = ?1"
+            ))
             .map_err(|e| self.err(e))?;
         let row = stmt
-            .query_row([service_id], |r| {
-                Ok((
-                    Runtime {
-                        restarts: r.get::<_, i64>(0)?.clamp(0, u32::MAX as i64) as u32,
-                        last_exit: r.get(1)?,
-                        last_exit_at: r.get(2)?,
-                        backoff_ms: r.get::<_, i64>(3)?.max(0) as u64,
-                        next_retry_at: r.get(4)?,
-                        failed: r.get(5)?,
-                        recent_starts: Vec::new(),
-                    },
-                    r.get::<_, String>(6)?,
-                ))
-            })
+            .query_row([service_id], |r| runtime_from_row(r, 0))
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(match row {
-            // Bookkeeping that cannot be read is only a lost start history: start over.
-            Some((mut rt, starts)) => {
-                rt.recent_starts = serde_json::from_str(&starts).unwrap_or_default();
-                rt
-            }
-            None => Runtime::default(),
-        })
+        Ok(row.unwrap_or_default())
     }
 
-    /// Restart bookkeeping of every service that has any.
+    /// Restart bookkeeping of every service that has any, in one statement.
     pub fn runtimes(&self) -> Result<BTreeMap<i64, Runtime>> {
-        let ids: Vec<i64> = self
+        let mut stmt = self
             .0
-            .prepare_cached("SELECT service_id FROM runtime")
-            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .prepare_cached(&format!("SELECT service_id, {RUNTIME} FROM runtime"))
             .map_err(|e| self.err(e))?;
-        ids.into_iter()
-            .map(|id| Ok((id, self.runtime(id)?)))
-            .collect()
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, runtime_from_row(r, 1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
     }
 
     pub fn set_runtime(&self, service_id: i64, rt: &Runtime) -> Result<()> {
@@ -306,6 +286,28 @@ impl Tx<'_> {
             .map_err(|e| self.err(e))
     }
 }
+
+/// The columns [`runtime_from_row`] reads.
+pub(super) const RUNTIME: &str =
+    "restarts, last_exit, last_exit_at, backoff_ms, next_retry_at, failed, recent_starts";
+
+/// Restart bookkeeping from the [`RUNTIME`] columns starting at `at`. Bookkeeping that
+/// cannot be read is only a lost start history: start over.
+pub(super) fn runtime_from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Runtime> {
+    Ok(Runtime {
+        restarts: r.get::<_, i64>(at)?.clamp(0, u32::MAX as i64) as u32,
+        last_exit: r.get(at + 1)?,
+        last_exit_at: r.get(at + 2)?,
+        backoff_ms: r.get::<_, i64>(at + 3)?.max(0) as u64,
+        next_retry_at: r.get(at + 4)?,
+        failed: r.get(at + 5)?,
+        recent_starts: serde_json::from_str(&r.get::<_, String>(at + 6)?).unwrap_or_default(),
+    })
+}
+
+/// The columns [`instance_from_row`] reads.
+pub(super) const INSTANCE: &str =
+    "pid, pgid, start_time, boot_id, started_at, stopping, cgroup, launching";
 
 pub(super) fn instance_from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Instance> {
     Ok(Instance {

@@ -30,32 +30,39 @@ impl Supervisor {
         Ok(st)
     }
 
-    /// All services, sorted by name; dead records are cleared on the way.
+    /// All services, sorted by name, with the CPU and memory use of each running
+    /// instance's cgroup; dead records are cleared on the way.
     pub fn list(&mut self) -> Result<Vec<Status>> {
+        self.list_with(true)
+    }
+
+    /// [`Supervisor::list`] without reading any cgroup's usage (several files per
+    /// running service), for views that do not show it: the plain `tend list` table.
+    pub fn list_brief(&mut self) -> Result<Vec<Status>> {
+        self.list_with(false)
+    }
+
+    fn list_with(&mut self, usage: bool) -> Result<Vec<Status>> {
         let seer = self.seer();
-        let (services, mut instances, mut runtimes, mut ready) = self.store.read(|tx| {
-            Ok((
-                tx.services()?,
-                tx.instances()?,
-                tx.runtimes()?,
-                tx.ready_marks()?,
-            ))
-        })?;
-        let mut out = Vec::with_capacity(services.len());
-        for (id, svc) in services {
-            let runtime = runtimes.remove(&id).unwrap_or_default();
-            let (instance, runtime) = match instances.remove(&id) {
-                Some(i) if seer.alive(&i) => (Some(i), runtime),
+        let rows = self.store.read(|tx| tx.overview())?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let svc = row.service;
+            let (instance, runtime) = match row.instance {
+                Some(i) if seer.alive(&i) => (Some(i), row.runtime),
                 Some(_) => self.clear_dead(&svc.name)?,
-                None => (None, runtime),
+                None => (None, row.runtime),
             };
-            let ready = ready.remove(&id);
-            let mut st = Status::new(svc, instance, runtime, self.supervised(), ready);
+            let mut st = Status::new(svc, instance, runtime, self.supervised(), row.ready_at);
             // Usage of running instances only: `status` also looks for leftovers.
             if let Some(path) = st.instance.as_ref().and_then(|i| i.cgroup.as_deref()) {
                 st.cgroup = Some(CgroupView {
                     path: Some(path.to_string()),
-                    usage: Cgroup::at(path).usage(),
+                    usage: if usage {
+                        Cgroup::at(path).usage()
+                    } else {
+                        Default::default()
+                    },
                     leftovers: Vec::new(),
                 });
             }
