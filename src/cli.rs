@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 use crate::service::SettingArgs;
 
@@ -29,10 +31,26 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The whole command tree, every subcommand's arguments built (not deferred): what
+    /// completions and man pages are made from, identical to what each subcommand parses.
+    pub fn full_command() -> clap::Command {
+        use clap::CommandFactory;
+        FULL.store(true, Ordering::Relaxed);
+        let cmd = Cli::command();
+        FULL.store(false, Ordering::Relaxed);
+        cmd
+    }
+
     /// Parses the process's arguments, noting where the state home came from.
     pub fn parse_args() -> Result<Cli, clap::Error> {
-        use clap::{CommandFactory, FromArgMatches};
-        let matches = Cli::command().try_get_matches()?;
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let matches = cmd.try_get_matches_from_mut(std::env::args_os());
+        // Not dropped: freeing the tree and the matches one allocation at a time was
+        // about a tenth of `tend --version`'s remaining instructions, for a few
+        // kilobytes the process gives back when it exits.
+        std::mem::forget(cmd);
+        let matches = std::mem::ManuallyDrop::new(matches?);
         let mut cli = Cli::from_arg_matches(&matches)?;
         cli.home_from_env =
             matches.value_source("home") == Some(clap::parser::ValueSource::EnvVariable);
@@ -40,125 +58,213 @@ impl Cli {
     }
 }
 
+/// One variant per subcommand. Each carries its arguments in a [`Lazy`], so that only
+/// the subcommand that runs has its arguments built.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Define a service: `tend add NAME [OPTIONS] -- PROGRAM [ARGS...]` or `--cmd STRING`.
-    Add(AddArgs),
+    Add(Lazy<AddArgs>),
     /// Change a definition; takes effect at the next start.
-    Edit(EditArgs),
+    Edit(Lazy<EditArgs>),
     /// Delete definitions (refused while running unless --stop).
     #[command(visible_alias = "rm")]
-    Remove {
-        #[arg(required = true, value_name = "NAME")]
-        names: Vec<String>,
-        /// Stop a running service first.
-        #[arg(long)]
-        stop: bool,
-        /// Keep the service's log files in <home>/logs (by default they are deleted, so a
-        /// new service of the same name starts with an empty log).
-        #[arg(long)]
-        keep_logs: bool,
-    },
+    Remove(Lazy<RemoveArgs>),
     /// Show all services: name, state, pid, uptime, command.
     #[command(visible_alias = "ls")]
-    List {
-        #[command(flatten)]
-        out: OutputArgs,
-    },
+    List(Lazy<OutputArgs>),
     /// Show one service in detail. Exit 0 running, 3 not running, 4 unknown service.
-    Status {
-        name: String,
-        #[command(flatten)]
-        out: OutputArgs,
-    },
+    Status(Lazy<StatusArgs>),
     /// Make the definitions match a service file (./tend.toml): add, change, remove.
-    Apply(ApplyArgs),
+    Apply(Lazy<ApplyArgs>),
     /// Print definitions as a service file (`tend export > tend.toml`).
-    Export {
-        /// Only these services (default: all).
-        #[arg(value_name = "NAME")]
-        names: Vec<String>,
-    },
+    Export(Lazy<ExportArgs>),
     /// Print a Procfile or a supervisord .conf as a service file (`tend import Procfile
     /// > tend.toml`); what cannot be mapped is listed on stderr.
-    Import {
-        /// The Procfile or supervisord configuration to read.
-        path: PathBuf,
-    },
+    Import(Lazy<ImportArgs>),
     /// Start services, requirements first (no-op for one already running).
-    Start(StartArgs),
+    Start(Lazy<StartArgs>),
     /// Stop services: stop signal to the process group, SIGKILL after the timeout.
-    Stop(Which),
+    Stop(Lazy<Which>),
     /// Stop (if running) and start services.
-    Restart(Which),
+    Restart(Lazy<Which>),
     /// Print the end of services' logs, and follow them with -f: one service as it
     /// wrote it, several merged in time order with each line prefixed by its service.
-    Logs(LogsArgs),
+    Logs(Lazy<LogsArgs>),
     /// Send a signal to services' main processes: `tend signal HUP web`.
-    Signal {
-        /// Signal name or number: HUP, SIGUSR1, 10...
-        signal: String,
-        #[command(flatten)]
-        which: Which,
-    },
+    Signal(Lazy<SignalArgs>),
     /// Run the resident daemon (restarts crashed services), or ask it for its status or
     /// to stop.
-    Daemon(DaemonArgs),
+    Daemon(Lazy<DaemonArgs>),
     /// Send a command to daemons over PostgreSQL NOTIFY: `tend notify restart web`.
-    Notify(NotifyArgs),
+    Notify(Lazy<NotifyArgs>),
     /// Control a fleet of hosts through PostgreSQL: durable commands, per-host results,
     /// every host's state (`tend fleet init`, then `tend fleet status`).
-    Fleet(FleetArgs),
+    Fleet(Lazy<FleetArgs>),
     /// Settings shared by the daemon and the CLI (the PostgreSQL connection).
-    Config {
-        #[command(subcommand)]
-        action: ConfigAction,
-    },
+    Config(Lazy<ConfigArgs>),
     /// Show the event history (start, stop, exit seen, stale record cleared, changes).
-    Events {
-        /// Only this service's events.
-        name: Option<String>,
-        /// Number of most recent events to show.
-        #[arg(short = 'n', long, default_value_t = 50, value_name = "N")]
-        lines: u32,
-        #[command(flatten)]
-        out: OutputArgs,
-    },
+    Events(Lazy<EventsArgs>),
     /// A live view of every service (state, pid, uptime, restarts, last exit, CPU,
     /// memory) with keys to start, stop, restart and read logs; q quits.
-    Top {
-        /// How often to read the database and /proc again (100ms to 1m).
-        #[arg(long, default_value = "1s", value_name = "DURATION")]
-        interval: String,
-        /// Show every host of the fleet (the state each publishes in PostgreSQL) instead
-        /// of this home's services; looking only.
-        #[arg(long)]
-        fleet: bool,
-        #[command(flatten)]
-        pg: FleetPgArgs,
-    },
+    Top(Lazy<TopArgs>),
     /// Check the state home, the database, the daemon, systemd, PostgreSQL and
     /// containment; one line per check with a fix. Exit 1 when something is wrong.
-    Doctor {
-        /// Print the checks as a JSON array.
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor(Lazy<DoctorArgs>),
     /// Print a shell completion script: `tend completions bash > ~/.local/share/bash-completion/completions/tend`.
-    Completions {
-        /// The shell to write completions for.
-        shell: clap_complete::Shell,
-    },
+    Completions(Lazy<CompletionsArgs>),
     /// Print the man page (roff) on stdout, or write tend.1 and one page per subcommand
     /// into a directory with --dir.
-    Man {
-        /// Write tend.1, tend-add.1, ... into this directory instead.
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-    },
+    Man(Lazy<ManArgs>),
 }
 
-/// `tend logs`: which services, which lines, how.
+/// A subcommand's arguments, built only when that subcommand is parsed: building the
+/// whole tree of about 25 subcommands (and dropping it) was most of what every `tend`
+/// command spent before doing anything. [`Cli::full_command`] builds it all at once for
+/// completions and man pages.
+///
+/// The arguments are added after the variant's attributes, so a doc comment on an
+/// argument struct would replace the variant's description: the structs used here carry
+/// plain `//` comments (`tests::deferred_and_full_trees_agree` checks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lazy<T>(pub T);
+
+/// Set while [`Cli::full_command`] builds the tree.
+static FULL: AtomicBool = AtomicBool::new(false);
+
+impl<T: Args> Args for Lazy<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        if FULL.load(Ordering::Relaxed) {
+            T::augment_args(cmd)
+        } else {
+            cmd.defer(T::augment_args)
+        }
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        if FULL.load(Ordering::Relaxed) {
+            T::augment_args_for_update(cmd)
+        } else {
+            cmd.defer(T::augment_args_for_update)
+        }
+    }
+    fn group_id() -> Option<clap::Id> {
+        T::group_id()
+    }
+}
+
+impl<T: FromArgMatches> FromArgMatches for Lazy<T> {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(m).map(Lazy)
+    }
+    fn from_arg_matches_mut(m: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches_mut(m).map(Lazy)
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(m)
+    }
+    fn update_from_arg_matches_mut(&mut self, m: &mut clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches_mut(m)
+    }
+}
+
+impl<T> std::ops::Deref for Lazy<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Stop a running service first.
+    #[arg(long)]
+    pub stop: bool,
+    /// Keep the service's log files in <home>/logs (by default they are deleted, so a
+    /// new service of the same name starts with an empty log).
+    #[arg(long)]
+    pub keep_logs: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Only these services (default: all).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The Procfile or supervisord configuration to read.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// Signal name or number: HUP, SIGUSR1, 10...
+    pub signal: String,
+    #[command(flatten)]
+    pub which: Which,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this service's events.
+    pub name: Option<String>,
+    /// Number of most recent events to show.
+    #[arg(short = 'n', long, default_value_t = 50, value_name = "N")]
+    pub lines: u32,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// How often to read the database and /proc again (100ms to 1m).
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub interval: String,
+    /// Show every host of the fleet (the state each publishes in PostgreSQL) instead
+    /// of this home's services; looking only.
+    #[arg(long)]
+    pub fleet: bool,
+    #[command(flatten)]
+    pub pg: FleetPgArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the checks as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write tend.1, tend-add.1, ... into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+// `tend logs`: which services, which lines, how.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     #[command(flatten)]
@@ -179,7 +285,7 @@ pub struct LogsArgs {
     pub json: bool,
 }
 
-/// How a listing or report is printed.
+// How a listing or report is printed.
 #[derive(Debug, Args, Clone, Copy, Default)]
 pub struct OutputArgs {
     /// Print JSON (a stable shape, see the README) instead of text; never truncated.
@@ -206,7 +312,7 @@ pub struct DaemonArgs {
     pub action: Option<DaemonAction>,
 }
 
-/// PostgreSQL connection options; each overrides the `tend config` value.
+// PostgreSQL connection options; each overrides the `tend config` value.
 #[derive(Debug, Args, Default)]
 pub struct PgArgs {
     /// PostgreSQL URL (default: config postgres.url). sslmode=disable|prefer|require.
@@ -326,8 +432,8 @@ pub struct Which {
     pub all: bool,
 }
 
-/// Options shared by `add` and `edit`: the command, the environment, and every setting
-/// of the table in [`crate::service::settings`].
+// Options shared by `add` and `edit`: the command, the environment, and every setting
+// of the table in [`crate::service::settings`].
 #[derive(Debug, Args)]
 pub struct DefinitionArgs {
     /// The command as one string, split with shell-word rules (no shell runs it).
@@ -360,14 +466,14 @@ pub struct EditArgs {
     pub unset_env: Vec<String>,
 }
 
-/// `tend fleet ...`.
+// `tend fleet ...`.
 #[derive(Debug, Args)]
 pub struct FleetArgs {
     #[command(subcommand)]
     pub action: FleetAction,
 }
 
-/// The fleet's database: each option overrides the `tend config` value.
+// The fleet's database: each option overrides the `tend config` value.
 #[derive(Debug, Args, Default, Clone)]
 pub struct FleetPgArgs {
     /// PostgreSQL URL (default: config postgres.url).
@@ -444,7 +550,7 @@ pub enum FleetAction {
     },
 }
 
-/// One fleet command: which service, which hosts, how long to wait.
+// One fleet command: which service, which hosts, how long to wait.
 #[derive(Debug, Args)]
 pub struct FleetOrder {
     /// The service (as the hosts define it).
@@ -466,4 +572,46 @@ pub struct FleetOrder {
     pub json: bool,
     #[command(flatten)]
     pub pg: FleetPgArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every (sub)command's path and long help, depth first. clap's own `help`
+    /// subcommands are left out: their copies of the tree are made before deferred
+    /// subcommands are built (`tend help config set` looks in the real tree).
+    fn helps(cmd: &mut clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+        out.push((path.to_string(), cmd.render_long_help().to_string()));
+        for sub in cmd.get_subcommands_mut() {
+            if sub.get_name() != "help" {
+                let path = format!("{path} {}", sub.get_name());
+                helps(sub, &path, out);
+            }
+        }
+    }
+
+    /// What a user sees of a deferred subcommand (its help, built when asked for) is what
+    /// the full tree (completions, man pages) says, for every subcommand.
+    #[test]
+    fn deferred_and_full_trees_agree() {
+        let mut full = super::Cli::full_command();
+        full.build();
+        let mut deferred = super::Cli::command();
+        deferred.build();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        helps(&mut full, "tend", &mut a);
+        helps(&mut deferred, "tend", &mut b);
+        assert!(a.len() > 30, "{} commands", a.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x, y);
+        }
+        assert_eq!(a.len(), b.len());
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        super::Cli::full_command().debug_assert();
+        super::Cli::command().debug_assert();
+    }
 }

@@ -4,15 +4,13 @@
 use std::io::Write;
 use std::path::Path;
 
-use clap::CommandFactory;
-
 use super::session::Failure;
 use crate::cli::Cli;
 use crate::error::{io_reason, Error};
 
 /// Writes the completion script for `shell` on `out`.
 pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<(), Failure> {
-    let mut cmd = Cli::command();
+    let mut cmd = Cli::full_command();
     // Into a buffer first: clap_complete panics when its writer fails (`| head`).
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut cmd, "tend", &mut buf);
@@ -23,7 +21,7 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<(
 /// Writes `tend.1` on `out`, or with `dir` writes `tend.1` and one page per subcommand
 /// (`tend-add.1`, `tend-daemon-status.1`, ...) into it.
 pub fn man(dir: Option<&Path>, out: &mut dyn Write) -> Result<(), Failure> {
-    let mut cmd = Cli::command();
+    let mut cmd = Cli::full_command();
     // Propagates the global options (`--home`) into every subcommand's page.
     cmd.build();
     let Some(dir) = dir else {

@@ -31,7 +31,7 @@ pub mod view;
 use std::io::{self, Write};
 
 use crate::api::Verb;
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, Lazy};
 use crate::error::exit;
 use crate::home::Home;
 use session::{report, Failure, Session};
@@ -68,14 +68,12 @@ pub fn run(cli: Cli) -> u8 {
 fn wants_json(c: &Command) -> bool {
     use crate::cli::{ConfigAction, DaemonAction};
     match c {
-        Command::List { out } | Command::Status { out, .. } | Command::Events { out, .. } => {
-            out.json
-        }
-        Command::Doctor { json } => *json,
+        Command::List(out) => out.json,
+        Command::Status(a) => a.out.json,
+        Command::Events(a) => a.out.json,
+        Command::Doctor(a) => a.json,
         Command::Logs(a) => a.json,
-        Command::Config {
-            action: ConfigAction::List { json },
-        } => *json,
+        Command::Config(a) => matches!(a.action, ConfigAction::List { json: true }),
         Command::Daemon(d) => matches!(d.action, Some(DaemonAction::Status { json: true })),
         _ => false,
     }
@@ -134,49 +132,37 @@ fn one_line(rendered: &str) -> String {
 fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     // Commands that need no state home.
     match &cli.command {
-        Command::Completions { shell } => return extras::completions(*shell, out),
-        Command::Man { dir } => return extras::man(dir.as_deref(), out),
+        Command::Completions(a) => return extras::completions(a.shell, out),
+        Command::Man(a) => return extras::man(a.dir.as_deref(), out),
         _ => {}
     }
     let home = Home::resolve(cli.home.as_deref(), cli.home_from_env)?;
     let home = &home;
     match cli.command {
-        Command::Add(a) => definitions::add(home, a, out),
-        Command::Edit(a) => definitions::edit(home, a, out),
-        Command::Remove {
-            names,
-            stop,
-            keep_logs,
-        } => definitions::remove(s, home, names, stop, keep_logs, out),
-        Command::List { out: how } => view::list(home, how, out),
-        Command::Status { name, out: how } => view::status(s, home, &name, how, out),
-        Command::Logs(a) => logs::run(home, a, out),
-        Command::Events {
-            name,
-            lines,
-            out: how,
-        } => view::events(home, name.as_deref(), lines, how, out),
-        Command::Apply(a) => apply::apply(s, home, a, out),
-        Command::Export { names } => apply::export(home, names, out),
-        Command::Import { path } => import::import(&path, out),
-        Command::Start(a) => lifecycle::start(s, home, a, out),
-        Command::Stop(w) => lifecycle::act(s, home, Verb::Stop, w, out),
-        Command::Restart(w) => lifecycle::act(s, home, Verb::Restart, w, out),
-        Command::Signal { signal, which } => {
-            let signal = lifecycle::parse_signal(&signal)?;
-            lifecycle::act(s, home, Verb::Signal { signal }, which, out)
+        Command::Add(Lazy(a)) => definitions::add(home, a, out),
+        Command::Edit(Lazy(a)) => definitions::edit(home, a, out),
+        Command::Remove(Lazy(a)) => definitions::remove(s, home, a.names, a.stop, a.keep_logs, out),
+        Command::List(Lazy(how)) => view::list(home, how, out),
+        Command::Status(Lazy(a)) => view::status(s, home, &a.name, a.out, out),
+        Command::Logs(Lazy(a)) => logs::run(home, a, out),
+        Command::Events(Lazy(a)) => view::events(home, a.name.as_deref(), a.lines, a.out, out),
+        Command::Apply(Lazy(a)) => apply::apply(s, home, a, out),
+        Command::Export(Lazy(a)) => apply::export(home, a.names, out),
+        Command::Import(Lazy(a)) => import::import(&a.path, out),
+        Command::Start(Lazy(a)) => lifecycle::start(s, home, a, out),
+        Command::Stop(Lazy(w)) => lifecycle::act(s, home, Verb::Stop, w, out),
+        Command::Restart(Lazy(w)) => lifecycle::act(s, home, Verb::Restart, w, out),
+        Command::Signal(Lazy(a)) => {
+            let signal = lifecycle::parse_signal(&a.signal)?;
+            lifecycle::act(s, home, Verb::Signal { signal }, a.which, out)
         }
-        Command::Daemon(args) => daemon::run(s, home, args, out),
-        Command::Notify(args) => settings::notify(home, args, out),
-        Command::Config { action } => settings::config(home, action, out),
-        Command::Doctor { json } => doctor::run(s, home, json, out),
-        Command::Top {
-            interval,
-            fleet,
-            pg,
-        } => top::run(home, &interval, fleet.then_some(pg)),
-        Command::Fleet(args) => fleet::run(s, home, args, out),
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+        Command::Daemon(Lazy(args)) => daemon::run(s, home, args, out),
+        Command::Notify(Lazy(args)) => settings::notify(home, args, out),
+        Command::Config(Lazy(a)) => settings::config(home, a.action, out),
+        Command::Doctor(Lazy(a)) => doctor::run(s, home, a.json, out),
+        Command::Top(Lazy(a)) => top::run(home, &a.interval, a.fleet.then_some(a.pg)),
+        Command::Fleet(Lazy(args)) => fleet::run(s, home, args, out),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`stop`]: which processes are proven to be a service's, and stopping them.
 //! - [`reap`]: child subreaper, reaping, and the board of reaped exit statuses.
 //! - [`signals`]: signal masks around a start.
+//! - [`startup`]: what the binary does first (standard descriptors, SIGPIPE ignored).
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
 //! - [`memory`]: the daemon's heap: one arena, free pages given back.
 //! - [`usage`]: CPU time and memory of a process tree, for a service without a cgroup.
@@ -23,6 +24,7 @@ pub mod memory;
 pub mod reap;
 pub mod signals;
 pub mod spawn;
+pub mod startup;
 pub mod stop;
 pub mod usage;
 pub mod writer;
