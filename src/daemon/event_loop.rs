@@ -12,6 +12,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use tracing::{error, info, warn};
 
 use super::bus::{Msg, Shared, ShutdownReply, ToLoop};
@@ -20,7 +21,7 @@ use super::signals::{drain, sd_notify, Signals};
 use super::worker::{Job, WorkerHandle};
 use super::{client, health, rotation};
 use crate::api::LeftDown;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::process::handle::Handle;
 use crate::process::reap::{self, ExitBoard};
@@ -46,7 +47,7 @@ pub struct EventLoop {
     pub rx: mpsc::Receiver<Msg>,
     pub wake_read: UnixStream,
     /// Adopted services (not our children), watched by pidfd.
-    pub adopted: Vec<(Handle, Watch)>,
+    pub adopted: Adopted,
     /// Pending automatic restarts: service -> due unix ms.
     pub timers: BTreeMap<String, i64>,
     /// Restarts handed to the worker: service -> the due time they were fired for. The
@@ -76,7 +77,73 @@ struct Ready {
     signal: bool,
     wake: bool,
     listener: bool,
-    pidfds: Vec<usize>,
+    /// Tokens of adopted services whose pidfd is readable (the process exited).
+    pidfds: Vec<u64>,
+}
+
+/// Adopted services (running before this daemon came up, so not its children), each
+/// watched through its pidfd in an epoll set: the loop's `poll` has one descriptor for
+/// all of them, and a wake-up costs the same with 1,000 adopted services as with none.
+/// (`poll` over every pidfd made each of the loop's wake-ups, several per request, walk
+/// all of them: 10% of the daemon's CPU in a `perf` sample with 1,000 adopted services.)
+pub struct Adopted {
+    epoll: Epoll,
+    watched: BTreeMap<u64, (Handle, Watch)>,
+    next: u64,
+}
+
+impl Adopted {
+    pub fn new() -> Result<Adopted> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| Error::Daemon {
+            message: format!("epoll: {e}"),
+        })?;
+        Ok(Adopted {
+            epoll,
+            watched: BTreeMap::new(),
+            next: 0,
+        })
+    }
+
+    fn add(&mut self, handle: Handle, watch: Watch) {
+        let token = self.next;
+        self.next += 1;
+        if let Err(e) = self
+            .epoll
+            .add(handle.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+        {
+            // Not watched is not lost: the worker's next adoption pass finds the exit.
+            error!(service = %watch.name, error = %e, "cannot watch an adopted service");
+            return;
+        }
+        self.watched.insert(token, (handle, watch));
+    }
+
+    fn remove(&mut self, token: u64) -> Option<(Handle, Watch)> {
+        let (handle, watch) = self.watched.remove(&token)?;
+        let _ = self.epoll.delete(handle.as_fd());
+        Some((handle, watch))
+    }
+
+    /// Tokens of the services whose process exited (their pidfd is readable).
+    fn exited(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut events = [EpollEvent::empty(); 64];
+        loop {
+            match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
+                Ok(n) => {
+                    out.extend(events[..n].iter().map(EpollEvent::data));
+                    if n < events.len() {
+                        return out;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    error!(error = %e, "epoll_wait failed");
+                    return out;
+                }
+            }
+        }
+    }
 }
 
 impl EventLoop {
@@ -106,9 +173,10 @@ impl EventLoop {
                     server::accept(l, &self.serve);
                 }
             }
-            for i in ready.pidfds.into_iter().rev() {
-                let (handle, watch) = self.adopted.swap_remove(i);
-                self.worker.send(Job::AdoptedExit { handle, watch });
+            for token in ready.pidfds {
+                if let Some((handle, watch)) = self.adopted.remove(token) {
+                    self.worker.send(Job::AdoptedExit { handle, watch });
+                }
             }
             self.fire_timers();
             self.publish();
@@ -153,12 +221,8 @@ impl EventLoop {
             }
             _ => false,
         };
-        let first_pidfd = fds.len();
-        fds.extend(
-            self.adopted
-                .iter()
-                .map(|(h, _)| PollFd::new(h.as_fd(), PollFlags::POLLIN)),
-        );
+        let adopted = fds.len();
+        fds.push(PollFd::new(self.adopted.epoll.0.as_fd(), PollFlags::POLLIN));
         let mut ready = Ready::default();
         match poll(&mut fds, timeout) {
             Ok(0) => return ready,
@@ -174,12 +238,9 @@ impl EventLoop {
         ready.signal = hit(&fds[0]);
         ready.wake = hit(&fds[1]);
         ready.listener = accepting && hit(&fds[2]);
-        ready.pidfds = fds[first_pidfd..]
-            .iter()
-            .enumerate()
-            .filter(|(_, fd)| hit(fd))
-            .map(|(i, _)| i)
-            .collect();
+        if hit(&fds[adopted]) {
+            ready.pidfds = self.adopted.exited();
+        }
         ready
     }
 
@@ -220,7 +281,11 @@ impl EventLoop {
                     // Restarts and exits change which instances run: checks follow them.
                     self.health.request();
                 }
-                Msg::Watch(w) => self.adopted.extend(w),
+                Msg::Watch(w) => {
+                    for (handle, watch) in w {
+                        self.adopted.add(handle, watch);
+                    }
+                }
                 Msg::Ready => {
                     if !self.ready {
                         self.ready = true;
@@ -264,7 +329,7 @@ impl EventLoop {
     fn publish(&self) {
         self.shared
             .adopted
-            .store(self.adopted.len(), Ordering::Relaxed);
+            .store(self.adopted.watched.len(), Ordering::Relaxed);
         self.shared
             .pending
             .store(self.timers.len(), Ordering::Relaxed);

@@ -206,7 +206,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         serve,
         rx,
         wake_read,
-        adopted: Vec::new(),
+        adopted: event_loop::Adopted::new()?,
         timers: std::collections::BTreeMap::new(),
         fired: std::collections::BTreeMap::new(),
         board,
