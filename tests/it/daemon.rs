@@ -501,6 +501,58 @@ fn cli_started_services_are_adopted_or_restarted() {
     assert_eq!(st["restart"], "on-failure", "{st}");
 }
 
+/// More adopted services than the event loop takes from its epoll set in one turn (64)
+/// exit at once: every exit is recorded, and the loop goes on (a pidfd stays readable
+/// until it is removed, so asking the set again in the same turn would return the same
+/// ones for ever).
+#[test]
+fn many_adopted_services_exiting_at_once_are_each_recorded() {
+    const N: usize = 70;
+    let env = Env::new();
+    let names: Vec<String> = (0..N).map(|i| format!("s{i:02}")).collect();
+    for n in &names {
+        env.add_fixture(n, &["--restart", "never"], &["--marker", n]);
+    }
+    env.ok(&["start", "--all"]);
+    let pids: Vec<i32> = names.iter().map(|n| env.pid(n).unwrap()).collect();
+    start_daemon(&env);
+    let adopted = |env: &Env| {
+        let out = env.ok(&["events", "--json", "-n", "10000"]);
+        let v: Value = serde_json::from_str(&out.stdout).expect("events --json is JSON");
+        v.as_array()
+            .expect("an array")
+            .iter()
+            .filter(|e| e["kind"] == "adopted")
+            .count()
+    };
+    assert!(
+        wait_until(LONG, || adopted(&env) == N),
+        "adopted {} of {N}",
+        adopted(&env)
+    );
+    for &pid in &pids {
+        signal(pid, libc::SIGKILL);
+    }
+    let exits = |env: &Env| {
+        let out = env.ok(&["events", "--json", "-n", "10000"]);
+        let v: Value = serde_json::from_str(&out.stdout).expect("events --json is JSON");
+        v.as_array()
+            .expect("an array")
+            .iter()
+            .filter(|e| e["kind"] == "exit")
+            .count()
+    };
+    assert!(
+        wait_until(LONG, || exits(&env) == N),
+        "{} of {N} exits recorded\ndaemon.log:\n{}",
+        exits(&env),
+        env.daemon_log()
+    );
+    // The loop still answers.
+    let out = env.tend(&["daemon", "status"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
 /// The socket file of a SIGKILLed daemon stays behind: the CLI falls back to acting
 /// locally, and a new daemon replaces it.
 #[test]
