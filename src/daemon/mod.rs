@@ -127,7 +127,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         containment: Some(containment.clone()),
     };
     let mut sup = Supervisor::open_with(home.clone(), ctx.clone())?;
-    sup.cap_cache(pool::CACHE_KIB)?;
+    sup.keep_open(pool::CACHE_KIB)?;
     let pg_settings = crate::pg::Settings::resolve(&mut sup, &pg)?;
     // Read once; the services this daemon starts must not inherit a password. No other
     // thread exists yet, so changing the environment is safe.

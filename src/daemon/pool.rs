@@ -1,17 +1,18 @@
 //! Warm supervisors for the daemon's threads: a request is served on a connection to the
 //! state database that is already open, its schema read and its statements prepared.
 //!
-//! Opening one costs more than the request it serves: measured with callgrind, a stop
-//! request for a service that is not running took 4.5M instructions in the daemon, of
-//! which opening and closing the request's connection (parsing the schema, the pragmas,
-//! the journal-mode check, preparing every statement again) was over half, and the
-//! log-rotation and health threads opened one more each after the request.
+//! Opening one costs more than the request it serves. In a callgrind profile of a stop
+//! request for a service that is not running, `Supervisor::open_with` (the request's own
+//! connection, and one each that the log-rotation and health threads opened after it)
+//! came to 1.65M instructions; with the pool the whole request costs the daemon
+//! 0.28–0.31M (`bench/callgrind.sh`).
 //!
-//! A pool keeps at most [`MAX_IDLE`] idle supervisors, each with a page cache of
-//! [`CACHE_KIB`]; more are opened when more threads
-//! work at once and closed when they come back to a full pool. An idle daemon so keeps a
-//! few connections open (each a few hundred kB: SQLite's schema and the pages it read),
-//! which is the price of answering from a warm one.
+//! A pool keeps at most [`MAX_IDLE`] idle supervisors, each with a page cache of at most
+//! [`CACHE_KIB`]; more are opened when more threads work at once and closed when they come
+//! back to a full pool. The daemon has two pools (requests and rotation share one; the
+//! health thread, whose context differs, has its own), so an idle daemon keeps a few
+//! connections open, each with SQLite's parsed schema and the pages it read: the price
+//! of answering from a warm one.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
@@ -67,8 +68,8 @@ impl Pool {
         let sup = match idle {
             Some(s) => s,
             None => {
-                let s = Supervisor::open_with(self.home.clone(), self.ctx.clone())?;
-                s.cap_cache(CACHE_KIB)?;
+                let mut s = Supervisor::open_with(self.home.clone(), self.ctx.clone())?;
+                s.keep_open(CACHE_KIB)?;
                 s
             }
         };

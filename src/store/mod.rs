@@ -37,8 +37,8 @@ const ATTEMPTS: u32 = 3;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    /// (device, inode) of the database file and of its WAL when this connection was
-    /// set up: see [`Store::files_unchanged`].
+    /// (device, inode) of the database file and of its WAL, noted by
+    /// [`Store::keep_open`]: see [`Store::files_unchanged`].
     files: Option<[(u64, u64); 2]>,
 }
 
@@ -73,9 +73,6 @@ impl Store {
             files: None,
         };
         store.configure()?;
-        store.files = file_id(path)
-            .zip(file_id(&store.wal_path()))
-            .map(|(d, w)| [d, w]);
         Ok(store)
     }
 
@@ -205,31 +202,29 @@ impl Store {
         })
     }
 
-    /// Every CLI call is the first connection to open the database, and the first opener
-    /// rebuilds the WAL index by reading every frame in the WAL. It also cannot know
-    /// that those frames were checkpointed already, so SQLite's automatic checkpoints
-    /// never let a one-commit-per-process WAL start over: it grew without bound and
-    /// reading it became most of a `tend start`. So once the WAL passes [`WAL_LIMIT`],
-    /// the committer checkpoints it and truncates it to nothing (one fsync, every few
-    /// dozen commits). Contention is not an error: someone else will do it.
     fn wal_path(&self) -> PathBuf {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         PathBuf::from(wal)
     }
 
-    /// Caps this connection's page cache at `kib` KiB (SQLite's default is 2 MiB). For
-    /// connections a resident process keeps open: with 1,000 services the database is
-    /// about 0.9 MB, and each idle connection would otherwise keep all of it.
-    pub fn cap_cache(&self, kib: u32) -> Result<()> {
+    /// Readies a connection that a resident process keeps open (the daemon's): its page
+    /// cache is capped at `cache_kib` KiB (SQLite's default is 2 MiB; with 1,000 services
+    /// the database is about 0.9 MB, and each idle connection would otherwise keep all of
+    /// it), and the files it has open are noted for [`Store::files_unchanged`].
+    pub fn keep_open(&mut self, cache_kib: u32) -> Result<()> {
         self.conn
-            .execute_batch(&format!("PRAGMA cache_size = -{kib}"))
-            .map_err(|e| db_err(&self.path, e))
+            .execute_batch(&format!("PRAGMA cache_size = -{cache_kib}"))
+            .map_err(|e| db_err(&self.path, e))?;
+        self.files = file_id(&self.path)
+            .zip(file_id(&self.wal_path()))
+            .map(|(d, w)| [d, w]);
+        Ok(())
     }
 
     /// True while the database file and its WAL on disk are still the ones this
-    /// connection has open. A connection kept open for a long time (the daemon's) must
-    /// ask before each use: if someone deleted or replaced either file, this connection
+    /// connection had open when [`Store::keep_open`] noted them (false if it never did).
+    /// A connection kept open for a long time (the daemon's) must ask before each use: if someone deleted or replaced either file, this connection
     /// would go on reading and committing to files nobody else sees, and everything it
     /// wrote would be lost when it closes. A new connection fails instead, loudly.
     pub fn files_unchanged(&self) -> bool {
@@ -238,6 +233,13 @@ impl Store {
         })
     }
 
+    /// Every CLI call is the first connection to open the database, and the first opener
+    /// rebuilds the WAL index by reading every frame in the WAL. It also cannot know
+    /// that those frames were checkpointed already, so SQLite's automatic checkpoints
+    /// never let a one-commit-per-process WAL start over: it grew without bound and
+    /// reading it became most of a `tend start`. So once the WAL passes [`WAL_LIMIT`],
+    /// the committer checkpoints it and truncates it to nothing (one fsync, every few
+    /// dozen commits). Contention is not an error: someone else will do it.
     fn keep_wal_short(&mut self) {
         let wal = self.wal_path();
         if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT) {

@@ -1,7 +1,5 @@
 //! Instances, restart bookkeeping, `tend config` settings and the event log.
 
-use std::collections::BTreeMap;
-
 use rusqlite::{params, OptionalExtension};
 
 use super::Tx;
@@ -9,30 +7,12 @@ use crate::error::Result;
 use crate::record::{now_ms, Event, Instance, Runtime};
 
 impl Tx<'_> {
-    /// All running instances by service id.
-    pub fn instances(&self) -> Result<BTreeMap<i64, Instance>> {
-        let mut stmt = self
-            .0
-            .prepare_cached(
-                "SELECT service_id, pid, pgid, start_time, boot_id, started_at, stopping, \
-                 cgroup, launching FROM instances",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, instance_from_row(r, 1)?)))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
-    }
-
     pub fn instance(&self, service_id: i64) -> Result<Option<Instance>> {
         let mut stmt = self
             .0
-            .prepare_cached(
-                "SELECT pid, pgid, start_time, boot_id, started_at, stopping, cgroup, launching \
-                 FROM instances \
-                 WHERE service_id = ?1",
-            )
+            .prepare_cached(&format!(
+                "SELECT {INSTANCE} FROM instances WHERE service_id = ?1"
+            ))
             .map_err(|e| self.err(e))?;
         stmt.query_row([service_id], |r| instance_from_row(r, 0))
             .optional()
@@ -93,19 +73,6 @@ impl Tx<'_> {
             .optional()
             .map_err(|e| self.err(e))?;
         Ok(row.unwrap_or_default())
-    }
-
-    /// Restart bookkeeping of every service that has any, in one statement.
-    pub fn runtimes(&self) -> Result<BTreeMap<i64, Runtime>> {
-        let mut stmt = self
-            .0
-            .prepare_cached(&format!("SELECT service_id, {RUNTIME} FROM runtime"))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, runtime_from_row(r, 1)?)))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
     }
 
     pub fn set_runtime(&self, service_id: i64, rt: &Runtime) -> Result<()> {

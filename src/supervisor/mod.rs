@@ -255,10 +255,10 @@ impl Supervisor {
         })
     }
 
-    /// Caps the page cache of this supervisor's database connection (see
-    /// [`Store::cap_cache`]).
-    pub fn cap_cache(&self, kib: u32) -> Result<()> {
-        self.store.cap_cache(kib)
+    /// Readies this supervisor's database connection to be kept open by a resident
+    /// process (see [`Store::keep_open`]).
+    pub fn keep_open(&mut self, cache_kib: u32) -> Result<()> {
+        self.store.keep_open(cache_kib)
     }
 
     /// False once the state database's files on disk are no longer the ones this

@@ -499,9 +499,9 @@ fn dup_high(fd: RawFd) -> Result<OwnedFd, Errno> {
 /// Starts the intermediate process the way `posix_spawn` does: `CLONE_VM | CLONE_VFORK`,
 /// so it shares our memory instead of copying it, and this thread is suspended until the
 /// intermediate has exited (right after it forked the service and reported its pid).
-/// Only the service itself is a copy of our address space. Copying it twice was the
-/// largest cost of a fork from the daemon: a fork and exit of a process with a few MB
-/// resident took about 0.5 ms here, a `CLONE_VM | CLONE_VFORK` child 0.1-0.3 ms.
+/// Only the service itself is a copy of our address space. In a C loop on this machine
+/// (loaded), a fork, exit and wait of a process with 2–32 MB resident took 0.5–1.1 ms, a
+/// `CLONE_VM | CLONE_VFORK` child 0.1–0.3 ms.
 ///
 /// Every signal must be blocked in the calling thread (so none of our handlers can run
 /// in the intermediate, which would run them on our memory).
