@@ -107,13 +107,10 @@ fn a_self_daemonizing_program_is_followed_and_stopped() {
     ]);
     env.start_brief(&["forker"]);
     let svc = service_cgroup(&env, "forker");
-    assert!(
-        wait_until(LONG, || cgroup_pids(&svc).len() == 1),
-        "{:?}",
-        cgroup_pids(&svc)
-    );
-    let child = cgroup_pids(&svc)[0];
-    let mut left = Vec::new();
+    // The cgroup's only pid is the detached sleep only once `sh` has forked it and
+    // exited and `setsid` has exec'd: until then that pid may be `sh` or `setsid`. So
+    // wait for the state the status reports (stopped, one leftover that is `sleep`).
+    let mut left: Vec<i32> = Vec::new();
     assert!(
         wait_until(LONG, || {
             let v = env.status_json("forker");
@@ -126,11 +123,16 @@ fn a_self_daemonizing_program_is_followed_and_stopped() {
                         .collect()
                 })
                 .unwrap_or_default();
-            v["state"] == "stopped" && left == vec![child]
+            v["state"] == "stopped"
+                && left.len() == 1
+                && cgroup_pids(&svc) == left
+                && comm(left[0]) == "sleep"
         }),
-        "status: {}",
-        env.status_json("forker")
+        "status: {}, cgroup: {:?}",
+        env.status_json("forker"),
+        cgroup_pids(&svc)
     );
+    let child = left[0];
     let human = env.tend(&["status", "forker"]);
     assert!(
         human.stdout.contains(&format!(
@@ -484,4 +486,12 @@ fn a_pidfile_service_is_followed_to_its_daemonized_process() {
         "{out:?}"
     );
     assert_eq!(env.status_json("liar")["state"], "stopped");
+}
+
+/// The command name of a process, or "" once it is gone.
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
