@@ -121,10 +121,12 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         }
     }
     info!(containment = %containment.describe(), "containment");
+    let queue = worker::queue();
     let ctx = Context {
         daemon_watching: false,
         board: Some(board.clone()),
         containment: Some(containment.clone()),
+        exits: Some(queue.0.exit_sink()),
     };
     let mut sup = Supervisor::open_with(home.clone(), ctx.clone())?;
     sup.keep_open(pool::CACHE_KIB)?;
@@ -186,11 +188,10 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         home.clone(),
         Context {
             daemon_watching: true,
-            board: ctx.board.clone(),
-            containment: ctx.containment.clone(),
+            ..ctx.clone()
         },
     ))?;
-    let worker = worker::start(sup, waker.clone())?;
+    let worker = worker::start(sup, waker.clone(), queue)?;
     let serve = ServeCtx {
         home: home.clone(),
         shared: shared.clone(),

@@ -58,11 +58,39 @@ impl WorkerHandle {
     }
 }
 
-/// Starts the worker thread with its own supervisor.
-pub fn start(sup: Supervisor, waker: Waker) -> crate::Result<WorkerHandle> {
+/// The worker's queue: its handle (for the loop, and for the supervisors' exit sink,
+/// which exist before the worker does) and the end the worker reads.
+pub fn queue() -> (WorkerHandle, mpsc::Receiver<Job>) {
     let (tx, rx) = mpsc::channel();
-    let outstanding = Arc::new(AtomicUsize::new(0));
-    let count = outstanding.clone();
+    let handle = WorkerHandle {
+        tx,
+        outstanding: Arc::new(AtomicUsize::new(0)),
+    };
+    (handle, rx)
+}
+
+impl WorkerHandle {
+    /// An exit sink (see [`crate::supervisor::Context::exits`]) that hands the exit to
+    /// the worker as if the loop had just reaped it.
+    pub fn exit_sink(&self) -> crate::supervisor::ExitSink {
+        let h = self.clone();
+        Arc::new(move |pid, start_time, status| {
+            h.send(Job::Exit {
+                pid,
+                start_time,
+                status,
+            })
+        })
+    }
+}
+
+/// Starts the worker thread with its own supervisor, reading the queue made by [`queue`].
+pub fn start(
+    sup: Supervisor,
+    waker: Waker,
+    (handle, rx): (WorkerHandle, mpsc::Receiver<Job>),
+) -> crate::Result<WorkerHandle> {
+    let count = handle.outstanding.clone();
     let mut w = Worker {
         sup,
         waker,
@@ -82,7 +110,7 @@ pub fn start(sup: Supervisor, waker: Waker) -> crate::Result<WorkerHandle> {
         .map_err(|e| crate::Error::Daemon {
             message: format!("cannot start the supervision worker: {e}"),
         })?;
-    Ok(WorkerHandle { tx, outstanding })
+    Ok(handle)
 }
 
 struct Worker {

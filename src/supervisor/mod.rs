@@ -207,7 +207,17 @@ pub struct Context {
     /// The containment found by the caller (the daemon finds it once); `None`: found on
     /// first use.
     pub containment: Option<Containment>,
+    /// In the daemon: where an exit goes that a start saw itself. The event loop reaps
+    /// every child the moment it exits, and a process killed while its start waited to
+    /// commit is reaped before any record names it, so the reaper's own report finds no
+    /// instance. The start hands such an exit back (`pid`, start time, `waitpid` status
+    /// word) to whoever records exits, which records it if the instance is still
+    /// recorded: whoever clears the record writes the exit, so it is counted once.
+    pub exits: Option<ExitSink>,
 }
+
+/// See [`Context::exits`].
+pub type ExitSink = Arc<dyn Fn(i32, u64, i32) + Send + Sync>;
 
 pub struct Supervisor {
     home: Home,

@@ -162,10 +162,18 @@ impl Supervisor {
         }
         // `start` confirms exec. If the process is already gone by now, say so.
         if started.handle.exited() {
-            let status = self.fresh_exit_status(&started.handle);
-            if self.ctx.board.is_none() {
+            let word = self.fresh_exit_word(&started.handle);
+            let status = word.map(ExitStatus::from_wait);
+            match (&self.ctx.board, &self.ctx.exits, word) {
+                // The daemon's loop reaped it, maybe before the record existed: hand the
+                // exit back to the worker, which records it unless it did already.
+                (Some(_), Some(sink), Some(word)) => sink(inst.pid, inst.start_time, word),
+                // Not reaped yet: the worker gets it from the loop, after the commit.
+                (Some(_), _, _) => {}
                 // Without a daemon nobody else will ever know this status.
-                self.exit_seen(undo.id, &inst, status.unwrap_or(ExitStatus::Unknown))?;
+                (None, _, _) => {
+                    self.exit_seen(undo.id, &inst, status.unwrap_or(ExitStatus::Unknown))?
+                }
             }
             return Ok(StartOutcome::ExitedAtOnce {
                 pid: inst.pid,
@@ -186,11 +194,15 @@ impl Supervisor {
     /// The exit status of a process we just started and found exited: we are its parent
     /// (a subreaper), so the CLI reaps it itself; in the daemon its loop does, and posts.
     pub(super) fn fresh_exit_status(&self, h: &Handle) -> Option<ExitStatus> {
-        let word = match &self.ctx.board {
+        self.fresh_exit_word(h).map(ExitStatus::from_wait)
+    }
+
+    /// [`Supervisor::fresh_exit_status`] as the `waitpid` status word.
+    fn fresh_exit_word(&self, h: &Handle) -> Option<i32> {
+        match &self.ctx.board {
             Some(board) => board.wait_for(h.pid(), h.start_time(), STATUS_WAIT),
             None => h.try_reap(),
-        };
-        word.map(ExitStatus::from_wait)
+        }
     }
 
     /// Takes back a committed start whose exec failed: the state is as it was before.

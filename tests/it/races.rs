@@ -819,3 +819,182 @@ fn request_to_stopped_daemon_expires_and_is_never_carried_out() {
     assert_eq!(st["pid"], dpid, "the same daemon: {st}");
     env.ok(&["stop", "svc"]);
 }
+
+/// The children of `pid` (every thread's), from /proc.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|s| s.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The session of `pid`.
+fn session_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// True while `pid` sleeps in read(2) (system call 0 on x86-64, 63 on arm64).
+fn waits_in_read(pid: i32) -> bool {
+    let read_nr = if cfg!(target_arch = "aarch64") {
+        "63"
+    } else {
+        "0"
+    };
+    stat_of(pid).is_some_and(|(state, _)| state == "S")
+        && std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|s| s.split_whitespace().next() == Some(read_nr))
+}
+
+/// True while a request thread of daemon `pid` sleeps (nanosleep or clock_nanosleep):
+/// in this test, only the busy handler of a commit that waits for the write lock.
+fn request_thread_sleeps(pid: i32) -> bool {
+    let sleeps: &[&str] = if cfg!(target_arch = "aarch64") {
+        &["101", "115"]
+    } else {
+        &["35", "230"]
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "tend-request")
+            && std::fs::read_to_string(t.path().join("syscall")).is_ok_and(|s| {
+                s.split_whitespace()
+                    .next()
+                    .is_some_and(|n| sleeps.contains(&n))
+            })
+    })
+}
+
+/// Events of `name` of kind `kind` whose detail mentions `pid N`.
+fn events_about(env: &Env, name: &str, kind: &str, pid: i32) -> Vec<String> {
+    let conn = open_ro(&env.db());
+    let mut stmt = conn
+        .prepare("SELECT detail FROM events WHERE service = ?1 AND kind = ?2 ORDER BY id")
+        .expect("prepare");
+    let rows: Vec<String> = stmt
+        .query_map(rusqlite::params![name, kind], |r| r.get::<_, String>(0))
+        .expect("query")
+        .flatten()
+        .collect();
+    let needle = format!("pid {pid}");
+    rows.into_iter()
+        .filter(|d| {
+            d == &needle
+                || d.starts_with(&format!("{needle}:"))
+                || d.starts_with(&format!("{needle} "))
+        })
+        .collect()
+}
+
+/// 9. The process a start holds at the gate is SIGKILLed while the start's commit waits
+///    for the write lock: the daemon's loop reaps it before any record names it. Its exit
+///    is still accounted for exactly once (one `exit` event), the start says the service
+///    is gone instead of calling it started, and the restart policy (`always`) starts a
+///    new instance.
+#[test]
+fn gated_process_killed_while_the_commit_waits_is_one_exit() {
+    let mut env = Env::new();
+    // The daemon logs each child it reaps that is no instance at debug level: the test
+    // waits for that line, so the exit surely reached the worker before the commit.
+    env.vars.push(("RUST_LOG".into(), "debug".into()));
+    let mut rng = Rng::new("races-gate-kill");
+    let marker = unique_marker(&mut rng, "gate-kill");
+    let _sweep = Sweep::new(&env, &[&marker]);
+    env.add_fixture(
+        "svc",
+        &["--restart", "always", "--restart-delay", "0"],
+        &["--marker", &marker],
+    );
+    let dpid = start_daemon(&env);
+    let daemon_argv = argv_of(dpid).expect("daemon argv");
+
+    // Hold the write lock: the start's commit waits for it (up to its busy timeout).
+    let holder = rusqlite::Connection::open(env.db()).expect("open db");
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let mut start = env.cmd();
+    start
+        .args(["start", "svc"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = start.spawn().expect("spawn tend start");
+
+    // The held process: a child of the daemon (its intermediate has exited) still
+    // running the daemon's own program, in a session it does not lead (the
+    // intermediate's), blocked in read(2) on the gate.
+    let mut gated = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            gated = children_of(dpid).into_iter().find(|&c| {
+                argv_of(c).as_ref() == Some(&daemon_argv)
+                    && session_of(c).is_some_and(|sid| sid != c && sid != dpid)
+                    && waits_in_read(c)
+            });
+            gated.is_some()
+        }),
+        "no process held at the gate appeared; daemon.log:\n{}",
+        env.daemon_log()
+    );
+    let gated = gated.expect("checked above");
+    // ... and the start has pinned it and waits for the lock: its request thread sleeps
+    // in the busy handler (nanosleep or clock_nanosleep).
+    assert!(
+        wait_until(Duration::from_secs(20), || request_thread_sleeps(dpid)),
+        "the start never waited for the write lock"
+    );
+    signal(gated, libc::SIGKILL);
+    let reaped = format!("pid={gated} ");
+    assert!(
+        wait_until(Duration::from_secs(20), || env.daemon_log().lines().any(
+            |l| l.contains("reaped a non-service child") && l.contains(&reaped)
+        )),
+        "the daemon did not reap pid {gated}; daemon.log:\n{}",
+        env.daemon_log()
+    );
+    holder.execute_batch("ROLLBACK").expect("release the lock");
+    drop(holder);
+
+    let out = start.wait_with_output().expect("tend start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a start whose process was killed before it ran is no success\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("exited at once") && stderr.contains("KILL"),
+        "stderr: {stderr}"
+    );
+    // The policy restarts it: a new instance runs the program.
+    let new = env.wait_new_pid("svc", gated);
+    assert!(
+        wait_until(Duration::from_secs(20), || marker_procs(&marker)
+            .iter()
+            .any(|&(p, _)| p == new)),
+        "the restarted instance {new} does not run the program"
+    );
+    let exits = events_about(&env, "svc", "exit", gated);
+    assert_eq!(
+        exits.len(),
+        1,
+        "the exit of pid {gated} was recorded {} times: {exits:?}\nevents:\n{}",
+        exits.len(),
+        env.tend(&["events", "svc", "-n", "30"]).stdout
+    );
+    env.ok(&["stop", "--all"]);
+    env.ok(&["daemon", "stop"]);
+}
