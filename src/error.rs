@@ -226,6 +226,8 @@ pub enum Stage {
     Exec = 5,
     /// Joining the service's cgroup.
     Cgroup = 6,
+    /// Closing the descriptors the service must not inherit.
+    CloseFds = 7,
 }
 
 impl Stage {
@@ -237,6 +239,7 @@ impl Stage {
             4 => Stage::Chdir,
             5 => Stage::Exec,
             6 => Stage::Cgroup,
+            7 => Stage::CloseFds,
             _ => return None,
         })
     }
@@ -290,6 +293,7 @@ fn describe(stage: Stage, errno: Errno, program: &str) -> String {
         (Stage::Setsid, _) => format!("setsid failed: {reason}"),
         (Stage::Fork, _) => format!("fork failed: {reason}"),
         (Stage::Cgroup, _) => format!("cannot enter its cgroup: {reason}"),
+        (Stage::CloseFds, _) => format!("cannot close inherited descriptors: {reason}"),
     }
 }
 

@@ -931,3 +931,84 @@ fn daemon_start_reports_a_service_that_exits_at_once() {
     }
     assert_eq!(env.daemon_pid(), Some(daemon), "the daemon still runs");
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. A start at the process limit.
+// ---------------------------------------------------------------------------------------
+
+/// A cgroup v1 `pids` group for one test, removed when dropped.
+struct PidsGroup(std::path::PathBuf);
+
+impl PidsGroup {
+    /// A new group under the v1 `pids` hierarchy with `pids.max = max`, or `None` where
+    /// there is none to create one in (then the test is recorded as not run).
+    fn new(test: &str, max: u32) -> Option<PidsGroup> {
+        let root = Path::new("/sys/fs/cgroup/pids");
+        if !root.join("cgroup.procs").exists() {
+            eprintln!("{test}: not run: needs a cgroup v1 pids hierarchy");
+            return None;
+        }
+        let dir = root.join(format!("tend-test-{}-{test}", std::process::id()));
+        std::fs::create_dir(&dir).expect("create the pids cgroup");
+        let g = PidsGroup(dir);
+        std::fs::write(g.0.join("pids.max"), max.to_string()).expect("set pids.max");
+        Some(g)
+    }
+}
+
+impl Drop for PidsGroup {
+    fn drop(&mut self) {
+        // Empty once the command in it has exited (and been reaped).
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(self.0.join("cgroup.procs")).is_ok_and(|t| t.trim().is_empty())
+        });
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `tend start` in a pids group that has room for tend and the intermediate process but
+/// not for the service: the fork of the service fails with EAGAIN. tend reports that
+/// (one line, exit 1), records nothing, and never falls back to another way of forking
+/// that could reach the same limit differently; with cgroup containment (clone3 into the
+/// instance's cgroup) and without (a plain fork).
+#[test]
+fn a_start_at_the_process_limit_fails_clearly_and_records_nothing() {
+    if !require_root(
+        "a_start_at_the_process_limit_fails_clearly_and_records_nothing",
+        "create a pids cgroup",
+    ) {
+        return;
+    }
+    for env in [Env::new(), Env::without_cgroups()] {
+        env.ok(&["add", "svc", "--", "sleep", "1000"]);
+        let before = dump(&env.db());
+        let Some(group) = PidsGroup::new("process-limit", 2) else {
+            return;
+        };
+        // The shell moves itself into the group and becomes tend: task 1; the
+        // intermediate (a CLONE_VM child) is task 2; the service would be task 3.
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$0\" --home \"$1\" start svc",
+                group.0.display()
+            ))
+            .arg(TEND)
+            .arg(env.home())
+            .current_dir(env.work())
+            .env_remove("TEND_HOME")
+            .envs(env.vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        let out = run(c);
+        assert_eq!(out.code, 1, "{out:?}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{out:?}");
+        assert!(
+            lines[0].starts_with("tend: svc:") && lines[0].contains("fork failed"),
+            "{out:?}"
+        );
+        assert_eq!(dump(&env.db()), before, "the database changed");
+        drop(group);
+        assert_eq!(env.tend(&["status", "svc"]).code, 3);
+    }
+}

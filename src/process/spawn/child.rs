@@ -52,6 +52,10 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// the kernel's threadgroup lock), else a plain fork. Returns (pid, joined): `joined`
 /// tells the child it is already in its cgroup.
 ///
+/// Both are raw system calls, never glibc's `fork()`: this process shares tend's memory
+/// (see `clone_intermediate`), and `fork()` would run tend's atfork handlers and take
+/// glibc's allocator locks in memory that tend's other threads are using.
+///
 /// # Safety
 /// Must only be called in a forked, single-threaded child.
 unsafe fn fork_service(a: &ChildArgs) -> (libc::pid_t, bool) {
@@ -74,10 +78,29 @@ unsafe fn fork_service(a: &ChildArgs) -> (libc::pid_t, bool) {
         if pid >= 0 {
             return (pid as libc::pid_t, true);
         }
-        // ENOSYS/E2BIG/EINVAL: an older kernel; fall back to fork and join by writing.
+        // Only a kernel that lacks clone3 (ENOSYS, before 5.3) or CLONE_INTO_CGROUP
+        // (E2BIG or EINVAL for the larger struct, before 5.7) falls back to fork and a
+        // write to cgroup.procs. Any other error (EAGAIN at the process limit, ENOMEM,
+        // a cgroup that refuses the process) is this start's failure, reported as such.
+        match Errno::last() {
+            Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL => {}
+            _ => return (-1, false),
+        }
     }
-    // SAFETY: as above, a fork of a single-threaded child.
-    (unsafe { libc::fork() }, false)
+    // SAFETY: clone(SIGCHLD) with no new stack is fork(2) without glibc's wrapper: the
+    // child continues on a copy of this single-threaded process's stack.
+    // Async-signal-safe (a system call).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    (pid as libc::pid_t, false)
 }
 
 /// Reports a failed step and exits.
@@ -93,22 +116,96 @@ unsafe fn fail(fd: RawFd, stage: Stage) -> ! {
     }
 }
 
-/// Closes every descriptor except `keep` (sorted, all above 2) and 0-2.
+/// Closes every descriptor except `keep` (sorted, all above 2) and 0-2. False if that
+/// could not be done.
 ///
 /// # Safety
 /// Must only be called in a forked child, where no other thread uses descriptors.
-unsafe fn close_others(keep: &[RawFd]) {
+unsafe fn close_others(keep: &[RawFd]) -> bool {
     let mut from: libc::c_uint = 3;
+    let mut ranges_ok = true;
     for &k in keep {
         let k = k as libc::c_uint;
         if k > from {
             // SAFETY: close_range on a range of our own descriptors; async-signal-safe.
-            unsafe { libc::close_range(from, k - 1, 0) };
+            ranges_ok &= unsafe { libc::close_range(from, k - 1, 0) } == 0;
         }
         from = from.max(k + 1);
     }
     // SAFETY: as above, up to the highest possible descriptor.
-    unsafe { libc::close_range(from, libc::c_uint::MAX, 0) };
+    ranges_ok &= unsafe { libc::close_range(from, libc::c_uint::MAX, 0) } == 0;
+    if ranges_ok {
+        return true;
+    }
+    // close_range(2) is Linux 5.9: before it, list /proc/self/fd and close one by one.
+    // SAFETY: as above; see `close_listed`.
+    unsafe { close_listed(keep) }
+}
+
+/// Closes every descriptor from 3 up that is not in `keep`, reading the list from
+/// /proc/self/fd with raw system calls (open, getdents64, close: all async-signal-safe,
+/// no allocation), as glibc's own `closefrom` fallback does. Closing while listing can
+/// make the listing skip entries, so it starts over until a pass closes nothing.
+///
+/// # Safety
+/// Must only be called in a forked child, where no other thread uses descriptors.
+unsafe fn close_listed(keep: &[RawFd]) -> bool {
+    // SAFETY: a NUL-terminated literal; open is async-signal-safe.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 1024];
+    loop {
+        let mut closed = 0;
+        // SAFETY: lseek on our own descriptor.
+        if unsafe { libc::lseek(dir, 0, libc::SEEK_SET) } < 0 {
+            break;
+        }
+        loop {
+            // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
+            let n =
+                unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            let mut at = 0usize;
+            while at + 19 < n as usize {
+                // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name.
+                let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                if reclen == 0 {
+                    break;
+                }
+                let mut fd: i64 = 0;
+                let mut digits = 0;
+                for &b in &buf[at + 19..(at + reclen).min(n as usize)] {
+                    if !b.is_ascii_digit() {
+                        break;
+                    }
+                    fd = fd * 10 + i64::from(b - b'0');
+                    digits += 1;
+                }
+                let fd = fd as RawFd;
+                if digits > 0 && fd > 2 && fd != dir && !keep.contains(&fd) {
+                    // SAFETY: closing a descriptor of this process; async-signal-safe.
+                    unsafe { libc::close(fd) };
+                    closed += 1;
+                }
+                at += reclen;
+            }
+        }
+        if closed == 0 {
+            break;
+        }
+    }
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(dir) };
+    true
 }
 
 /// The intermediate child: only what it needs open, new session, fork the service,
@@ -119,7 +216,9 @@ unsafe fn close_others(keep: &[RawFd]) {
 pub unsafe fn intermediate(a: &ChildArgs) -> ! {
     // SAFETY: every call below is async-signal-safe and made in a forked child.
     unsafe {
-        close_others(&a.keep);
+        if !close_others(&a.keep) {
+            fail(a.report, Stage::CloseFds);
+        }
         if libc::setsid() < 0 {
             fail(a.report, Stage::Setsid);
         }
@@ -187,14 +286,72 @@ unsafe fn service(a: &ChildArgs, joined: bool) -> ! {
         }
         // Keep nothing of tend's descriptors (the database above all) in the service.
         // Marking them close-on-exec rather than closing keeps the report pipe usable
-        // until exec.
-        libc::close_range(
+        // until exec. The intermediate closed everything but `keep` before it forked
+        // this process, so where CLOSE_RANGE_CLOEXEC is missing (before Linux 5.11)
+        // marking those is the same.
+        if libc::close_range(
             3,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
-        );
+        ) != 0
+        {
+            for &fd in &a.keep {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
         crate::process::signals::unblock_all_raw();
         libc::execve(a.program.as_ptr(), a.argv, a.envp);
         fail(a.report, Stage::Exec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// The fallback for kernels without close_range(2), run in a forked child as the
+    /// intermediate runs it: every descriptor from 3 up goes, except those kept.
+    #[test]
+    fn close_listed_closes_everything_but_what_is_kept() {
+        let files: Vec<std::fs::File> = (0..40)
+            .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
+            .collect();
+        let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let keep = [fds[7], fds[30]];
+        // SAFETY: the child only makes system calls (close_listed, fcntl, _exit) and
+        // touches memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: a forked child; see above.
+            unsafe {
+                let listed = close_listed(&keep);
+                let mut wrong = 0;
+                for &fd in &fds {
+                    let open = libc::fcntl(fd, libc::F_GETFD) >= 0;
+                    if open != keep.contains(&fd) {
+                        wrong += 1;
+                    }
+                }
+                for fd in 0..3 {
+                    if libc::fcntl(fd, libc::F_GETFD) < 0 && fd == 2 {
+                        wrong += 100;
+                    }
+                }
+                libc::_exit(if listed && wrong == 0 { 0 } else { 1 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x}: a descriptor was closed or kept wrongly"
+        );
     }
 }
