@@ -257,13 +257,17 @@ fn exit_code_is_recorded() {
         "{:?}",
         events(&env, "job")
     );
-    std::thread::sleep(GRACE);
+    // Nothing follows the exit: watched over GRACE (a restart would come after 100 ms).
+    assert!(
+        holds_for(GRACE, || kinds(&env, "job") == ["added", "start", "exit"]),
+        "{:?}",
+        events(&env, "job")
+    );
     let st = env.status_json("job");
     assert_eq!(st["state"], "stopped", "{st}");
     assert!(st["pid"].is_null(), "{st}");
     assert_eq!(st["last_exit"], "code 3", "{st}");
     assert_eq!(st["restarts"], 0, "{st}");
-    assert_eq!(kinds(&env, "job"), ["added", "start", "exit"]);
 }
 
 /// on-failure (the default) leaves a clean exit (code 0) alone; always restarts it.
@@ -292,12 +296,16 @@ fn on_failure_ignores_clean_exit_always_restarts() {
     // End the loop: a person's stop also cancels a pending restart.
     env.ok(&["stop", "looper"]);
 
-    std::thread::sleep(GRACE);
+    // The clean exit is left alone: watched over GRACE.
+    assert!(
+        holds_for(GRACE, || kinds(&env, "clean") == ["added", "start", "exit"]),
+        "{:?}",
+        events(&env, "clean")
+    );
     let st = env.status_json("clean");
     assert_eq!(st["state"], "stopped", "{st}");
     assert_eq!(st["last_exit"], "code 0", "{st}");
     assert_eq!(st["restarts"], 0, "{st}");
-    assert_eq!(kinds(&env, "clean"), ["added", "start", "exit"]);
 }
 
 /// A service that crashes at once is restarted with growing delays until the start limit
@@ -349,12 +357,11 @@ fn crash_loop_backs_off_then_fails() {
     );
     assert_eq!(st["restarts"], 4, "{st}");
 
-    // Left alone, and the daemon is fine.
-    std::thread::sleep(GRACE);
-    assert_eq!(
-        events(&env, "crash"),
-        ev,
-        "nothing happens to a failed service"
+    // Left alone (watched over GRACE), and the daemon is fine.
+    assert!(
+        holds_for(GRACE, || events(&env, "crash") == ev),
+        "something happened to a failed service: {:?}",
+        events(&env, "crash")
     );
     let d = env.tend(&["daemon", "status"]);
     assert_eq!(d.code, 0, "{d:?}");
@@ -395,11 +402,15 @@ fn requested_stop_is_not_restarted() {
         "{:?}",
         events(&env, "web")
     );
-    std::thread::sleep(GRACE);
-    assert_eq!(state(&env, "web"), "stopped");
-    assert_eq!(count(&env, "web", "restart"), 0);
-    assert_eq!(count(&env, "web", "backoff"), 0);
-    assert_eq!(started_markers(&env, "web"), 1);
+    // Not restarted: watched over GRACE.
+    assert!(
+        holds_for(GRACE, || state(&env, "web") == "stopped"
+            && count(&env, "web", "restart") == 0
+            && count(&env, "web", "backoff") == 0
+            && started_markers(&env, "web") == 1),
+        "{:?}",
+        events(&env, "web")
+    );
 }
 
 /// A daemon killed with SIGKILL takes no service with it; its successor adopts them all
@@ -631,7 +642,11 @@ fn daemon_dying_mid_request() {
             wait_until(LONG, || stopping(&env.db())),
             "the stop never began"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        // ... and waits: the request thread polls the service's pidfd.
+        assert!(
+            wait_until(LONG, || request_thread_polls(dpid)),
+            "the stop never waited"
+        );
         let killed_at = Instant::now();
         signal(dpid, libc::SIGKILL);
         let out = cli.join().unwrap();
@@ -663,11 +678,16 @@ fn autostart() {
     assert!(wait_until(LONG, || env.pid("auto").is_some_and(alive)));
     assert!(wait_until(LONG, || started_markers(&env, "auto") == 1));
     assert!(has_event(&env, "auto", "start", ""));
-    std::thread::sleep(GRACE);
+    // `manual` is not started: watched over GRACE.
+    assert!(
+        holds_for(GRACE, || state(&env, "manual") == "stopped"
+            && count(&env, "manual", "start") == 0
+            && (!env.log_path("manual").exists()
+                || started_markers(&env, "manual") == 0)),
+        "{:?}",
+        events(&env, "manual")
+    );
     assert_eq!(env.tend(&["status", "manual"]).code, 3);
-    assert_eq!(state(&env, "manual"), "stopped");
-    assert_eq!(count(&env, "manual", "start"), 0);
-    assert!(!env.log_path("manual").exists() || started_markers(&env, "manual") == 0);
 }
 
 /// SIGTERM ends the daemon in order (socket removed, lock released); services live on and
@@ -1245,4 +1265,22 @@ fn many_due_restarts_are_each_queued_once() {
     for n in &names {
         assert_eq!(count(&env, n, "restart"), 1, "{:?}", events(&env, n));
     }
+}
+
+/// True while a request thread of daemon `pid` sleeps in poll(2) (ppoll on arm64): a stop
+/// waiting for its service's exit.
+fn request_thread_polls(pid: i32) -> bool {
+    let poll = if cfg!(target_arch = "aarch64") {
+        "73"
+    } else {
+        "7"
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "tend-request")
+            && std::fs::read_to_string(t.path().join("syscall"))
+                .is_ok_and(|s| s.split_whitespace().next() == Some(poll))
+    })
 }

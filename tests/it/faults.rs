@@ -126,8 +126,11 @@ pub(crate) fn stranger_at(n: i32) -> KillOnDrop {
 /// Asserts the stranger was never signalled: still running (not reaped, not a zombie)
 /// and nothing pending for it.
 pub(crate) fn assert_untouched(stranger: &mut KillOnDrop, n: i32) {
-    // Give a wrongly sent signal time to land (it would also show as pending below).
-    std::thread::sleep(Duration::from_millis(100));
+    // A wrongly sent signal would land within this window (or show as pending below).
+    assert!(
+        holds_for(Duration::from_millis(100), || alive(n)),
+        "the stranger with pid {n} died"
+    );
     assert!(
         stranger.0.try_wait().expect("try_wait").is_none(),
         "the stranger with pid {n} was killed"

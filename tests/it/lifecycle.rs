@@ -245,9 +245,11 @@ fn recycled_pid_is_never_signalled() {
         "{}",
         out.stderr
     );
-    // Give a wrongly sent signal time to land before checking.
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(alive(spid), "the unrelated process was signalled");
+    // A wrongly sent signal would land within this window.
+    assert!(
+        holds_for(Duration::from_millis(200), || alive(spid)),
+        "the unrelated process was signalled"
+    );
     assert!(env.status_json("web")["pid"].is_null());
     let events = env.ok(&["events", "web"]).stdout;
     assert!(events.contains("stale-cleared"), "{events}");
@@ -276,9 +278,14 @@ fn record_from_an_earlier_boot_is_stale() {
 #[test]
 fn exit_is_noticed() {
     let env = Env::new();
-    env.add_fixture("brief", &[], &["--exit-after", "100"]);
-    env.start_brief(&["brief"]);
+    env.add_fixture("brief", &[], &[]);
+    env.ok(&["start", "brief"]);
     let pid = env.pid("brief").unwrap();
+    // It ends after `start` returned, with nobody to reap it but init.
+    // SAFETY: kill(2) on the service this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
     assert!(wait_until(LONG, || !alive(pid)));
     let st = env.tend(&["status", "brief"]);
     assert_eq!(st.code, 3);

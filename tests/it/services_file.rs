@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::util::{alive, dump, read, wait_until, Env, FIXTURE};
 
+/// Deadline for anything that happens on its own (a check, a restart).
+const LONG: Duration = Duration::from_secs(20);
+
 /// A port nothing listens on right now.
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -523,6 +526,8 @@ fn events_of(env: &Env, name: &str) -> String {
 fn failing_health_checks_restart_the_service_through_the_daemon() {
     let env = Env::new();
     let flag = env.work().join("healthy");
+    // One line per check run, so the test knows checks ran (and passed) meanwhile.
+    let runs = env.work().join("runs");
     write(&flag, "");
     env.add_fixture(
         "svc",
@@ -531,19 +536,34 @@ fn failing_health_checks_restart_the_service_through_the_daemon() {
             "on-failure",
             "--health",
             &format!(
-                "cmd='test -e {} || {{ echo gone-missing; exit 1; }}' every=100ms failures=3",
+                "cmd='echo run >> {}; test -e {} || {{ echo gone-missing; exit 1; }}' every=100ms failures=3",
+                runs.display(),
                 flag.display()
             ),
         ],
         &[],
     );
+    let checks = || read(&runs).lines().count();
     env.ok(&["daemon"]);
     env.ok(&["start", "svc"]);
     let pid = env.pid("svc").unwrap();
-    // Healthy: left alone for several intervals.
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(env.pid("svc"), Some(pid), "{}", events_of(&env, "svc"));
+    // Healthy: left alone while five checks pass.
+    let before = checks();
+    assert!(
+        wait_until(LONG, || {
+            assert_eq!(env.pid("svc"), Some(pid), "{}", events_of(&env, "svc"));
+            checks() >= before + 5
+        }),
+        "the health check did not run"
+    );
     std::fs::remove_file(&flag).unwrap();
+    // Healthy again as soon as it is found unhealthy: the next instance passes.
+    assert!(
+        wait_until(LONG, || events_of(&env, "svc").contains("unhealthy")),
+        "{}",
+        events_of(&env, "svc")
+    );
+    write(&flag, "");
     let new = env.wait_new_pid("svc", pid);
     assert!(!alive(pid));
     let ev = events_of(&env, "svc");
@@ -557,10 +577,15 @@ fn failing_health_checks_restart_the_service_through_the_daemon() {
         ev.contains("signal KILL"),
         "the exit went through the policy: {ev}"
     );
-    // Healthy again: the new instance stays.
-    write(&flag, "");
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(env.pid("svc"), Some(new), "{}", events_of(&env, "svc"));
+    // The new instance stays while five checks pass.
+    let before = checks();
+    assert!(
+        wait_until(LONG, || {
+            assert_eq!(env.pid("svc"), Some(new), "{}", events_of(&env, "svc"));
+            checks() >= before + 5
+        }),
+        "the health check did not run"
+    );
 }
 
 #[test]

@@ -409,6 +409,22 @@ pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Checks `cond` again and again for the whole of `window`: true if it held every time,
+/// false at the first time it did not. An assertion of absence ("nothing restarts it")
+/// watches over a stated window with this, rather than sleeping and looking once.
+pub fn holds_for(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + window;
+    loop {
+        if !cond() {
+            return false;
+        }
+        if Instant::now() >= end {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// True while `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
