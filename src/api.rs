@@ -252,9 +252,17 @@ fn waited(
         StartOutcome::Started { .. } | StartOutcome::AlreadyRunning { .. } => {
             sup.wait_ready(name, cap)
         }
-        StartOutcome::ExitedAtOnce { pid, status } => Ok(StartOutcome::NotReady {
+        StartOutcome::ExitedAtOnce {
             pid,
-            reason: "exited at once".into(),
+            status,
+            stopped,
+        } => Ok(StartOutcome::NotReady {
+            pid,
+            reason: if stopped {
+                "stopped by another command".into()
+            } else {
+                "exited at once".into()
+            },
             status,
             log: sup.log_tail_of(name)?,
         }),

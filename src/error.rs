@@ -103,6 +103,9 @@ pub enum Error {
         status: Option<String>,
     },
 
+    #[error("{service}: started (pid {pid}) but another command stopped it at once")]
+    StoppedAtOnce { service: String, pid: i32 },
+
     #[error("{service}: env file {}: {reason}", path.display())]
     EnvFile {
         service: String,
@@ -178,6 +181,7 @@ impl Error {
             | Error::Corrupt { .. } => exit::STATE,
             Error::Start { .. }
             | Error::ExitedAtOnce { .. }
+            | Error::StoppedAtOnce { .. }
             | Error::EnvFile { .. }
             | Error::Requirement { .. }
             | Error::NotReady { .. }

@@ -197,7 +197,16 @@ fn started(s: &mut Session, out: &mut dyn Write, name: &str, o: &StartOutcome) -
             }
             Ok(())
         }
-        StartOutcome::ExitedAtOnce { pid, status } => {
+        StartOutcome::ExitedAtOnce {
+            pid, stopped: true, ..
+        } => {
+            s.fail(&Error::StoppedAtOnce {
+                service: name.to_string(),
+                pid: *pid,
+            });
+            Ok(())
+        }
+        StartOutcome::ExitedAtOnce { pid, status, .. } => {
             s.fail(&Error::ExitedAtOnce {
                 service: name.to_string(),
                 pid: *pid,

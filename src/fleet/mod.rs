@@ -179,7 +179,10 @@ pub fn describe(o: &Outcome) -> Done {
     let start = |s: &StartOutcome| match s {
         StartOutcome::Started { pid } => ok(format!("started (pid {pid})")),
         StartOutcome::AlreadyRunning { pid } => ok(format!("already running (pid {pid})")),
-        StartOutcome::ExitedAtOnce { pid, status } => fail(format!(
+        StartOutcome::ExitedAtOnce {
+            pid, stopped: true, ..
+        } => fail(format!("stopped by another command at once (pid {pid})")),
+        StartOutcome::ExitedAtOnce { pid, status, .. } => fail(format!(
             "exited at once (pid {pid}{})",
             status
                 .as_ref()

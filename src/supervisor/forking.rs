@@ -62,6 +62,7 @@ impl Supervisor {
                 return Ok(StartOutcome::ExitedAtOnce {
                     pid: inst.pid,
                     status: other.map(|s| s.to_string()),
+                    stopped: false,
                 });
             }
         }

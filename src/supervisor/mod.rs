@@ -145,6 +145,9 @@ pub enum StartOutcome {
         /// `code N` or `signal NAME` when tend reaped it; `None` when unknown.
         #[serde(default)]
         status: Option<String>,
+        /// It did not exit on its own: another command stopped it meanwhile.
+        #[serde(default)]
+        stopped: bool,
     },
     /// An automatic restart that was cancelled meanwhile (a person stopped or started the
     /// service); only [`Supervisor::restart_due`] returns it.

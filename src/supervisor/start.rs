@@ -178,9 +178,30 @@ impl Supervisor {
             return Ok(StartOutcome::ExitedAtOnce {
                 pid: inst.pid,
                 status: status.map(|s| s.to_string()),
+                stopped: self.stopped_by_request(name, &inst)?,
             });
         }
         Ok(StartOutcome::Started { pid: inst.pid })
+    }
+
+    /// Whether the instance `inst` of `name` ended because a stop asked for it: the record
+    /// is still there and marked stopping, or the stop that cleared it recorded its exit
+    /// as asked for.
+    fn stopped_by_request(&mut self, name: &str, inst: &Instance) -> Result<bool> {
+        self.store.read(|tx| {
+            let (id, _) = lookup(tx, name)?;
+            if let Some(now) = tx.instance(id)? {
+                return Ok(now.pid == inst.pid
+                    && now.start_time == inst.start_time
+                    && now.stopping);
+            }
+            let about = format!("pid {}:", inst.pid);
+            Ok(tx.events(Some(name), 20)?.iter().any(|e| {
+                e.detail.starts_with(&about)
+                    && (e.kind == event::STOP
+                        || (e.kind == event::EXIT && e.detail.ends_with("(stop requested)")))
+            }))
+        })
     }
 
     /// The pid of the service's recorded instance, if it is alive.

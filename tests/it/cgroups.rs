@@ -495,3 +495,150 @@ fn comm(pid: i32) -> String {
         .trim()
         .to_string()
 }
+
+/// A cgroup v1 `freezer` group for one test: frozen processes put in it cannot exit, not
+/// even on SIGKILL, until it is thawed. Thawed and removed when dropped.
+struct Freezer(PathBuf);
+
+impl Freezer {
+    fn new(test: &str) -> Option<Freezer> {
+        let root = Path::new("/sys/fs/cgroup/freezer");
+        if !root.join("cgroup.procs").exists() {
+            eprintln!("{test}: not run: needs a cgroup v1 freezer hierarchy");
+            return None;
+        }
+        let dir = root.join(format!("tend-test-{}-{test}", std::process::id()));
+        std::fs::create_dir(&dir).expect("create the freezer cgroup");
+        Some(Freezer(dir))
+    }
+
+    fn freeze(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("join freezer");
+        std::fs::write(self.0.join("freezer.state"), "FROZEN").expect("freeze");
+        assert!(
+            wait_until(LONG, || std::fs::read_to_string(
+                self.0.join("freezer.state")
+            )
+            .is_ok_and(|s| s.trim() == "FROZEN")),
+            "the freezer did not freeze"
+        );
+    }
+
+    fn thaw(&self) {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.thaw();
+        wait_until(LONG, || {
+            std::fs::read_to_string(self.0.join("cgroup.procs")).is_ok_and(|t| t.trim().is_empty())
+        });
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A start whose new process another command stops before it runs says so, rather than
+/// that the program exited at once. Staged: the start has committed and waits for what
+/// an earlier instance left in its cgroup (held frozen, so it cannot die yet) before it
+/// lets the new process exec; meanwhile `tend stop` marks the new instance stopping and
+/// sends TERM, which waits, blocked, until the new process is let go.
+#[test]
+fn a_start_stopped_by_another_command_says_so() {
+    if !needs_cgroups("a_start_stopped_by_another_command_says_so") {
+        return;
+    }
+    let Some(freezer) = Freezer::new("stopped-at-once") else {
+        return;
+    };
+    let env = Env::new();
+    env.ok(&[
+        "add",
+        "svc",
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1000 & exec sleep 999",
+    ]);
+    env.ok(&["start", "svc"]);
+    let old = env.pid("svc").expect("running");
+    let old_leaf = instance_cgroup(&env, "svc");
+    let mut helper = Vec::new();
+    assert!(wait_until(LONG, || {
+        helper = cgroup_pids(&old_leaf)
+            .into_iter()
+            .filter(|&p| p != old && comm(p) == "sleep")
+            .collect();
+        helper.len() == 1
+    }));
+    freezer.freeze(helper[0]);
+    // SAFETY: kill(2) on the service this test started.
+    unsafe {
+        libc::kill(old, libc::SIGKILL);
+    }
+    assert!(wait_until(LONG, || !alive(old)));
+
+    let mut start = env.cmd();
+    start
+        .args(["start", "svc"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // Ends on its own: the freezer is thawed when dropped, even on failure.
+    let start = start.spawn().expect("spawn tend start");
+    // Committed: the record names the new process, which waits at the gate while the
+    // start waits for the frozen leftover.
+    let mut new = None;
+    assert!(wait_until(LONG, || {
+        new = recorded_pid(&env).filter(|&p| p != old);
+        new.is_some()
+    }));
+    let mut stop = env.cmd();
+    stop.args(["stop", "svc"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let stop = stop.spawn().expect("spawn tend stop");
+    assert!(
+        wait_until(LONG, || recorded_stopping(&env)),
+        "the stop never marked the new instance"
+    );
+    freezer.thaw();
+    let start = start.wait_with_output().expect("tend start");
+    let stop = stop.wait_with_output().expect("tend stop");
+    let start_err = String::from_utf8_lossy(&start.stderr);
+    assert_eq!(start.status.code(), Some(1), "start: {start_err}");
+    assert!(
+        start_err.contains("another command stopped it"),
+        "start: {start_err}"
+    );
+    assert_eq!(
+        stop.status.code(),
+        Some(0),
+        "stop: {}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    assert!(!alive(new.expect("checked above")));
+    assert_eq!(env.tend(&["status", "svc"]).code, 3);
+}
+
+/// The pid of `svc`'s recorded instance, read from the database.
+fn recorded_pid(env: &Env) -> Option<i32> {
+    let conn = rusqlite::Connection::open(env.db()).ok()?;
+    conn.query_row("SELECT pid FROM instances", [], |r| r.get(0))
+        .ok()
+}
+
+/// Whether the recorded instance is marked stopping.
+fn recorded_stopping(env: &Env) -> bool {
+    rusqlite::Connection::open(env.db())
+        .ok()
+        .and_then(|c| {
+            c.query_row("SELECT stopping FROM instances", [], |r| {
+                r.get::<_, bool>(0)
+            })
+            .ok()
+        })
+        .unwrap_or(false)
+}

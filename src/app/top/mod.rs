@@ -524,7 +524,7 @@ fn started(o: &StartOutcome) -> std::result::Result<String, String> {
             Ok(format!("ready (pid {pid}, {})", fmt_duration(*took)))
         }
         StartOutcome::NotReady { pid, reason, .. } => Err(format!("pid {pid} not ready: {reason}")),
-        StartOutcome::ExitedAtOnce { pid, status } => {
+        StartOutcome::ExitedAtOnce { pid, status, .. } => {
             let status = status.as_deref().unwrap_or("status unknown");
             Err(format!("pid {pid} exited at once ({status})"))
         }
