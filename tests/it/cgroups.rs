@@ -604,6 +604,12 @@ fn a_start_stopped_by_another_command_says_so() {
         wait_until(LONG, || recorded_stopping(&env)),
         "the stop never marked the new instance"
     );
+    // ... and its TERM waits, blocked, at the new process.
+    let new_pid = new.expect("checked above");
+    assert!(
+        wait_until(LONG, || term_pending(new_pid)),
+        "the stop's TERM never reached pid {new_pid}"
+    );
     freezer.thaw();
     let start = start.wait_with_output().expect("tend start");
     let stop = stop.wait_with_output().expect("tend stop");
@@ -619,8 +625,22 @@ fn a_start_stopped_by_another_command_says_so() {
         "stop: {}",
         String::from_utf8_lossy(&stop.stderr)
     );
-    assert!(!alive(new.expect("checked above")));
+    assert!(!alive(new_pid));
     assert_eq!(env.tend(&["status", "svc"]).code, 3);
+}
+
+/// Whether SIGTERM is pending for process `pid` (blocked, not yet delivered).
+fn term_pending(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status.lines().any(|l| {
+        ["ShdPnd:", "SigPnd:"].iter().any(|k| {
+            l.strip_prefix(k)
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+        })
+    })
 }
 
 /// The pid of `svc`'s recorded instance, read from the database.
