@@ -103,6 +103,11 @@ pub enum Error {
         status: Option<String>,
     },
 
+    /// Whoever asked for a start is gone (a client that gave up on the daemon) by the
+    /// time it would spawn: it is not carried out.
+    #[error("{service}: not started: whoever asked for it no longer waits for it")]
+    Withdrawn { service: String },
+
     #[error("{service}: env file {}: {reason}", path.display())]
     EnvFile {
         service: String,
@@ -179,6 +184,7 @@ impl Error {
             Error::Start { .. }
             | Error::ExitedAtOnce { .. }
             | Error::EnvFile { .. }
+            | Error::Withdrawn { .. }
             | Error::Requirement { .. }
             | Error::NotReady { .. }
             | Error::NotRunning { .. }

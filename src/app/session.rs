@@ -71,6 +71,7 @@ pub fn open_supervisor(home: &Home) -> Result<Supervisor> {
             daemon_watching: crate::daemon::client::present(home),
             board: None,
             containment: None,
+            proceed: None,
         },
     )
 }

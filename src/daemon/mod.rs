@@ -125,6 +125,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         daemon_watching: false,
         board: Some(board.clone()),
         containment: Some(containment.clone()),
+        proceed: None,
     };
     let mut sup = Supervisor::open_with(home.clone(), ctx.clone())?;
     sup.keep_open(pool::CACHE_KIB)?;
@@ -181,15 +182,20 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     let rotation = rotation::start(pool.clone())?;
     // The health thread leaves every exit it notices to the worker (which knows the
     // status, kills what a crashed service left behind and restarts it), as a CLI beside
-    // the daemon does.
-    let health = health::start(pool::Pool::new(
-        home.clone(),
-        Context {
-            daemon_watching: true,
-            board: ctx.board.clone(),
-            containment: ctx.containment.clone(),
-        },
-    ))?;
+    // the daemon does. A check it runs ends (killed whole) once the daemon is going away.
+    let closing = in_flight.clone();
+    let health = health::start(
+        pool::Pool::new(
+            home.clone(),
+            Context {
+                daemon_watching: true,
+                board: ctx.board.clone(),
+                containment: ctx.containment.clone(),
+                proceed: Some(Arc::new(move || !closing.closing())),
+            },
+        ),
+        in_flight.clone(),
+    )?;
     let worker = worker::start(sup, waker.clone())?;
     let serve = ServeCtx {
         home: home.clone(),

@@ -24,6 +24,7 @@ use crate::api::{DaemonStatus, Selection, Verb};
 use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
 use crate::record::now_ms;
+use crate::supervisor::Proceed;
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -276,7 +277,16 @@ impl ServeCtx {
             return;
         }
         let id = self.heartbeats.add(conn.clone());
-        let proceed = || client_here(&stream);
+        // Asked before each service and, through the supervisor's context, right before
+        // each spawn: a request whose client left meanwhile is not carried out further.
+        let watched = match stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "cannot watch the client");
+                return;
+            }
+        };
+        let proceed: Proceed = Arc::new(move || client_here(&watched));
         let response = self.handle(req.action, &proceed);
         self.heartbeats.remove(id);
         if let Err(e) = conn.send(&response) {
@@ -288,7 +298,7 @@ impl ServeCtx {
         self.pool.get()
     }
 
-    fn handle(&self, action: Action, proceed: &dyn Fn() -> bool) -> Response {
+    fn handle(&self, action: Action, proceed: &Proceed) -> Response {
         let result = match action {
             Action::Act {
                 verb,
@@ -300,7 +310,7 @@ impl ServeCtx {
                 self.waker.send(Msg::FromRequest(ToLoop::Reload));
                 Ok(Response::Done)
             }
-            Action::Shutdown { stop_services } => self.shutdown(stop_services, proceed),
+            Action::Shutdown { stop_services } => self.shutdown(stop_services, &**proceed),
         };
         result.unwrap_or_else(|e| Response::Error {
             message: e.to_string(),
@@ -313,10 +323,11 @@ impl ServeCtx {
         verb: Verb,
         selection: &Selection,
         wait: crate::api::Wait,
-        proceed: &dyn Fn() -> bool,
+        proceed: &Proceed,
     ) -> Result<Response> {
         let mut sup = self.supervisor()?;
-        let reports = crate::api::act_with(&mut sup, verb, selection, wait, proceed)?;
+        sup.set_proceed(Some(proceed.clone()));
+        let reports = crate::api::act_with(&mut sup, verb, selection, wait, &**proceed)?;
         Ok(Response::Reports { reports })
     }
 

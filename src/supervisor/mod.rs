@@ -207,7 +207,16 @@ pub struct Context {
     /// The containment found by the caller (the daemon finds it once); `None`: found on
     /// first use.
     pub containment: Option<Containment>,
+    /// Asked right before a start spawns (and while a check command runs): false once
+    /// whoever asked is gone or no longer waits for the answer, and then the spawn is
+    /// not carried out (the check is ended). A request can be slow to get there, and a
+    /// start nobody waits for any more must not happen later by surprise. `None`: go
+    /// ahead.
+    pub proceed: Option<Proceed>,
 }
+
+/// See [`Context::proceed`].
+pub type Proceed = Arc<dyn Fn() -> bool + Send + Sync>;
 
 pub struct Supervisor {
     home: Home,
@@ -303,6 +312,17 @@ impl Supervisor {
 
     pub fn config_all(&mut self) -> Result<Vec<(String, String)>> {
         self.store.read(|tx| tx.config_all())
+    }
+
+    /// Sets (for one request) or clears what is asked before a spawn; see
+    /// [`Context::proceed`].
+    pub fn set_proceed(&mut self, proceed: Option<Proceed>) {
+        self.ctx.proceed = proceed;
+    }
+
+    /// False once whoever asked for this work is gone (see [`Context::proceed`]).
+    fn proceed(&self) -> bool {
+        self.ctx.proceed.as_ref().is_none_or(|p| p())
     }
 
     /// A daemon supervises this home: we are it, or the caller saw one running.

@@ -1,0 +1,321 @@
+//! Files that are not files, check commands that leave processes behind, and a `log`
+//! readiness check across a rotation, staged for real: FIFOs, `/dev/zero` and a huge
+//! sparse file where tend reads an env file, a pid file or a services file; check
+//! commands whose child ignores SIGTERM; a log rotated between the start and the ready
+//! line.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::faults::start_daemon;
+use crate::util::*;
+
+/// How long a command that meets a hostile file may take to say so. It never waits on
+/// the file, so this only bounds a slow, busy machine.
+const PROMPT: Duration = Duration::from_secs(15);
+/// Deadline for what happens on its own (a daemon's check, a kill).
+const LONG: Duration = Duration::from_secs(20);
+/// How long a test watches for something that must not happen.
+const WINDOW: Duration = Duration::from_millis(1500);
+/// The address space a tend command may have in these tests: far more than it needs
+/// (about 30 MB here), far less than reading `/dev/zero` or a huge file whole takes.
+const AS_LIMIT: u64 = 1 << 30;
+
+/// Runs `c` with its address space capped at [`AS_LIMIT`]; `None` if it did not finish
+/// within [`PROMPT`] (it is then killed).
+fn run_prompt(mut c: Command) -> Option<Out> {
+    // SAFETY: setrlimit is async-signal-safe and touches only the new process.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: AS_LIMIT,
+                rlim_max: AS_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn tend");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PROMPT) {
+        Ok(o) => {
+            let o = o.expect("wait for tend");
+            Some(Out {
+                code: o.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            })
+        }
+        Err(_) => {
+            // SAFETY: SIGKILL to the child this test spawned and has not reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let _ = rx.recv_timeout(LONG);
+            None
+        }
+    }
+}
+
+/// `tend ARGS`, which must end within [`PROMPT`].
+fn prompt(env: &Env, args: &[&str]) -> Out {
+    let mut c = env.cmd();
+    c.args(args);
+    run_prompt(c).unwrap_or_else(|| panic!("tend {args:?} did not finish within {PROMPT:?}"))
+}
+
+fn mkfifo(p: &Path) {
+    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+}
+
+/// True when some process has `path` open for reading: a non-blocking open for writing
+/// fails with ENXIO exactly when nobody does.
+fn fifo_has_reader(path: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .is_ok()
+}
+
+/// Writes `text` into the FIFO `path` and closes it: whoever was waiting in `open()` on
+/// it goes on (O_RDWR opens a FIFO without waiting for a reader).
+fn write_into_fifo(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// A sparse regular file of `len` bytes (zeros, no line ends).
+fn huge_file(path: &Path, len: u64) {
+    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// Asserts that `name` does not run, and keeps asserting it for [`WINDOW`].
+fn never_runs(env: &Env, name: &str) {
+    let end = Instant::now() + WINDOW;
+    loop {
+        assert_eq!(
+            env.status_json(name)["state"],
+            "stopped",
+            "{name} was started after all: {:?}",
+            env.tend(&["events", name]).stdout
+        );
+        if Instant::now() >= end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A FIFO as env file: `start` says so at once (exit 1) and records nothing, with and
+/// without the daemon; writing into the FIFO afterwards starts nothing (nobody waits on
+/// it); `daemon stop` returns.
+#[test]
+fn env_file_fifo_is_refused_at_once_and_never_acted_on_later() {
+    let env = Env::new();
+    let fifo = env.work().join("env.fifo");
+    mkfifo(&fifo);
+    env.ok(&[
+        "add",
+        "e",
+        "--env-file",
+        fifo.to_str().unwrap(),
+        "--",
+        "sleep",
+        "300",
+    ]);
+    for daemon in [false, true] {
+        if daemon {
+            start_daemon(&env);
+        }
+        let before = dump(&env.db());
+        let out = prompt(&env, &["start", "e"]);
+        assert_eq!(out.code, 1, "daemon {daemon}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "tend: e: env file {}: it is a FIFO (named pipe), not a regular file",
+                fifo.display()
+            )),
+            "daemon {daemon}: {out:?}"
+        );
+        assert_eq!(dump(&env.db()), before, "daemon {daemon}: state changed");
+        assert!(!fifo_has_reader(&fifo), "daemon {daemon}: tend waits on the FIFO");
+        write_into_fifo(&fifo, "A=1\n");
+        never_runs(&env, "e");
+    }
+    let out = prompt(&env, &["daemon", "stop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    never_runs(&env, "e");
+}
+
+/// `/dev/zero` and a 4 GiB sparse file as env file: refused unread, in a tend whose
+/// address space is capped at 1 GiB (reading either whole would need more).
+#[test]
+fn env_file_dev_zero_and_huge_file_are_refused_with_bounded_memory() {
+    let env = Env::new();
+    let huge = env.work().join("huge.env");
+    huge_file(&huge, 4 << 30);
+    env.ok(&["add", "z", "--env-file", "/dev/zero", "--", "sleep", "300"]);
+    env.ok(&[
+        "add",
+        "h",
+        "--env-file",
+        huge.to_str().unwrap(),
+        "--",
+        "sleep",
+        "300",
+    ]);
+    for daemon in [false, true] {
+        if daemon {
+            start_daemon(&env);
+        }
+        let before = dump(&env.db());
+        let out = prompt(&env, &["start", "z"]);
+        assert_eq!(out.code, 1, "daemon {daemon}: {out:?}");
+        assert!(
+            out.stderr.contains(
+                "tend: z: env file /dev/zero: it is a character device, not a regular file"
+            ),
+            "daemon {daemon}: {out:?}"
+        );
+        let out = prompt(&env, &["start", "h"]);
+        assert_eq!(out.code, 1, "daemon {daemon}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "tend: h: env file {}: it is larger than 1 MiB",
+                huge.display()
+            )),
+            "daemon {daemon}: {out:?}"
+        );
+        assert_eq!(dump(&env.db()), before, "daemon {daemon}: state changed");
+    }
+    // The daemon read nothing whole either: it is still there, and small.
+    let pid = env.daemon_pid().expect("the daemon still runs");
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kb < 256 * 1024, "daemon peak RSS {rss_kb} kB");
+    assert_eq!(prompt(&env, &["daemon", "stop"]).code, 0);
+}
+
+/// A services file or Procfile that is a FIFO, `/dev/zero` or a huge file: `apply` and
+/// `import` refuse it at once (exit 1), unread, and change nothing.
+#[test]
+fn services_file_fifo_dev_zero_and_huge_file_are_refused() {
+    let env = Env::new();
+    let fifo = env.work().join("tend.toml");
+    mkfifo(&fifo);
+    let huge = env.work().join("Procfile");
+    huge_file(&huge, 4 << 30);
+    env.ok(&["add", "x", "--", "sleep", "300"]);
+    let before = dump(&env.db());
+    let f = fifo.to_str().unwrap();
+    let h = huge.to_str().unwrap();
+    let cases: [(&[&str], String); 6] = [
+        (&["apply", "-f", f], format!("{f}: it is a FIFO (named pipe)")),
+        (&["import", f], format!("{f}: it is a FIFO (named pipe)")),
+        (
+            &["apply", "-f", "/dev/zero"],
+            "/dev/zero: it is a character device".into(),
+        ),
+        (
+            &["import", "/dev/zero"],
+            "/dev/zero: it is a character device".into(),
+        ),
+        (&["apply", "-f", h], format!("{h}: it is larger than 16 MiB")),
+        (&["import", h], format!("{h}: it is larger than 16 MiB")),
+    ];
+    for (args, message) in cases {
+        let out = prompt(&env, args);
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.starts_with(&format!("tend: {message}")) && out.stderr.lines().count() == 1,
+            "{args:?}: {out:?}"
+        );
+        assert!(!fifo_has_reader(&fifo), "{args:?}: tend waits on the FIFO");
+    }
+    assert_eq!(dump(&env.db()), before);
+}
+
+/// A FIFO as pid file (a `--pidfile` service needs cgroup containment): the start says
+/// so at once (exit 1), what the program daemonized is killed with its cgroup, nothing
+/// runs afterwards even once something writes a pid into the FIFO; with and without the
+/// daemon, and `daemon stop` returns.
+#[test]
+fn pidfile_fifo_is_refused_at_once() {
+    if !require_root(
+        "pidfile_fifo_is_refused_at_once",
+        "create cgroups on the machine's cgroup2 mount (--pidfile needs them)",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let fifo = env.work().join("d.pid");
+    mkfifo(&fifo);
+    let marker = env.work().join("daemonized");
+    // The daemonized child marks itself, so the test can find it and see it killed.
+    let script = format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 300' & exit 0",
+        marker.display()
+    );
+    env.ok(&[
+        "add",
+        "d",
+        "--pidfile",
+        fifo.to_str().unwrap(),
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    for daemon in [false, true] {
+        if daemon {
+            start_daemon(&env);
+        }
+        let _ = std::fs::remove_file(&marker);
+        let out = prompt(&env, &["start", "d"]);
+        assert_eq!(out.code, 1, "daemon {daemon}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "pid file {}: it is a FIFO (named pipe), not a regular file",
+                fifo.display()
+            )),
+            "daemon {daemon}: {out:?}"
+        );
+        assert!(!fifo_has_reader(&fifo), "daemon {daemon}: tend waits on the FIFO");
+        // What the program daemonized went with the start's cgroup.
+        if let Some(pid) = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            assert!(
+                wait_until(LONG, || !alive(pid)),
+                "daemon {daemon}: the daemonized process {pid} was left running"
+            );
+        }
+        write_into_fifo(&fifo, "1\n");
+        never_runs(&env, "d");
+    }
+    let out = prompt(&env, &["daemon", "stop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
