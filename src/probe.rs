@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::process::check;
-use crate::process::reap::ExitBoard;
 use crate::service::probe::Check;
 
 /// What a check needs to know about the service.
@@ -21,8 +20,8 @@ pub struct Target<'a> {
     /// The stdout log, and where this instance's output starts in it.
     pub log: &'a Path,
     pub log_from: u64,
-    /// In the daemon: where its event loop posts the statuses it reaps.
-    pub board: Option<&'a ExitBoard>,
+    /// Where a `cmd` check runs and who waits for it.
+    pub scope: check::Scope<'a>,
 }
 
 /// Runs `c` once; `Err` says why it failed (a command's output included).
@@ -32,12 +31,14 @@ pub fn run(c: &Check, t: &Target, timeout: Duration) -> Result<(), String> {
         Check::Tcp { host, port } => tcp(host, *port, timeout).map(drop),
         Check::Http { url } => http(url, timeout),
         Check::Cmd { cmd } => {
-            let ran = check::run(cmd, t.cwd, t.env, timeout, t.board)
+            let ran = check::run(cmd, t.cwd, t.env, timeout, &t.scope)
                 .map_err(|e| format!("cannot run `{cmd}`: {e}"))?;
             if ran.passed() {
                 return Ok(());
             }
-            let how = if ran.timed_out {
+            let how = if ran.withdrawn {
+                "ended early: nobody waits for it any more".to_string()
+            } else if ran.timed_out {
                 format!(
                     "killed after its timeout ({})",
                     crate::service::fmt_duration(timeout)

@@ -325,6 +325,13 @@ impl Supervisor {
         self.ctx.proceed.as_ref().is_none_or(|p| p())
     }
 
+    /// [`Supervisor::proceed`] as a closure of its own, for a check that runs while the
+    /// supervisor is borrowed otherwise.
+    fn proceeding(&self) -> impl Fn() -> bool {
+        let p = self.ctx.proceed.clone();
+        move || p.as_ref().is_none_or(|p| p())
+    }
+
     /// A daemon supervises this home: we are it, or the caller saw one running.
     fn supervised(&self) -> bool {
         self.ctx.daemon_watching || self.ctx.board.is_some()

@@ -319,3 +319,165 @@ fn pidfile_fifo_is_refused_at_once() {
     let out = prompt(&env, &["daemon", "stop"]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Check commands whose children ignore SIGTERM.
+// ---------------------------------------------------------------------------------------
+
+/// Live processes whose command line holds `marker`.
+fn with_marker(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A duration no other process has on its command line (`sleep 320.PID0N`).
+fn marker(variant: u32) -> String {
+    format!("320.{}0{variant}", std::process::id())
+}
+
+/// A check command that leaves a child behind which ignores SIGTERM, and exits `code`.
+/// Each run appends a line to `runs`.
+fn leaky_check(marker: &str, runs: &Path, code: i32) -> String {
+    format!(
+        "cmd='echo run >> {}; (trap \"\" TERM; exec sleep {marker}) & exit {code}'",
+        runs.display()
+    )
+}
+
+/// The check leaves of this home's cgroup (`checks/run-*`) still there.
+fn check_leaves(env: &Env) -> Vec<std::path::PathBuf> {
+    let Some(dir) = env.cgroup().map(|c| c.join("checks")) else {
+        return Vec::new();
+    };
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default()
+}
+
+fn lines(path: &Path) -> usize {
+    read(path).lines().count()
+}
+
+/// The home for a check test: with cgroup containment (needs root) or without.
+fn check_env(test: &str, cgroups: bool) -> Option<Env> {
+    if cgroups {
+        require_root(test, "create cgroups on the machine's cgroup2 mount")
+            .then(Env::new)
+    } else {
+        Some(Env::without_cgroups())
+    }
+}
+
+/// `start --wait` tries a failing `ready` command many times: the TERM-ignoring child of
+/// each run is killed with it, and none is left once the command returns; `stop --all`
+/// leaves nothing either.
+fn ready_check_leaves_nothing(test: &str, cgroups: bool, variant: u32) {
+    let Some(env) = check_env(test, cgroups) else {
+        return;
+    };
+    let mark = marker(variant);
+    let runs = env.work().join("runs");
+    env.add_fixture(
+        "r",
+        &["--ready", &format!("{} timeout=30s", leaky_check(&mark, &runs, 1))],
+        &[],
+    );
+    let out = env.tend(&["start", "r", "--wait", "1500ms"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("not ready after"), "{out:?}");
+    assert!(lines(&runs) >= 3, "the check ran {} time(s)", lines(&runs));
+    assert!(
+        wait_until(LONG, || with_marker(&mark).is_empty()),
+        "{} of {} check runs left their child behind: {:?}",
+        with_marker(&mark).len(),
+        lines(&runs),
+        with_marker(&mark)
+    );
+    assert!(check_leaves(&env).is_empty(), "{:?}", check_leaves(&env));
+    env.ok(&["stop", "--all"]);
+    assert!(with_marker(&mark).is_empty());
+}
+
+#[test]
+fn ready_check_children_are_killed_with_each_run_with_cgroups() {
+    ready_check_leaves_nothing("ready_check_children_are_killed_with_each_run_with_cgroups", true, 1);
+}
+
+#[test]
+fn ready_check_children_are_killed_with_each_run_without_cgroups() {
+    ready_check_leaves_nothing(
+        "ready_check_children_are_killed_with_each_run_without_cgroups",
+        false,
+        2,
+    );
+}
+
+/// The daemon's health check (every 100 ms) leaves a TERM-ignoring child at each run: at
+/// most the child of the run in progress is ever alive, and after `daemon stop` (which
+/// may meet a check in the middle) and `stop --all`, nothing of the checks is left.
+fn health_check_leaves_nothing(test: &str, cgroups: bool, variant: u32) {
+    let Some(env) = check_env(test, cgroups) else {
+        return;
+    };
+    let mark = marker(variant);
+    let runs = env.work().join("runs");
+    env.add_fixture(
+        "h",
+        &[
+            "--health",
+            &format!("{} every=100ms failures=1000", leaky_check(&mark, &runs, 0)),
+        ],
+        &[],
+    );
+    start_daemon(&env);
+    env.ok(&["start", "h"]);
+    assert!(
+        wait_until(LONG, || lines(&runs) >= 6),
+        "the health check ran {} time(s)",
+        lines(&runs)
+    );
+    let left = with_marker(&mark);
+    assert!(
+        left.len() <= 1,
+        "after {} runs, {} check children alive: {left:?}",
+        lines(&runs),
+        left.len()
+    );
+    let out = prompt(&env, &["daemon", "stop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        wait_until(LONG, || with_marker(&mark).is_empty()),
+        "left after daemon stop: {:?}",
+        with_marker(&mark)
+    );
+    assert!(check_leaves(&env).is_empty(), "{:?}", check_leaves(&env));
+    env.ok(&["stop", "--all"]);
+    assert!(with_marker(&mark).is_empty());
+}
+
+#[test]
+fn health_check_children_are_killed_with_each_run_with_cgroups() {
+    health_check_leaves_nothing(
+        "health_check_children_are_killed_with_each_run_with_cgroups",
+        true,
+        3,
+    );
+}
+
+#[test]
+fn health_check_children_are_killed_with_each_run_without_cgroups() {
+    health_check_leaves_nothing(
+        "health_check_children_are_killed_with_each_run_without_cgroups",
+        false,
+        4,
+    );
+}
