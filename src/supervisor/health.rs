@@ -104,7 +104,7 @@ impl Supervisor {
             env: &env,
             log: &svc.settings.stdout,
             // Health checks are tcp, http or cmd: no log.
-            log_from: 0,
+            log_from: None,
             scope: check::Scope {
                 board: board.as_deref(),
                 cgroups: cgroups.as_ref(),

@@ -87,7 +87,6 @@ impl Supervisor {
             .filter(|h| h.start_time() == inst.start_time);
         let file_env = read_env_file(&svc)?;
         let env = spawn::merged_env(file_env.iter().chain(svc.env.iter()));
-        let log_from = log_from.unwrap_or(0);
         let board = self.ctx.board.clone();
         let cgroups = self.containment().root().cloned();
         let proceed = self.proceeding();
@@ -141,7 +140,7 @@ impl Supervisor {
                         cwd: &svc.settings.cwd,
                         env: &env,
                         log: &svc.settings.stdout,
-                        log_from,
+                        log_from: log_from.as_ref(),
                         scope: check::Scope {
                 board: board.as_deref(),
                 cgroups: cgroups.as_ref(),

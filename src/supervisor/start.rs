@@ -76,7 +76,7 @@ impl Supervisor {
         // ends now is recorded with the instance.
         let log_from = match svc.settings.ready.as_ref().map(|p| &p.check) {
             Some(crate::service::probe::Check::Log { .. }) => {
-                Some(std::fs::metadata(&svc.settings.stdout).map_or(0, |m| m.len()))
+                Some(crate::probe::log_mark(&svc.settings.stdout))
             }
             _ => None,
         };

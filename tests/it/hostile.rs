@@ -481,3 +481,94 @@ fn health_check_children_are_killed_with_each_run_without_cgroups() {
         4,
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// A `log` readiness check after a rotation.
+// ---------------------------------------------------------------------------------------
+
+/// What an earlier instance left in the log: a ready line of its own, which must never
+/// count for the next one.
+const OLD_LOG: &str = "an earlier instance was READY\nand wrote some more\n";
+
+/// Two services whose log rotates at 4 KiB: `yes` writes `READY` and then about 6 KB,
+/// `no` the same without `READY`; both end with `END` and sleep. Their logs start with
+/// [`OLD_LOG`]. Started without waiting (nothing checks them meanwhile).
+fn rotating_services(env: &Env, extra: &[&str]) {
+    for (name, first) in [("yes", "READY"), ("no", "nothing")] {
+        std::fs::create_dir_all(env.home().join("logs")).unwrap();
+        std::fs::write(env.log_path(name), OLD_LOG).unwrap();
+        let script = format!(
+            "echo {first}; yes 0123456789012345678901234567890123456789 | head -n 150; \
+             echo END; exec sleep 300"
+        );
+        let mut args = vec![
+            "add",
+            name,
+            "--log-max-size",
+            "4K",
+            "--ready",
+            "log=READY timeout=1s",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", &script]);
+        env.ok(&args);
+    }
+    env.ok(&["start", "yes", "no"]);
+    for name in ["yes", "no"] {
+        let log = env.log_path(name);
+        assert!(
+            wait_until(LONG, || read(&log).contains("END")),
+            "{name} did not write its log: {:?}",
+            read(&log)
+        );
+    }
+}
+
+fn rotated(env: &Env, name: &str) -> bool {
+    Path::new(&format!("{}.1", env.log_path(name).display())).exists()
+}
+
+/// Asserts that `yes` is found ready (its ready line is in a rotated part of the log)
+/// and `no` is not (the earlier instance's ready line, rotated too, does not count).
+fn ready_across_the_rotation(env: &Env) {
+    for name in ["yes", "no"] {
+        assert!(rotated(env, name), "{name}: the log was not rotated");
+    }
+    let out = env.tend(&["start", "yes", "--wait", "5s"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("yes: ready"), "{out:?}");
+    assert_eq!(env.status_json("yes")["state"], "running");
+    let out = env.tend(&["start", "no", "--wait", "1s"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no line of"), "{out:?}");
+    env.ok(&["stop", "--all"]);
+}
+
+/// The log writer rotates by renaming (the log tend started the instance on is now a
+/// backup, its ready line in it): `start --wait` finds the line, without a daemon.
+#[test]
+fn log_check_finds_the_ready_line_after_the_log_writer_rotated() {
+    let env = Env::new();
+    rotating_services(&env, &["--log-timestamps", "on"]);
+    ready_across_the_rotation(&env);
+}
+
+/// The daemon's rotation copies the log's first whole blocks to a new `NAME.log.1` and
+/// cuts them out of the log, ready line included: `start --wait` through the daemon
+/// finds it there.
+#[test]
+fn log_check_finds_the_ready_line_after_the_daemon_rotated() {
+    let env = Env::new();
+    rotating_services(&env, &[]);
+    let began = Instant::now();
+    // Past the ready timeout, the daemon's own readiness tries leave the services alone:
+    // only `start --wait` below checks them, after the rotation.
+    assert!(wait_until(LONG, || began.elapsed() > Duration::from_millis(1500)));
+    start_daemon(&env);
+    assert!(
+        wait_until(LONG, || rotated(&env, "yes") && rotated(&env, "no")),
+        "the daemon did not rotate the logs\n{}",
+        env.daemon_log()
+    );
+    ready_across_the_rotation(&env);
+}
