@@ -219,9 +219,7 @@ fn log(pattern: &str, path: &Path, from: Option<&LogMark>) -> Result<(), String>
     let mut text = Vec::new();
     for (k, p) in parts.iter_mut().enumerate().skip(i) {
         let begin = if k == i { at } else { 0 };
-        p.file
-            .seek(SeekFrom::Start(begin))
-            .map_err(|e| shown(&e))?;
+        p.file.seek(SeekFrom::Start(begin)).map_err(|e| shown(&e))?;
         (&mut p.file)
             .take(p.len - begin)
             .read_to_end(&mut text)
@@ -324,12 +322,20 @@ mod tests {
         // Cut and copied (the daemon): the log is the same file, a new NAME.log.1 holds
         // its first 4096 bytes, the backup of then is now NAME.log.2.
         assert_eq!(
-            start_of(&mark(300, Some(3), Some(1)), &[(id(1), 9), (id(2), 4096), (id(3), 50)], 2),
+            start_of(
+                &mark(300, Some(3), Some(1)),
+                &[(id(1), 9), (id(2), 4096), (id(3), 50)],
+                2
+            ),
             (1, 300)
         );
         // ... and an offset in the part that stayed in the log goes on into it.
         assert_eq!(
-            start_of(&mark(4100, Some(3), Some(1)), &[(id(1), 9), (id(2), 4096), (id(3), 50)], 2),
+            start_of(
+                &mark(4100, Some(3), Some(1)),
+                &[(id(1), 9), (id(2), 4096), (id(3), 50)],
+                2
+            ),
             (2, 4)
         );
         // No backup then: the oldest backup is the first made since.
@@ -339,7 +345,11 @@ mod tests {
         );
         // The log of then was rotated out of existence: all that is left is newer.
         assert_eq!(
-            start_of(&mark(300, Some(9), Some(8)), &[(id(2), 4096), (id(3), 50)], 1),
+            start_of(
+                &mark(300, Some(9), Some(8)),
+                &[(id(2), 4096), (id(3), 50)],
+                1
+            ),
             (0, 0)
         );
         // No log then: what came after the backup of then.

@@ -13,6 +13,7 @@
 //! <parent>                      tend's own cgroup (`0::` in /proc/self/cgroup), or $TEND_CGROUP
 //! └── tend-<key>                one per state home (key: a hash of its path)
 //!     ├── supervisor            the daemon moves itself here (the "no internal processes" rule)
+//!     ├── checks/run-<ms>-<pid>-<n>  one per run of a check command, removed after it
 //!     └── NAME.service          one per service: where its limits are set
 //!         └── run-<ms>-<pid>-<n>  one per instance: the process writes itself into it before exec
 //! ```

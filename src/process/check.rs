@@ -134,9 +134,17 @@ pub fn run(
                 .map(|s| PollFd::new(s.fd.as_fd(), PollFlags::POLLIN)),
         );
         let ms = (wait.as_millis() as i32).max(1);
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
             Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(SpawnError::Os { what: "poll", errno: e }),
+            Err(e) => {
+                return Err(SpawnError::Os {
+                    what: "poll",
+                    errno: e,
+                })
+            }
         }
         let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
         for s in streams.iter_mut() {

@@ -307,7 +307,10 @@ impl Tx<'_> {
         let row: Option<(Option<i64>, Option<String>)> = self
             .0
             .prepare_cached("SELECT log_from, log_ids FROM instances WHERE service_id = ?1")
-            .and_then(|mut s| s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .and_then(|mut s| {
+                s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(|e| self.err(e))?;
         let Some((Some(offset), ids)) = row else {
             return Ok(None);

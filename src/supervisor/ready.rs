@@ -142,10 +142,10 @@ impl Supervisor {
                         log: &svc.settings.stdout,
                         log_from: log_from.as_ref(),
                         scope: check::Scope {
-                board: board.as_deref(),
-                cgroups: cgroups.as_ref(),
-                proceed: &proceed,
-            },
+                            board: board.as_deref(),
+                            cgroups: cgroups.as_ref(),
+                            proceed: &proceed,
+                        },
                     };
                     let left = deadline.saturating_duration_since(now);
                     match probe::run(c, &target, left.min(Duration::from_secs(5))) {

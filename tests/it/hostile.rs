@@ -154,7 +154,10 @@ fn env_file_fifo_is_refused_at_once_and_never_acted_on_later() {
             "daemon {daemon}: {out:?}"
         );
         assert_eq!(dump(&env.db()), before, "daemon {daemon}: state changed");
-        assert!(!fifo_has_reader(&fifo), "daemon {daemon}: tend waits on the FIFO");
+        assert!(
+            !fifo_has_reader(&fifo),
+            "daemon {daemon}: tend waits on the FIFO"
+        );
         write_into_fifo(&fifo, "A=1\n");
         never_runs(&env, "e");
     }
@@ -230,7 +233,10 @@ fn services_file_fifo_dev_zero_and_huge_file_are_refused() {
     let f = fifo.to_str().unwrap();
     let h = huge.to_str().unwrap();
     let cases: [(&[&str], String); 6] = [
-        (&["apply", "-f", f], format!("{f}: it is a FIFO (named pipe)")),
+        (
+            &["apply", "-f", f],
+            format!("{f}: it is a FIFO (named pipe)"),
+        ),
         (&["import", f], format!("{f}: it is a FIFO (named pipe)")),
         (
             &["apply", "-f", "/dev/zero"],
@@ -240,7 +246,10 @@ fn services_file_fifo_dev_zero_and_huge_file_are_refused() {
             &["import", "/dev/zero"],
             "/dev/zero: it is a character device".into(),
         ),
-        (&["apply", "-f", h], format!("{h}: it is larger than 16 MiB")),
+        (
+            &["apply", "-f", h],
+            format!("{h}: it is larger than 16 MiB"),
+        ),
         (&["import", h], format!("{h}: it is larger than 16 MiB")),
     ];
     for (args, message) in cases {
@@ -302,7 +311,10 @@ fn pidfile_fifo_is_refused_at_once() {
             )),
             "daemon {daemon}: {out:?}"
         );
-        assert!(!fifo_has_reader(&fifo), "daemon {daemon}: tend waits on the FIFO");
+        assert!(
+            !fifo_has_reader(&fifo),
+            "daemon {daemon}: tend waits on the FIFO"
+        );
         // What the program daemonized went with the start's cgroup.
         if let Some(pid) = std::fs::read_to_string(&marker)
             .ok()
@@ -359,7 +371,12 @@ fn check_leaves(env: &Env) -> Vec<std::path::PathBuf> {
         return Vec::new();
     };
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -370,8 +387,7 @@ fn lines(path: &Path) -> usize {
 /// The home for a check test: with cgroup containment (needs root) or without.
 fn check_env(test: &str, cgroups: bool) -> Option<Env> {
     if cgroups {
-        require_root(test, "create cgroups on the machine's cgroup2 mount")
-            .then(Env::new)
+        require_root(test, "create cgroups on the machine's cgroup2 mount").then(Env::new)
     } else {
         Some(Env::without_cgroups())
     }
@@ -388,7 +404,10 @@ fn ready_check_leaves_nothing(test: &str, cgroups: bool, variant: u32) {
     let runs = env.work().join("runs");
     env.add_fixture(
         "r",
-        &["--ready", &format!("{} timeout=30s", leaky_check(&mark, &runs, 1))],
+        &[
+            "--ready",
+            &format!("{} timeout=30s", leaky_check(&mark, &runs, 1)),
+        ],
         &[],
     );
     let out = env.tend(&["start", "r", "--wait", "1500ms"]);
@@ -409,7 +428,11 @@ fn ready_check_leaves_nothing(test: &str, cgroups: bool, variant: u32) {
 
 #[test]
 fn ready_check_children_are_killed_with_each_run_with_cgroups() {
-    ready_check_leaves_nothing("ready_check_children_are_killed_with_each_run_with_cgroups", true, 1);
+    ready_check_leaves_nothing(
+        "ready_check_children_are_killed_with_each_run_with_cgroups",
+        true,
+        1,
+    );
 }
 
 #[test]
