@@ -595,3 +595,127 @@ fn log_check_finds_the_ready_line_after_the_daemon_rotated() {
     );
     ready_across_the_rotation(&env);
 }
+
+// ---------------------------------------------------------------------------------------
+// A request whose client gave up while the daemon was held up before the spawn.
+// ---------------------------------------------------------------------------------------
+
+/// Threads of `pid` stopped by a tracer (state `t`).
+fn traced_stops(pid: i32) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let tid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            (state == "t").then_some(tid)
+        })
+        .collect()
+}
+
+/// A thread of `pid` that stays stopped by its tracer for 300 ms: held in the delayed
+/// system call (the tracer stops every thread at each system call, but only for a
+/// moment).
+fn held_thread(pid: i32) -> Option<i32> {
+    let first = traced_stops(pid);
+    let end = Instant::now() + Duration::from_millis(300);
+    let mut held = first;
+    while Instant::now() < end && !held.is_empty() {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = traced_stops(pid);
+        held.retain(|t| now.contains(t));
+    }
+    held.first().copied()
+}
+
+/// The daemon's request thread is held up in the `open()` of the env file (strace delays
+/// that one system call by 4 s) and the client is killed meanwhile: when the thread goes
+/// on, the start is not carried out (the supervisor asks right before the spawn whether
+/// the client is still there), and `daemon stop` returns.
+#[test]
+fn a_start_whose_client_left_is_never_carried_out_later() {
+    if !require_root(
+        "a_start_whose_client_left_is_never_carried_out_later",
+        "trace the daemon with strace to hold its request thread up",
+    ) || !require_tool("strace")
+    {
+        return;
+    }
+    let env = Env::new();
+    let envf = env.work().join("app.env");
+    std::fs::write(&envf, "A=1\n").unwrap();
+    env.ok(&[
+        "add",
+        "w",
+        "--env-file",
+        envf.to_str().unwrap(),
+        "--",
+        "sleep",
+        "300",
+    ]);
+    start_daemon(&env);
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    let strace = KillOnDrop(
+        Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-P"])
+            .arg(&envf)
+            .args([
+                "-e",
+                "trace=openat",
+                "-e",
+                "inject=openat:delay_enter=4000000",
+                "-p",
+                &daemon.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn strace"),
+    );
+    let traced = || {
+        std::fs::read_to_string(format!("/proc/{daemon}/status"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+    };
+    assert!(wait_until(LONG, traced), "strace did not attach");
+    let mut cli = KillOnDrop(
+        env.cmd()
+            .args(["start", "w"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tend"),
+    );
+    let mut held = None;
+    assert!(
+        wait_until(LONG, || {
+            held = held_thread(daemon);
+            held.is_some()
+        }),
+        "the daemon never opened the env file"
+    );
+    // The client gives up while the daemon is held up before the spawn.
+    let _ = cli.0.kill();
+    let _ = cli.0.wait();
+    let tid = held.expect("checked above");
+    assert!(
+        wait_until(LONG, || !traced_stops(daemon).contains(&tid)),
+        "the held thread never went on"
+    );
+    never_runs(&env, "w");
+    let ev = env.ok(&["events", "w"]).stdout;
+    assert!(!ev.contains("start"), "{ev}");
+    drop(strace);
+    assert!(wait_until(LONG, || !traced()), "strace did not detach");
+    let out = prompt(&env, &["daemon", "stop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
