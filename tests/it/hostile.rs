@@ -468,7 +468,14 @@ fn health_check_leaves_nothing(test: &str, cgroups: bool, variant: u32) {
         "the health check ran {} time(s)",
         lines(&runs)
     );
-    let left = with_marker(&mark);
+    // The run in progress may have its `sleep` child (and its shell) alive; no earlier
+    // run's child is.
+    let left: Vec<i32> = with_marker(&mark)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))
+        })
+        .collect();
     assert!(
         left.len() <= 1,
         "after {} runs, {} check children alive: {left:?}",
