@@ -10,6 +10,8 @@
  *               signal too (default dispositions), then behave as `run`: a stop that
  *               signals only the main process leaves the child behind
  *   crash       exit 1 after 50 to 300 ms (a crash loop)
+ *   chatter     as `run`, and print a numbered line on stdout every 10 ms
+ *               ("chatter N"), for a log writer to stamp
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -57,6 +59,13 @@ int main(int argc, char **argv) {
         srand((unsigned)(ts.tv_nsec ^ getpid()));
         usleep(50000 + (useconds_t)(rand() % 250000));
         return 1;
+    }
+    if (strcmp(mode, "chatter") == 0) {
+        for (unsigned long i = 1;; i++) {
+            printf("chatter %lu\n", i);
+            fflush(stdout);
+            usleep(10000);
+        }
     }
     for (;;) pause();
 }

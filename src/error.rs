@@ -106,6 +106,11 @@ pub enum Error {
     #[error("{service}: started (pid {pid}) but another command stopped it at once")]
     StoppedAtOnce { service: String, pid: i32 },
 
+    /// Whoever asked for a start is gone (a client that gave up on the daemon) by the
+    /// time it would spawn: it is not carried out.
+    #[error("{service}: not started: whoever asked for it no longer waits for it")]
+    Withdrawn { service: String },
+
     #[error("{service}: env file {}: {reason}", path.display())]
     EnvFile {
         service: String,
@@ -183,6 +188,7 @@ impl Error {
             | Error::ExitedAtOnce { .. }
             | Error::StoppedAtOnce { .. }
             | Error::EnvFile { .. }
+            | Error::Withdrawn { .. }
             | Error::Requirement { .. }
             | Error::NotReady { .. }
             | Error::NotRunning { .. }

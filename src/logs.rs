@@ -38,7 +38,7 @@ pub fn backup(path: &Path, n: u32) -> PathBuf {
 pub fn tail(out: &mut dyn Write, path: &Path, n: usize) -> io::Result<u64> {
     let mut files: Vec<(File, u64)> = Vec::new();
     for i in (1..=crate::service::LOG_BACKUPS).rev() {
-        match File::open(backup(path, i)) {
+        match open_log(&backup(path, i)) {
             Ok(f) => {
                 let len = f.metadata()?.len();
                 files.push((f, len));
@@ -47,7 +47,7 @@ pub fn tail(out: &mut dyn Write, path: &Path, n: usize) -> io::Result<u64> {
             Err(e) => return Err(e),
         }
     }
-    let current_len = match File::open(path) {
+    let current_len = match open_log(path) {
         Ok(f) => {
             let len = f.metadata()?.len();
             files.push((f, len));
@@ -63,6 +63,20 @@ pub fn tail(out: &mut dyn Write, path: &Path, n: usize) -> io::Result<u64> {
         io::copy(&mut (&mut *f).take(*len - start), out)?;
     }
     Ok(current_len)
+}
+
+/// Opens a log file to read it, without waiting on it: a FIFO or a device put in its
+/// place is refused (see [`crate::service::files`]).
+fn open_log(path: &Path) -> io::Result<File> {
+    use crate::service::files::{open_regular, ReadError};
+    match open_regular(path) {
+        Ok((f, _)) => Ok(f),
+        Err(ReadError::Io(e)) => Err(e),
+        Err(other) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: {other}", path.display()),
+        )),
+    }
 }
 
 /// Rotates `path`: `path.N-1` becomes `path.N` (the oldest is dropped), and the file's

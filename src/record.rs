@@ -29,6 +29,36 @@ pub struct Instance {
     pub launching: bool,
 }
 
+/// Where a service's stdout log stood when an instance started, so that a `log`
+/// readiness check reads what this instance wrote and nothing before, even once the log
+/// was rotated (renamed to `NAME.log.1` by the log writer, or its start moved there by
+/// the daemon's rotation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogMark {
+    /// The log's length then: where this instance's output begins in it.
+    pub offset: u64,
+    /// The files below were looked at (a mark recorded by an older tend has the offset
+    /// only).
+    #[serde(default)]
+    pub identified: bool,
+    /// The log file then; `None`: there was none.
+    #[serde(default)]
+    pub file: Option<FileId>,
+    /// Its newest backup (`NAME.log.1`) then; `None`: there was none.
+    #[serde(default)]
+    pub backup: Option<FileId>,
+}
+
+/// Which file a path named: its device and inode, and its birth time (ns since the
+/// epoch; 0 where the file system does not keep it), since an inode number freed by a
+/// rotation can be given to the next new file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub born: i64,
+}
+
 /// Restart bookkeeping of one service (the daemon's memory, kept in the database so a
 /// new daemon carries on where the last one stopped).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -24,9 +24,9 @@ fn read_file(home: &Home, path: &Path) -> Result<(file::ServiceFile, String)> {
         reason: io_reason(&e),
     })?;
     let abs = service::absolute(&here, path);
-    let text = std::fs::read_to_string(&abs).map_err(|e| Error::Io {
+    let text = service::file::read(&abs).map_err(|reason| Error::Io {
         path: path.to_path_buf(),
-        reason: io_reason(&e),
+        reason,
     })?;
     let dir = abs
         .parent()

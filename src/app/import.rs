@@ -22,9 +22,9 @@ struct Imported {
 }
 
 pub fn import(path: &Path, out: &mut dyn Write) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+    let text = service::file::read(path).map_err(|reason| Error::Io {
         path: path.to_path_buf(),
-        reason: io_reason(&e),
+        reason,
     })?;
     let here = std::env::current_dir().map_err(|e| Error::Io {
         path: ".".into(),

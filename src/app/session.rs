@@ -72,6 +72,7 @@ pub fn open_supervisor(home: &Home) -> Result<Supervisor> {
             board: None,
             containment: None,
             exits: None,
+            proceed: None,
         },
     )
 }

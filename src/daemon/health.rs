@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::record::now_ms;
 use crate::supervisor::Supervisor;
 
+use super::bus::InFlight;
 use super::pool::Pool;
 
 /// How often a `starting` instance's readiness check is tried.
@@ -55,7 +56,9 @@ struct Entry {
 
 /// `pool`: the health thread's own supervisors (their context says a daemon watches the
 /// services, so an exit it notices is left to the worker).
-pub fn start(pool: Arc<Pool>) -> Result<Resync> {
+/// `in_flight`: the daemon's count of work in progress; a round of checks counts in it,
+/// so a shutdown waits until the check it interrupts has been killed and cleaned up.
+pub fn start(pool: Arc<Pool>, in_flight: Arc<InFlight>) -> Result<Resync> {
     let (read, write) = UnixStream::pair().map_err(|e| Error::Daemon {
         message: format!("health wake pipe: {e}"),
     })?;
@@ -64,14 +67,14 @@ pub fn start(pool: Arc<Pool>) -> Result<Resync> {
     std::thread::Builder::new()
         .name("tend-health".into())
         .stack_size(512 * 1024)
-        .spawn(move || run(pool, read))
+        .spawn(move || run(pool, read, in_flight))
         .map_err(|e| Error::Daemon {
             message: format!("cannot start the health check thread: {e}"),
         })?;
     Ok(Resync(std::sync::Arc::new(write)))
 }
 
-fn run(pool: Arc<Pool>, read: UnixStream) {
+fn run(pool: Arc<Pool>, read: UnixStream, in_flight: Arc<InFlight>) {
     let mut entries: HashMap<String, Entry> = HashMap::new();
     let mut checked = Checked::default();
     let mut dirty = true;
@@ -119,6 +122,10 @@ fn run(pool: Arc<Pool>, read: UnixStream) {
         if due.is_empty() {
             continue;
         }
+        // None once the daemon is going away: no new check is begun.
+        let Some(_ticket) = in_flight.enter_always() else {
+            return;
+        };
         let Ok(mut sup) = pool.get() else {
             continue;
         };

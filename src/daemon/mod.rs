@@ -127,6 +127,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         board: Some(board.clone()),
         containment: Some(containment.clone()),
         exits: Some(queue.0.exit_sink()),
+        proceed: None,
     };
     let mut sup = Supervisor::open_with(home.clone(), ctx.clone())?;
     sup.keep_open(pool::CACHE_KIB)?;
@@ -183,14 +184,19 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     let rotation = rotation::start(pool.clone())?;
     // The health thread leaves every exit it notices to the worker (which knows the
     // status, kills what a crashed service left behind and restarts it), as a CLI beside
-    // the daemon does.
-    let health = health::start(pool::Pool::new(
-        home.clone(),
-        Context {
-            daemon_watching: true,
-            ..ctx.clone()
-        },
-    ))?;
+    // the daemon does. A check it runs ends (killed whole) once the daemon is going away.
+    let closing = in_flight.clone();
+    let health = health::start(
+        pool::Pool::new(
+            home.clone(),
+            Context {
+                daemon_watching: true,
+                proceed: Some(Arc::new(move || !closing.closing())),
+                ..ctx.clone()
+            },
+        ),
+        in_flight.clone(),
+    )?;
     let worker = worker::start(sup, waker.clone(), queue)?;
     let serve = ServeCtx {
         home: home.clone(),

@@ -109,8 +109,10 @@ impl Drop for Pooled {
         if std::thread::panicking() {
             return;
         }
-        // Notices are for the caller that caused them; the next one starts with none.
+        // Notices are for the caller that caused them; the next one starts with none. So
+        // is a request's "does its client still wait" (see `Context::proceed`).
         sup.take_notices();
+        sup.set_proceed(self.pool.ctx.proceed.clone());
         let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(sup);

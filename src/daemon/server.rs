@@ -24,6 +24,7 @@ use crate::api::{DaemonStatus, Selection, Verb};
 use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
 use crate::record::now_ms;
+use crate::supervisor::Proceed;
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -222,15 +223,12 @@ fn error_line(message: &str) -> String {
 
 /// True while the client is still connected (it has not closed or reset its end).
 fn client_here(stream: &UnixStream) -> bool {
-    // POLLRDHUP: the peer closed its end (nix has no name for it).
+    // POLLRDHUP: the peer closed its end (nix has no name for it, so `revents()` cannot
+    // show it: any event at all means gone, since only these are asked for).
     let gone =
         PollFlags::from_bits_retain(libc::POLLRDHUP) | PollFlags::POLLHUP | PollFlags::POLLERR;
     let mut fds = [PollFd::new(stream.as_fd(), gone)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(0) => true,
-        Ok(_) => !fds[0].revents().is_some_and(|r| r.intersects(gone)),
-        Err(_) => true,
-    }
+    !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 impl ServeCtx {
@@ -276,7 +274,16 @@ impl ServeCtx {
             return;
         }
         let id = self.heartbeats.add(conn.clone());
-        let proceed = || client_here(&stream);
+        // Asked before each service and, through the supervisor's context, right before
+        // each spawn: a request whose client left meanwhile is not carried out further.
+        let watched = match stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "cannot watch the client");
+                return;
+            }
+        };
+        let proceed: Proceed = Arc::new(move || client_here(&watched));
         let response = self.handle(req.action, &proceed);
         self.heartbeats.remove(id);
         if let Err(e) = conn.send(&response) {
@@ -288,7 +295,7 @@ impl ServeCtx {
         self.pool.get()
     }
 
-    fn handle(&self, action: Action, proceed: &dyn Fn() -> bool) -> Response {
+    fn handle(&self, action: Action, proceed: &Proceed) -> Response {
         let result = match action {
             Action::Act {
                 verb,
@@ -300,7 +307,7 @@ impl ServeCtx {
                 self.waker.send(Msg::FromRequest(ToLoop::Reload));
                 Ok(Response::Done)
             }
-            Action::Shutdown { stop_services } => self.shutdown(stop_services, proceed),
+            Action::Shutdown { stop_services } => self.shutdown(stop_services, &**proceed),
         };
         result.unwrap_or_else(|e| Response::Error {
             message: e.to_string(),
@@ -313,10 +320,11 @@ impl ServeCtx {
         verb: Verb,
         selection: &Selection,
         wait: crate::api::Wait,
-        proceed: &dyn Fn() -> bool,
+        proceed: &Proceed,
     ) -> Result<Response> {
         let mut sup = self.supervisor()?;
-        let reports = crate::api::act_with(&mut sup, verb, selection, wait, proceed)?;
+        sup.set_proceed(Some(proceed.clone()));
+        let reports = crate::api::act_with(&mut sup, verb, selection, wait, &**proceed)?;
         Ok(Response::Reports { reports })
     }
 

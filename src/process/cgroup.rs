@@ -13,6 +13,7 @@
 //! <parent>                      tend's own cgroup (`0::` in /proc/self/cgroup), or $TEND_CGROUP
 //! └── tend-<key>                one per state home (key: a hash of its path)
 //!     ├── supervisor            the daemon moves itself here (the "no internal processes" rule)
+//!     ├── checks/run-<ms>-<pid>-<n>  one per run of a check command, removed after it
 //!     └── NAME.service          one per service: where its limits are set
 //!         └── run-<ms>-<pid>-<n>  one per instance: the process writes itself into it before exec
 //! ```
@@ -82,6 +83,10 @@ pub struct Root {
 /// The cgroup of a home's log writers, beside its `NAME.service` cgroups (a name no
 /// service cgroup can have).
 pub const WRITERS: &str = "log-writers";
+
+/// The cgroup of a home's check commands (`ready`/`health` `cmd`), beside the
+/// services' and the log writers': each run gets a leaf of its own in it.
+pub const CHECKS: &str = "checks";
 
 /// The name of a home's cgroup: `tend-` and 16 hex digits of the SHA-256 of its path.
 pub fn home_cgroup_name(home: &Path) -> String {
@@ -237,6 +242,35 @@ impl Root {
         let svc = self.service(name);
         mkdir(&svc.path)?;
         let leaf = svc.path.join(format!(
+            "run-{}-{}-{}",
+            crate::record::now_ms(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&leaf)?;
+        Ok(Cgroup { path: leaf })
+    }
+
+    /// Creates a new, empty leaf for one run of a check command, in `<root>/checks`.
+    /// Leaves that a tend process which has since died left there (killed in the middle
+    /// of a check) are killed and removed first.
+    pub fn new_check(&self) -> io::Result<Cgroup> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let checks = Cgroup {
+            path: self.path.join(CHECKS),
+        };
+        mkdir(&checks.path)?;
+        for leaf in checks.children() {
+            if !leaf_creator_gone(&leaf) {
+                continue;
+            }
+            if leaf.populated() {
+                let _ = leaf.kill();
+                leaf.wait_empty(Duration::from_secs(1));
+            }
+            let _ = leaf.remove();
+        }
+        let leaf = checks.path.join(format!(
             "run-{}-{}-{}",
             crate::record::now_ms(),
             std::process::id(),
@@ -512,6 +546,20 @@ impl Cgroup {
     pub fn set(&self, file: &str, value: &str) -> io::Result<()> {
         std::fs::write(self.path.join(file), value)
     }
+}
+
+/// True when the process that created the leaf `run-<ms>-<pid>-<n>` no longer exists. A
+/// number in use by anyone (a reuse, or the creator itself) keeps the leaf: left for a
+/// later look rather than taken from a process that may still be using it.
+fn leaf_creator_gone(leaf: &Cgroup) -> bool {
+    let pid = leaf
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("run-"))
+        .and_then(|rest| rest.split('-').nth(1))
+        .and_then(|p| p.parse::<i32>().ok());
+    pid.is_some_and(|p| !super::handle::exists(p))
 }
 
 /// The cgroup v2 directory process `pid` is in, from /proc/PID/cgroup.

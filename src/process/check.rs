@@ -1,19 +1,43 @@
 //! Running a check command (`ready = { cmd = ... }`, `health = { cmd = ... }`): `sh -c`
-//! in a process group of its own, its output captured, killed with its whole group at
-//! its timeout. In the daemon the event loop reaps every child, so the status may come
-//! from its [`ExitBoard`] instead of our own `waitpid`.
+//! started as a service is ([`super::spawn`]: double fork, a session of its own, a cgroup
+//! leaf of its own where there is containment), its output captured, and, once it has
+//! ended or at its timeout, killed whole: nothing it started outlives it.
+//!
+//! # Killed whole, and only what is the check's
+//!
+//! A check is tend's process, not the service's: a child of it that ignores SIGTERM (a
+//! `(trap '' TERM; sleep 300) &`) must not pile up, one per check. Every process of the
+//! check is killed with SIGKILL once the check is over, proven to be the check's as a
+//! service's processes are (see [`super::stop`]):
+//!
+//! - with cgroups, by membership: each run has a leaf in `<home cgroup>/checks`, killed
+//!   with `cgroup.kill`, waited empty, and removed;
+//! - without, in the session the double fork created for it (its number `N` is that of
+//!   the intermediate process, which exits at once). The `sh` process is pinned by a
+//!   pidfd; until it is reaped it holds its session, so it is the witness that proves
+//!   every member of session `N` the check's. Whatever it started and left behind is
+//!   re-parented to tend (a child subreaper, CLI and daemon alike), where children of the
+//!   reaper in session `N` are the check's while no process has pid `N`. Signals go
+//!   through a pidfd of each proven process; a number is never signalled.
+//!
+//! No thread reads the output: the pipes are read in the calling thread, in the same
+//! `poll` that waits for the check's exit, and once the check has been killed whatever
+//! is still buffered is read without waiting. A process that escaped both proofs
+//! (`setsid` and a double fork, without cgroups) and still holds a pipe costs nothing.
 
-use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::handle::Handle;
+use super::cgroup::{Cgroup, Root};
 use super::reap::ExitBoard;
+use super::spawn::{Prepared, Spec};
+use super::stop;
+use super::writer::LogPipes;
+use crate::error::SpawnError;
 
 /// How a check command ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,99 +46,197 @@ pub struct Ran {
     pub status: Option<i32>,
     /// It was killed at its timeout.
     pub timed_out: bool,
+    /// It was ended early: whoever waited for it is gone (see [`Scope::proceed`]).
+    pub withdrawn: bool,
     /// The start of what it wrote to stdout and stderr.
     pub output: String,
 }
 
 impl Ran {
     pub fn passed(&self) -> bool {
-        !self.timed_out && self.status == Some(0)
+        !self.timed_out && !self.withdrawn && self.status == Some(0)
     }
+}
+
+/// Where a check runs, and who waits for it.
+pub struct Scope<'a> {
+    /// In the daemon: where its event loop posts the statuses it reaps.
+    pub board: Option<&'a ExitBoard>,
+    /// The home's cgroup, where there is cgroup containment: the check gets a leaf.
+    pub cgroups: Option<&'a Root>,
+    /// Asked while the check runs; false ends it at once (the daemon is going away).
+    pub proceed: &'a dyn Fn() -> bool,
 }
 
 /// Output kept per stream.
 const OUTPUT_CAP: usize = 2048;
+/// How often [`Scope::proceed`] is asked while a check runs.
+const ASK_EVERY: Duration = Duration::from_millis(50);
+/// How long the status of an exited check may take to be posted by the daemon's loop.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs `sh -c cmd` in `cwd` with exactly `env`, for at most `timeout`.
+/// Runs `sh -c cmd` in `cwd` with exactly `env`, for at most `timeout`, then kills
+/// whatever of it is left.
 pub fn run(
     cmd: &str,
     cwd: &Path,
     env: &[(String, String)],
     timeout: Duration,
-    board: Option<&ExitBoard>,
-) -> std::io::Result<Ran> {
-    use std::os::unix::process::CommandExt;
-    let mark = board.map(ExitBoard::mark);
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(cwd)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group, so a timeout ends whatever it started too.
-        .process_group(0)
-        .spawn()?;
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        // A reader per pipe; detached, since a helper that left the group may keep the
-        // pipe open long after the check is over.
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = stream.take(OUTPUT_CAP as u64).read_to_end(&mut buf);
-            let _ = tx.send(buf);
-        });
-    }
-    drop(tx);
-    let pinned = Handle::pin(pid);
-    let exited = match &pinned {
-        Some((h, _)) => h.wait(timeout),
-        // Gone already (exited and reaped by the daemon's loop).
-        None => true,
-    };
+    scope: &Scope,
+) -> Result<Ran, SpawnError> {
+    let deadline = Instant::now() + timeout;
+    // Without a leaf (none could be made) the session is the boundary, as without
+    // cgroup containment.
+    let leaf = Leaf(scope.cgroups.and_then(|r| r.new_check().ok()));
+    let mut pipes = LogPipes::new(true)?;
+    let (out_r, err_r) = pipes.take_read_ends();
+    let argv = ["/bin/sh".to_string(), "-c".to_string(), cmd.to_string()];
+    let dev_null = Path::new("/dev/null");
+    let prepared = Prepared::prepare(&Spec {
+        argv: &argv,
+        cwd,
+        env,
+        stdin: dev_null,
+        stdout: dev_null,
+        stderr: dev_null,
+        cgroup: leaf.0.as_ref(),
+        pipes: Some(&pipes),
+    })?;
+    let started = prepared.spawn()?.release()?;
+    // Only the check holds the write ends now: end of file means all of it closed them.
+    drop(prepared);
+    drop(pipes);
+    let sh = started.handle;
+    let mut streams: Vec<Stream> = [out_r, err_r]
+        .into_iter()
+        .flatten()
+        .filter_map(Stream::new)
+        .collect();
+
     let mut timed_out = false;
-    if !exited {
-        timed_out = true;
-        // The leader is alive (not reaped), so its group number is still its own.
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    let status = match child.wait() {
-        Ok(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            Some(s.into_raw())
+    let mut withdrawn = false;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            timed_out = true;
+            break;
         }
-        // Reaped by the daemon's event loop: it posts the status.
-        Err(_) => match (board, mark) {
-            (Some(b), Some(mark)) => b.wait_for_child(pid, mark, Duration::from_secs(1)),
-            _ => None,
-        },
+        if !(scope.proceed)() {
+            withdrawn = true;
+            break;
+        }
+        let wait = (deadline - now).min(ASK_EVERY);
+        let mut fds = vec![PollFd::new(sh.as_fd(), PollFlags::POLLIN)];
+        fds.extend(
+            streams
+                .iter()
+                .filter(|s| s.open)
+                .map(|s| PollFd::new(s.fd.as_fd(), PollFlags::POLLIN)),
+        );
+        let ms = (wait.as_millis() as i32).max(1);
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                return Err(SpawnError::Os {
+                    what: "poll",
+                    errno: e,
+                })
+            }
+        }
+        let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
+        for s in streams.iter_mut() {
+            s.drain();
+        }
+        if exited {
+            break;
+        }
+    }
+
+    // Everything of the check goes, whether it ended or not.
+    match &leaf.0 {
+        Some(cg) => {
+            let _ = stop::kill_cgroup(cg);
+        }
+        None => {
+            let witness = sh.try_clone().into_iter().collect();
+            let me = std::process::id() as i32;
+            stop::kill_leftovers(started.session, witness, Some(me), None);
+        }
+    }
+    drop(leaf);
+    for s in streams.iter_mut() {
+        s.drain();
+    }
+    let status = match scope.board {
+        // The daemon's event loop reaps every child and posts its status.
+        Some(b) => b.wait_for(sh.pid(), sh.start_time(), STATUS_WAIT),
+        None => {
+            sh.wait(STATUS_WAIT);
+            sh.try_reap()
+        }
     };
     let mut output = Vec::new();
-    for _ in 0..2 {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(part) => output.extend(part),
-            Err(_) => break,
-        }
+    for s in &streams {
+        output.extend_from_slice(&s.kept);
     }
     Ok(Ran {
         status,
         timed_out,
+        withdrawn,
         output: String::from_utf8_lossy(&output).trim().to_string(),
     })
+}
+
+/// A check's cgroup leaf, removed (after what is in it was killed) when dropped.
+struct Leaf(Option<Cgroup>);
+
+impl Drop for Leaf {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0.take() {
+            let _ = stop::kill_cgroup(&cg);
+            let _ = cg.remove();
+        }
+    }
+}
+
+/// One output pipe, read without blocking.
+struct Stream {
+    fd: OwnedFd,
+    /// The first [`OUTPUT_CAP`] bytes; the rest is read and dropped, so the check never
+    /// blocks on a full pipe.
+    kept: Vec<u8>,
+    /// Not at end of file yet.
+    open: bool,
+}
+
+impl Stream {
+    fn new(fd: OwnedFd) -> Option<Stream> {
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).ok()?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+        Some(Stream {
+            fd,
+            kept: Vec::new(),
+            open: true,
+        })
+    }
+
+    /// Reads what is there now, until the pipe is empty or closed.
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        while self.open {
+            match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
+                Ok(0) => self.open = false,
+                Ok(n) => {
+                    let room = OUTPUT_CAP.saturating_sub(self.kept.len());
+                    self.kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+                Err(Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
 }

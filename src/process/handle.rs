@@ -111,6 +111,15 @@ impl Handle {
         ))
     }
 
+    /// A second handle on the same process (its own descriptor).
+    pub fn try_clone(&self) -> io::Result<Handle> {
+        Ok(Handle {
+            pid: self.pid,
+            start_time: self.start_time,
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid
     }

@@ -68,6 +68,14 @@ impl LogPipes {
     }
 }
 
+impl LogPipes {
+    /// The read ends, for a reader other than a log writer (a check command's output
+    /// read by tend itself).
+    pub fn take_read_ends(&mut self) -> (Option<OwnedFd>, Option<OwnedFd>) {
+        (self.out_r.take(), self.err_r.take())
+    }
+}
+
 /// A started writer, killed on drop unless [`Writer::keep`] was called: a start that does
 /// not go ahead takes its writer back.
 pub struct Writer {

@@ -97,6 +97,17 @@ fn line_at(text: &str, at: usize) -> usize {
         + 1
 }
 
+/// The most a services file (or a Procfile, or a supervisord configuration given to
+/// `import`) may hold: some thousands of services fit in a small fraction of it.
+pub const FILE_CAP: u64 = 16 << 20;
+
+/// The text of a services file, read as [`super::files`] reads any file on a service's
+/// behalf (a FIFO, a device or a file over [`FILE_CAP`] is refused); `Err` says why.
+pub fn read(path: &Path) -> std::result::Result<String, String> {
+    let bytes = super::files::read_regular(path, FILE_CAP).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
+}
+
 /// Parses `text` (the file `name`, whose directory is `dir`). Relative paths are taken
 /// against `dir`, which is also the default working directory; `log` gives each
 /// service's default log file. Checks names, values, requirements within the file and

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 
 pub mod file;
+pub mod files;
 pub mod graph;
 mod names;
 pub mod paths;

@@ -148,6 +148,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER definitions_removed AFTER DELETE ON services
         BEGIN UPDATE definitions_version SET v = v + 1; END;
     "#,
+    // 9 (logs across rotation): which files the log and its newest backup were when an
+    // instance started (JSON, beside `log_from`), so a `log` readiness check finds this
+    // instance's output after a rotation moved it.
+    r#"
+    ALTER TABLE instances ADD COLUMN log_ids TEXT;
+    "#,
 ];
 
 /// The schema version this build writes and understands.

@@ -9,7 +9,7 @@ use rusqlite::{params, ErrorCode, OptionalExtension};
 
 use super::{Overview, Tx};
 use crate::error::{Error, Result};
-use crate::record::{Instance, Runtime};
+use crate::record::{FileId, Instance, LogMark, Runtime};
 use crate::service::{Defaults, Service, Settings};
 
 const COLUMNS: &str = "id, name, argv, env, settings, created_at, updated_at";
@@ -292,21 +292,35 @@ impl Tx<'_> {
     }
 
     /// Records where the instance `seen` of service `id` began in its log.
-    pub fn set_log_from(&self, id: i64, seen: &Instance, at: u64) -> Result<()> {
+    pub fn set_log_from(&self, id: i64, seen: &Instance, at: LogMark) -> Result<()> {
+        let ids = serde_json::to_string(&(at.file, at.backup)).expect("file ids serialize");
         self.exec(
-            "UPDATE instances SET log_from = ?4 WHERE service_id = ?1 AND pid = ?2 \
-             AND start_time = ?3",
-            params![id, seen.pid, seen.start_time as i64, at as i64],
+            "UPDATE instances SET log_from = ?4, log_ids = ?5 WHERE service_id = ?1 \
+             AND pid = ?2 AND start_time = ?3",
+            params![id, seen.pid, seen.start_time as i64, at.offset as i64, ids],
         )
     }
 
     /// Where the recorded instance of service `id` began in its log, if that was noted.
-    pub fn log_from(&self, id: i64) -> Result<Option<u64>> {
-        let v: Option<Option<i64>> = self
+    pub fn log_from(&self, id: i64) -> Result<Option<LogMark>> {
+        type Ids = (Option<FileId>, Option<FileId>);
+        let row: Option<(Option<i64>, Option<String>)> = self
             .0
-            .prepare_cached("SELECT log_from FROM instances WHERE service_id = ?1")
-            .and_then(|mut s| s.query_row(params![id], |r| r.get(0)).optional())
+            .prepare_cached("SELECT log_from, log_ids FROM instances WHERE service_id = ?1")
+            .and_then(|mut s| {
+                s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(|e| self.err(e))?;
-        Ok(v.flatten().map(|n| n.max(0) as u64))
+        let Some((Some(offset), ids)) = row else {
+            return Ok(None);
+        };
+        let ids = ids.and_then(|t| serde_json::from_str::<Ids>(&t).ok());
+        Ok(Some(LogMark {
+            offset: offset.max(0) as u64,
+            identified: ids.is_some(),
+            file: ids.and_then(|i| i.0),
+            backup: ids.and_then(|i| i.1),
+        }))
     }
 }

@@ -14,13 +14,15 @@ use crate::process::cgroup::Cgroup;
 use crate::process::handle::Handle;
 use crate::process::stop;
 use crate::record::{event, now_ms, Instance};
-use crate::service::Service;
+use crate::service::{files, Service};
 
 /// How long the first process may take to exit (systemd's TimeoutStartSec is 90 s; a
 /// daemonizing program that takes longer is waiting on something it should not).
 pub(super) const FORKING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after the first process exited the pid file may take to name the service.
 const PIDFILE_WAIT: Duration = Duration::from_secs(1);
+/// The most a pid file may hold: a number and a newline, with room to spare.
+const PIDFILE_CAP: u64 = 4096;
 
 /// A record of a `--pidfile` service whose first process may still be handing over to
 /// the daemonized one: its exit (code 0) is the start's to handle, not an exit.
@@ -68,10 +70,17 @@ impl Supervisor {
         }
         let deadline = Instant::now() + PIDFILE_WAIT;
         let named = loop {
-            let pid = std::fs::read_to_string(pidfile)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-                .filter(|&p| p > 0);
+            // Not there yet, or not yet holding a number: the program may still be
+            // writing it. Anything but a regular file is refused at once, unread.
+            let pid = match files::read_regular(pidfile, PIDFILE_CAP) {
+                Ok(text) => String::from_utf8_lossy(&text)
+                    .trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|&p| p > 0),
+                Err(e) if e.not_found() => None,
+                Err(e) => break Err(format!("pid file {}: {e}", pidfile.display())),
+            };
             match pid {
                 Some(p) => break Ok(p),
                 None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),

@@ -10,6 +10,7 @@ use super::start::read_env_file;
 use super::Supervisor;
 use crate::error::Result;
 use crate::probe;
+use crate::process::check;
 use crate::process::spawn;
 use crate::process::stop::{self, Recorded};
 use crate::record::event;
@@ -96,13 +97,19 @@ impl Supervisor {
         let file_env = read_env_file(&svc).unwrap_or_default();
         let env = spawn::merged_env(file_env.iter().chain(svc.env.iter()));
         let board = self.ctx.board.clone();
+        let cgroups = self.containment().root().cloned();
+        let proceed = self.proceeding();
         let target = probe::Target {
             cwd: &svc.settings.cwd,
             env: &env,
             log: &svc.settings.stdout,
             // Health checks are tcp, http or cmd: no log.
-            log_from: 0,
-            board: board.as_deref(),
+            log_from: None,
+            scope: check::Scope {
+                board: board.as_deref(),
+                cgroups: cgroups.as_ref(),
+                proceed: &proceed,
+            },
         };
         let result = probe::run(&probe.check, &target, probe.health_timeout());
         Ok(Some(Checked {

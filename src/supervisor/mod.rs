@@ -217,10 +217,19 @@ pub struct Context {
     /// word) to whoever records exits, which records it if the instance is still
     /// recorded: whoever clears the record writes the exit, so it is counted once.
     pub exits: Option<ExitSink>,
+    /// Asked right before a start spawns (and while a check command runs): false once
+    /// whoever asked is gone or no longer waits for the answer, and then the spawn is
+    /// not carried out (the check is ended). A request can be slow to get there, and a
+    /// start nobody waits for any more must not happen later by surprise. `None`: go
+    /// ahead.
+    pub proceed: Option<Proceed>,
 }
 
 /// See [`Context::exits`].
 pub type ExitSink = Arc<dyn Fn(i32, u64, i32) + Send + Sync>;
+
+/// See [`Context::proceed`].
+pub type Proceed = Arc<dyn Fn() -> bool + Send + Sync>;
 
 pub struct Supervisor {
     home: Home,
@@ -316,6 +325,24 @@ impl Supervisor {
 
     pub fn config_all(&mut self) -> Result<Vec<(String, String)>> {
         self.store.read(|tx| tx.config_all())
+    }
+
+    /// Sets (for one request) or clears what is asked before a spawn; see
+    /// [`Context::proceed`].
+    pub fn set_proceed(&mut self, proceed: Option<Proceed>) {
+        self.ctx.proceed = proceed;
+    }
+
+    /// False once whoever asked for this work is gone (see [`Context::proceed`]).
+    fn proceed(&self) -> bool {
+        self.ctx.proceed.as_ref().is_none_or(|p| p())
+    }
+
+    /// [`Supervisor::proceed`] as a closure of its own, for a check that runs while the
+    /// supervisor is borrowed otherwise.
+    fn proceeding(&self) -> impl Fn() -> bool {
+        let p = self.ctx.proceed.clone();
+        move || p.as_ref().is_none_or(|p| p())
     }
 
     /// A daemon supervises this home: we are it, or the caller saw one running.

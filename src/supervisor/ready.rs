@@ -11,6 +11,7 @@ use super::{StartOutcome, Supervisor};
 use crate::error::Result;
 use crate::policy::ExitStatus;
 use crate::probe;
+use crate::process::check;
 use crate::process::handle::Handle;
 use crate::process::spawn;
 use crate::record::now_ms;
@@ -86,10 +87,20 @@ impl Supervisor {
             .filter(|h| h.start_time() == inst.start_time);
         let file_env = read_env_file(&svc)?;
         let env = spawn::merged_env(file_env.iter().chain(svc.env.iter()));
-        let log_from = log_from.unwrap_or(0);
         let board = self.ctx.board.clone();
+        let cgroups = self.containment().root().cloned();
+        let proceed = self.proceeding();
         let mut last = String::new();
         loop {
+            // A caller that left (a client that gave up on the daemon) is not waited for.
+            if !self.proceed() {
+                return Ok(StartOutcome::NotReady {
+                    pid: inst.pid,
+                    reason: "no longer waited for".into(),
+                    status: None,
+                    log: Vec::new(),
+                });
+            }
             let gone = match &handle {
                 Some(h) => h.exited(),
                 None => true,
@@ -129,8 +140,12 @@ impl Supervisor {
                         cwd: &svc.settings.cwd,
                         env: &env,
                         log: &svc.settings.stdout,
-                        log_from,
-                        board: board.as_deref(),
+                        log_from: log_from.as_ref(),
+                        scope: check::Scope {
+                            board: board.as_deref(),
+                            cgroups: cgroups.as_ref(),
+                            proceed: &proceed,
+                        },
                     };
                     let left = deadline.saturating_duration_since(now);
                     match probe::run(c, &target, left.min(Duration::from_secs(5))) {

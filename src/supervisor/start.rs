@@ -15,7 +15,7 @@ use crate::process::signals::Deferred;
 use crate::process::spawn;
 use crate::process::writer::{LogPipes, Writer};
 use crate::record::{event, now_ms, Instance, Runtime};
-use crate::service::{LogTimestamps, Service};
+use crate::service::{files, LogTimestamps, Service};
 use crate::state;
 use crate::store::Tx;
 
@@ -57,7 +57,7 @@ impl Supervisor {
         // Everything that can fail on bad input fails here, before any fork or write.
         let mut pipes = log_pipes(&svc)?;
         let leaf = self.new_instance_cgroup(&svc)?;
-        let cmd = match prepare(&svc, leaf.as_ref(), pipes.as_ref()) {
+        let cmd = match self.prepare(&svc, leaf.as_ref(), pipes.as_ref()) {
             Ok(cmd) => cmd,
             Err(e) => {
                 if let Some(l) = &leaf {
@@ -76,7 +76,7 @@ impl Supervisor {
         // ends now is recorded with the instance.
         let log_from = match svc.settings.ready.as_ref().map(|p| &p.check) {
             Some(crate::service::probe::Check::Log { .. }) => {
-                Some(std::fs::metadata(&svc.settings.stdout).map_or(0, |m| m.len()))
+                Some(crate::probe::log_mark(&svc.settings.stdout))
             }
             _ => None,
         };
@@ -391,20 +391,36 @@ fn writer_config(
     }
 }
 
-/// Opens the files and resolves the program of a start (no fork yet). The env file is
-/// read now, at every start, so a changed secret takes effect on restart.
-pub(super) fn prepare(
-    svc: &Service,
-    cgroup: Option<&Cgroup>,
-    pipes: Option<&LogPipes>,
-) -> Result<spawn::Prepared> {
-    let file_env = read_env_file(svc)?;
-    with_spec(svc, &file_env, cgroup, pipes, spawn::Prepared::prepare)
-        .map_err(|e| start_error(&svc.name, e))
+impl Supervisor {
+    /// Opens the files and resolves the program of a start (no fork yet). The env file
+    /// is read now, at every start, so a changed secret takes effect on restart. Last,
+    /// and so right before the spawn, it asks whether whoever wanted the start still
+    /// does (see [`super::Context::proceed`]): nothing after this can wait on anything.
+    fn prepare(
+        &self,
+        svc: &Service,
+        cgroup: Option<&Cgroup>,
+        pipes: Option<&LogPipes>,
+    ) -> Result<spawn::Prepared> {
+        let file_env = read_env_file(svc)?;
+        let prepared = with_spec(svc, &file_env, cgroup, pipes, spawn::Prepared::prepare)
+            .map_err(|e| start_error(&svc.name, e))?;
+        if !self.proceed() {
+            return Err(Error::Withdrawn {
+                service: svc.name.clone(),
+            });
+        }
+        Ok(prepared)
+    }
 }
 
+/// The most an env file may hold: far beyond any list of variables (the kernel allows a
+/// program 2 MiB of arguments and environment together), and reading is bounded.
+pub const ENV_FILE_CAP: u64 = 1 << 20;
+
 /// The variables of the service's env file (dotenv rules: `KEY=VALUE`, quotes, `#`
-/// comments, `export` prefixes); none without one.
+/// comments, `export` prefixes); none without one. Read without blocking and only if it
+/// is a regular file of at most [`ENV_FILE_CAP`] (see [`crate::service::files`]).
 pub(super) fn read_env_file(svc: &Service) -> Result<BTreeMap<String, String>> {
     let Some(path) = &svc.settings.env_file else {
         return Ok(BTreeMap::new());
@@ -414,9 +430,9 @@ pub(super) fn read_env_file(svc: &Service) -> Result<BTreeMap<String, String>> {
         path: path.clone(),
         reason,
     };
-    let iter = dotenvy::from_path_iter(path).map_err(|e| err(env_file_reason(&e)))?;
+    let text = files::read_regular(path, ENV_FILE_CAP).map_err(|e| err(e.to_string()))?;
     let mut out = BTreeMap::new();
-    for item in iter {
+    for item in dotenvy::from_read_iter(&text[..]) {
         let (k, v) = item.map_err(|e| err(env_file_reason(&e)))?;
         out.insert(k, v);
     }
