@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::lifecycle::print_reports;
 use super::output;
-use super::session::{Failure, Session};
+use super::session::{open_supervisor, Failure, Session};
 use super::term::escape;
 use crate::cli::{DaemonAction, DaemonArgs, PgArgs};
 use crate::daemon::client;
@@ -14,7 +14,6 @@ use crate::error::{exit, Error};
 use crate::home::Home;
 use crate::record::now_ms;
 use crate::service::{self, fmt_duration};
-use crate::supervisor::Supervisor;
 
 pub fn run(
     s: &mut Session,
@@ -52,14 +51,34 @@ pub fn run(
                 }
                 s.code = exit::FAILED;
             }
-            client::Probe::NotRunning => {
-                if json {
-                    output::json(out, &output::DaemonJson::new(None))?;
-                } else {
-                    writeln!(out, "daemon: not running")?;
+            client::Probe::NotRunning => match client::notes(home).fault {
+                // The last daemon exited because its database files changed under it:
+                // nothing supervises the services until a daemon runs again.
+                Some(fault) => {
+                    let problem = exited_on_fault(client::notes(home).pid, &fault);
+                    if json {
+                        output::json(out, &output::DaemonJson::exited(&problem))?;
+                    } else {
+                        writeln!(out, "daemon: not running: {}", escape(&problem))?;
+                        writeln!(
+                            out,
+                            "  services run unsupervised until a daemon runs again: `tend \
+                             daemon` (under systemd --user, Restart=on-failure starts one); \
+                             see {}",
+                            home.root().join("daemon.log").display()
+                        )?;
+                    }
+                    s.code = exit::FAILED;
                 }
-                s.code = exit::NOT_RUNNING;
-            }
+                None => {
+                    if json {
+                        output::json(out, &output::DaemonJson::new(None))?;
+                    } else {
+                        writeln!(out, "daemon: not running")?;
+                    }
+                    s.code = exit::NOT_RUNNING;
+                }
+            },
         },
         Some(DaemonAction::Stop { all }) => stop(s, home, all, out)?,
         Some(DaemonAction::Reload) => {
@@ -70,10 +89,21 @@ pub fn run(
     Ok(())
 }
 
+/// What `daemon status` and `doctor` say of a daemon that exited because its database
+/// files changed under it.
+pub fn exited_on_fault(pid: Option<i32>, fault: &client::Fault) -> String {
+    format!(
+        "the last daemon ({}) exited at {}: {} while it had the database open",
+        pid.map_or("pid unknown".into(), |p| format!("pid {p}")),
+        output::rfc3339(fault.at),
+        fault.change
+    )
+}
+
 /// `tend daemon`: checks the settings here, so a mistake is reported by this command
 /// rather than in the daemon's log, then starts it in the background.
 fn start(home: &Home, overrides: crate::pg::Overrides, out: &mut dyn Write) -> Result<(), Failure> {
-    let mut sup = Supervisor::open(home.clone())?;
+    let mut sup = open_supervisor(home)?;
     if let Some(s) = crate::pg::Settings::resolve(&mut sup, &overrides)? {
         s.key()?;
         crate::pg::connect::tls(s.ca_file.as_deref()).map_err(crate::error::Error::from)?;

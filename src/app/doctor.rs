@@ -96,6 +96,7 @@ pub fn checks(home: &Home) -> Vec<Check> {
     let (checks, diagnosis) = database(&db);
     all.extend(checks);
     all.push(wal_files(&db));
+    all.push(daemon_files(home));
     all.push(daemon(home));
     all.extend(systemd());
     all.push(match &diagnosis {
@@ -345,6 +346,64 @@ fn wal_files(db: &Path) -> Check {
             } else {
                 "no WAL file (everything is checkpointed)".to_string()
             },
+        ),
+    }
+}
+
+/// Whether the daemon's database files are the ones on disk, and whether the last daemon
+/// exited because they were not (see [`crate::store::Files`]): a daemon then stops using
+/// them and exits, and the services run unsupervised until a daemon runs again.
+fn daemon_files(home: &Home) -> Check {
+    const NAME: &str = "db files";
+    let pid = |p: Option<i32>| p.map_or("pid unknown".into(), |p| format!("pid {p}"));
+    let Some(notes) = client::holder(home) else {
+        return match client::notes(home).fault {
+            Some(fault) => check(
+                NAME,
+                Level::Fail,
+                format!(
+                    "{}; the services run unsupervised",
+                    super::daemon::exited_on_fault(client::notes(home).pid, &fault)
+                ),
+            )
+            .fix(
+                "`tend daemon` (it opens the files on disk and adopts what runs); under \
+                 systemd --user, Restart=on-failure starts one",
+            ),
+            None => check(NAME, Level::Ok, "no daemon has the database open"),
+        };
+    };
+    match notes.beside(home) {
+        Some(change) => check(
+            NAME,
+            Level::Fail,
+            format!(
+                "the daemon ({}): {}",
+                pid(notes.pid),
+                client::unhealthy_files(&change)
+            ),
+        )
+        .fix(
+            "let it exit (`tend daemon stop` if a request in progress holds it up); then a \
+             new daemon (systemd's Restart=on-failure, or `tend daemon`) opens the files on \
+             disk",
+        ),
+        None if notes.files.is_some() => check(
+            NAME,
+            Level::Ok,
+            format!(
+                "the daemon ({}) has the files on disk open (tend.db, -wal, -shm)",
+                pid(notes.pid)
+            ),
+        ),
+        None => check(
+            NAME,
+            Level::Info,
+            format!(
+                "the daemon ({}) has not said which files it has open (starting up, or \
+                 another version of tend)",
+                pid(notes.pid)
+            ),
         ),
     }
 }

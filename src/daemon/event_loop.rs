@@ -24,6 +24,7 @@ use crate::api::LeftDown;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::process::handle::Handle;
+use crate::process::lock::Held;
 use crate::process::reap::{self, ExitBoard};
 use crate::record::now_ms;
 use crate::supervisor::Watch;
@@ -65,6 +66,11 @@ pub struct EventLoop {
     pub drain: Option<Drain>,
     /// When to give free heap memory back (see [`TRIM_AFTER`]); `None`: done.
     pub trim_at: Option<i64>,
+    /// The daemon's lock, held until the process ends; a fault is noted in its file.
+    pub lock: Held,
+    /// What changed, once the database files on disk are no longer the ones the daemon
+    /// opened (see [`EventLoop::files_changed`]).
+    pub fault: Option<String>,
 }
 
 /// Free heap memory is given back to the kernel once the daemon has been quiet this
@@ -186,7 +192,13 @@ impl EventLoop {
             }
             if self.drained() {
                 self.finish_shutdown();
-                return Ok(());
+                return match self.fault.take() {
+                    None => Ok(()),
+                    Some(change) => Err(Error::FilesChanged {
+                        path: self.home.db_path(),
+                        change,
+                    }),
+                };
             }
         }
     }
@@ -284,6 +296,7 @@ impl EventLoop {
                         self.adopted.add(handle, watch);
                     }
                 }
+                Msg::FilesChanged(change) => self.files_changed(change),
                 Msg::Ready => {
                     if !self.ready {
                         self.ready = true;
@@ -331,6 +344,39 @@ impl EventLoop {
         self.shared
             .pending
             .store(self.timers.len(), Ordering::Relaxed);
+    }
+
+    /// The database files on disk are no longer the ones the daemon opened: its
+    /// connections would read and commit where nobody else does. Every connection already
+    /// refuses (each checks before use, and a new one fails to open); the daemon says why
+    /// (its log, its lock file for `tend daemon status` and `tend doctor`, systemd's
+    /// status), finishes what is in flight, and exits with an error, leaving the services
+    /// running. A service manager (systemd's `Restart=on-failure`) then starts a new
+    /// daemon, which opens the files on disk and adopts what runs; without one, the CLI
+    /// acts alone on them and says that no daemon restarts anything.
+    ///
+    /// Nothing is repaired: a checkpoint or a copy from the old files into the new ones
+    /// could write one WAL's pages into another database. What only the old files held
+    /// (commits since the last checkpoint) is lost when the daemon closes them.
+    fn files_changed(&mut self, change: String) {
+        if self.fault.is_some() {
+            return;
+        }
+        error!(change = %change,
+            "the database files on disk are no longer the ones the daemon has open: it stops \
+             using them and exits once the requests in progress end; services keep running, \
+             and a new daemon (systemd's Restart=, or `tend daemon`) opens the files on disk \
+             and adopts them");
+        if let Err(e) = self.lock.note(&format!("fault {} {change}", now_ms())) {
+            warn!(error = %e, "cannot note the fault in the daemon's lock file");
+        }
+        sd_notify(&format!("STATUS=exiting: {change}"));
+        self.begin_shutdown(None);
+        // No restart can be carried out any more: none is waited for.
+        if let Some(d) = &mut self.drain {
+            d.grace_until = now_ms();
+        }
+        self.fault = Some(change);
     }
 
     /// Stops accepting at once (a CLI command arriving now acts by itself), then waits

@@ -198,7 +198,11 @@ impl Worker {
     fn sync_timers(&mut self) {
         match self.sup.pending_restarts() {
             Ok(pending) => self.waker.send(Msg::Timers(pending)),
-            Err(e) => error!(error = %e, "reading pending restarts failed"),
+            // Asked after every job: the loop hears of it even without the watch.
+            Err(e) => match e.files_change() {
+                Some(change) => self.waker.send(Msg::FilesChanged(change.to_string())),
+                None => error!(error = %e, "reading pending restarts failed"),
+            },
         }
     }
 
