@@ -79,16 +79,16 @@ pub enum Error {
 
     /// The files of a database the daemon keeps open are no longer the ones on disk.
     #[error(
-        "database {path}: {change} while the daemon had it open; the daemon stops using it \
-         and exits (a new daemon opens the files on disk and adopts what runs)"
+        "database {path}: {change} while the daemon had it open; the daemon no longer uses \
+         it (see `tend doctor`)"
     )]
     FilesChanged { path: PathBuf, change: String },
 
     /// A command would use the database beside a daemon that has other files open.
     #[error(
         "the daemon (pid {pid}) has database {path} open through files that are no longer \
-         on disk ({change}); nothing is read or written beside it: it exits as soon as it \
-         notices; try again then (see `tend daemon status`)"
+         on disk ({change}); nothing is read or written beside it: see `tend doctor` for \
+         how to keep what only the daemon holds, then restart it"
     )]
     DaemonFiles {
         path: PathBuf,

@@ -51,34 +51,14 @@ pub fn run(
                 }
                 s.code = exit::FAILED;
             }
-            client::Probe::NotRunning => match client::notes(home).fault {
-                // The last daemon exited because its database files changed under it:
-                // nothing supervises the services until a daemon runs again.
-                Some(fault) => {
-                    let problem = exited_on_fault(client::notes(home).pid, &fault);
-                    if json {
-                        output::json(out, &output::DaemonJson::exited(&problem))?;
-                    } else {
-                        writeln!(out, "daemon: not running: {}", escape(&problem))?;
-                        writeln!(
-                            out,
-                            "  services run unsupervised until a daemon runs again: `tend \
-                             daemon` (under systemd --user, Restart=on-failure starts one); \
-                             see {}",
-                            home.root().join("daemon.log").display()
-                        )?;
-                    }
-                    s.code = exit::FAILED;
+            client::Probe::NotRunning => {
+                if json {
+                    output::json(out, &output::DaemonJson::new(None))?;
+                } else {
+                    writeln!(out, "daemon: not running")?;
                 }
-                None => {
-                    if json {
-                        output::json(out, &output::DaemonJson::new(None))?;
-                    } else {
-                        writeln!(out, "daemon: not running")?;
-                    }
-                    s.code = exit::NOT_RUNNING;
-                }
-            },
+                s.code = exit::NOT_RUNNING;
+            }
         },
         Some(DaemonAction::Stop { all }) => stop(s, home, all, out)?,
         Some(DaemonAction::Reload) => {
@@ -87,17 +67,6 @@ pub fn run(
         }
     }
     Ok(())
-}
-
-/// What `daemon status` and `doctor` say of a daemon that exited because its database
-/// files changed under it.
-pub fn exited_on_fault(pid: Option<i32>, fault: &client::Fault) -> String {
-    format!(
-        "the last daemon ({}) exited at {}: {} while it had the database open",
-        pid.map_or("pid unknown".into(), |p| format!("pid {p}")),
-        output::rfc3339(fault.at),
-        fault.change
-    )
 }
 
 /// `tend daemon`: checks the settings here, so a mistake is reported by this command

@@ -93,7 +93,10 @@ pub fn run(s: &mut Session, home: &Home, json: bool, out: &mut dyn Write) -> Res
 pub fn checks(home: &Home) -> Vec<Check> {
     let mut all = vec![state_home(home)];
     let db = home.db_path();
-    let (checks, diagnosis) = database(&db);
+    // Opening the database beside a daemon that has other files open would read what
+    // it does not see (and create a WAL): it is left unread then (see `daemon_files`).
+    let beside = client::holder(home).and_then(|n| n.beside(home));
+    let (checks, diagnosis) = database(&db, beside.is_some());
     all.extend(checks);
     all.push(wal_files(&db));
     all.push(daemon_files(home));
@@ -184,10 +187,21 @@ fn state_home(home: &Home) -> Check {
 }
 
 /// The database's checks, and what was read from it (`None` when it could not be read).
-fn database(db: &Path) -> (Vec<Check>, Option<Diagnosis>) {
+fn database(db: &Path, beside: bool) -> (Vec<Check>, Option<Diagnosis>) {
     const NAME: &str = "database";
     let meta = match std::fs::metadata(db) {
         Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && beside => {
+            let c = check(
+                NAME,
+                Level::Fail,
+                format!(
+                    "{} is gone while the daemon has it open (see `db files`)",
+                    db.display()
+                ),
+            );
+            return (vec![c], None);
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let c = check(
                 NAME,
@@ -227,6 +241,14 @@ fn database(db: &Path) -> (Vec<Check>, Option<Diagnosis>) {
             format!("{} (mode {mode:04o})", db.display()),
         )
     });
+    if beside {
+        checks.push(check(
+            "integrity",
+            Level::Warn,
+            "not read: the daemon has other files open than the ones on disk (see `db files`)",
+        ));
+        return (checks, None);
+    }
     let diagnosis = crate::store::diagnose::diagnose(db);
     match &diagnosis {
         Err(e) => checks.push(
@@ -300,7 +322,8 @@ fn wal_files(db: &Path) -> Check {
             Level::Fail,
             format!(
                 "{} was deleted while process(es) {} still have it open: the commits in it \
-                 are lost when they close it, and other commands fail with disk I/O errors",
+                 are lost when they close it, and no other process can use the database \
+                 meanwhile",
                 wal.display(),
                 pids.join(", ")
             ),
@@ -350,62 +373,85 @@ fn wal_files(db: &Path) -> Check {
     }
 }
 
-/// Whether the daemon's database files are the ones on disk, and whether the last daemon
-/// exited because they were not (see [`crate::store::Files`]): a daemon then stops using
-/// them and exits, and the services run unsupervised until a daemon runs again.
+/// Whether the files the daemon has open are the database files on disk (see
+/// [`crate::store::Files`]). When they are not, it no longer uses the database and
+/// restarts nothing; the fix keeps what only its files hold: a deleted file is put back
+/// from `/proc` while it runs, a WAL left beside a replaced database is moved aside, and
+/// only then is it restarted.
 fn daemon_files(home: &Home) -> Check {
     const NAME: &str = "db files";
-    let pid = |p: Option<i32>| p.map_or("pid unknown".into(), |p| format!("pid {p}"));
     let Some(notes) = client::holder(home) else {
-        return match client::notes(home).fault {
-            Some(fault) => check(
-                NAME,
-                Level::Fail,
-                format!(
-                    "{}; the services run unsupervised",
-                    super::daemon::exited_on_fault(client::notes(home).pid, &fault)
-                ),
-            )
-            .fix(
-                "`tend daemon` (it opens the files on disk and adopts what runs); under \
-                 systemd --user, Restart=on-failure starts one",
-            ),
-            None => check(NAME, Level::Ok, "no daemon has the database open"),
-        };
+        return check(NAME, Level::Ok, "no daemon has the database open");
     };
+    let who = notes.pid.map_or("the daemon (pid unknown)".into(), |p| {
+        format!("the daemon (pid {p})")
+    });
     match notes.beside(home) {
         Some(change) => check(
             NAME,
             Level::Fail,
-            format!(
-                "the daemon ({}): {}",
-                pid(notes.pid),
-                client::unhealthy_files(&change)
-            ),
+            format!("{who}: {}", client::unhealthy_files(&change)),
         )
-        .fix(
-            "let it exit (`tend daemon stop` if a request in progress holds it up); then a \
-             new daemon (systemd's Restart=on-failure, or `tend daemon`) opens the files on \
-             disk",
-        ),
+        .fix(files_fix(&home.db_path(), notes.pid)),
         None if notes.files.is_some() => check(
             NAME,
             Level::Ok,
-            format!(
-                "the daemon ({}) has the files on disk open (tend.db, -wal, -shm)",
-                pid(notes.pid)
-            ),
+            format!("{who} has the files on disk open (tend.db, -wal, -shm)"),
         ),
         None => check(
             NAME,
             Level::Info,
             format!(
-                "the daemon ({}) has not said which files it has open (starting up, or \
-                 another version of tend)",
-                pid(notes.pid)
+                "{who} has not said which files it has open (starting up, or another version \
+                 of tend)"
             ),
         ),
     }
+}
+
+/// How to get from a daemon holding database files that are no longer on disk back to
+/// one daemon on the files on disk, losing nothing only the old files hold.
+fn files_fix(db: &Path, pid: Option<i32>) -> String {
+    let [db, wal, _] = crate::store::Files::paths(db);
+    let held = |path: &Path| pid.and_then(|p| held_deleted(p, path).map(|fd| (p, fd)));
+    let mut steps = Vec::new();
+    for path in [&db, &wal] {
+        if let (false, Some((pid, fd))) = (path.exists(), held(path)) {
+            steps.push(format!(
+                "put {} back while the daemon runs: `cp /proc/{pid}/fd/{fd} {}`",
+                path.display(),
+                quote(path)
+            ));
+        }
+    }
+    if db.exists() && held(&db).is_some() && wal.exists() && held(&wal).is_none() {
+        steps.push(format!(
+            "if the new {} came without its own -wal, move {} aside (`mv {} {}.old`): it \
+             belongs to the file that was replaced, and the next opener would apply it to \
+             the new one",
+            db.display(),
+            wal.display(),
+            quote(&wal),
+            quote(&wal)
+        ));
+    }
+    steps.push(
+        "restart the daemon: `tend daemon stop && tend daemon` (what only its old files hold \
+         is lost when it stops)"
+            .into(),
+    );
+    steps.join("; then ")
+}
+
+/// A descriptor of process `pid` open on `path` although that was deleted (or renamed
+/// over), found through `/proc/PID/fd`.
+fn held_deleted(pid: i32, path: &Path) -> Option<String> {
+    let target = format!("{} (deleted)", path.display());
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == &*target))
+        .map(|fd| fd.file_name().to_string_lossy().into_owned())
 }
 
 /// Processes of ours holding `wal` open although it was deleted, with the descriptor.

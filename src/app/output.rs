@@ -113,11 +113,10 @@ pub struct DaemonJson {
     pub containment: Option<String>,
     /// PostgreSQL control: null when not configured (or no daemon runs).
     pub postgres: Option<PgJson>,
-    /// False when a daemon holds the lock but answers errors (or nothing usable), or when
-    /// none runs because the last one exited on finding its database files changed;
-    /// null when none runs otherwise.
+    /// False when a daemon holds the lock but answers errors (or nothing usable); null
+    /// when none runs.
     pub healthy: Option<bool>,
-    /// What went wrong with an unhealthy daemon (or with the last one).
+    /// What went wrong with an unhealthy daemon.
     pub error: Option<String>,
 }
 
@@ -157,15 +156,6 @@ impl DaemonJson {
             }),
             healthy: s.map(|_| true),
             error: None,
-        }
-    }
-
-    /// No daemon runs, and the last one exited because its database files changed.
-    pub fn exited(problem: &str) -> DaemonJson {
-        DaemonJson {
-            healthy: Some(false),
-            error: Some(problem.to_string()),
-            ..DaemonJson::new(None)
         }
     }
 

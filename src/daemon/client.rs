@@ -328,9 +328,8 @@ pub fn probe(home: &Home) -> Probe {
 /// Why a daemon whose database files changed under it is unhealthy, and what it does.
 pub fn unhealthy_files(change: &str) -> String {
     format!(
-        "{change} while it had the database open: it stops using it and exits once the \
-         requests in progress end, leaving the services running (a new daemon opens the \
-         files on disk and adopts them)"
+        "{change} while it had the database open: it no longer uses it, and restarts \
+         nothing until it is restarted"
     )
 }
 

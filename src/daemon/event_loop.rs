@@ -192,13 +192,7 @@ impl EventLoop {
             }
             if self.drained() {
                 self.finish_shutdown();
-                return match self.fault.take() {
-                    None => Ok(()),
-                    Some(change) => Err(Error::FilesChanged {
-                        path: self.home.db_path(),
-                        change,
-                    }),
-                };
+                return Ok(());
             }
         }
     }
@@ -348,34 +342,31 @@ impl EventLoop {
 
     /// The database files on disk are no longer the ones the daemon opened: its
     /// connections would read and commit where nobody else does. Every connection already
-    /// refuses (each checks before use, and a new one fails to open); the daemon says why
-    /// (its log, its lock file for `tend daemon status` and `tend doctor`, systemd's
-    /// status), finishes what is in flight, and exits with an error, leaving the services
-    /// running. A service manager (systemd's `Restart=on-failure`) then starts a new
-    /// daemon, which opens the files on disk and adopts what runs; without one, the CLI
-    /// acts alone on them and says that no daemon restarts anything.
+    /// refuses (each checks before use, and a new one fails to open); the daemon says so
+    /// (its log, its lock file for `tend daemon status`, `tend doctor` and every command,
+    /// systemd's status) and goes on holding the old files, unhealthy, until it is
+    /// stopped: requests are refused with the reason, exits are reaped but neither
+    /// recorded nor followed by restarts.
     ///
-    /// Nothing is repaired: a checkpoint or a copy from the old files into the new ones
-    /// could write one WAL's pages into another database. What only the old files held
-    /// (commits since the last checkpoint) is lost when the daemon closes them.
+    /// It stays rather than exit because it holds the only copy of what the old files
+    /// had: a deleted WAL holds every commit since the last checkpoint (for a new home,
+    /// the whole database), and closing it loses them; a database renamed over keeps the
+    /// old WAL beside it, which the next opener would apply to the new file. A person can
+    /// still put the WAL back from `/proc` (`tend doctor` says how) or move it aside,
+    /// then restart the daemon. Nothing is repaired here: a checkpoint or a copy from
+    /// the old files into the new ones could write one WAL's pages into another database.
     fn files_changed(&mut self, change: String) {
         if self.fault.is_some() {
             return;
         }
         error!(change = %change,
             "the database files on disk are no longer the ones the daemon has open: it stops \
-             using them and exits once the requests in progress end; services keep running, \
-             and a new daemon (systemd's Restart=, or `tend daemon`) opens the files on disk \
-             and adopts them");
+             using the database and restarts nothing until it is restarted; `tend doctor` \
+             says how to keep what only its files hold");
         if let Err(e) = self.lock.note(&format!("fault {} {change}", now_ms())) {
             warn!(error = %e, "cannot note the fault in the daemon's lock file");
         }
-        sd_notify(&format!("STATUS=exiting: {change}"));
-        self.begin_shutdown(None);
-        // No restart can be carried out any more: none is waited for.
-        if let Some(d) = &mut self.drain {
-            d.grace_until = now_ms();
-        }
+        sd_notify(&format!("STATUS=unhealthy: {change}; see tend doctor"));
         self.fault = Some(change);
     }
 
