@@ -168,6 +168,22 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens another connection of a resident process that has the database open
+    /// already through `files` (see [`Store::keep_open`]). Refuses before opening when
+    /// those are no longer the files on disk: SQLite would create a new WAL beside the
+    /// one the process's other connections have open.
+    pub fn open_kept(path: &Path, files: Files, cache_kib: u32) -> Result<Store> {
+        if let Some(change) = files.changes(path) {
+            return Err(Error::FilesChanged {
+                path: path.to_path_buf(),
+                change,
+            });
+        }
+        let mut store = Store::open(path)?;
+        store.keep_open(cache_kib, Some(files))?;
+        Ok(store)
+    }
+
     fn configure(&mut self) -> Result<()> {
         let path = self.path.clone();
         let err = |e| db_err(&path, e);

@@ -249,10 +249,10 @@ impl Supervisor {
 
     pub fn open_with(home: Home, ctx: Context) -> Result<Supervisor> {
         home.ensure()?;
-        let mut store = Store::open(&home.db_path())?;
-        if let Some(files) = ctx.files {
-            store.keep_open(KEPT_CACHE_KIB, Some(files))?;
-        }
+        let store = match ctx.files {
+            Some(files) => Store::open_kept(&home.db_path(), files, KEPT_CACHE_KIB)?,
+            None => Store::open(&home.db_path())?,
+        };
         let boot_id = identity::boot_id().map_err(|e| Error::Io {
             path: "/proc/sys/kernel/random/boot_id".into(),
             reason: crate::error::io_reason(&e),
