@@ -414,10 +414,12 @@ fn replaced_database_is_noticed_and_not_written() {
     assert!(line.starts_with("ok"), "{line}");
 }
 
-/// A request sent right after the WAL was deleted, before the daemon can have noticed
-/// (it reads it at once): the connection it serves the request with checks its files
-/// before use and refuses, so nothing is started and recorded where nobody sees it. On
-/// main the daemon started the service and recorded it in the deleted WAL.
+/// A request sent right after the WAL was deleted, whether or not the daemon noticed
+/// yet: the connection it would serve the request with checks its files before use (an
+/// idle one is dropped, and a new one refuses before SQLite could create a new WAL), so
+/// nothing is started. On main the request's new connection went on with a new WAL and
+/// started the service there, while the daemon's worker kept the deleted one: the
+/// daemon itself split in two.
 #[test]
 fn request_right_after_the_deletion_is_refused() {
     let env = Env::new();
