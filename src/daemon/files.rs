@@ -22,7 +22,8 @@ use crate::store::Files;
 /// instance left) it says so in the log: the checks before each use of a connection
 /// still refuse, and the worker and request threads then tell the loop.
 pub fn watch(home: &Home, files: Files, waker: Waker) {
-    let inotify = match start(home) {
+    let paths = Files::paths(&home.db_path());
+    let inotify = match start(home, &paths) {
         Ok(i) => i,
         Err(e) => {
             warn!(error = %e, home = %home.root().display(),
@@ -31,7 +32,6 @@ pub fn watch(home: &Home, files: Files, waker: Waker) {
             return;
         }
     };
-    let paths = Files::paths(&home.db_path());
     let spawned = std::thread::Builder::new()
         .name("tend-files".into())
         .stack_size(64 * 1024)
@@ -41,18 +41,25 @@ pub fn watch(home: &Home, files: Files, waker: Waker) {
     }
 }
 
-fn start(home: &Home) -> nix::Result<Inotify> {
+/// Watches the home, and the directory of the WAL when it is elsewhere (`tend.db` a
+/// symlink to another directory: SQLite keeps the WAL beside the real file).
+fn start(home: &Home, paths: &[PathBuf; 3]) -> nix::Result<Inotify> {
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC)?;
-    // A file is deleted or replaced (`rm`, `mv x tend.db`, `ln -f`), or the home itself
-    // goes: nothing SQLite does to its own files while the daemon has them open.
-    inotify.add_watch(
-        home.root(),
-        AddWatchFlags::IN_DELETE
-            | AddWatchFlags::IN_MOVED_FROM
-            | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_DELETE_SELF
-            | AddWatchFlags::IN_MOVE_SELF,
-    )?;
+    let mut dirs = vec![home.root()];
+    dirs.extend(paths[1].parent().filter(|d| *d != home.root()));
+    for dir in dirs {
+        // A file is deleted or replaced (`rm`, `mv x tend.db`, `ln -f`), or the directory
+        // itself goes: nothing SQLite does to its own files while the daemon has them
+        // open.
+        inotify.add_watch(
+            dir,
+            AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_MOVED_FROM
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_DELETE_SELF
+                | AddWatchFlags::IN_MOVE_SELF,
+        )?;
+    }
     Ok(inotify)
 }
 

@@ -56,13 +56,22 @@ pub struct Store {
 pub struct Files([(u64, u64); 3]);
 
 impl Files {
-    /// The paths of the three files of the database at `db`.
+    /// The paths of the three files of the database at `db`. SQLite names the WAL and
+    /// the index after the database's real path: when `db` is a symlink, they are beside
+    /// the file it points to (one `lstat` finds out).
     pub fn paths(db: &Path) -> [PathBuf; 3] {
-        ["", "-wal", "-shm"].map(|suffix| {
-            let mut p = db.as_os_str().to_owned();
+        let real = match std::fs::symlink_metadata(db) {
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf())
+            }
+            _ => db.to_path_buf(),
+        };
+        let beside = |suffix: &str| {
+            let mut p = real.as_os_str().to_owned();
             p.push(suffix);
             PathBuf::from(p)
-        })
+        };
+        [db.to_path_buf(), beside("-wal"), beside("-shm")]
     }
 
     /// The files at `paths` now; what is wrong when one cannot be seen.

@@ -23,7 +23,13 @@ fn signal(pid: i32, sig: i32) {
 /// The state letter of /proc/PID/stat (`T` once a SIGSTOP took effect).
 fn state_of(pid: i32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string())
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .next()?
+            .to_string(),
+    )
 }
 
 /// A daemon stopped with SIGSTOP, so that it cannot notice anything yet; resumed
@@ -88,8 +94,10 @@ fn size(path: impl AsRef<Path>) -> u64 {
 fn checkpoint(db: &Path) {
     let conn = rusqlite::Connection::open(db).expect("open the database");
     let done = wait_until(LONG, || {
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
-            .is_ok_and(|busy| busy == 0)
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .is_ok_and(|busy| busy == 0)
     });
     assert!(done, "the checkpoint stayed busy");
 }
@@ -261,7 +269,10 @@ fn deleted_empty_wal_refuses_every_command_beside_the_daemon() {
     // Restarted (nothing only the old WAL held: it was empty), a daemon on the files on
     // disk finds the service's exit and restarts it.
     let out = env.ok(&["daemon", "stop"]);
-    assert!(out.stdout.contains(&format!("stopped (pid {dpid})")), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("stopped (pid {dpid})")),
+        "{out:?}"
+    );
     start_daemon(&env);
     let new = env.wait_new_pid("web", web);
     assert!(alive(new));
@@ -331,7 +342,9 @@ fn deleted_wal_with_commits_is_put_back_and_nothing_is_lost() {
     let out = env.ok(&["list"]);
     for name in ["a", "b", "c", "web"] {
         assert!(
-            out.stdout.lines().any(|l| l.starts_with(&format!("{name} "))),
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} "))),
             "{name} was lost: {}",
             out.stdout
         );
@@ -439,4 +452,34 @@ fn request_right_after_the_deletion_is_refused() {
     );
     assert!(!wal(&env).exists(), "the daemon created a new WAL");
     assert!(deleted_fd(dpid, &wal(&env)).is_some());
+}
+
+/// `tend.db` a symlink to a file in another directory: SQLite keeps the WAL beside the
+/// real file, so that is where the daemon's files are noted and watched (the daemon
+/// starts, and notices that WAL deleted by itself).
+#[test]
+fn symlinked_database_is_checked_where_its_wal_is() {
+    let env = Env::new();
+    env.add_fixture("web", &[], &[]);
+    checkpoint(&env.db());
+    let real = env.work().join("real.db");
+    std::fs::rename(env.db(), &real).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(env.home().join(format!("tend.db{suffix}")));
+    }
+    std::os::unix::fs::symlink(&real, env.db()).unwrap();
+    let dpid = start_daemon(&env);
+    let out = env.ok(&["list"]);
+    assert!(out.stdout.contains("web "), "{out:?}");
+    let real_wal = env.work().join("real.db-wal");
+    assert!(real_wal.exists() && !wal(&env).exists());
+
+    std::fs::remove_file(&real_wal).unwrap();
+    assert!(
+        wait_until(LONG, || noted_fault(&env)),
+        "the daemon did not notice; daemon.log:\n{}",
+        env.daemon_log()
+    );
+    let out = env.tend(&["list"]);
+    assert_refused_beside(&out, dpid, "real.db-wal was deleted or renamed");
 }
