@@ -69,7 +69,7 @@ pub struct EventLoop {
     /// The daemon's lock, held until the process ends; a fault is noted in its file.
     pub lock: Held,
     /// What changed, once the database files on disk are no longer the ones the daemon
-    /// opened (see [`EventLoop::files_changed`]).
+    /// opened (see `EventLoop::files_changed`).
     pub fault: Option<String>,
 }
 
