@@ -460,3 +460,28 @@ fn last_error_line(log: &Path, from: u64) -> String {
         .map(|l| l.trim_start_matches("tend: ").to_string())
         .unwrap_or_else(|| format!("no message; see {}", log.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Fault, Notes};
+
+    #[test]
+    fn lock_file_notes() {
+        let n = Notes::parse("123\nfiles 1:2 3:4 5:6\nfault 99 tend.db-wal was deleted\n");
+        assert_eq!(n.pid, Some(123));
+        assert_eq!(n.files, "1:2 3:4 5:6".parse().ok());
+        assert_eq!(
+            n.fault,
+            Some(Fault {
+                at: 99,
+                change: "tend.db-wal was deleted".into()
+            })
+        );
+        // A daemon that has not opened the database yet, or a line still being written.
+        let n = Notes::parse("123\nfiles 1:2 3:4");
+        assert_eq!((n.pid, n.files, n.fault), (Some(123), None, None));
+        // What a tend before these notes wrote: the pid alone, no newline.
+        assert_eq!(Notes::parse("123").pid, Some(123));
+        assert_eq!(Notes::parse(""), Notes::default());
+    }
+}

@@ -475,3 +475,52 @@ impl Tx<'_> {
         stmt.execute(p).map(drop).map_err(|e| self.err(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Files;
+
+    #[test]
+    fn files_are_written_and_read_back() {
+        let f: Files = "2049:11 2049:12 64768:13".parse().unwrap();
+        assert_eq!(f.to_string(), "2049:11 2049:12 64768:13");
+        assert_eq!(f.to_string().parse::<Files>(), Ok(f));
+        for bad in [
+            "",
+            "1:2 3:4",
+            "1:2 3:4 5:6 7:8",
+            "1:2 3:x 5:6",
+            "1-2 3:4 5:6",
+        ] {
+            assert!(bad.parse::<Files>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn changes_name_each_file_deleted_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tend.db");
+        let paths = Files::paths(&db);
+        for p in &paths {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let files = Files::on_disk(&paths).unwrap();
+        assert_eq!(files.changes(&db), None);
+        std::fs::remove_file(&paths[1]).unwrap();
+        assert_eq!(
+            files.changes(&db).as_deref(),
+            Some("tend.db-wal was deleted or renamed")
+        );
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"y").unwrap();
+        std::fs::rename(&other, &db).unwrap();
+        assert_eq!(
+            files.changes(&db).as_deref(),
+            Some("tend.db was replaced by another file; tend.db-wal was deleted or renamed")
+        );
+        assert_eq!(
+            Files::on_disk(&paths),
+            Err("tend.db-wal was deleted or renamed".to_string())
+        );
+    }
+}
