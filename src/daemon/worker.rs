@@ -73,7 +73,14 @@ pub fn start(sup: Supervisor, waker: Waker) -> crate::Result<WorkerHandle> {
         .name("tend-worker".into())
         .spawn(move || {
             for job in rx {
+                // After a job that used the database (a `Sync` after each request only
+                // reads), the loop hears of changed database files even without the
+                // watch.
+                let used = !matches!(job, Job::Sync);
                 w.run(job);
+                if let Some(change) = used.then(|| w.sup.files_changed()).flatten() {
+                    w.waker.send(Msg::FilesChanged(change));
+                }
                 count.fetch_sub(1, Ordering::SeqCst);
                 // Also wakes a draining loop that waits for the worker to be idle.
                 w.sync_timers();
@@ -198,11 +205,7 @@ impl Worker {
     fn sync_timers(&mut self) {
         match self.sup.pending_restarts() {
             Ok(pending) => self.waker.send(Msg::Timers(pending)),
-            // Asked after every job: the loop hears of it even without the watch.
-            Err(e) => match e.files_change() {
-                Some(change) => self.waker.send(Msg::FilesChanged(change.to_string())),
-                None => error!(error = %e, "reading pending restarts failed"),
-            },
+            Err(e) => error!(error = %e, "reading pending restarts failed"),
         }
     }
 

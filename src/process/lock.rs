@@ -73,17 +73,21 @@ pub fn probe(path: &Path) -> bool {
 }
 
 /// What the lock file at `path` says, when someone holds the lock (see [`probe`]): one
-/// open, one `F_OFD_GETLK`, one read.
+/// open, one `F_OFD_GETLK`, one read of at most [`NOTES_MAX`] bytes (its holder's notes
+/// are a few short lines; a line cut short is the reader's to ignore).
 pub fn read_if_held(path: &Path) -> Option<String> {
     let mut file = File::open(path).ok()?;
     if !held(&file) {
         return None;
     }
-    let mut text = String::new();
+    let mut buf = [0u8; NOTES_MAX];
     // Unreadable text is read as nothing: the lock is what says a daemon runs.
-    let _ = file.read_to_string(&mut text);
-    Some(text)
+    let n = file.read(&mut buf).unwrap_or(0);
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
+
+/// How much of the lock file [`read_if_held`] reads.
+pub const NOTES_MAX: usize = 1024;
 
 fn held(file: &File) -> bool {
     let mut lock = whole_file(libc::F_WRLCK as libc::c_short);

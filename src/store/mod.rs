@@ -301,7 +301,13 @@ impl Store {
         behavior: TransactionBehavior,
         f: &mut dyn FnMut(&Tx) -> Result<T>,
     ) -> Result<T> {
-        self.check_files()?;
+        let writes = matches!(behavior, TransactionBehavior::Immediate);
+        // A kept connection writes only to the files on disk. (It may still read the ones
+        // it has: they hold what was true a moment ago, and nobody writes the new ones
+        // beside it, see `daemon::client::check_beside`; whoever hands it out checks.)
+        if writes {
+            self.check_files()?;
+        }
         let path = self.path.clone();
         let conn = &mut self.conn;
         let value = with_retry(&path, || {
@@ -313,7 +319,7 @@ impl Store {
             wrapped.0.commit().map_err(|e| db_err(&path, e))?;
             Ok(value)
         })?;
-        if matches!(behavior, TransactionBehavior::Immediate) {
+        if writes {
             // A commit made while the files were being deleted or replaced may have gone
             // where nobody will see it: the caller must not act on it (a start then kills
             // the process it holds at the gate). The checkpoint is skipped too: it would
@@ -333,8 +339,9 @@ impl Store {
     /// Readies a connection that a resident process keeps open (the daemon's): its page
     /// cache is capped at `cache_kib` KiB (SQLite's default is 2 MiB; with 1,000 services
     /// the database is about 0.9 MB, and each idle connection would otherwise keep all of
-    /// it), and the files it has open are noted: from then on every transaction first
-    /// checks that they are still the ones on disk (see [`Store::files_changed`]).
+    /// it), and the files it has open are noted: from then on every write transaction
+    /// checks before and after that they are still the ones on disk (see
+    /// [`Store::files_changed`]); whoever hands the connection out for reading asks too.
     ///
     /// `expected`: the files the process opened first. A connection opened later that
     /// found others (they were deleted or replaced meanwhile) fails here rather than
