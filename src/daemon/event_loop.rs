@@ -342,7 +342,8 @@ impl EventLoop {
 
     /// The database files on disk are no longer the ones the daemon opened: its
     /// connections would read and commit where nobody else does. Every connection already
-    /// refuses (each checks before use, and a new one fails to open); the daemon says so
+    /// refuses (each write checks before and after, a pooled connection is checked when
+    /// taken, and a new one fails to open); the daemon says so
     /// (its log, its lock file for `tend daemon status`, `tend doctor` and every command,
     /// systemd's status) and goes on holding the old files, unhealthy, until it is
     /// stopped: requests are refused with the reason, exits are reaped but neither

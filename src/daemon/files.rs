@@ -1,12 +1,13 @@
 //! Noticing that the database files on disk are no longer the ones the daemon opened.
 //!
 //! The daemon's connections stay open for its lifetime, so they are bound to the files
-//! they found (see [`Files`]). Every connection checks before each use and refuses once
-//! they changed; this watch makes the daemon notice at once, even while idle: a thread
-//! blocked in `read(2)` on an inotify watch of the state home, woken when anything there
-//! is deleted or renamed (or the home itself is). It then compares the files (three
-//! `stat`s) and tells the event loop what changed; the loop stops the daemon (see
-//! [`super::event_loop`]). An idle daemon spends nothing on it.
+//! they found (see [`Files`]). Each write checks them before and after, and a pooled
+//! connection is checked when it is taken; this watch makes the daemon notice at once,
+//! even while idle: a thread blocked in `read(2)` on an inotify watch of the state home,
+//! woken when anything there is deleted or renamed (or the home itself is). It then
+//! compares the files (three `stat`s) and tells the event loop what changed; the loop
+//! makes the daemon unhealthy (see [`super::event_loop`]). An idle daemon spends nothing
+//! on it.
 
 use std::path::PathBuf;
 
@@ -19,8 +20,8 @@ use crate::store::Files;
 
 /// Watches the home of `files` (the database files the daemon opened first) and tells the
 /// loop through `waker` once they are no longer the ones on disk. Without inotify (no
-/// instance left) it says so in the log: the checks before each use of a connection
-/// still refuse, and the worker and request threads then tell the loop.
+/// instance left) it says so in the log: the checks of each write and of each pooled
+/// connection still refuse, and the worker and request threads then tell the loop.
 pub fn watch(home: &Home, files: Files, waker: Waker) {
     let paths = Files::paths(&home.db_path());
     let inotify = match start(home, &paths) {
@@ -77,7 +78,7 @@ fn run(inotify: Inotify, files: Files, paths: [PathBuf; 3], waker: Waker) {
             Ok(events) => debug!(count = events.len(), "the state home changed"),
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
-                warn!(error = %e, "watching the database files failed; they are still checked before each use");
+                warn!(error = %e, "watching the database files failed; they are still checked before each write");
                 return;
             }
         }

@@ -27,9 +27,9 @@
 //! - **Log rotation** ([`rotation`]), **health and readiness checks** ([`health`]) and
 //!   the **PostgreSQL** listener and executor ([`crate::pg`]) have threads of their own.
 //! - **The files watch** ([`files`]) sleeps on inotify and tells the loop when the
-//!   database files on disk are no longer the ones the daemon opened (every connection
-//!   also checks before each use): the daemon then uses the database no more and says
-//!   so, staying up with the old files open (see [`event_loop`]).
+//!   database files on disk are no longer the ones the daemon opened (each write also
+//!   checks): the daemon then uses the database no more and says so, staying up with
+//!   the old files open (see [`event_loop`]).
 //!
 //! No lock is held across a database wait or a spawn: a start records its instance
 //! before the new process may exec (see [`crate::process::spawn`]), so the reaper can

@@ -8,8 +8,8 @@
 //! 0.28–0.31M (`bench/callgrind.sh`).
 //!
 //! A pool keeps at most [`MAX_IDLE`] idle supervisors, each with a page cache of at most
-//! [`crate::supervisor::KEPT_CACHE_KIB`]; more are opened when more threads work at once and closed when they come
-//! back to a full pool. The daemon has two pools (requests and rotation share one; the
+//! [`crate::supervisor::KEPT_CACHE_KIB`]; more are opened when more threads work at once
+//! and closed when they come back to a full pool. The daemon has two pools (requests and rotation share one; the
 //! health thread, whose context differs, has its own), so an idle daemon keeps a few
 //! connections open, each with SQLite's parsed schema and the pages it read: the price
 //! of answering from a warm one.
