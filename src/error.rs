@@ -77,6 +77,25 @@ pub enum Error {
     )]
     JournalMode { path: PathBuf, mode: String },
 
+    /// The files of a database the daemon keeps open are no longer the ones on disk.
+    #[error(
+        "database {path}: {change} while the daemon had it open; the daemon no longer uses \
+         it (see `tend doctor`)"
+    )]
+    FilesChanged { path: PathBuf, change: String },
+
+    /// A command would use the database beside a daemon that has other files open.
+    #[error(
+        "the daemon (pid {pid}) has database {path} open through files that are no longer \
+         on disk ({change}); nothing is read or written beside it: see `tend doctor` for \
+         how to keep what only the daemon holds, then restart it"
+    )]
+    DaemonFiles {
+        path: PathBuf,
+        pid: String,
+        change: String,
+    },
+
     #[error("database {path}: {source}")]
     Database {
         path: PathBuf,
@@ -183,6 +202,8 @@ impl Error {
             | Error::Locked { .. }
             | Error::JournalMode { .. }
             | Error::Database { .. }
+            | Error::FilesChanged { .. }
+            | Error::DaemonFiles { .. }
             | Error::Corrupt { .. } => exit::STATE,
             Error::Start { .. }
             | Error::ExitedAtOnce { .. }
@@ -197,6 +218,15 @@ impl Error {
             | Error::Daemon { .. }
             | Error::Postgres { .. } => exit::FAILED,
             Error::DaemonRunning { .. } => exit::CONFLICT,
+        }
+    }
+
+    /// What became of a kept connection's database files, when this error is about that
+    /// (see [`crate::store::Files`]).
+    pub fn files_change(&self) -> Option<&str> {
+        match self {
+            Error::FilesChanged { change, .. } => Some(change),
+            _ => None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::lifecycle::print_reports;
 use super::output;
-use super::session::{Failure, Session};
+use super::session::{open_supervisor, Failure, Session};
 use super::term::escape;
 use crate::cli::{DaemonAction, DaemonArgs, PgArgs};
 use crate::daemon::client;
@@ -14,7 +14,6 @@ use crate::error::{exit, Error};
 use crate::home::Home;
 use crate::record::now_ms;
 use crate::service::{self, fmt_duration};
-use crate::supervisor::Supervisor;
 
 pub fn run(
     s: &mut Session,
@@ -73,7 +72,7 @@ pub fn run(
 /// `tend daemon`: checks the settings here, so a mistake is reported by this command
 /// rather than in the daemon's log, then starts it in the background.
 fn start(home: &Home, overrides: crate::pg::Overrides, out: &mut dyn Write) -> Result<(), Failure> {
-    let mut sup = Supervisor::open(home.clone())?;
+    let mut sup = open_supervisor(home)?;
     if let Some(s) = crate::pg::Settings::resolve(&mut sup, &overrides)? {
         s.key()?;
         crate::pg::connect::tls(s.ca_file.as_deref()).map_err(crate::error::Error::from)?;

@@ -93,9 +93,13 @@ pub fn run(s: &mut Session, home: &Home, json: bool, out: &mut dyn Write) -> Res
 pub fn checks(home: &Home) -> Vec<Check> {
     let mut all = vec![state_home(home)];
     let db = home.db_path();
-    let (checks, diagnosis) = database(&db);
+    // Opening the database beside a daemon that has other files open would read what
+    // it does not see (and create a WAL): it is left unread then (see `daemon_files`).
+    let beside = client::holder(home).and_then(|n| n.beside(home));
+    let (checks, diagnosis) = database(&db, beside.is_some());
     all.extend(checks);
     all.push(wal_files(&db));
+    all.push(daemon_files(home));
     all.push(daemon(home));
     all.extend(systemd());
     all.push(match &diagnosis {
@@ -183,10 +187,21 @@ fn state_home(home: &Home) -> Check {
 }
 
 /// The database's checks, and what was read from it (`None` when it could not be read).
-fn database(db: &Path) -> (Vec<Check>, Option<Diagnosis>) {
+fn database(db: &Path, beside: bool) -> (Vec<Check>, Option<Diagnosis>) {
     const NAME: &str = "database";
     let meta = match std::fs::metadata(db) {
         Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && beside => {
+            let c = check(
+                NAME,
+                Level::Fail,
+                format!(
+                    "{} is gone while the daemon has it open (see `db files`)",
+                    db.display()
+                ),
+            );
+            return (vec![c], None);
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let c = check(
                 NAME,
@@ -226,6 +241,14 @@ fn database(db: &Path) -> (Vec<Check>, Option<Diagnosis>) {
             format!("{} (mode {mode:04o})", db.display()),
         )
     });
+    if beside {
+        checks.push(check(
+            "integrity",
+            Level::Warn,
+            "not read: the daemon has other files open than the ones on disk (see `db files`)",
+        ));
+        return (checks, None);
+    }
     let diagnosis = crate::store::diagnose::diagnose(db);
     match &diagnosis {
         Err(e) => checks.push(
@@ -299,7 +322,8 @@ fn wal_files(db: &Path) -> Check {
             Level::Fail,
             format!(
                 "{} was deleted while process(es) {} still have it open: the commits in it \
-                 are lost when they close it, and other commands fail with disk I/O errors",
+                 are lost when they close it, and no other process can use the database \
+                 meanwhile",
                 wal.display(),
                 pids.join(", ")
             ),
@@ -347,6 +371,87 @@ fn wal_files(db: &Path) -> Check {
             },
         ),
     }
+}
+
+/// Whether the files the daemon has open are the database files on disk (see
+/// [`crate::store::Files`]). When they are not, it no longer uses the database and
+/// restarts nothing; the fix keeps what only its files hold: a deleted file is put back
+/// from `/proc` while it runs, a WAL left beside a replaced database is moved aside, and
+/// only then is it restarted.
+fn daemon_files(home: &Home) -> Check {
+    const NAME: &str = "db files";
+    let Some(notes) = client::holder(home) else {
+        return check(NAME, Level::Ok, "no daemon has the database open");
+    };
+    let who = notes.pid.map_or("the daemon (pid unknown)".into(), |p| {
+        format!("the daemon (pid {p})")
+    });
+    match notes.beside(home) {
+        Some(change) => check(
+            NAME,
+            Level::Fail,
+            format!("{who}: {}", client::unhealthy_files(&change)),
+        )
+        .fix(files_fix(&home.db_path(), notes.pid)),
+        None if notes.files.is_some() => check(
+            NAME,
+            Level::Ok,
+            format!("{who} has the files on disk open (tend.db, -wal, -shm)"),
+        ),
+        None => check(
+            NAME,
+            Level::Info,
+            format!(
+                "{who} has not said which files it has open (starting up, or another version \
+                 of tend)"
+            ),
+        ),
+    }
+}
+
+/// How to get from a daemon holding database files that are no longer on disk back to
+/// one daemon on the files on disk, losing nothing only the old files hold.
+fn files_fix(db: &Path, pid: Option<i32>) -> String {
+    let [db, wal, _] = crate::store::Files::paths(db);
+    let held = |path: &Path| pid.and_then(|p| held_deleted(p, path).map(|fd| (p, fd)));
+    let mut steps = Vec::new();
+    for path in [&db, &wal] {
+        if let (false, Some((pid, fd))) = (path.exists(), held(path)) {
+            steps.push(format!(
+                "put {} back while the daemon runs: `cp /proc/{pid}/fd/{fd} {}`",
+                path.display(),
+                quote(path)
+            ));
+        }
+    }
+    if db.exists() && held(&db).is_some() && wal.exists() && held(&wal).is_none() {
+        steps.push(format!(
+            "if the new {} came without its own -wal, move {} aside (`mv {} {}.old`): it \
+             belongs to the file that was replaced, and the next opener would apply it to \
+             the new one",
+            db.display(),
+            wal.display(),
+            quote(&wal),
+            quote(&wal)
+        ));
+    }
+    steps.push(
+        "restart the daemon: `tend daemon stop && tend daemon` (what only its old files hold \
+         is lost when it stops)"
+            .into(),
+    );
+    steps.join("; then ")
+}
+
+/// A descriptor of process `pid` open on `path` although that was deleted (or renamed
+/// over), found through `/proc/PID/fd`.
+fn held_deleted(pid: i32, path: &Path) -> Option<String> {
+    let target = format!("{} (deleted)", path.display());
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == &*target))
+        .map(|fd| fd.file_name().to_string_lossy().into_owned())
 }
 
 /// Processes of ours holding `wal` open although it was deleted, with the descriptor.

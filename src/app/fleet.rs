@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::output::{self, fmt_uptime};
-use super::session::{Failure, Session};
+use super::session::{open_supervisor, Failure, Session};
 use crate::cli::{FleetAction, FleetArgs, FleetOrder, FleetPgArgs};
 use crate::error::{exit, Error};
 use crate::fleet::Action;
@@ -13,7 +13,6 @@ use crate::pg::fleet::operator::{self, CommandView};
 use crate::pg::Settings;
 use crate::record::now_ms;
 use crate::service;
-use crate::supervisor::Supervisor;
 
 pub fn run(
     s: &mut Session,
@@ -127,7 +126,7 @@ pub fn settings(home: &Home, pg: &FleetPgArgs) -> Result<Settings, Error> {
         ca_file: pg.ca_file.as_ref().map(|p| service::absolute(&here, p)),
         ..Default::default()
     };
-    let mut sup = Supervisor::open(home.clone())?;
+    let mut sup = open_supervisor(home)?;
     Settings::resolve(&mut sup, &overrides)?.ok_or_else(|| Error::Invalid {
         what: "fleet",
         message: "no PostgreSQL URL: use --postgres URL or `tend config set postgres.url URL`"

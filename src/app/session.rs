@@ -63,16 +63,21 @@ pub fn report(e: &Error) {
 }
 
 /// Opens the supervisor for a command the CLI carries out itself, telling it whether a
-/// daemon watches this home (then exits are left for the daemon to record).
+/// daemon watches this home (then exits are left for the daemon to record). Every
+/// command that opens the database comes here: it refuses while a daemon runs whose
+/// database files are not the ones on disk (see `daemon::client::check_beside`), rather
+/// than read or write beside it.
 pub fn open_supervisor(home: &Home) -> Result<Supervisor> {
+    let daemon = crate::daemon::client::check_beside(home)?;
     Supervisor::open_with(
         home.clone(),
         Context {
-            daemon_watching: crate::daemon::client::present(home),
+            daemon_watching: daemon.is_some(),
             board: None,
             containment: None,
             exits: None,
             proceed: None,
+            files: None,
         },
     )
 }

@@ -4,14 +4,13 @@
 use std::io::Write;
 
 use super::daemon::pg_overrides;
-use super::session::Failure;
+use super::session::{open_supervisor, Failure};
 use super::term::escape;
 use crate::cli::{ConfigAction, NotifyArgs};
 use crate::config as cfg;
 use crate::error::Error;
 use crate::home::Home;
 use crate::service;
-use crate::supervisor::Supervisor;
 
 /// `tend notify ACTION NAME... [--host H]`: one NOTIFY, signed when a key is configured.
 pub fn notify(home: &Home, args: NotifyArgs, out: &mut dyn Write) -> Result<(), Failure> {
@@ -37,7 +36,7 @@ pub fn notify(home: &Home, args: NotifyArgs, out: &mut dyn Write) -> Result<(), 
         what: "notify",
         message: e.to_string(),
     })?;
-    let mut sup = Supervisor::open(home.clone())?;
+    let mut sup = open_supervisor(home)?;
     let settings = crate::pg::Settings::resolve(&mut sup, &pg_overrides(args.pg, None))?
         .ok_or_else(|| Error::Invalid {
             what: "notify",
@@ -59,7 +58,7 @@ pub fn config(home: &Home, action: ConfigAction, out: &mut dyn Write) -> Result<
     if let ConfigAction::Set { key, value } = &action {
         cfg::validate(key, value)?;
     }
-    let mut sup = Supervisor::open(home.clone())?;
+    let mut sup = open_supervisor(home)?;
     match action {
         ConfigAction::Set { key, value } => {
             let value = cfg::validate(&key, &value)?;

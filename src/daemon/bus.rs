@@ -23,6 +23,8 @@ pub enum Msg {
     Watch(Vec<(Handle, Watch)>),
     /// Startup adoption is done: accept requests and tell systemd.
     Ready,
+    /// The database files on disk are no longer the ones the daemon opened: what changed.
+    FilesChanged(String),
 }
 
 /// What the serving threads may read about the daemon.

@@ -24,6 +24,7 @@ use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
 use crate::process::handle::{Found, Handle};
 use crate::record::now_ms;
+use crate::store::Files;
 
 pub fn socket_path(home: &Home) -> PathBuf {
     home.root().join("daemon.sock")
@@ -37,6 +38,98 @@ pub fn lock_path(home: &Home) -> PathBuf {
 /// takes nothing, so the CLI can ask before every command.
 pub fn present(home: &Home) -> bool {
     crate::process::lock::probe(&lock_path(home))
+}
+
+/// What a daemon wrote in its lock file: its pid, the database files it opened, and,
+/// once it noticed that those are no longer the ones on disk, what changed. Lines:
+/// `PID`, `files DEV:INO DEV:INO DEV:INO` (see [`Files`]), `fault UNIX_MS WHAT CHANGED`.
+/// The file stays when the daemon ends, until the next daemon takes the lock.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Notes {
+    pub pid: Option<i32>,
+    /// `None` before the daemon opened the database (or from a tend that did not say).
+    pub files: Option<Files>,
+    pub fault: Option<Fault>,
+}
+
+/// A daemon stopped using the database because its files on disk changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// Unix ms when it noticed.
+    pub at: i64,
+    /// What changed (`tend.db-wal was deleted or renamed`).
+    pub change: String,
+}
+
+impl Notes {
+    fn parse(text: &str) -> Notes {
+        let mut lines = text.lines();
+        let pid = lines.next().and_then(|l| l.trim().parse().ok());
+        let mut notes = Notes {
+            pid,
+            ..Notes::default()
+        };
+        // A line still being written has no newline yet: only whole lines count.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        for line in whole.lines().skip(1) {
+            if let Some(files) = line.strip_prefix("files ") {
+                notes.files = files.parse().ok();
+            } else if let Some(fault) = line.strip_prefix("fault ") {
+                let (at, change) = fault.split_once(' ').unwrap_or((fault, ""));
+                notes.fault = Some(Fault {
+                    at: at.parse().unwrap_or(0),
+                    change: change.to_string(),
+                });
+            }
+        }
+        notes
+    }
+
+    /// What keeps a command from using the database beside this daemon: the daemon
+    /// said it stopped using it, or the files it opened are no longer the ones on disk
+    /// (three `stat`s). Either way the daemon goes on committing to, or has open, files
+    /// nobody else sees; the command must not open the files that are there now (see
+    /// [`Files`]).
+    pub fn beside(&self, home: &Home) -> Option<String> {
+        if let Some(f) = &self.fault {
+            return Some(f.change.clone());
+        }
+        self.files?.changes(&home.db_path())
+    }
+
+    fn pid_text(&self) -> String {
+        self.pid.map_or("unknown".into(), |p| p.to_string())
+    }
+}
+
+/// The notes of the daemon that holds this home's lock; `None` when none does. One open,
+/// one `F_OFD_GETLK`, one read: cheap enough for every command that opens the database.
+pub fn holder(home: &Home) -> Option<Notes> {
+    crate::process::lock::read_if_held(&lock_path(home)).map(|t| Notes::parse(&t))
+}
+
+/// What the lock file says, whether or not a daemon holds the lock now (the last one's
+/// notes stay until the next one starts).
+pub fn notes(home: &Home) -> Notes {
+    Notes::parse(&std::fs::read_to_string(lock_path(home)).unwrap_or_default())
+}
+
+/// Refuses when a daemon holds this home's lock but not the database files on disk (see
+/// [`Notes::beside`]): whatever this command would read there is not what the daemon
+/// sees, and what it would write is split from what the daemon writes. Returns the
+/// daemon's notes when one runs.
+pub fn check_beside(home: &Home) -> Result<Option<Notes>> {
+    let Some(notes) = holder(home) else {
+        return Ok(None);
+    };
+    match notes.beside(home) {
+        None => Ok(Some(notes)),
+        Some(change) => Err(Error::DaemonFiles {
+            path: home.db_path(),
+            pid: notes.pid_text(),
+            change,
+        }),
+    }
 }
 
 /// A path to the socket that fits in `sockaddr_un` (108 bytes) however long the state
@@ -201,10 +294,18 @@ pub enum Probe {
 pub fn probe(home: &Home) -> Probe {
     let deadline = Instant::now() + SETTLE;
     loop {
-        if !present(home) {
+        let Some(notes) = holder(home) else {
             return Probe::NotRunning;
+        };
+        let pid = notes.pid;
+        // Its files are not the ones on disk: unhealthy, whatever it would answer (and it
+        // may not be able to, busy going away or stopped).
+        if let Some(change) = notes.beside(home) {
+            return Probe::Unhealthy {
+                pid,
+                problem: unhealthy_files(&change),
+            };
         }
-        let pid = lock_pid(home);
         let problem = match request(home, Action::Status) {
             Ok(Some(Response::Status(s))) => return Probe::Healthy(s),
             Ok(Some(Response::Error { message, .. })) => message,
@@ -224,16 +325,20 @@ pub fn probe(home: &Home) -> Probe {
     }
 }
 
+/// Why a daemon whose database files changed under it is unhealthy, and what it does.
+pub fn unhealthy_files(change: &str) -> String {
+    format!(
+        "{change} while it had the database open: it no longer uses it, and restarts \
+         nothing until it is restarted"
+    )
+}
+
 /// How long [`probe`] waits for a daemon that holds the lock but does not accept yet.
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// The pid the daemon wrote into its lock file.
 pub fn lock_pid(home: &Home) -> Option<i32> {
-    std::fs::read_to_string(lock_path(home))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    notes(home).pid
 }
 
 /// Waits until no daemon holds the lock of `home` (it is released when the daemon's
@@ -354,4 +459,29 @@ fn last_error_line(log: &Path, from: u64) -> String {
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim_start_matches("tend: ").to_string())
         .unwrap_or_else(|| format!("no message; see {}", log.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Fault, Notes};
+
+    #[test]
+    fn lock_file_notes() {
+        let n = Notes::parse("123\nfiles 1:2 3:4 5:6\nfault 99 tend.db-wal was deleted\n");
+        assert_eq!(n.pid, Some(123));
+        assert_eq!(n.files, "1:2 3:4 5:6".parse().ok());
+        assert_eq!(
+            n.fault,
+            Some(Fault {
+                at: 99,
+                change: "tend.db-wal was deleted".into()
+            })
+        );
+        // A daemon that has not opened the database yet, or a line still being written.
+        let n = Notes::parse("123\nfiles 1:2 3:4");
+        assert_eq!((n.pid, n.files, n.fault), (Some(123), None, None));
+        // What a tend before these notes wrote: the pid alone, no newline.
+        assert_eq!(Notes::parse("123").pid, Some(123));
+        assert_eq!(Notes::parse(""), Notes::default());
+    }
 }

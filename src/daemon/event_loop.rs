@@ -24,6 +24,7 @@ use crate::api::LeftDown;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::process::handle::Handle;
+use crate::process::lock::Held;
 use crate::process::reap::{self, ExitBoard};
 use crate::record::now_ms;
 use crate::supervisor::Watch;
@@ -65,6 +66,11 @@ pub struct EventLoop {
     pub drain: Option<Drain>,
     /// When to give free heap memory back (see [`TRIM_AFTER`]); `None`: done.
     pub trim_at: Option<i64>,
+    /// The daemon's lock, held until the process ends; a fault is noted in its file.
+    pub lock: Held,
+    /// What changed, once the database files on disk are no longer the ones the daemon
+    /// opened (see `EventLoop::files_changed`).
+    pub fault: Option<String>,
 }
 
 /// Free heap memory is given back to the kernel once the daemon has been quiet this
@@ -284,6 +290,7 @@ impl EventLoop {
                         self.adopted.add(handle, watch);
                     }
                 }
+                Msg::FilesChanged(change) => self.files_changed(change),
                 Msg::Ready => {
                     if !self.ready {
                         self.ready = true;
@@ -331,6 +338,37 @@ impl EventLoop {
         self.shared
             .pending
             .store(self.timers.len(), Ordering::Relaxed);
+    }
+
+    /// The database files on disk are no longer the ones the daemon opened: its
+    /// connections would read and commit where nobody else does. Every connection already
+    /// refuses (each write checks before and after, a pooled connection is checked when
+    /// taken, and a new one fails to open); the daemon says so
+    /// (its log, its lock file for `tend daemon status`, `tend doctor` and every command,
+    /// systemd's status) and goes on holding the old files, unhealthy, until it is
+    /// stopped: requests are refused with the reason, exits are reaped but neither
+    /// recorded nor followed by restarts.
+    ///
+    /// It stays rather than exit because it holds the only copy of what the old files
+    /// had: a deleted WAL holds every commit since the last checkpoint (for a new home,
+    /// the whole database), and closing it loses them; a database renamed over keeps the
+    /// old WAL beside it, which the next opener would apply to the new file. A person can
+    /// still put the WAL back from `/proc` (`tend doctor` says how) or move it aside,
+    /// then restart the daemon. Nothing is repaired here: a checkpoint or a copy from
+    /// the old files into the new ones could write one WAL's pages into another database.
+    fn files_changed(&mut self, change: String) {
+        if self.fault.is_some() {
+            return;
+        }
+        error!(change = %change,
+            "the database files on disk are no longer the ones the daemon has open: it stops \
+             using the database and restarts nothing until it is restarted; `tend doctor` \
+             says how to keep what only its files hold");
+        if let Err(e) = self.lock.note(&format!("fault {} {change}", now_ms())) {
+            warn!(error = %e, "cannot note the fault in the daemon's lock file");
+        }
+        sd_notify(&format!("STATUS=unhealthy: {change}; see tend doctor"));
+        self.fault = Some(change);
     }
 
     /// Stops accepting at once (a CLI command arriving now acts by itself), then waits

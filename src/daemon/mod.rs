@@ -26,6 +26,10 @@
 //!   its own thread.
 //! - **Log rotation** ([`rotation`]), **health and readiness checks** ([`health`]) and
 //!   the **PostgreSQL** listener and executor ([`crate::pg`]) have threads of their own.
+//! - **The files watch** ([`files`]) sleeps on inotify and tells the loop when the
+//!   database files on disk are no longer the ones the daemon opened (each write also
+//!   checks): the daemon then uses the database no more and says so, staying up with
+//!   the old files open (see [`event_loop`]).
 //!
 //! No lock is held across a database wait or a spawn: a start records its instance
 //! before the new process may exec (see [`crate::process::spawn`]), so the reaper can
@@ -43,6 +47,7 @@
 pub mod bus;
 pub mod client;
 pub mod event_loop;
+pub mod files;
 pub mod health;
 pub mod pool;
 pub mod protocol;
@@ -92,7 +97,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     crate::process::memory::one_arena();
     home.ensure()?;
     let lock_path = client::lock_path(&home);
-    let _lock = match lock::acquire(&lock_path).map_err(|e| Error::Io {
+    let lock = match lock::acquire(&lock_path).map_err(|e| Error::Io {
         path: lock_path.clone(),
         reason: format!("cannot lock: {}", io_reason(&e)),
     })? {
@@ -122,15 +127,25 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     }
     info!(containment = %containment.describe(), "containment");
     let queue = worker::queue();
-    let ctx = Context {
+    let mut ctx = Context {
         daemon_watching: false,
         board: Some(board.clone()),
         containment: Some(containment.clone()),
         exits: Some(queue.0.exit_sink()),
         proceed: None,
+        files: None,
     };
     let mut sup = Supervisor::open_with(home.clone(), ctx.clone())?;
-    sup.keep_open(pool::CACHE_KIB)?;
+    // The files this first connection found are the daemon's for its lifetime: every
+    // other connection must find the same ones, and the CLI compares them with the ones
+    // on disk before it uses the database beside this daemon (see `files`).
+    let files = sup.keep_open()?;
+    ctx.files = Some(files);
+    lock.note(&format!("files {files}"))
+        .map_err(|e| Error::Io {
+            path: lock_path.clone(),
+            reason: format!("cannot write: {}", io_reason(&e)),
+        })?;
     let pg_settings = crate::pg::Settings::resolve(&mut sup, &pg)?;
     // Read once; the services this daemon starts must not inherit a password. No other
     // thread exists yet, so changing the environment is safe.
@@ -197,6 +212,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         ),
         in_flight.clone(),
     )?;
+    files::watch(&home, files, waker.clone());
     let worker = worker::start(sup, waker.clone(), queue)?;
     let serve = ServeCtx {
         home: home.clone(),
@@ -224,6 +240,8 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         ready: false,
         drain: None,
         trim_at: None,
+        lock,
+        fault: None,
     };
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");

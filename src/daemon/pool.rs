@@ -8,8 +8,8 @@
 //! 0.28–0.31M (`bench/callgrind.sh`).
 //!
 //! A pool keeps at most [`MAX_IDLE`] idle supervisors, each with a page cache of at most
-//! [`CACHE_KIB`]; more are opened when more threads work at once and closed when they come
-//! back to a full pool. The daemon has two pools (requests and rotation share one; the
+//! [`crate::supervisor::KEPT_CACHE_KIB`]; more are opened when more threads work at once
+//! and closed when they come back to a full pool. The daemon has two pools (requests and rotation share one; the
 //! health thread, whose context differs, has its own), so an idle daemon keeps a few
 //! connections open, each with SQLite's parsed schema and the pages it read: the price
 //! of answering from a warm one.
@@ -24,11 +24,6 @@ use crate::supervisor::{Context, Supervisor};
 /// Idle supervisors kept: one for a request, one for a thread that follows up on it
 /// (rotation, health) or a concurrent request.
 pub const MAX_IDLE: usize = 2;
-
-/// Page cache of each connection the daemon keeps, in KiB: the pages a request reads
-/// (one service's rows, the indexes above them) stay warm, and an idle daemon with many
-/// services does not keep a copy of the whole database per connection.
-pub const CACHE_KIB: u32 = 256;
 
 /// Supervisors of one home and context, shared by the threads that use them.
 pub struct Pool {
@@ -50,14 +45,14 @@ impl Pool {
     /// dropped.
     ///
     /// An idle one is used only while the database's files on disk are still the ones it
-    /// has open; if they were deleted or replaced, every idle one is closed and a new one
-    /// opened, which reports the problem as an error (as it did when every request opened
-    /// its own).
+    /// has open; if they were deleted or replaced, every idle one is closed, and a new
+    /// one fails to open (its context names the files the daemon opened first, see
+    /// [`crate::supervisor::Context::files`]) with an error that says what changed.
     pub fn get(self: &Arc<Self>) -> Result<Pooled> {
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             match idle.pop() {
-                Some(s) if s.store_current() => Some(s),
+                Some(s) if s.files_changed().is_none() => Some(s),
                 Some(_) => {
                     idle.clear();
                     None
@@ -67,11 +62,7 @@ impl Pool {
         };
         let sup = match idle {
             Some(s) => s,
-            None => {
-                let mut s = Supervisor::open_with(self.home.clone(), self.ctx.clone())?;
-                s.keep_open(CACHE_KIB)?;
-                s
-            }
+            None => Supervisor::open_with(self.home.clone(), self.ctx.clone())?,
         };
         Ok(Pooled {
             sup: Some(sup),

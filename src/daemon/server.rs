@@ -309,9 +309,14 @@ impl ServeCtx {
             }
             Action::Shutdown { stop_services } => self.shutdown(stop_services, &**proceed),
         };
-        result.unwrap_or_else(|e| Response::Error {
-            message: e.to_string(),
-            code: e.exit_code(),
+        result.unwrap_or_else(|e| {
+            if let Some(change) = e.files_change() {
+                self.waker.send(Msg::FilesChanged(change.to_string()));
+            }
+            Response::Error {
+                message: e.to_string(),
+                code: e.exit_code(),
+            }
         })
     }
 

@@ -101,7 +101,14 @@ pub fn start(
         .name("tend-worker".into())
         .spawn(move || {
             for job in rx {
+                // After a job that used the database (a `Sync` after each request only
+                // reads), the loop hears of changed database files even without the
+                // watch.
+                let used = !matches!(job, Job::Sync);
                 w.run(job);
+                if let Some(change) = used.then(|| w.sup.files_changed()).flatten() {
+                    w.waker.send(Msg::FilesChanged(change));
+                }
                 count.fetch_sub(1, Ordering::SeqCst);
                 // Also wakes a draining loop that waits for the worker to be idle.
                 w.sync_timers();

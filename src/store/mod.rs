@@ -37,15 +37,116 @@ const ATTEMPTS: u32 = 3;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    /// (device, inode) of the database file and of its WAL, noted by
-    /// [`Store::keep_open`]: see [`Store::files_unchanged`].
-    files: Option<[(u64, u64); 2]>,
+    /// The files this connection has open, noted by [`Store::keep_open`], and their
+    /// paths: see [`Store::files_changed`].
+    kept: Option<(Files, [PathBuf; 3])>,
 }
 
-/// (device, inode) of `path`, if it exists.
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+/// A database's files as a process found them when it opened the database: (device,
+/// inode) of `tend.db`, of its `-wal` and of its `-shm`.
+///
+/// SQLite finds the WAL and the shared index by name when a connection opens, and keeps
+/// them open from then on. So a connection that stays open is bound to the files it found:
+/// if one is deleted or replaced, it goes on reading and committing to files nobody else
+/// sees, while every new connection uses the ones on disk, with the same `-shm` index
+/// (or a new one) describing a different WAL: the truth split in two, and a checkpoint
+/// from either side could write pages of one into the other. What it committed there is
+/// lost when it closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Files([(u64, u64); 3]);
+
+impl Files {
+    /// The paths of the three files of the database at `db`. SQLite names the WAL and
+    /// the index after the database's real path: when `db` is a symlink, they are beside
+    /// the file it points to (one `lstat` finds out).
+    pub fn paths(db: &Path) -> [PathBuf; 3] {
+        let real = match std::fs::symlink_metadata(db) {
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf())
+            }
+            _ => db.to_path_buf(),
+        };
+        let beside = |suffix: &str| {
+            let mut p = real.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        [db.to_path_buf(), beside("-wal"), beside("-shm")]
+    }
+
+    /// The files at `paths` now; what is wrong when one cannot be seen.
+    fn on_disk(paths: &[PathBuf; 3]) -> std::result::Result<Files, String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut ids = [(0, 0); 3];
+        for (id, path) in ids.iter_mut().zip(paths) {
+            let m = std::fs::metadata(path).map_err(|e| missing(path, &e))?;
+            *id = (m.dev(), m.ino());
+        }
+        Ok(Files(ids))
+    }
+
+    /// What became of these files at `paths` (see [`Files::paths`]): `None` while all
+    /// three are still these very files, else what changed, naming each file (`tend.db-wal
+    /// was deleted or renamed`). Three `stat`s, no allocation unless something changed.
+    pub fn changes_at(&self, paths: &[PathBuf; 3]) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut changes: Vec<String> = Vec::new();
+        for (&id, path) in self.0.iter().zip(paths) {
+            match std::fs::metadata(path) {
+                Ok(m) if (m.dev(), m.ino()) == id => {}
+                Ok(_) => changes.push(format!("{} was replaced by another file", name(path))),
+                Err(e) => changes.push(missing(path, &e)),
+            }
+        }
+        (!changes.is_empty()).then(|| changes.join("; "))
+    }
+
+    /// [`Files::changes_at`] for the database at `db`.
+    pub fn changes(&self, db: &Path) -> Option<String> {
+        self.changes_at(&Files::paths(db))
+    }
+}
+
+/// The file's own name: the messages about it name `tend.db-wal`, never a home's path
+/// (they travel on one line, in the daemon's lock file too).
+fn name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn missing(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!("{} was deleted or renamed", name(path))
+    } else {
+        format!("{} cannot be looked at: {}", name(path), io_reason(e))
+    }
+}
+
+/// How [`Files`] are written down and read back (in the daemon's lock file): each file
+/// as `DEVICE:INODE`, separated by spaces.
+impl std::fmt::Display for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c] = self.0;
+        write!(f, "{}:{} {}:{} {}:{}", a.0, a.1, b.0, b.1, c.0, c.1)
+    }
+}
+
+impl std::str::FromStr for Files {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Files, ()> {
+        let mut ids = [(0, 0); 3];
+        let mut words = s.split_whitespace();
+        for id in &mut ids {
+            let (dev, ino) = words.next().and_then(|w| w.split_once(':')).ok_or(())?;
+            *id = (dev.parse().map_err(drop)?, ino.parse().map_err(drop)?);
+        }
+        match words.next() {
+            None => Ok(Files(ids)),
+            Some(_) => Err(()),
+        }
+    }
 }
 
 impl Store {
@@ -70,9 +171,25 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
-            files: None,
+            kept: None,
         };
         store.configure()?;
+        Ok(store)
+    }
+
+    /// Opens another connection of a resident process that has the database open
+    /// already through `files` (see [`Store::keep_open`]). Refuses before opening when
+    /// those are no longer the files on disk: SQLite would create a new WAL beside the
+    /// one the process's other connections have open.
+    pub fn open_kept(path: &Path, files: Files, cache_kib: u32) -> Result<Store> {
+        if let Some(change) = files.changes(path) {
+            return Err(Error::FilesChanged {
+                path: path.to_path_buf(),
+                change,
+            });
+        }
+        let mut store = Store::open(path)?;
+        store.keep_open(cache_kib, Some(files))?;
         Ok(store)
     }
 
@@ -184,9 +301,16 @@ impl Store {
         behavior: TransactionBehavior,
         f: &mut dyn FnMut(&Tx) -> Result<T>,
     ) -> Result<T> {
+        let writes = matches!(behavior, TransactionBehavior::Immediate);
+        // A kept connection writes only to the files on disk. (It may still read the ones
+        // it has: they hold what was true a moment ago, and nobody writes the new ones
+        // beside it, see `daemon::client::check_beside`; whoever hands it out checks.)
+        if writes {
+            self.check_files()?;
+        }
         let path = self.path.clone();
         let conn = &mut self.conn;
-        with_retry(&path, || {
+        let value = with_retry(&path, || {
             let tx = conn
                 .transaction_with_behavior(behavior)
                 .map_err(|e| db_err(&path, e))?;
@@ -194,12 +318,16 @@ impl Store {
             let value = f(&wrapped)?;
             wrapped.0.commit().map_err(|e| db_err(&path, e))?;
             Ok(value)
-        })
-        .inspect(|_| {
-            if matches!(behavior, TransactionBehavior::Immediate) {
-                self.keep_wal_short();
-            }
-        })
+        })?;
+        if writes {
+            // A commit made while the files were being deleted or replaced may have gone
+            // where nobody will see it: the caller must not act on it (a start then kills
+            // the process it holds at the gate). The checkpoint is skipped too: it would
+            // copy pages from that WAL into whichever database file is there.
+            self.check_files()?;
+            self.keep_wal_short();
+        }
+        Ok(value)
     }
 
     fn wal_path(&self) -> PathBuf {
@@ -211,26 +339,51 @@ impl Store {
     /// Readies a connection that a resident process keeps open (the daemon's): its page
     /// cache is capped at `cache_kib` KiB (SQLite's default is 2 MiB; with 1,000 services
     /// the database is about 0.9 MB, and each idle connection would otherwise keep all of
-    /// it), and the files it has open are noted for [`Store::files_unchanged`].
-    pub fn keep_open(&mut self, cache_kib: u32) -> Result<()> {
+    /// it), and the files it has open are noted: from then on every write transaction
+    /// checks before and after that they are still the ones on disk (see
+    /// [`Store::files_changed`]); whoever hands the connection out for reading asks too.
+    ///
+    /// `expected`: the files the process opened first. A connection opened later that
+    /// found others (they were deleted or replaced meanwhile) fails here rather than
+    /// write beside the process's other connections. Returns the files noted.
+    pub fn keep_open(&mut self, cache_kib: u32, expected: Option<Files>) -> Result<Files> {
         self.conn
             .execute_batch(&format!("PRAGMA cache_size = -{cache_kib}"))
             .map_err(|e| db_err(&self.path, e))?;
-        self.files = file_id(&self.path)
-            .zip(file_id(&self.wal_path()))
-            .map(|(d, w)| [d, w]);
-        Ok(())
+        let paths = Files::paths(&self.path);
+        // Stat'ed after SQLite opened them (the first read opens the WAL and the index),
+        // so these are the files this connection has open unless one was replaced in the
+        // microseconds between.
+        let changed = |change| Error::FilesChanged {
+            path: self.path.clone(),
+            change,
+        };
+        let files = Files::on_disk(&paths).map_err(changed)?;
+        if let Some(change) = expected.and_then(|e| e.changes_at(&paths)) {
+            return Err(changed(change));
+        }
+        self.kept = Some((files, paths));
+        Ok(files)
     }
 
-    /// True while the database file and its WAL on disk are still the ones this
-    /// connection had open when [`Store::keep_open`] noted them (false if it never did).
-    /// A connection kept open for a long time (the daemon's) must ask before each use: if someone deleted or replaced either file, this connection
-    /// would go on reading and committing to files nobody else sees, and everything it
-    /// wrote would be lost when it closes. A new connection fails instead, loudly.
-    pub fn files_unchanged(&self) -> bool {
-        self.files.is_some_and(|[db, wal]| {
-            file_id(&self.path) == Some(db) && file_id(&self.wal_path()) == Some(wal)
-        })
+    /// For a connection kept open (see [`Store::keep_open`]): what became of the files it
+    /// has open, when they are no longer the ones on disk; `None` while they are (or for a
+    /// connection not kept: a command's own connection is closed before anyone could
+    /// replace its files and matter).
+    pub fn files_changed(&self) -> Option<String> {
+        let (files, paths) = self.kept.as_ref()?;
+        files.changes_at(paths)
+    }
+
+    /// Refuses to use a kept connection whose files are no longer the ones on disk.
+    fn check_files(&self) -> Result<()> {
+        match self.files_changed() {
+            None => Ok(()),
+            Some(change) => Err(Error::FilesChanged {
+                path: self.path.clone(),
+                change,
+            }),
+        }
     }
 
     /// Every CLI call is the first connection to open the database, and the first opener
@@ -327,5 +480,54 @@ impl Tx<'_> {
     pub(crate) fn exec(&self, sql: &str, p: impl rusqlite::Params) -> Result<()> {
         let mut stmt = self.0.prepare_cached(sql).map_err(|e| self.err(e))?;
         stmt.execute(p).map(drop).map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Files;
+
+    #[test]
+    fn files_are_written_and_read_back() {
+        let f: Files = "2049:11 2049:12 64768:13".parse().unwrap();
+        assert_eq!(f.to_string(), "2049:11 2049:12 64768:13");
+        assert_eq!(f.to_string().parse::<Files>(), Ok(f));
+        for bad in [
+            "",
+            "1:2 3:4",
+            "1:2 3:4 5:6 7:8",
+            "1:2 3:x 5:6",
+            "1-2 3:4 5:6",
+        ] {
+            assert!(bad.parse::<Files>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn changes_name_each_file_deleted_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tend.db");
+        let paths = Files::paths(&db);
+        for p in &paths {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let files = Files::on_disk(&paths).unwrap();
+        assert_eq!(files.changes(&db), None);
+        std::fs::remove_file(&paths[1]).unwrap();
+        assert_eq!(
+            files.changes(&db).as_deref(),
+            Some("tend.db-wal was deleted or renamed")
+        );
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"y").unwrap();
+        std::fs::rename(&other, &db).unwrap();
+        assert_eq!(
+            files.changes(&db).as_deref(),
+            Some("tend.db was replaced by another file; tend.db-wal was deleted or renamed")
+        );
+        assert_eq!(
+            Files::on_disk(&paths),
+            Err("tend.db-wal was deleted or renamed".to_string())
+        );
     }
 }

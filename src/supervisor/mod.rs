@@ -46,7 +46,7 @@ use crate::process::reap::ExitBoard;
 use crate::record::{Instance, Runtime};
 use crate::service::Service;
 use crate::state::State;
-use crate::store::Store;
+use crate::store::{Files, Store};
 
 /// A service with its running instance, if any, and its restart bookkeeping.
 #[derive(Clone, Debug)]
@@ -223,6 +223,10 @@ pub struct Context {
     /// start nobody waits for any more must not happen later by surprise. `None`: go
     /// ahead.
     pub proceed: Option<Proceed>,
+    /// We are a resident process (the daemon), and these are the database files it opened
+    /// first: every supervisor it opens keeps its connection open and checks before each
+    /// use that its files are still these, the ones on disk (see [`Store::keep_open`]).
+    pub files: Option<Files>,
 }
 
 /// See [`Context::exits`].
@@ -230,6 +234,11 @@ pub type ExitSink = Arc<dyn Fn(i32, u64, i32) + Send + Sync>;
 
 /// See [`Context::proceed`].
 pub type Proceed = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Page cache of each connection a resident process keeps, in KiB: the pages a request
+/// reads (one service's rows, the indexes above them) stay warm, and an idle daemon with
+/// many services does not keep a copy of the whole database per connection.
+pub const KEPT_CACHE_KIB: u32 = 256;
 
 pub struct Supervisor {
     home: Home,
@@ -262,7 +271,10 @@ impl Supervisor {
 
     pub fn open_with(home: Home, ctx: Context) -> Result<Supervisor> {
         home.ensure()?;
-        let store = Store::open(&home.db_path())?;
+        let store = match ctx.files {
+            Some(files) => Store::open_kept(&home.db_path(), files, KEPT_CACHE_KIB)?,
+            None => Store::open(&home.db_path())?,
+        };
         let boot_id = identity::boot_id().map_err(|e| Error::Io {
             path: "/proc/sys/kernel/random/boot_id".into(),
             reason: crate::error::io_reason(&e),
@@ -278,15 +290,18 @@ impl Supervisor {
     }
 
     /// Readies this supervisor's database connection to be kept open by a resident
-    /// process (see [`Store::keep_open`]).
-    pub fn keep_open(&mut self, cache_kib: u32) -> Result<()> {
-        self.store.keep_open(cache_kib)
+    /// process, which has no other connection open yet (see [`Store::keep_open`]): the
+    /// files noted are the ones the process's other supervisors must find (pass them in
+    /// [`Context::files`]).
+    pub fn keep_open(&mut self) -> Result<Files> {
+        self.store.keep_open(KEPT_CACHE_KIB, None)
     }
 
-    /// False once the state database's files on disk are no longer the ones this
-    /// supervisor has open (see [`Store::files_unchanged`]): it must not be used again.
-    pub fn store_current(&self) -> bool {
-        self.store.files_unchanged()
+    /// What became of the state database's files since this supervisor's connection was
+    /// kept open, once they are no longer the ones on disk (see
+    /// [`Store::files_changed`]): it must not be used again.
+    pub fn files_changed(&self) -> Option<String> {
+        self.store.files_changed()
     }
 
     pub fn boot_id(&self) -> &str {

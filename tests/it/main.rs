@@ -15,3 +15,4 @@ mod races;
 mod services_file;
 mod top;
 mod util;
+mod wal;

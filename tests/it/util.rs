@@ -153,8 +153,9 @@ impl Env {
         if !lock_held(&lock) {
             return None;
         }
+        // The pid is the file's first line (the daemon notes more below it).
         let text = std::fs::read_to_string(&lock).ok()?;
-        let pid: i32 = text.trim().parse().ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
         alive(pid).then_some(pid)
     }
 

@@ -212,6 +212,7 @@ pub fn start(settings: Settings, home: Home, ctx: Context, hooks: Hooks) -> crat
         daemon_watching: true,
         board: None,
         containment: ctx.containment.clone(),
+        files: ctx.files,
         ..Context::default()
     };
     let reader = Local::start("tend-fleet-read", home, look, None)?;
