@@ -37,6 +37,18 @@ impl Tx<'_> {
         )
     }
 
+    /// The session (`pgid`) of every recorded instance but `except` (`(pid, start_time)`).
+    pub fn sessions_except(&self, except: Option<(i32, u64)>) -> Result<Vec<i32>> {
+        let (pid, start_time) = except.unwrap_or((0, 0));
+        self.0
+            .prepare_cached("SELECT pgid FROM instances WHERE NOT (pid = ?1 AND start_time = ?2)")
+            .and_then(|mut s| {
+                s.query_map(params![pid, start_time as i64], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(|e| self.err(e))
+    }
+
     /// Removes the instance record, but only if it is still the one the caller saw:
     /// a concurrent `tend start` may have replaced it meanwhile.
     pub fn clear_instance(&self, service_id: i64, seen: &Instance) -> Result<bool> {

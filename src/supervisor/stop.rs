@@ -1,16 +1,20 @@
 //! Stopping a service (its stop signal to every process proven to be its own, wait,
 //! SIGKILL; see [`crate::process::stop`]), sending it a signal, restarting it.
 
+use std::collections::BTreeSet;
+
 use super::instances::{lookup, record_exit};
-use super::{SignalOutcome, StartOutcome, StopOutcome, Supervisor, Then, STATUS_WAIT};
+use super::{Exit, SignalOutcome, StartOutcome, StopOutcome, Supervisor, Then, STATUS_WAIT};
 use crate::error::{Error, Result};
 use crate::policy::ExitStatus;
 use crate::process::cgroup::Cgroup;
+use crate::process::handle::Handle;
 use crate::process::identity;
-use crate::process::stop::{self, Recorded};
+use crate::process::stop::{self, Leftovers, Reaper, Recorded};
 use crate::record::event;
 use crate::service::{fmt_duration, Service};
 use crate::state;
+use crate::store::Store;
 
 impl Supervisor {
     /// Stops the service if it runs: its stop signal to every process proven to be the
@@ -52,12 +56,18 @@ impl Supervisor {
             start_time: inst.start_time,
             boot_id: &inst.boot_id,
         };
+        let reaper = self.reaper();
+        let store = &mut self.store;
+        let mut owned = || sessions_elsewhere(store, Some((inst.pid, inst.start_time)));
         let outcome = stop::stop(
             &target,
             &self.boot_id,
             svc.settings.stop_signal.0,
             svc.settings.stop_timeout,
-            self.reaper(),
+            reaper.map(|pid| Reaper {
+                pid,
+                owned_elsewhere: &mut owned,
+            }),
             cgroup.as_ref(),
         )
         .map_err(|source| Error::Stop {
@@ -125,6 +135,33 @@ impl Supervisor {
             tx.record(name, kind, &detail)
         })?;
         Ok(result)
+    }
+
+    /// After an instance's main process exited on its own (`exit`, its record cleared):
+    /// kills whatever else of it still runs, before a new instance competes with it for
+    /// ports and files. Only processes proven to be its own are signalled (see
+    /// [`stop::kill_leftovers`]; `witnesses`: handles still held on its processes).
+    pub fn clean_up_after(&mut self, exit: &Exit, witnesses: Vec<Handle>) -> Leftovers {
+        let cg = exit.cgroup.as_deref().map(Cgroup::at);
+        let reaper = self.reaper();
+        let store = &mut self.store;
+        // Its own record is cleared: every recorded session is another instance's.
+        let mut owned = || sessions_elsewhere(store, None);
+        let left = stop::kill_leftovers(
+            exit.pgid,
+            witnesses,
+            reaper.map(|pid| Reaper {
+                pid,
+                owned_elsewhere: &mut owned,
+            }),
+            cg.as_ref(),
+        );
+        if let Some(cg) = &cg {
+            if left.survived == 0 {
+                let _ = cg.remove();
+            }
+        }
+        left
     }
 
     /// Kills what is left in the service's cgroups when no instance of it runs (`cgroup`:
@@ -214,6 +251,15 @@ impl Supervisor {
         let started = self.start(name)?;
         Ok((stopped, started))
     }
+}
+
+/// The sessions of the home's recorded instances but `except` (`(pid, start_time)`),
+/// read now; `None` when they cannot be read.
+fn sessions_elsewhere(store: &mut Store, except: Option<(i32, u64)>) -> Option<BTreeSet<i32>> {
+    store
+        .read(|tx| tx.sessions_except(except))
+        .ok()
+        .map(|v| v.into_iter().collect())
 }
 
 /// The detail of a `stop` event.
