@@ -12,5 +12,6 @@ mod logs_multi;
 mod postgres;
 mod races;
 mod services_file;
+mod siblings;
 mod top;
 mod util;
