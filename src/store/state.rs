@@ -130,6 +130,18 @@ impl Tx<'_> {
         }
     }
 
+    /// Whether `service` has an event of `kind` recorded at or after `since` (unix ms)
+    /// whose detail begins with `prefix`.
+    pub fn has_event(&self, service: &str, kind: &str, since: i64, prefix: &str) -> Result<bool> {
+        self.0
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE service = ?1 AND kind = ?2 \
+                 AND at >= ?3 AND substr(detail, 1, length(?4)) = ?4)",
+            )
+            .and_then(|mut s| s.query_row(params![service, kind, since, prefix], |r| r.get(0)))
+            .map_err(|e| self.err(e))
+    }
+
     pub fn record(&self, service: &str, kind: &str, detail: &str) -> Result<()> {
         self.record_id(service, kind, detail).map(drop)
     }

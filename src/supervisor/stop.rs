@@ -113,8 +113,7 @@ impl Supervisor {
             _ => None,
         };
         self.store.write(|tx| {
-            // The daemon's worker may have recorded this exit already (with the same
-            // status); whoever clears the record writes the exit event.
+            // Whoever clears the record writes the events: one exit, one stop.
             if tx
                 .instance(id)?
                 .is_some_and(|i| i.pid == inst.pid && i.start_time == inst.start_time)
@@ -131,8 +130,24 @@ impl Supervisor {
                 } else {
                     tx.clear_instance(id, &inst)?;
                 }
+                return tx.record(name, kind, &detail);
             }
-            tx.record(name, kind, &detail)
+            // Cleared already: by another stop of this instance, which wrote both
+            // events, or by the daemon's worker, which recorded the exit but knows
+            // nothing of the stop. The stop goes on record once (a stop's detail
+            // begins with the pid; the instance's start time tells it from an earlier
+            // one's).
+            if kind == event::STOP
+                && !tx.has_event(
+                    name,
+                    event::STOP,
+                    inst.started_at,
+                    &format!("pid {}:", inst.pid),
+                )?
+            {
+                tx.record(name, kind, &detail)?;
+            }
+            Ok(())
         })?;
         Ok(result)
     }
@@ -262,7 +277,8 @@ fn sessions_elsewhere(store: &mut Store, except: Option<(i32, u64)>) -> Option<B
         .map(|v| v.into_iter().collect())
 }
 
-/// The detail of a `stop` event.
+/// The detail of a `stop` event. It begins with `pid PID:`, by which a concurrent stop
+/// of the same instance finds it (see [`Supervisor::stop`]).
 pub(super) fn stop_detail(svc: &Service, pid: i32, session: i32, s: &stop::Stopped) -> String {
     let mut d = if s.killed {
         format!(

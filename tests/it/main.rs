@@ -13,5 +13,6 @@ mod postgres;
 mod races;
 mod services_file;
 mod siblings;
+mod stop_events;
 mod top;
 mod util;
