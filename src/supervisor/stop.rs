@@ -104,7 +104,7 @@ impl Supervisor {
             // The main process was gone already, but its cgroup may not be empty.
             self.kill_leftovers_of(name, cgroup.as_ref())?;
         } else if let Some(cg) = &cgroup {
-            let _ = cg.remove();
+            let _ = super::containment::release(cg);
         }
         let status = match (&self.ctx.board, kind == event::STOP && our_child) {
             (Some(board), true) => board
@@ -173,7 +173,7 @@ impl Supervisor {
         );
         if let Some(cg) = &cg {
             if left.survived == 0 {
-                let _ = cg.remove();
+                let _ = super::containment::release(cg);
             }
         }
         left
@@ -183,17 +183,20 @@ impl Supervisor {
     /// the last instance's, when known; else every instance cgroup of the service under
     /// this process's containment), with a notice and an event.
     fn kill_leftovers_of(&mut self, name: &str, cgroup: Option<&Cgroup>) -> Result<()> {
-        let leaves: Vec<Cgroup> = match cgroup {
-            Some(c) => vec![c.clone()],
+        let (leaves, svc_cg): (Vec<Cgroup>, _) = match cgroup {
+            Some(c) => (vec![c.clone()], None),
             // Leaves a tend process created a moment ago may belong to a start in
             // progress (one that has not recorded its instance yet): left to it.
             None => match self.containment().root() {
-                Some(r) => r
-                    .service(name)
-                    .children()
-                    .into_iter()
-                    .filter(|l| !super::containment::creator_alive(l))
-                    .collect(),
+                Some(r) => {
+                    let svc_cg = r.service(name);
+                    let leaves = svc_cg
+                        .children()
+                        .into_iter()
+                        .filter(|l| !crate::process::cgroup::creator_alive(l))
+                        .collect();
+                    (leaves, Some(svc_cg))
+                }
                 None => return Ok(()),
             },
         };
@@ -203,7 +206,12 @@ impl Supervisor {
                 service: name.to_string(),
                 source,
             })?;
-            let _ = leaf.remove();
+            let _ = super::containment::release(&leaf);
+        }
+        // No instance runs: the service's cgroup goes too, unless a start in progress has
+        // a leaf in it (then rmdir refuses).
+        if let Some(svc_cg) = svc_cg {
+            let _ = svc_cg.remove_empty();
         }
         if killed > 0 {
             let detail = format!("killed {killed} leftover process(es) in its cgroup");
