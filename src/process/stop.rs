@@ -28,8 +28,7 @@
 //!   So the numbers the home's other instances own (their records, read afresh, and the
 //!   starts in flight, see [`super::spawn::in_flight`]) are never evidence here, and they
 //!   are looked at only after the candidates were pinned: a start whose intermediate is
-//!   gone by then was registered before it went (see the proof at
-//!   [`Members::by_reaper`]).
+//!   gone by then was registered before it went (the proof is at `Members::by_reaper`).
 //!
 //! - **a member of the instance's cgroup**, where it has one (see [`super::cgroup`]):
 //!   nothing but the service's own processes can be born in it, and none can leave it.
