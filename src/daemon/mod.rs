@@ -246,7 +246,22 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");
     let result = l.run();
+    if let Some(root) = containment.root() {
+        release_home_cgroup(root);
+    }
     sd_notify("STOPPING=1");
     info!("daemon stopped; services keep running");
     result
+}
+
+/// As the daemon stops: out of `supervisor` (a cgroup cannot be removed while a process
+/// is in it), then whatever of the home's cgroup nothing uses is removed. What still runs
+/// (services that keep running, their log writers) keeps its cgroups, and the home's.
+fn release_home_cgroup(root: &crate::process::cgroup::Root) {
+    if let Err(e) = root.leave_supervisor() {
+        info!(error = %io_reason(&e), parent = %root.parent.display(),
+            "cannot move back into the cgroup the daemon started in; its cgroup stays");
+        return;
+    }
+    root.remove_unused();
 }

@@ -11,9 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use super::bus::{Msg, Waker};
 use crate::policy::{Decision, ExitStatus};
-use crate::process::cgroup::Cgroup;
 use crate::process::handle::Handle;
-use crate::process::stop::kill_leftovers;
 use crate::supervisor::{Exit, StartOutcome, Supervisor, Watch};
 
 /// Work for the worker, from the event loop.
@@ -179,13 +177,7 @@ impl Worker {
             // The main process ended on its own, but helpers it forked may live on: take
             // them down before a new instance competes with them for ports and files.
             // Only processes proven to be the service's are signalled.
-            let cg = exit.cgroup.as_deref().map(Cgroup::at);
-            let l = kill_leftovers(exit.pgid, witnesses, Some(self.me), cg.as_ref());
-            if let Some(cg) = &cg {
-                if l.survived == 0 {
-                    let _ = cg.remove();
-                }
-            }
+            let l = self.sup.clean_up_after(&exit, witnesses);
             if l.killed > 0 {
                 info!(service = %exit.name, killed = l.killed, "killed processes the service left behind");
             }

@@ -118,8 +118,24 @@ pub fn detect(home: &Path) -> Containment {
         },
     };
     let path = parent.join(&name);
-    if let Err(e) = mkdir(&path) {
-        return Containment::ProcessGroup(format!(
+    // The home's cgroup is removed when nothing uses it (see [`Root::remove_unused`]): one
+    // that goes between its creation and the checks is created again.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match check_root(&parent, &path) {
+            Err(_) if tries < 3 && !path.exists() => continue,
+            Err(why) => return Containment::ProcessGroup(why),
+            Ok(()) => return Containment::Cgroup(Root { path, parent }),
+        }
+    }
+}
+
+/// Creates (or finds) the home's cgroup `path` under `parent` and checks that tend may
+/// use it.
+fn check_root(parent: &Path, path: &Path) -> Result<(), String> {
+    if let Err(e) = mkdir(path) {
+        return Err(format!(
             "cannot create {}: {}",
             path.display(),
             crate::error::io_reason(&e)
@@ -127,22 +143,22 @@ pub fn detect(home: &Path) -> Containment {
     }
     // Moving a process between cgroups needs write access to `cgroup.procs` of their
     // common ancestor: the parent, for a child forked by tend.
-    for dir in [&parent, &path] {
+    for dir in [parent, path] {
         let procs = dir.join("cgroup.procs");
         if nix::unistd::access(&procs, nix::unistd::AccessFlags::W_OK).is_err() {
-            return Containment::ProcessGroup(format!(
+            return Err(format!(
                 "{} is not writable (the cgroup is not delegated to this user)",
                 procs.display()
             ));
         }
     }
     if !path.join("cgroup.kill").exists() && !path.join("cgroup.freeze").exists() {
-        return Containment::ProcessGroup(format!(
+        return Err(format!(
             "{} has neither cgroup.kill nor cgroup.freeze (kernel older than 5.2)",
             path.display()
         ));
     }
-    Containment::Cgroup(Root { path, parent })
+    Ok(())
 }
 
 /// A daemon that moved itself into `<parent>/tend-<key>/supervisor` still belongs to
@@ -236,19 +252,30 @@ impl Root {
         }
     }
 
-    /// Creates a new, empty leaf for an instance of service `name`.
+    /// Creates a new, empty leaf for an instance of service `name` (named
+    /// `run-<ms>-<pid>-<n>`, see [`creator_alive`]). The service's cgroup, and the
+    /// home's, are created too where they are missing: they are removed whenever nothing
+    /// uses them, and once the leaf is in place they cannot be.
     pub fn new_instance(&self, name: &str) -> io::Result<Cgroup> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let svc = self.service(name);
-        mkdir(&svc.path)?;
         let leaf = svc.path.join(format!(
             "run-{}-{}-{}",
             crate::record::now_ms(),
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir(&leaf)?;
-        Ok(Cgroup { path: leaf })
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            std::fs::create_dir_all(&svc.path)?;
+            match std::fs::create_dir(&leaf) {
+                // Its parent was removed as unused between the two calls.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 5 => continue,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(Cgroup { path: leaf }),
+            }
+        }
     }
 
     /// Creates a new, empty leaf for one run of a check command, in `<root>/checks`.
@@ -284,8 +311,34 @@ impl Root {
     /// children have controllers enabled may not hold processes itself).
     pub fn enter_supervisor(&self) -> io::Result<()> {
         let leaf = self.path.join(SUPERVISOR);
-        mkdir(&leaf)?;
+        std::fs::create_dir_all(&leaf)?;
         std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
+    }
+
+    /// Moves the calling process back into the cgroup the home's was created in (the
+    /// daemon, as it stops), so that `supervisor` can be removed. Refused (EBUSY) where
+    /// that cgroup has controllers enabled for its children.
+    pub fn leave_supervisor(&self) -> io::Result<()> {
+        std::fs::write(
+            self.parent.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+    }
+
+    /// Removes what of the home's cgroup nothing uses: empty instance leaves whose
+    /// creator is gone (a start in progress keeps its own, see [`creator_alive`]), then
+    /// every cgroup below the home's that is empty and has none below it, then the home's
+    /// own. A cgroup that holds processes, or one below it, is left: `rmdir` refuses it.
+    pub fn remove_unused(&self) {
+        for child in Cgroup::at(&self.path).children() {
+            for leaf in child.children() {
+                if !leaf.populated() && !creator_alive(&leaf) {
+                    let _ = leaf.remove_empty();
+                }
+            }
+            let _ = child.remove_empty();
+        }
+        let _ = Cgroup::at(&self.path).remove_empty();
     }
 
     /// Whether `controller` (memory, cpu) can be enabled for services: it must be listed
@@ -408,13 +461,17 @@ impl Cgroup {
     /// `populated` from `cgroup.events`: any process here or below. A cgroup that does
     /// not exist holds nothing.
     pub fn populated(&self) -> bool {
-        std::fs::read_to_string(self.path.join("cgroup.events"))
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("populated ").map(|v| v.trim() == "1"))
-            })
-            .unwrap_or(false)
+        self.event("populated").unwrap_or(false)
+    }
+
+    /// A flag of `cgroup.events` (`populated`, `frozen`); `None` where it cannot be read.
+    fn event(&self, key: &str) -> Option<bool> {
+        let text = std::fs::read_to_string(self.path.join("cgroup.events")).ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|v| v.strip_prefix(' '))
+                .map(|v| v.trim() == "1")
+        })
     }
 
     /// Pins every process in this cgroup (and below) with a pidfd, keeping only those
@@ -446,8 +503,19 @@ impl Cgroup {
         if kill.exists() {
             return std::fs::write(kill, "1");
         }
+        self.kill_frozen()
+    }
+
+    /// The way to kill everything in the cgroup without `cgroup.kill`: freeze it, SIGKILL
+    /// each member, thaw. Freezing is asynchronous: until `cgroup.events` says
+    /// `frozen 1`, a member may still fork, and a child born after the members were
+    /// listed would survive. So the members are listed once the cgroup is frozen (or
+    /// after [`FREEZE_WAIT`], if a member cannot be frozen: one in uninterruptible sleep
+    /// holds it up; the caller's wait for `populated 0` then tells).
+    fn kill_frozen(&self) -> io::Result<()> {
         let freeze = self.path.join("cgroup.freeze");
         std::fs::write(&freeze, "1")?;
+        self.wait_event("frozen", true, FREEZE_WAIT);
         for h in self.pin_members() {
             let _ = h.signal(nix::sys::signal::Signal::SIGKILL);
         }
@@ -455,9 +523,15 @@ impl Cgroup {
     }
 
     /// Waits until nothing runs in the cgroup (`populated 0`), up to `timeout`; true if
-    /// it is empty. Woken by inotify on `cgroup.events`, with a slow recheck for the
-    /// notifications the kernel drops.
+    /// it is empty.
     pub fn wait_empty(&self, timeout: Duration) -> bool {
+        self.wait_event("populated", false, timeout)
+    }
+
+    /// Waits until flag `key` of `cgroup.events` is `want`, up to `timeout`; whether it
+    /// is. A cgroup that does not exist is empty and not frozen. Woken by inotify on
+    /// `cgroup.events`, with a slow recheck for the notifications the kernel drops.
+    fn wait_event(&self, key: &str, want: bool, timeout: Duration) -> bool {
         const RECHECK: Duration = Duration::from_millis(20);
         let deadline = Instant::now() + timeout;
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
@@ -467,7 +541,7 @@ impl Cgroup {
         });
         loop {
             // Read after the watch is in place, so a change in between is not missed.
-            if !self.populated() {
+            if self.event(key).unwrap_or(false) == want {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -493,6 +567,16 @@ impl Cgroup {
                 // No inotify (out of instances): look again shortly.
                 _ => std::thread::sleep(left.min(Duration::from_millis(5))),
             }
+        }
+    }
+
+    /// Removes this cgroup if it is empty and has no cgroup below it; `rmdir` refuses
+    /// (EBUSY) otherwise, which is what makes this safe beside a start that has just
+    /// created a leaf below it. One that is gone already is no error.
+    pub fn remove_empty(&self) -> io::Result<()> {
+        match std::fs::remove_dir(&self.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
         }
     }
 
@@ -562,6 +646,26 @@ fn leaf_creator_gone(leaf: &Cgroup) -> bool {
     pid.is_some_and(|p| !super::handle::exists(p))
 }
 
+/// Whether the process that created an instance cgroup (`run-<ms>-<pid>-<n>`, see
+/// [`Root::new_instance`]) may still be using it: it runs, and the cgroup is less than a
+/// minute old (a pid alone may have been reused since).
+pub fn creator_alive(leaf: &Cgroup) -> bool {
+    let Some(name) = leaf.path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let mut parts = name.strip_prefix("run-").unwrap_or("").split('-');
+    let (Some(ms), Some(pid)) = (
+        parts.next().and_then(|v| v.parse::<i64>().ok()),
+        parts.next().and_then(|v| v.parse::<i32>().ok()),
+    ) else {
+        return false;
+    };
+    crate::record::now_ms() - ms < 60_000 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// How long [`Cgroup::kill`] without `cgroup.kill` waits for a cgroup to be frozen.
+const FREEZE_WAIT: Duration = Duration::from_secs(1);
+
 /// The cgroup v2 directory process `pid` is in, from /proc/PID/cgroup.
 pub fn member_of(pid: i32) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -595,5 +699,85 @@ mod tests {
         );
         let other = PathBuf::from("/sys/fs/cgroup/x/supervisor");
         assert_eq!(strip_own(&other, &n), other);
+    }
+
+    /// A cgroup of a test's own below this process's, killed and removed when dropped
+    /// (pass or fail).
+    struct Scratch(Cgroup);
+
+    impl Scratch {
+        /// `None` (and the test does not run) unless this process may create cgroups
+        /// and move processes into them: root, on a cgroup2 hierarchy.
+        fn new(test: &str) -> Option<Scratch> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                eprintln!("{test}: not run: needs root to create cgroups");
+                return None;
+            }
+            static SEQ: AtomicU32 = AtomicU32::new(0);
+            let own = own_cgroup_dir().ok()?;
+            let dir = own.join(format!(
+                "tend-unit-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Some(Scratch(Cgroup::at(dir))),
+                Err(e) => {
+                    eprintln!("{test}: not run: cannot create {}: {e}", dir.display());
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            self.0.wait_empty(Duration::from_secs(10));
+            let _ = self.0.remove();
+        }
+    }
+
+    /// The path without `cgroup.kill`: eight members that fork as fast as they can are
+    /// taken with every child they forked, however late, because the members are listed
+    /// only once the cgroup is frozen (listed at once, a child born meanwhile survived
+    /// in every run tried). Called directly (this kernel has `cgroup.kill`), five times
+    /// over.
+    #[test]
+    fn kill_without_cgroup_kill_takes_a_forking_member() {
+        let Some(scratch) = Scratch::new("kill_without_cgroup_kill_takes_a_forking_member") else {
+            return;
+        };
+        let cg = &scratch.0;
+        for round in 1..=5 {
+            let mut forker = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && for i in 1 2 3 4 5 6 7 8; do \
+                     (while :; do sleep 1000 & done) & done; wait",
+                    cg.path.display()
+                ))
+                .spawn()
+                .expect("spawn sh");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while cg.pids().len() < 50 {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: the forker did not get going: {:?}",
+                    cg.pids()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            cg.kill_frozen().expect("freeze, kill, thaw");
+            let empty = cg.wait_empty(Duration::from_secs(10));
+            let _ = forker.kill();
+            let _ = forker.wait();
+            assert!(
+                empty,
+                "round {round}: survivors of the kill: {:?}",
+                cg.pids()
+            );
+        }
     }
 }

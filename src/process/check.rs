@@ -66,6 +66,10 @@ pub struct Scope<'a> {
     pub cgroups: Option<&'a Root>,
     /// Asked while the check runs; false ends it at once (the daemon is going away).
     pub proceed: &'a dyn Fn() -> bool,
+    /// The sessions the home's recorded instances own, read when asked: none of them
+    /// is ever taken for the check's (see [`stop::Reaper`]); `None` when they cannot
+    /// be read, and then no orphan is taken on the strength of its session.
+    pub owned: &'a dyn Fn() -> Option<std::collections::BTreeSet<i32>>,
 }
 
 /// Output kept per stream.
@@ -162,8 +166,12 @@ pub fn run(
         }
         None => {
             let witness = sh.try_clone().into_iter().collect();
-            let me = std::process::id() as i32;
-            stop::kill_leftovers(started.session, witness, Some(me), None);
+            let mut owned = || (scope.owned)();
+            let reaper = stop::Reaper {
+                pid: std::process::id() as i32,
+                owned_elsewhere: &mut owned,
+            };
+            stop::kill_leftovers(started.session, witness, Some(reaper), None);
         }
     }
     drop(leaf);

@@ -21,16 +21,26 @@
 //!   session id cannot be reused, and only descendants of tend's intermediate can be in
 //!   that session, so while the witness holds it, every member is the service's;
 //! - **a child of the reaper** (the daemon, which is a child subreaper) in session `N`,
-//!   while no process has pid `N`: orphans of what the daemon started re-parent to it.
+//!   while no process has pid `N` and no other instance of the home owns `N`: orphans of
+//!   what the daemon started re-parent to it. Everything the daemon starts is its
+//!   descendant, so its children in session `N` may also belong to *another* service
+//!   whose intermediate was handed the freed number `N` (its session is then `N` too).
+//!   So the numbers the home's other instances own (their records, read afresh, and the
+//!   starts in flight, see [`super::spawn::in_flight`]) are never evidence here, and they
+//!   are looked at only after the candidates were pinned: a start whose intermediate is
+//!   gone by then was registered before it went (the proof is at `Members::by_reaper`).
 //!
 //! - **a member of the instance's cgroup**, where it has one (see [`super::cgroup`]):
 //!   nothing but the service's own processes can be born in it, and none can leave it.
-//!   After every proven process has exited, whatever is still in the cgroup is killed
-//!   with `cgroup.kill`, and the stop is over when the cgroup is empty.
+//!   With a cgroup, membership is the only proof besides the main process's identity: a
+//!   process outside it is never signalled. After every proven process has exited,
+//!   whatever is still in the cgroup is killed with `cgroup.kill`, and the stop is over
+//!   when the cgroup is empty.
 //!
-//! A process seen in session or group `N` that nothing proves is left alone and counted.
-//! That happens when the main process has left the session (`setsid()`) and the number
-//! was reused by a stranger, which is exactly the process tend must not signal.
+//! A process seen in session `N` that nothing proves is left alone and counted. That
+//! happens when the main process has left the session (`setsid()`) and the number was
+//! reused by a stranger or by another service of the home, which is exactly the process
+//! tend must not signal.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -49,6 +59,16 @@ const KILL_CONFIRM: Duration = Duration::from_secs(5);
 const RESCAN: Duration = Duration::from_millis(20);
 /// Bound on discovery rounds (each round can only add processes).
 const MAX_ROUNDS: usize = 16;
+
+/// The daemon, a child subreaper: orphans of what it started re-parent to it.
+pub struct Reaper<'a> {
+    /// Its pid (the caller's own).
+    pub pid: i32,
+    /// The session numbers the home's *other* recorded instances own, read afresh at
+    /// each call (after the candidates were pinned); `None` when they cannot be read,
+    /// and then no orphan is taken on the strength of its session.
+    pub owned_elsewhere: &'a mut dyn FnMut() -> Option<BTreeSet<i32>>,
+}
 
 /// The recorded identity of a service instance.
 #[derive(Clone, Copy, Debug)]
@@ -84,13 +104,13 @@ pub struct Stopped {
 }
 
 /// Stops the instance `t`: `signal` to every proven process, up to `timeout`, then
-/// SIGKILL. `reaper` is the caller's own pid when it is a child subreaper (the daemon).
+/// SIGKILL. `reaper`: the caller, when it is a child subreaper (the daemon).
 pub fn stop(
     t: &Recorded,
     current_boot: &str,
     signal: Signal,
     timeout: Duration,
-    reaper: Option<i32>,
+    reaper: Option<Reaper>,
     cgroup: Option<&Cgroup>,
 ) -> Result<Ended, StopError> {
     let started = Instant::now();
@@ -172,7 +192,7 @@ pub struct Leftovers {
 pub fn kill_leftovers(
     session: i32,
     witnesses: Vec<Handle>,
-    reaper: Option<i32>,
+    reaper: Option<Reaper>,
     cgroup: Option<&Cgroup>,
 ) -> Leftovers {
     if let Some(cg) = cgroup {
@@ -237,19 +257,19 @@ pub fn signal(t: &Recorded, current_boot: &str, signal: Signal) -> Result<Signal
 }
 
 /// The processes proven to be one service's.
-struct Members {
+struct Members<'a> {
     session: i32,
-    reaper: Option<i32>,
+    reaper: Option<Reaper<'a>>,
     /// Proven, in the order they were found (the main process first, when alive).
     pinned: Vec<Handle>,
-    /// Seen in session or group `N` but not proven.
+    /// Seen in session `N` but not proven.
     unproven: BTreeSet<i32>,
-    /// The instance's cgroup: every member is proven.
+    /// The instance's cgroup: every member is proven, and nothing else is.
     cgroup: Option<Cgroup>,
 }
 
-impl Members {
-    fn new(session: i32, reaper: Option<i32>, pinned: Vec<Handle>) -> Members {
+impl<'a> Members<'a> {
+    fn new(session: i32, reaper: Option<Reaper<'a>>, pinned: Vec<Handle>) -> Members<'a> {
         Members {
             session,
             reaper,
@@ -269,12 +289,19 @@ impl Members {
 
     /// Finds and pins every process that can be proven to be the service's.
     fn discover(&mut self) {
+        // A cgroup is the boundary: what is outside it is not the service's, whatever
+        // its session or parent says (another service of the home may hold the number).
+        // One that is gone (removed by hand) proves nothing; the session rules remain.
+        let by_membership = self.cgroup.as_ref().is_some_and(Cgroup::exists);
         for _ in 0..MAX_ROUNDS {
             let before = self.pinned.len();
-            self.by_cgroup();
-            self.by_ancestry();
-            self.by_reaper();
-            self.by_session();
+            if by_membership {
+                self.by_cgroup();
+            } else {
+                self.by_ancestry();
+                self.by_reaper();
+                self.by_session();
+            }
             if self.pinned.len() == before {
                 break;
             }
@@ -318,13 +345,26 @@ impl Members {
         }
     }
 
-    /// Orphans re-parented to the daemon (a child subreaper) that are in session `N`.
+    /// Orphans re-parented to the daemon (a child subreaper) that are in session `N`,
+    /// while `N` is nobody else's.
+    ///
+    /// Why the order matters: a start of another service whose intermediate was handed
+    /// the number `N` registers `N` as in flight before that intermediate (a zombie
+    /// until its start reaps it) frees pid `N`, and keeps it registered until its
+    /// record is committed. Its process can only pass for an orphan here once pid `N`
+    /// is free. So after the candidates are pinned (their session cannot change to `N`
+    /// later: a session is only ever left), pid `N` is looked for again, then the starts
+    /// in flight, then the records: whichever step a concurrent start is at, one of the
+    /// three sees it.
     fn by_reaper(&mut self) {
-        let Some(reaper) = self.reaper else { return };
-        // A process with pid N would be the leader of a session that reused the number.
+        let Some(reaper) = self.reaper.as_ref().map(|r| r.pid) else {
+            return;
+        };
+        // A process with pid N leads the session that holds the number now.
         if handle::exists(self.session) {
             return;
         }
+        let mut fresh = Vec::new();
         for child in handle::children(reaper) {
             if self.has(child) {
                 continue;
@@ -332,10 +372,32 @@ impl Members {
             let Some((h, st)) = Handle::pin(child) else {
                 continue;
             };
-            if st.ppid == reaper && (st.session == self.session || st.pgrp == self.session) {
-                self.pinned.push(h);
+            // The session, not the group: a process in group N of another session is
+            // in no session tend created for this instance.
+            if st.ppid == reaper && st.session == self.session {
+                fresh.push(h);
             }
         }
+        if fresh.is_empty() {
+            return;
+        }
+        if handle::exists(self.session)
+            || super::spawn::in_flight(self.session)
+            || self.owned_elsewhere()
+        {
+            self.unproven.extend(fresh.iter().map(Handle::pid));
+            return;
+        }
+        self.pinned.extend(fresh);
+    }
+
+    /// Whether another recorded instance of the home owns session `N` (or that cannot
+    /// be told).
+    fn owned_elsewhere(&mut self) -> bool {
+        let Some(r) = self.reaper.as_mut() else {
+            return true;
+        };
+        (r.owned_elsewhere)().is_none_or(|owned| owned.contains(&self.session))
     }
 
     /// Members of session `N`, proven while a pinned witness holds `N`.

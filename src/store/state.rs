@@ -37,6 +37,18 @@ impl Tx<'_> {
         )
     }
 
+    /// The session (`pgid`) of every recorded instance but `except` (`(pid, start_time)`).
+    pub fn sessions_except(&self, except: Option<(i32, u64)>) -> Result<Vec<i32>> {
+        let (pid, start_time) = except.unwrap_or((0, 0));
+        self.0
+            .prepare_cached("SELECT pgid FROM instances WHERE NOT (pid = ?1 AND start_time = ?2)")
+            .and_then(|mut s| {
+                s.query_map(params![pid, start_time as i64], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(|e| self.err(e))
+    }
+
     /// Removes the instance record, but only if it is still the one the caller saw:
     /// a concurrent `tend start` may have replaced it meanwhile.
     pub fn clear_instance(&self, service_id: i64, seen: &Instance) -> Result<bool> {
@@ -116,6 +128,18 @@ impl Tx<'_> {
             ),
             None => self.exec("DELETE FROM config WHERE key = ?1", params![key]),
         }
+    }
+
+    /// Whether `service` has an event of `kind` recorded at or after `since` (unix ms)
+    /// whose detail begins with `prefix`.
+    pub fn has_event(&self, service: &str, kind: &str, since: i64, prefix: &str) -> Result<bool> {
+        self.0
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE service = ?1 AND kind = ?2 \
+                 AND at >= ?3 AND substr(detail, 1, length(?4)) = ?4)",
+            )
+            .and_then(|mut s| s.query_row(params![service, kind, since, prefix], |r| r.get(0)))
+            .map_err(|e| self.err(e))
     }
 
     pub fn record(&self, service: &str, kind: &str, detail: &str) -> Result<()> {

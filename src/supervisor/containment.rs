@@ -23,11 +23,8 @@ impl Supervisor {
     /// containment or if it cannot be created (the writer then stays where it starts).
     pub(super) fn writers_cgroup(&mut self) -> Option<std::path::PathBuf> {
         let dir = self.containment().root()?.path.join(cgroup::WRITERS);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => Some(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
-            Err(_) => None,
-        }
+        // `_all`: the home's cgroup itself may have been removed as unused meanwhile.
+        std::fs::create_dir_all(&dir).ok().map(|()| dir)
     }
 
     /// A new, empty cgroup for an instance of `svc`, with the service's limits applied;
@@ -40,7 +37,8 @@ impl Supervisor {
             service: svc.name.clone(),
             source: SpawnError::Cgroup(message),
         };
-        apply_limits(&root, svc).map_err(fail)?;
+        // The leaf first: while it is there, the service's cgroup (where the limits are
+        // written) cannot be removed as unused under the start.
         let leaf = root.new_instance(&svc.name).map_err(|e| {
             fail(format!(
                 "cannot create a cgroup in {}: {}",
@@ -48,6 +46,10 @@ impl Supervisor {
                 crate::error::io_reason(&e)
             ))
         })?;
+        if let Err(why) = apply_limits(&root, svc) {
+            let _ = release(&leaf);
+            return Err(fail(why));
+        }
         Ok(Some(leaf))
     }
 
@@ -98,7 +100,7 @@ impl Supervisor {
             // A leaf that another start created a moment ago and has not filled yet is
             // left to it (its start will find this one recorded and give up): only
             // populated leaves, or empty ones whose creator is gone, are taken.
-            if !leaf.populated() && creator_alive(&leaf) {
+            if !leaf.populated() && cgroup::creator_alive(&leaf) {
                 continue;
             }
             if leaf.populated() {
@@ -224,19 +226,13 @@ fn apply_limits(root: &cgroup::Root, svc: &Service) -> std::result::Result<(), S
     Ok(())
 }
 
-/// Whether the process that created an instance cgroup (`run-<ms>-<pid>-<n>`) may still
-/// be using it: it runs, and the cgroup is less than a minute old (a pid alone may have
-/// been reused since).
-pub(super) fn creator_alive(leaf: &Cgroup) -> bool {
-    let Some(name) = leaf.path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    let mut parts = name.strip_prefix("run-").unwrap_or("").split('-');
-    let (Some(ms), Some(pid)) = (
-        parts.next().and_then(|v| v.parse::<i64>().ok()),
-        parts.next().and_then(|v| v.parse::<i32>().ok()),
-    ) else {
-        return false;
-    };
-    crate::record::now_ms() - ms < 60_000 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// Removes an instance's cgroup (its processes are gone) and then the service's, if no
+/// other instance, leftover or start in progress has a cgroup in it (`rmdir` refuses a
+/// cgroup with any below it).
+pub(super) fn release(leaf: &Cgroup) -> std::io::Result<()> {
+    leaf.remove()?;
+    if let Some(svc) = leaf.path.parent() {
+        let _ = Cgroup::at(svc).remove_empty();
+    }
+    Ok(())
 }

@@ -99,6 +99,8 @@ impl Supervisor {
         let board = self.ctx.board.clone();
         let cgroups = self.containment().root().cloned();
         let proceed = self.proceeding();
+        let store = std::cell::RefCell::new(&mut self.store);
+        let owned = || super::stop::sessions_elsewhere(&mut store.borrow_mut(), None);
         let target = probe::Target {
             cwd: &svc.settings.cwd,
             env: &env,
@@ -109,6 +111,7 @@ impl Supervisor {
                 board: board.as_deref(),
                 cgroups: cgroups.as_ref(),
                 proceed: &proceed,
+                owned: &owned,
             },
         };
         let result = probe::run(&probe.check, &target, probe.health_timeout());

@@ -136,6 +136,8 @@ impl Supervisor {
                     }
                 }
                 c => {
+                    let store = std::cell::RefCell::new(&mut self.store);
+                    let owned = || super::stop::sessions_elsewhere(&mut store.borrow_mut(), None);
                     let target = probe::Target {
                         cwd: &svc.settings.cwd,
                         env: &env,
@@ -145,6 +147,7 @@ impl Supervisor {
                             board: board.as_deref(),
                             cgroups: cgroups.as_ref(),
                             proceed: &proceed,
+                            owned: &owned,
                         },
                     };
                     let left = deadline.saturating_duration_since(now);

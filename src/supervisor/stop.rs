@@ -1,16 +1,20 @@
 //! Stopping a service (its stop signal to every process proven to be its own, wait,
 //! SIGKILL; see [`crate::process::stop`]), sending it a signal, restarting it.
 
+use std::collections::BTreeSet;
+
 use super::instances::{lookup, record_exit};
-use super::{SignalOutcome, StartOutcome, StopOutcome, Supervisor, Then, STATUS_WAIT};
+use super::{Exit, SignalOutcome, StartOutcome, StopOutcome, Supervisor, Then, STATUS_WAIT};
 use crate::error::{Error, Result};
 use crate::policy::ExitStatus;
 use crate::process::cgroup::Cgroup;
+use crate::process::handle::Handle;
 use crate::process::identity;
-use crate::process::stop::{self, Recorded};
+use crate::process::stop::{self, Leftovers, Reaper, Recorded};
 use crate::record::event;
 use crate::service::{fmt_duration, Service};
 use crate::state;
+use crate::store::Store;
 
 impl Supervisor {
     /// Stops the service if it runs: its stop signal to every process proven to be the
@@ -52,12 +56,18 @@ impl Supervisor {
             start_time: inst.start_time,
             boot_id: &inst.boot_id,
         };
+        let reaper = self.reaper();
+        let store = &mut self.store;
+        let mut owned = || sessions_elsewhere(store, Some((inst.pid, inst.start_time)));
         let outcome = stop::stop(
             &target,
             &self.boot_id,
             svc.settings.stop_signal.0,
             svc.settings.stop_timeout,
-            self.reaper(),
+            reaper.map(|pid| Reaper {
+                pid,
+                owned_elsewhere: &mut owned,
+            }),
             cgroup.as_ref(),
         )
         .map_err(|source| Error::Stop {
@@ -94,7 +104,7 @@ impl Supervisor {
             // The main process was gone already, but its cgroup may not be empty.
             self.kill_leftovers_of(name, cgroup.as_ref())?;
         } else if let Some(cg) = &cgroup {
-            let _ = cg.remove();
+            let _ = super::containment::release(cg);
         }
         let status = match (&self.ctx.board, kind == event::STOP && our_child) {
             (Some(board), true) => board
@@ -103,8 +113,7 @@ impl Supervisor {
             _ => None,
         };
         self.store.write(|tx| {
-            // The daemon's worker may have recorded this exit already (with the same
-            // status); whoever clears the record writes the exit event.
+            // Whoever clears the record writes the events: one exit, one stop.
             if tx
                 .instance(id)?
                 .is_some_and(|i| i.pid == inst.pid && i.start_time == inst.start_time)
@@ -121,27 +130,73 @@ impl Supervisor {
                 } else {
                     tx.clear_instance(id, &inst)?;
                 }
+                return tx.record(name, kind, &detail);
             }
-            tx.record(name, kind, &detail)
+            // Cleared already: by another stop of this instance, which wrote both
+            // events, or by the daemon's worker, which recorded the exit but knows
+            // nothing of the stop. The stop goes on record once (a stop's detail
+            // begins with the pid; the instance's start time tells it from an earlier
+            // one's).
+            if kind == event::STOP
+                && !tx.has_event(
+                    name,
+                    event::STOP,
+                    inst.started_at,
+                    &format!("pid {}:", inst.pid),
+                )?
+            {
+                tx.record(name, kind, &detail)?;
+            }
+            Ok(())
         })?;
         Ok(result)
+    }
+
+    /// After an instance's main process exited on its own (`exit`, its record cleared):
+    /// kills whatever else of it still runs, before a new instance competes with it for
+    /// ports and files. Only processes proven to be its own are signalled (see
+    /// [`stop::kill_leftovers`]; `witnesses`: handles still held on its processes).
+    pub fn clean_up_after(&mut self, exit: &Exit, witnesses: Vec<Handle>) -> Leftovers {
+        let cg = exit.cgroup.as_deref().map(Cgroup::at);
+        let reaper = self.reaper();
+        let store = &mut self.store;
+        // Its own record is cleared: every recorded session is another instance's.
+        let mut owned = || sessions_elsewhere(store, None);
+        let left = stop::kill_leftovers(
+            exit.pgid,
+            witnesses,
+            reaper.map(|pid| Reaper {
+                pid,
+                owned_elsewhere: &mut owned,
+            }),
+            cg.as_ref(),
+        );
+        if let Some(cg) = &cg {
+            if left.survived == 0 {
+                let _ = super::containment::release(cg);
+            }
+        }
+        left
     }
 
     /// Kills what is left in the service's cgroups when no instance of it runs (`cgroup`:
     /// the last instance's, when known; else every instance cgroup of the service under
     /// this process's containment), with a notice and an event.
     fn kill_leftovers_of(&mut self, name: &str, cgroup: Option<&Cgroup>) -> Result<()> {
-        let leaves: Vec<Cgroup> = match cgroup {
-            Some(c) => vec![c.clone()],
+        let (leaves, svc_cg): (Vec<Cgroup>, _) = match cgroup {
+            Some(c) => (vec![c.clone()], None),
             // Leaves a tend process created a moment ago may belong to a start in
             // progress (one that has not recorded its instance yet): left to it.
             None => match self.containment().root() {
-                Some(r) => r
-                    .service(name)
-                    .children()
-                    .into_iter()
-                    .filter(|l| !super::containment::creator_alive(l))
-                    .collect(),
+                Some(r) => {
+                    let svc_cg = r.service(name);
+                    let leaves = svc_cg
+                        .children()
+                        .into_iter()
+                        .filter(|l| !crate::process::cgroup::creator_alive(l))
+                        .collect();
+                    (leaves, Some(svc_cg))
+                }
                 None => return Ok(()),
             },
         };
@@ -151,7 +206,12 @@ impl Supervisor {
                 service: name.to_string(),
                 source,
             })?;
-            let _ = leaf.remove();
+            let _ = super::containment::release(&leaf);
+        }
+        // No instance runs: the service's cgroup goes too, unless a start in progress has
+        // a leaf in it (then rmdir refuses).
+        if let Some(svc_cg) = svc_cg {
+            let _ = svc_cg.remove_empty();
         }
         if killed > 0 {
             let detail = format!("killed {killed} leftover process(es) in its cgroup");
@@ -216,7 +276,20 @@ impl Supervisor {
     }
 }
 
-/// The detail of a `stop` event.
+/// The sessions of the home's recorded instances but `except` (`(pid, start_time)`),
+/// read now; `None` when they cannot be read.
+pub(super) fn sessions_elsewhere(
+    store: &mut Store,
+    except: Option<(i32, u64)>,
+) -> Option<BTreeSet<i32>> {
+    store
+        .read(|tx| tx.sessions_except(except))
+        .ok()
+        .map(|v| v.into_iter().collect())
+}
+
+/// The detail of a `stop` event. It begins with `pid PID:`, by which a concurrent stop
+/// of the same instance finds it (see [`Supervisor::stop`]).
 pub(super) fn stop_detail(svc: &Service, pid: i32, session: i32, s: &stop::Stopped) -> String {
     let mut d = if s.killed {
         format!(

@@ -662,3 +662,157 @@ fn recorded_stopping(env: &Env) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The names of the cgroups directly in `dir`.
+fn cgroups_in(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Nothing of the home is left on the cgroup hierarchy once nothing runs: a stopped
+/// service's cgroup goes with the stop (with or without a daemon), a crashed one's with
+/// the daemon's cleanup, and the home's own (with `supervisor` and `log-writers`) when
+/// the daemon stops.
+#[test]
+fn cgroups_of_the_home_are_removed_once_unused() {
+    if !needs_cgroups("cgroups_of_the_home_are_removed_once_unused") {
+        return;
+    }
+    let env = Env::new();
+    let root = env.cgroup().expect("a cgroup v2");
+    // Without a daemon.
+    env.ok(&["add", "plain", "--", "sleep", "1000"]);
+    env.ok(&["start", "plain"]);
+    let plain = service_cgroup(&env, "plain");
+    assert!(plain.is_dir(), "{}", plain.display());
+    env.ok(&["stop", "plain"]);
+    assert!(
+        !plain.exists(),
+        "{} is left: {:?}",
+        plain.display(),
+        cgroups_in(&plain)
+    );
+
+    // Under the daemon: a plain service, one with a helper in a session of its own, one
+    // whose output goes through a log writer, and one that exits at once leaving a
+    // helper behind (the daemon's cleanup takes it; it is never restarted).
+    start_daemon(&env);
+    env.ok(&["add", "a", "--", "sleep", "1000"]);
+    env.ok(&[
+        "add",
+        "b",
+        "--",
+        "sh",
+        "-c",
+        "setsid sleep 1000 & exec sleep 1000",
+    ]);
+    env.ok(&[
+        "add",
+        "c",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        "echo up; exec sleep 1000",
+    ]);
+    env.ok(&[
+        "add",
+        "once",
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        "setsid sleep 1000 & sleep 0.2; exit 3",
+    ]);
+    env.ok(&["start", "a", "b", "c"]);
+    env.start_brief(&["once"]);
+    for name in ["a", "b", "c"] {
+        assert!(service_cgroup(&env, name).is_dir(), "{name}");
+    }
+    let once = service_cgroup(&env, "once");
+    assert!(
+        wait_until(LONG, || !once.exists()),
+        "{} is left after the cleanup: {:?}; events: {}",
+        once.display(),
+        cgroups_in(&once),
+        env.tend(&["events", "once"]).stdout
+    );
+    env.ok(&["stop", "--all"]);
+    assert_eq!(
+        cgroups_in(&root),
+        vec!["log-writers".to_string(), "supervisor".to_string()],
+        "after stop --all"
+    );
+    // c's log writer ends once nothing holds c's output any more.
+    let writers = root.join("log-writers");
+    assert!(
+        wait_until(LONG, || !cgroup_populated(&writers)),
+        "log writers still run: {:?}",
+        cgroup_pids(&writers)
+    );
+    env.ok(&["daemon", "stop"]);
+    assert!(
+        wait_until(LONG, || !root.exists()),
+        "{} is left after daemon stop: {:?}",
+        root.display(),
+        cgroups_in(&root)
+    );
+}
+
+/// Removing unused cgroups never breaks a start running at the same time: starts and
+/// stops of one service, and starts and stops of another that keep removing and
+/// re-creating the home's cgroup under them, all succeed, and every instance runs in its
+/// cgroup.
+#[test]
+fn removing_unused_cgroups_never_breaks_a_concurrent_start() {
+    if !needs_cgroups("removing_unused_cgroups_never_breaks_a_concurrent_start") {
+        return;
+    }
+    let env = Env::new();
+    env.ok(&["add", "s", "--", "sleep", "1000"]);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        for args in [["start", "s"], ["stop", "s"]].repeat(3) {
+            let (env, failures) = (&env, &failures);
+            sc.spawn(move || {
+                for _ in 0..30 {
+                    let out = env.tend(&args);
+                    // A stop may end an instance right after its start went ahead, and
+                    // a start that won kills what a concurrent one holds at the gate in
+                    // its cgroup (it cannot tell it from an earlier instance's leftover):
+                    // the losing start then says its process exited or never reported
+                    // in, and if a stop ended the winner meanwhile, it fails. Those are
+                    // races of starts with starts, not of the cleanup; a cgroup that went
+                    // under a start would say `cgroup`.
+                    let raced = args[0] == "start"
+                        && out.code == 1
+                        && !out.stderr.contains("cgroup")
+                        && (out.stderr.contains("exited at once (signal ")
+                            || out.stderr.contains("another command stopped it at once")
+                            || out.stderr.contains("did not report in"));
+                    if out.code != 0 && !raced {
+                        failures.lock().unwrap().push((args, out));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
+    env.ok(&["start", "s"]);
+    let pid = env.pid("s").expect("running");
+    let cg = instance_cgroup(&env, "s");
+    assert_eq!(cgroup_pids(&cg), vec![pid]);
+    env.ok(&["stop", "s"]);
+    assert!(!service_cgroup(&env, "s").exists());
+}

@@ -13,6 +13,8 @@ mod logs_multi;
 mod postgres;
 mod races;
 mod services_file;
+mod siblings;
+mod stop_events;
 mod top;
 mod util;
 mod wal;

@@ -88,6 +88,47 @@ pub struct Pending {
     gate: Option<OwnedFd>,
     report: OwnedFd,
     program_display: String,
+    /// Its session, registered as in flight until the start is over (released after its
+    /// record was committed, or discarded): dropped last, after the fields above.
+    _in_flight: InFlight,
+}
+
+/// The sessions of this process's starts in flight: from before the intermediate that
+/// created one is reaped (so before the service can pass for an orphan of ours in it)
+/// until the start's record is committed or its process discarded. A multiset: the
+/// same number can only come twice for an instant, but each start removes its own.
+static IN_FLIGHT: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether a start in flight in this process created session `session`. From then on
+/// the number is no proof that a process is another instance's: see
+/// [`crate::process::stop`].
+pub fn in_flight(session: i32) -> bool {
+    IN_FLIGHT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&session)
+}
+
+/// One registration in [`IN_FLIGHT`], removed when dropped.
+struct InFlight(i32);
+
+impl InFlight {
+    fn register(session: i32) -> InFlight {
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session);
+        InFlight(session)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut list = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = list.iter().position(|&s| s == self.0) {
+            list.swap_remove(i);
+        }
+    }
 }
 
 /// A started service: exec succeeded.
@@ -239,6 +280,9 @@ impl Prepared {
                 errno: Errno::last(),
             });
         }
+        // The intermediate (pid N, the new session's number) stays a zombie until `reap`
+        // below: only then can the service pass for an orphan of ours in session N.
+        let in_flight = InFlight::register(pid);
         drop(report_w);
         drop(gate_r);
         let mut child = None;
@@ -268,7 +312,7 @@ impl Prepared {
             }
         };
         // The intermediate exits right after reporting; once it is reaped, the service
-        // has been re-parented to us.
+        // has been re-parented to us. Nobody else reaps it (see `clone_intermediate`).
         let ended = reap(pid);
         let handle = child.and_then(pin_child);
         let outcome = outcome.map_err(|e| match e {
@@ -299,6 +343,7 @@ impl Prepared {
             gate: Some(gate_w),
             report: report_r,
             program_display: self.program_display.clone(),
+            _in_flight: in_flight,
         })
     }
 }
@@ -505,6 +550,11 @@ fn dup_high(fd: RawFd) -> Result<OwnedFd, Errno> {
 ///
 /// Every signal must be blocked in the calling thread (so none of our handlers can run
 /// in the intermediate, which would run them on our memory).
+///
+/// Its exit signal is none (not SIGCHLD): a "clone" child, which a `waitid(P_ALL)`
+/// without `__WCLONE` (the daemon's reaper) never reaps. So its pid, the new session's
+/// number, stays taken until this start reaps it, after it registered the session as
+/// in flight ([`in_flight`]).
 fn clone_intermediate(args: &ChildArgs, stack: &ChildStack) -> libc::pid_t {
     extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` is the `ChildArgs` of `clone_intermediate`'s caller, which is
@@ -523,7 +573,7 @@ fn clone_intermediate(args: &ChildArgs, stack: &ChildStack) -> libc::pid_t {
         libc::clone(
             entry,
             stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK,
             args as *const ChildArgs as *mut libc::c_void,
         )
     }
@@ -613,12 +663,12 @@ fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
 }
 
 /// Reaps the intermediate process (it exits at once), retrying on EINTR; its status.
-/// `None` (ECHILD) means a daemon's event loop reaped it first, which is as good.
+/// `__WCLONE`: it has no exit signal (see [`clone_intermediate`]).
 fn reap(pid: libc::pid_t) -> Option<i32> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WCLONE) };
         if r == pid {
             return Some(status);
         }
