@@ -698,10 +698,7 @@ fn work(cfg: &Config, keeper: i32, restarts: u64, killed_by: i32) -> io::Result<
     let mut held: Option<Chunk> = None;
     let mut backoff = Backoff::default();
     let mut ended_at: Option<Instant> = None;
-    loop {
-        let Some(mut chunk) = held.take().or_else(|| shared.pop()) else {
-            break;
-        };
+    while let Some(mut chunk) = held.take().or_else(|| shared.pop()) {
         let out = &mut outputs[if chunk.dest == 0 { 0 } else { err_dest }];
         match out.write(&chunk.data) {
             Ok(()) => {
