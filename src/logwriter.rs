@@ -389,8 +389,8 @@ fn keep(cfg: &Config, partner: Option<i32>) -> u8 {
             killed_by = sig;
         }
         // A worker ends by itself only at end of input; the pipes tell whether that is
-        // why it is gone (a worker started by a keeper that was started by a worker is
-        // not this keeper's child: no exit status to go by).
+        // why it is gone (the worker that started this keeper is not its child: it has
+        // no exit status to go by).
         if finished(&pipes) {
             return 0;
         }
