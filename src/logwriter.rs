@@ -226,6 +226,7 @@ pub enum Role {
 
 /// `tend log-writer ARGS`: runs the keeper or the worker; the process's exit code.
 pub fn main(args: &[OsString]) -> u8 {
+    crate::process::writer::close_inherited();
     let (cfg, role) = match Config::parse(args) {
         Ok(x) => x,
         Err(e) => {

@@ -162,6 +162,16 @@ pub fn join_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::write(dir.join("cgroup.procs"), "0")
 }
 
+/// Closes every descriptor above 2 this process was started with. A log writer lives as
+/// long as its service, and must not hold on to what the `tend` that started it had
+/// inherited (a pipe whose reader waits for its end, a CI runner's, say): std's
+/// `Command` hands down every descriptor not marked close-on-exec.
+pub fn close_inherited() {
+    // SAFETY: called first thing in a log writer process, before it has opened a
+    // descriptor or started a thread: none above 2 is owned by anything in it.
+    unsafe { libc::close_range(3, libc::c_uint::MAX, 0) };
+}
+
 /// Takes ownership of descriptor `fd` this process was started with (the log writer's
 /// pipes, fds 0 and 1).
 pub fn inherited(fd: i32) -> OwnedFd {

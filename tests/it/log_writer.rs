@@ -920,3 +920,63 @@ fn a_full_file_system_leaves_whole_lines_and_a_right_count_of_the_lost() {
     env.ok(&["stop", "b"]);
     assert_writers_end(&env);
 }
+
+#[test]
+fn the_writer_holds_nothing_the_tend_that_started_it_inherited() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "s",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        "echo up; exec sleep 60",
+    ]);
+    // A pipe whose reader waits for its end (a CI runner's, say), handed to `tend start`
+    // as its fd 3.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into a valid two-element array.
+    let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    assert_eq!(made, 0);
+    // SAFETY: both were just created and are owned by nothing else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut c = env.cmd();
+    c.args(["start", "s"]);
+    let raw_w = w.as_raw_fd();
+    // SAFETY: only dup2, async-signal-safe, between fork and exec. The copy at fd 3 is
+    // not close-on-exec, so tend inherits it; the original is, so no child another test
+    // starts meanwhile gets it.
+    unsafe {
+        c.pre_exec(move || match libc::dup2(raw_w, 3) {
+            3 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let out = run(c);
+    assert_eq!(out.code, 0, "{out:?}");
+    drop(w);
+    assert!(
+        wait_until(LONG, || writers(&env).len() == 2),
+        "{:?}",
+        writers(&env)
+    );
+    // tend has exited and the service never had it: only a writer could still hold it.
+    let ended = wait_until(LONG, || {
+        let mut b = [0u8; 1];
+        // SAFETY: a non-blocking read of our own pipe into a valid one-byte buffer.
+        unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1) == 0 }
+    });
+    assert!(
+        ended,
+        "the pipe's write end is still held: {:?}",
+        writers(&env)
+    );
+    assert!(wait_until(LONG, || read(&env.log_path("s")).contains("up")));
+    env.ok(&["stop", "s"]);
+    assert_writers_end(&env);
+}
