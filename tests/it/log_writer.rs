@@ -1,7 +1,9 @@
-//! Issue 14, part A: `--log-timestamps`, the log writer. Real services write through
-//! real writers; the tests count what was written against what the files hold, stop and
-//! crash services mid-output, and SIGKILL the writer. Every writer a test starts ends by
-//! itself when its service is gone (checked), and is killed by [`Sweep`] if a test fails.
+//! `--log-timestamps`, the log writer. Real services write through real writers; the
+//! tests count what was written against what the files hold, stop and crash services
+//! mid-output, SIGKILL the writer's processes one after the other and both at once, and
+//! make its file fail (a directory in its place, a full tmpfs). Every writer a test starts
+//! ends by itself when its service is gone (checked), and is killed by [`Sweep`] if a
+//! test fails.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
