@@ -1,7 +1,9 @@
-//! Issue 14, part A: `--log-timestamps`, the log writer. Real services write through
-//! real writers; the tests count what was written against what the files hold, stop and
-//! crash services mid-output, and SIGKILL the writer. Every writer a test starts ends by
-//! itself when its service is gone (checked), and is killed by [`Sweep`] if a test fails.
+//! `--log-timestamps`, the log writer. Real services write through real writers; the
+//! tests count what was written against what the files hold, stop and crash services
+//! mid-output, SIGKILL the writer's processes one after the other and both at once, and
+//! make its file fail (a directory in its place, a full tmpfs). Every writer a test starts
+//! ends by itself when its service is gone (checked), and is killed by [`Sweep`] if a
+//! test fails.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,9 +12,11 @@ use crate::util::*;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// Pids of this home's log writer processes: (pid, is the worker).
+/// Pids of this home's log writer processes (those writing a file in the home or in the
+/// work directory): (pid, is the worker).
 fn writers(env: &Env) -> Vec<(i32, bool)> {
     let home = env.home().to_string_lossy().into_owned();
+    let work = env.work().to_string_lossy().into_owned();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -26,7 +30,9 @@ fn writers(env: &Env) -> Vec<(i32, bool)> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         if args.get(1).map(String::as_str) == Some("log-writer")
-            && args.iter().any(|a| a.starts_with(&home))
+            && args
+                .iter()
+                .any(|a| a.starts_with(&home) || a.starts_with(&work))
             && alive(pid)
         {
             out.push((pid, args.iter().any(|a| a == "--worker")));
@@ -477,5 +483,502 @@ fn off_is_the_default_and_writes_the_file_directly() {
     let last = text.lines().last().unwrap();
     assert_eq!(split_time(last).map(|(_, t)| t), Some("raw"), "{text}");
     env.ok(&["stop", "plain"]);
+    assert_writers_end(&env);
+}
+
+/// Pids of this home's keepers (the writer processes that are not workers).
+fn keepers(env: &Env) -> Vec<i32> {
+    writers(env)
+        .into_iter()
+        .filter(|w| !w.1)
+        .map(|w| w.0)
+        .collect()
+}
+
+fn sigkill(pid: i32) {
+    // SAFETY: kill on the pid of a writer of this test's own home, just read from /proc.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Asserts that `name` still runs as `pid`, and that `pid` stays alive for all of
+/// `window` (the window this assertion of absence watched).
+fn stays_up(env: &Env, name: &str, pid: i32, window: Duration) {
+    assert!(alive(pid), "{name} (pid {pid}) is gone");
+    assert!(
+        !wait_until(window, || !alive(pid)),
+        "{name} (pid {pid}) died within {window:?}"
+    );
+    assert_eq!(env.pid(name), Some(pid), "{name} was restarted");
+}
+
+/// The ticks (`tick N`) of a log, in the order written.
+fn ticks(log: &Path) -> Vec<u64> {
+    read(log)
+        .lines()
+        .filter_map(|l| split_time(l).and_then(|(_, t)| number(t, "tick ")))
+        .collect()
+}
+
+/// Checks that the ticks after the last `log writer restarted` line run on without a
+/// gap: what the service wrote while no worker read waited in the pipe.
+fn no_gap_after_the_last_restart(log: &Path) {
+    let text = read(log);
+    let after: Vec<u64> = text
+        .lines()
+        .rev()
+        .take_while(|l| !l.contains("tend: log writer restarted"))
+        .filter_map(|l| split_time(l).and_then(|(_, t)| number(t, "tick ")))
+        .collect();
+    assert!(after.len() >= 2, "{text}");
+    for w in after.windows(2) {
+        assert_eq!(w[0], w[1] + 1, "a gap after the restart");
+    }
+}
+
+const TICKER: &str = "i=0; while :; do echo \"tick $i\"; i=$((i+1)); sleep 0.02; done";
+
+#[test]
+fn killing_the_keeper_then_the_worker_never_takes_the_service_down() {
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    // The default restart policy (on-failure): on main the service died of SIGPIPE.
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+
+    let keeper = keepers(&env);
+    assert_eq!(keeper.len(), 1, "{:?}", writers(&env));
+    sigkill(keeper[0]);
+    // The worker starts a new keeper on the same pipes.
+    assert!(
+        wait_until(LONG, || keepers(&env).iter().any(|&k| k != keeper[0])),
+        "no new keeper: {:?}",
+        writers(&env)
+    );
+    let worker = workers(&env);
+    assert_eq!(worker.len(), 1, "{:?}", writers(&env));
+    sigkill(worker[0]);
+    let at_kill = ticks(&log).last().copied().unwrap();
+    // ... which starts a new worker when the old one is killed in turn.
+    assert!(
+        wait_until(LONG, || workers(&env).iter().any(|&w| w != worker[0])),
+        "no new worker: {:?}",
+        writers(&env)
+    );
+    assert!(wait_until(LONG, || ticks(&log)
+        .last()
+        .is_some_and(|&t| t >= at_kill + 20)));
+    assert!(read(&log).contains("tend: log writer restarted"));
+    no_gap_after_the_last_restart(&log);
+    stays_up(&env, "tick", pid, Duration::from_millis(500));
+    assert_eq!(writers(&env).len(), 2, "{:?}", writers(&env));
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+}
+
+#[test]
+fn killing_both_writer_processes_at_once_leaves_the_service_running() {
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    let both = writers(&env);
+    assert_eq!(both.len(), 2, "{both:?}");
+    // At the same instant as far as they can tell: stopped first, neither can see the
+    // other go and start a new partner in between.
+    for sig in [libc::SIGSTOP, libc::SIGKILL] {
+        for (w, _) in &both {
+            // SAFETY: kill on the pids of this test's own writers, just read from /proc.
+            unsafe {
+                libc::kill(*w, sig);
+            }
+        }
+    }
+    assert!(wait_until(LONG, || writers(&env).is_empty()));
+    // Nobody reads the pipe now, and nobody brings a writer back; but the service holds
+    // a read end of its own output, so its writes (50 a second, far less than the pipe
+    // holds) neither fail nor kill it.
+    stays_up(&env, "tick", pid, Duration::from_secs(3));
+    env.ok(&["stop", "tick"]);
+    assert!(wait_until(LONG, || !alive(pid)));
+    assert_writers_end(&env);
+}
+
+/// A service that writes numbered lines of about 1 KB (`line N 000…`) in bursts: burst
+/// `k` starts once the file `go-k` in its working directory exists (it holds the number
+/// of lines), and once it is over `done-k` holds the number of lines written in all.
+const BURSTS: &str = "pad=$(printf '%0900d' 0); n=0; k=1
+while :; do
+  while [ ! -e go-$k ]; do sleep 0.02; done
+  m=$(cat go-$k); j=0
+  while [ $j -lt $m ]; do echo \"line $n $pad\"; n=$((n+1)); j=$((j+1)); done
+  echo $n > done-$k.tmp; mv done-$k.tmp done-$k; k=$((k+1))
+done";
+
+/// Starts burst `k` of [`BURSTS`] (`lines` lines) and waits until the service has
+/// written it all; the number of lines written in all.
+fn burst(env: &Env, k: u32, lines: u64) -> u64 {
+    let go = env.work().join(format!("go-{k}"));
+    let tmp = env.work().join(format!("go-{k}.tmp"));
+    std::fs::write(&tmp, lines.to_string()).unwrap();
+    std::fs::rename(&tmp, &go).unwrap();
+    let done = env.work().join(format!("done-{k}"));
+    assert!(
+        wait_until(Duration::from_secs(60), || done.exists()),
+        "burst {k} did not finish: the service is blocked or gone"
+    );
+    read(&done).trim().parse().unwrap()
+}
+
+/// Goes through the lines of [`BURSTS`] in `text` (files in the order written): every
+/// line is whole (its time, `line N`, then the whole pad), the numbers run on from 0 and
+/// every gap is stood for by `tend: M lines lost: ...` lines counting exactly M.
+/// Returns (the next number expected, lines lost in all, the markers' texts).
+fn account(text: &str) -> (u64, u64, Vec<String>) {
+    let pad = "0".repeat(900);
+    let (mut next, mut lost, mut markers) = (0, 0, Vec::new());
+    assert!(text.is_empty() || text.ends_with('\n'), "a torn last line");
+    for t in texts(text) {
+        if let Some(m) = t.strip_prefix("tend: ") {
+            if let Some((n, _)) = m.split_once(" lines lost: ") {
+                let n: u64 = n.parse().unwrap_or_else(|_| panic!("{t}"));
+                next += n;
+                lost += n;
+            }
+            markers.push(t);
+            continue;
+        }
+        let (n, rest) = t
+            .strip_prefix("line ")
+            .and_then(|r| r.split_once(' '))
+            .unwrap_or_else(|| panic!("not a line of the service: {t:?}"));
+        assert_eq!(rest, pad, "a torn line: {t:?}");
+        assert_eq!(n.parse::<u64>().ok(), Some(next), "a gap or a stray: {t:?}");
+        next += 1;
+    }
+    (next, lost, markers)
+}
+
+fn add_bursts(env: &Env, log: &Path) {
+    let log = log.to_str().unwrap();
+    env.ok(&[
+        "add",
+        "b",
+        "--log-timestamps",
+        "on",
+        "--log-max-size",
+        "0",
+        "-o",
+        log,
+        "-e",
+        log,
+        "--",
+        "sh",
+        "-c",
+        BURSTS,
+    ]);
+}
+
+/// The last modification of `path`, if it has one.
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[test]
+fn a_log_path_replaced_by_a_directory_costs_counted_lines_not_the_service() {
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    let log = env.work().join("b.log");
+    let moved = env.work().join("b.log.moved");
+    add_bursts(&env, &log);
+    env.ok(&["start", "b"]);
+    let pid = env.pid("b").unwrap();
+    assert_eq!(burst(&env, 1, 100), 100);
+    assert!(wait_until(LONG, || read(&log).lines().count() == 100));
+    // Once the writer has not written for longer than it waits between two looks at
+    // the path (1 s), its next write looks: then every line of the next burst meets
+    // the directory.
+    assert!(wait_until(LONG, || modified(&log)
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|e| e > Duration::from_millis(1500))));
+    std::fs::rename(&log, &moved).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    // 20,000 lines of 1 KB: far more than the pipe and the writer's queue hold. The
+    // service writes them all (nothing blocks it) and stays up.
+    let written = burst(&env, 2, 20_000);
+    stays_up(&env, "b", pid, Duration::from_secs(2));
+    std::fs::remove_dir(&log).unwrap();
+    // As soon as the file can be written again, the lines held are written and the lost
+    // ones counted, with no line of the service after them yet.
+    assert!(
+        wait_until(LONG, || read(&log).contains(" lines lost: ")),
+        "no marker: {:?}",
+        read(&log).lines().last()
+    );
+    let total = burst(&env, 3, 100);
+    assert_eq!(total, written + 100);
+    let last = format!("line {} ", total - 1);
+    assert!(wait_until(LONG, || read(&log).contains(&last)));
+    let text = read(&moved) + &read(&log);
+    let (next, lost, markers) = account(&text);
+    assert_eq!(next, total, "{markers:?}");
+    assert!(lost > 0 && lost < 20_000, "{lost} lost");
+    // Only the burst's lines that found no room: the moved file has the first burst.
+    assert_eq!(account(&read(&moved)).0, 100);
+    for m in &markers {
+        assert!(
+            m.contains("could not be written (is a directory)"),
+            "{markers:?}"
+        );
+    }
+    assert_eq!(env.pid("b"), Some(pid));
+    env.ok(&["stop", "b"]);
+    assert_writers_end(&env);
+}
+
+#[test]
+fn a_worker_restarted_while_its_log_path_is_a_directory_keeps_reading() {
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    let log = env.work().join("b.log");
+    let moved = env.work().join("b.log.moved");
+    add_bursts(&env, &log);
+    env.ok(&["start", "b"]);
+    let pid = env.pid("b").unwrap();
+    assert_eq!(burst(&env, 1, 100), 100);
+    assert!(wait_until(LONG, || read(&log).lines().count() == 100));
+    std::fs::rename(&log, &moved).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    // A new worker cannot open the file at all (on main it exited, its keeper
+    // followed, and the service died of SIGPIPE).
+    let worker = workers(&env);
+    assert_eq!(worker.len(), 1);
+    sigkill(worker[0]);
+    assert!(wait_until(LONG, || workers(&env)
+        .iter()
+        .any(|&w| w != worker[0])));
+    let written = burst(&env, 2, 20_000);
+    stays_up(&env, "b", pid, Duration::from_secs(2));
+    std::fs::remove_dir(&log).unwrap();
+    assert!(wait_until(LONG, || read(&log).contains(" lines lost: ")));
+    let total = burst(&env, 3, 100);
+    assert_eq!(total, written + 100);
+    let last = format!("line {} ", total - 1);
+    assert!(wait_until(LONG, || read(&log).contains(&last)));
+    // The killed worker had written all it had read: the count is exact still.
+    let (next, lost, markers) = account(&(read(&moved) + &read(&log)));
+    assert_eq!(next, total, "{markers:?}");
+    assert!(lost > 0, "{markers:?}");
+    assert!(markers[0].contains("log writer restarted"), "{markers:?}");
+    for m in &markers[1..] {
+        assert!(
+            m.contains("could not be written (is a directory)"),
+            "{markers:?}"
+        );
+    }
+    assert_eq!(env.pid("b"), Some(pid));
+    env.ok(&["stop", "b"]);
+    assert_writers_end(&env);
+}
+
+/// A tmpfs of `size` mounted on the new directory `dir`, unmounted on drop (lazily if
+/// something still holds it), before the directory it is in is removed.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// `None` (having said why) where it cannot be mounted.
+    fn mount(dir: PathBuf, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            other => {
+                eprintln!("not run: cannot mount a tmpfs: {other:?}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut c = std::process::Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(&self.dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !umount(false) {
+            umount(true);
+        }
+    }
+}
+
+/// Fills the file system of `dir` with `dir/filler` until not one byte more fits.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mut block = 1 << 20;
+    while block > 0 {
+        match f.write(&vec![b'x'; block]) {
+            Ok(n) if n == block => {}
+            _ => block /= 2,
+        }
+    }
+    path
+}
+
+#[test]
+fn a_full_file_system_leaves_whole_lines_and_a_right_count_of_the_lost() {
+    if !require_root(
+        "a_full_file_system_leaves_whole_lines_and_a_right_count_of_the_lost",
+        "mount a small tmpfs",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    // In the work directory (where the test finds its writers by their arguments);
+    // dropped after the sweep of the writers, before the work directory is removed.
+    let Some(fs) = Tmpfs::mount(env.work().join("fs"), "16m") else {
+        return;
+    };
+    let _sweep = Sweep(&env);
+    let log = fs.path().join("b.log");
+    add_bursts(&env, &log);
+    env.ok(&["start", "b"]);
+    let pid = env.pid("b").unwrap();
+    assert_eq!(burst(&env, 1, 100), 100);
+    assert!(wait_until(LONG, || read(&log).lines().count() == 100));
+    let filler = fill(fs.path());
+    // 10,000 lines of 1 KB into a full file system: more than the pipe and the queue.
+    let written = burst(&env, 2, 10_000);
+    stays_up(&env, "b", pid, Duration::from_secs(2));
+    // Whatever the writer tried meanwhile, the file holds whole lines only (a write
+    // that fails midway leaves a torn line, which is cut off again).
+    let (next, lost, _) = account(&read(&log));
+    assert_eq!(lost, 0);
+    assert!(
+        next < written,
+        "all {written} lines fit in a full file system?"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        wait_until(LONG, || read(&log).contains(" lines lost: ")),
+        "no marker: {:?}",
+        read(&log).lines().last()
+    );
+    let total = burst(&env, 3, 100);
+    let last = format!("line {} ", total - 1);
+    assert!(wait_until(LONG, || read(&log).contains(&last)));
+    let (next, lost, markers) = account(&read(&log));
+    assert_eq!(next, total, "{markers:?}");
+    assert!(lost > 0, "{markers:?}");
+    for m in &markers {
+        assert!(
+            m.contains("could not be written (no space left on device)"),
+            "{markers:?}"
+        );
+    }
+    assert_eq!(env.pid("b"), Some(pid));
+    env.ok(&["stop", "b"]);
+    assert_writers_end(&env);
+}
+
+#[test]
+fn the_writer_holds_nothing_the_tend_that_started_it_inherited() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "s",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        "echo up; exec sleep 60",
+    ]);
+    // A pipe whose reader waits for its end (a CI runner's, say), handed to `tend start`
+    // as its fd 3.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into a valid two-element array.
+    let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    assert_eq!(made, 0);
+    // SAFETY: both were just created and are owned by nothing else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut c = env.cmd();
+    c.args(["start", "s"]);
+    let raw_w = w.as_raw_fd();
+    // SAFETY: only dup2, async-signal-safe, between fork and exec. The copy at fd 3 is
+    // not close-on-exec, so tend inherits it; the original is, so no child another test
+    // starts meanwhile gets it.
+    unsafe {
+        c.pre_exec(move || match libc::dup2(raw_w, 3) {
+            3 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let out = run(c);
+    assert_eq!(out.code, 0, "{out:?}");
+    drop(w);
+    assert!(
+        wait_until(LONG, || writers(&env).len() == 2),
+        "{:?}",
+        writers(&env)
+    );
+    // tend has exited and the service never had it: only a writer could still hold it.
+    let ended = wait_until(LONG, || {
+        let mut b = [0u8; 1];
+        // SAFETY: a non-blocking read of our own pipe into a valid one-byte buffer.
+        unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1) == 0 }
+    });
+    assert!(
+        ended,
+        "the pipe's write end is still held: {:?}",
+        writers(&env)
+    );
+    assert!(wait_until(LONG, || read(&env.log_path("s")).contains("up")));
+    env.ok(&["stop", "s"]);
     assert_writers_end(&env);
 }

@@ -197,6 +197,8 @@ impl Prepared {
             open_fd("stderr", spec.stderr, true)?
         };
         if let Some(p) = spec.pipes {
+            // The service's ends of the pipes, which read them as well (see `LogPipes`):
+            // whatever becomes of the log writer, the service's writes never meet EPIPE.
             let dup = |fd: &OwnedFd| {
                 dup_high(fd.as_raw_fd()).map_err(|errno| SpawnError::Os { what: "dup", errno })
             };
