@@ -36,6 +36,7 @@ impl Serialize for ServiceJson<'_> {
         m.serialize_entry("name", &s.name)?;
         m.serialize_entry("state", st.state.name())?;
         m.serialize_entry("waiting_for_daemon", &st.state.waiting_for_daemon())?;
+        m.serialize_entry("unknown_reason", &st.state.unknown_reason())?;
         m.serialize_entry("pid", &i.map(|i| i.pid))?;
         m.serialize_entry("pgid", &i.map(|i| i.pgid))?;
         m.serialize_entry("started_at", &i.map(|i| rfc3339(i.started_at)))?;
@@ -354,6 +355,30 @@ pub fn status_detail(out: &mut dyn Write, st: &Status, term: &Term) -> io::Resul
                 out,
                 "{}",
                 head(format!(": not ready yet (pid {pid}, process group {pgid})"))
+            )?;
+            field(
+                out,
+                term,
+                "since",
+                &format!("{} ({} ago)", rfc3339(*since), fmt_uptime(uptime(*since))),
+            )?;
+        }
+        State::Unknown { pid, since, reason } => {
+            writeln!(
+                out,
+                "{}",
+                head(format!(
+                    ": whether it still runs could not be checked (pid {pid}, process group {pgid})"
+                ))
+            )?;
+            field(
+                out,
+                term,
+                "unknown",
+                &format!(
+                    "{}; the record is kept, nothing is done to it until a check can be made",
+                    escape(reason)
+                ),
             )?;
             field(
                 out,

@@ -23,6 +23,8 @@ pub enum Msg {
     Watch(Vec<(Handle, Watch)>),
     /// Startup adoption is done: accept requests and tell systemd.
     Ready,
+    /// Some recorded instances could not be checked or watched: look at them again soon.
+    AdoptAgain,
 }
 
 /// What the serving threads may read about the daemon.

@@ -90,6 +90,19 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     init_logging();
     // Before any thread exists (see `process::memory`).
     crate::process::memory::one_arena();
+    // A descriptor per adopted service: as many as the hard limit allows (the services
+    // started get the limit we were given; see `process::limits`).
+    match crate::process::limits::raise() {
+        Ok(r) if r.after > r.before => {
+            info!(
+                from = r.before,
+                to = r.after,
+                "raised the limit on open files"
+            )
+        }
+        Ok(r) => info!(limit = r.after, "limit on open files"),
+        Err(e) => warn!(error = %io_reason(&e), "cannot raise the limit on open files"),
+    }
     home.ensure()?;
     let lock_path = client::lock_path(&home);
     let _lock = match lock::acquire(&lock_path).map_err(|e| Error::Io {
@@ -217,6 +230,10 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         ready: false,
         drain: None,
         trim_at: None,
+        reserve: reap::Reserve::new(),
+        held: None,
+        reap_at: None,
+        adopt_at: None,
     };
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");

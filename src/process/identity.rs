@@ -4,9 +4,19 @@
 //! `(pid, start time, boot id)`; the start time comes from field 22 of /proc/PID/stat
 //! (clock ticks after boot, fixed for the life of the process, unchanged by exec) and the
 //! boot id from /proc/sys/kernel/random/boot_id. Only when all three match is the process
-//! ours, and only then may it be signalled.
+//! ours, and only then may it be signalled. An instance that was started in a cgroup of
+//! its own has a fourth part: its main process is in that cgroup (or below it). Nothing
+//! can be born in a service's cgroup but the service's own processes, so a process
+//! outside it is someone else, whatever its numbers say.
+//!
+//! A check has four answers, not three: besides alive, exited and stale (the record
+//! names someone else, or an earlier boot), a check that could not be made at all (out
+//! of descriptors or memory, /proc not readable) is [`Liveness::Unknown`]. Unknown
+//! proves nothing either way: the record stands, nothing is signalled, nothing is
+//! started in its place, and a later check that can be made decides.
 
 use std::io;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::signal::kill;
@@ -138,26 +148,42 @@ pub enum Liveness {
     /// The process has exited (gone, or a zombie waiting to be reaped).
     Exited,
     /// The record cannot describe a live process of ours: the PID now belongs to another
-    /// process, or the record is from an earlier boot. The reason says which.
+    /// process, the process is outside the instance's cgroup, or the record is from an
+    /// earlier boot. The reason says which.
     Stale(String),
+    /// The check could not be made (too many open files, out of memory, /proc not
+    /// readable...): the process may or may not be ours and alive. The reason says why.
+    Unknown(String),
 }
 
-/// Checks `(pid, start_time, boot_id)` against the running system.
-pub fn check(pid: i32, start_time: u64, recorded_boot: &str, current_boot: &str) -> Liveness {
+/// Checks `(pid, start_time, boot_id)` against the running system, and, for an instance
+/// with a cgroup, that the process is in it.
+pub fn check(
+    pid: i32,
+    start_time: u64,
+    recorded_boot: &str,
+    current_boot: &str,
+    cgroup: Option<&Path>,
+) -> Liveness {
     if recorded_boot != current_boot {
         return Liveness::Stale("recorded before the last reboot".into());
     }
     if pid <= 0 {
         return Liveness::Stale(format!("invalid pid {pid}"));
     }
-    match kill(Pid::from_raw(pid), None) {
-        Err(Errno::ESRCH) => return Liveness::Exited,
-        // EPERM: a process exists but belongs to another user, so it cannot be ours.
-        Err(Errno::EPERM) => {
-            return Liveness::Stale(format!("pid {pid} now belongs to another user's process"))
-        }
-        _ => {}
+    // EPERM: a process with this pid exists but we may not signal it. That alone does
+    // not make it someone else (a service may have changed its user ids): its start
+    // time decides, as for any other.
+    if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+        return Liveness::Exited;
     }
+    // Membership first: the stat read afterwards, if it still finds the recorded
+    // process, proves that the membership read was about that process too.
+    let inside = match cgroup.map(|cg| membership(pid, cg)).transpose() {
+        Ok(Some(None)) => return Liveness::Exited,
+        Ok(m) => m.flatten(),
+        Err(e) => return Liveness::Unknown(e),
+    };
     match stat(pid) {
         Ok(None) => Liveness::Exited,
         Ok(Some(s)) if s.start_time != start_time => Liveness::Stale(format!(
@@ -165,9 +191,78 @@ pub fn check(pid: i32, start_time: u64, recorded_boot: &str, current_boot: &str)
             s.start_time
         )),
         Ok(Some(s)) if s.exited() => Liveness::Exited,
-        Ok(Some(_)) => Liveness::Alive,
-        Err(e) => Liveness::Stale(format!("cannot read /proc/{pid}/stat: {e}")),
+        Ok(Some(_)) => match inside {
+            Some(Membership::Outside { cgroup, actual }) => {
+                Liveness::Stale(outside(pid, &cgroup, &actual))
+            }
+            _ => Liveness::Alive,
+        },
+        Err(e) => Liveness::Unknown(format!(
+            "cannot read /proc/{pid}/stat: {}",
+            crate::error::io_reason(&e)
+        )),
     }
+}
+
+/// Where a process is, against the cgroup its record names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// In the cgroup or below it.
+    Inside,
+    /// Somewhere else: `actual`.
+    Outside { cgroup: PathBuf, actual: PathBuf },
+}
+
+/// Whether process `pid` is in `cgroup` (or below it), from /proc/PID/cgroup. `Ok(None)`
+/// when there is no such process; `Err` (the reason) when it could not be read. Only
+/// meaningful if the process is shown to be the same one after the read.
+pub fn membership(pid: i32, cgroup: &Path) -> Result<Option<Membership>, String> {
+    let path = format!("/proc/{pid}/cgroup");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // Read after the process was reaped (it existed at open).
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "cannot read {path}: {}",
+                crate::error::io_reason(&e)
+            ))
+        }
+    };
+    // A zombie's cgroup file is empty: it has left every cgroup on exit.
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| format!("{path} names no cgroup v2"))?;
+    let mount = super::cgroup::cgroup2_mount()
+        .ok_or_else(|| "no cgroup2 file system is mounted".to_string())?;
+    let rel = rel.trim().trim_start_matches('/');
+    let actual = if rel.is_empty() {
+        mount
+    } else {
+        mount.join(rel)
+    };
+    Ok(Some(if actual.starts_with(cgroup) {
+        Membership::Inside
+    } else {
+        Membership::Outside {
+            cgroup: cgroup.to_path_buf(),
+            actual,
+        }
+    }))
+}
+
+/// The reason of a record whose process is outside the instance's cgroup.
+pub fn outside(pid: i32, cgroup: &Path, actual: &Path) -> String {
+    format!(
+        "pid {pid} is not in the instance's cgroup {} (it is in {}), so it is not the service",
+        cgroup.display(),
+        actual.display()
+    )
 }
 
 #[cfg(test)]
@@ -224,14 +319,52 @@ mod tests {
         let me = std::process::id() as i32;
         let s = stat(me).unwrap().unwrap();
         let boot = boot_id().unwrap();
-        assert_eq!(check(me, s.start_time, &boot, &boot), Liveness::Alive);
+        assert_eq!(check(me, s.start_time, &boot, &boot, None), Liveness::Alive);
         assert!(matches!(
-            check(me, s.start_time + 1, &boot, &boot),
+            check(me, s.start_time + 1, &boot, &boot, None),
             Liveness::Stale(_)
         ));
         assert!(matches!(
-            check(me, s.start_time, "other-boot", &boot),
+            check(me, s.start_time, "other-boot", &boot, None),
             Liveness::Stale(_)
+        ));
+    }
+
+    /// A process outside the cgroup its record names is not the instance, whatever its
+    /// numbers say; inside it (or below it), it is.
+    #[test]
+    fn membership_is_part_of_the_identity() {
+        let me = std::process::id() as i32;
+        let Some(own) = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .map(String::from)
+            })
+        else {
+            return;
+        };
+        let Some(mount) = super::super::cgroup::cgroup2_mount() else {
+            return;
+        };
+        let own = mount.join(own.trim().trim_start_matches('/'));
+        let s = stat(me).unwrap().unwrap();
+        let boot = boot_id().unwrap();
+        assert_eq!(
+            check(me, s.start_time, &boot, &boot, Some(&own)),
+            Liveness::Alive
+        );
+        if let Some(parent) = own.parent() {
+            assert_eq!(
+                check(me, s.start_time, &boot, &boot, Some(parent)),
+                Liveness::Alive
+            );
+        }
+        let elsewhere = own.join("not-here");
+        assert!(matches!(
+            check(me, s.start_time, &boot, &boot, Some(&elsewhere)),
+            Liveness::Stale(why) if why.contains("not in the instance's cgroup")
         ));
     }
 }

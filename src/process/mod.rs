@@ -10,6 +10,7 @@
 //! - [`signals`]: signal masks around a start.
 //! - [`startup`]: what the binary does first (standard descriptors, SIGPIPE ignored).
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
+//! - [`limits`]: the limit on open files: the daemon's raised, the services' as given.
 //! - [`memory`]: the daemon's heap: one arena, free pages given back.
 //! - [`usage`]: CPU time and memory of a process tree, for a service without a cgroup.
 //! - [`writer`]: the pipes to a service's log writer, and starting the writer outside
@@ -19,6 +20,7 @@ pub mod cgroup;
 pub mod check;
 pub mod handle;
 pub mod identity;
+pub mod limits;
 pub mod lock;
 pub mod memory;
 pub mod reap;

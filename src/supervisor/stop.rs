@@ -1,7 +1,9 @@
 //! Stopping a service (its stop signal to every process proven to be its own, wait,
 //! SIGKILL; see [`crate::process::stop`]), sending it a signal, restarting it.
 
-use super::instances::{lookup, record_exit};
+use std::path::Path;
+
+use super::instances::{lookup, own_cgroup, record_exit};
 use super::{SignalOutcome, StartOutcome, StopOutcome, Supervisor, Then, STATUS_WAIT};
 use crate::error::{Error, Result};
 use crate::policy::ExitStatus;
@@ -35,7 +37,8 @@ impl Supervisor {
             self.kill_leftovers_of(name, None)?;
             return Ok(StopOutcome::NotRunning);
         };
-        let cgroup = inst.cgroup.as_deref().map(Cgroup::at);
+        let cgroup = own_cgroup(name, &inst);
+        let was_stopping = inst.stopping;
         inst.stopping = true;
         // Is it a child of ours? Then the daemon's loop reaps it and posts its status.
         let me = std::process::id() as i32;
@@ -51,6 +54,7 @@ impl Supervisor {
             session: inst.pgid,
             start_time: inst.start_time,
             boot_id: &inst.boot_id,
+            cgroup: inst.cgroup.as_deref().map(Path::new),
         };
         let outcome = stop::stop(
             &target,
@@ -65,6 +69,19 @@ impl Supervisor {
             source,
         })?;
         let (kind, detail, result) = match &outcome {
+            stop::Ended::Unknown(reason) => {
+                // Nothing was signalled and nothing is known: the record goes back to
+                // how it was, for a stop that can check it.
+                if !was_stopping {
+                    self.store.write(|tx| tx.unmark_stopping(id, &inst))?;
+                }
+                return Err(Error::LivenessUnknown {
+                    service: name.to_string(),
+                    pid: inst.pid,
+                    reason: reason.clone(),
+                    what: "nothing signalled",
+                });
+            }
             stop::Ended::Stale(why) => (
                 event::STALE,
                 format!("pid {}: {why}; not signalled", inst.pid),
@@ -181,6 +198,7 @@ impl Supervisor {
             session: inst.pgid,
             start_time: inst.start_time,
             boot_id: &inst.boot_id,
+            cgroup: inst.cgroup.as_deref().map(Path::new),
         };
         let outcome = stop::signal(&target, &self.boot_id, sig).map_err(|source| Error::Stop {
             service: name.to_string(),
@@ -200,6 +218,12 @@ impl Supervisor {
                     signal: sig_name,
                 })
             }
+            stop::Signalled::Unknown(reason) => Err(Error::LivenessUnknown {
+                service: name.to_string(),
+                pid: inst.pid,
+                reason,
+                what: "nothing signalled",
+            }),
             stop::Signalled::AlreadyExited | stop::Signalled::Stale(_) => {
                 // Cleared (or left for the daemon) exactly as `status` would.
                 self.clear_dead(name)?;
