@@ -23,8 +23,9 @@ pub enum Msg {
     Watch(Vec<(Handle, Watch)>),
     /// Startup adoption is done: accept requests and tell systemd.
     Ready,
-    /// Some recorded instances could not be checked or watched: look at them again soon.
-    AdoptAgain,
+    /// After an adoption pass: how many recorded instances it could not check or watch
+    /// (looked at again soon when any).
+    Deferred(usize),
 }
 
 /// What the serving threads may read about the daemon.
@@ -33,6 +34,8 @@ pub struct Shared {
     pub start_time: u64,
     pub started_at: i64,
     pub adopted: AtomicUsize,
+    /// Running services not watched yet (see [`Msg::Deferred`]).
+    pub unwatched: AtomicUsize,
     pub pending: AtomicUsize,
     /// The PostgreSQL listener's status, when one runs.
     pub postgres: Mutex<Option<Arc<Mutex<PgStatus>>>>,

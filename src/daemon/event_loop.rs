@@ -75,6 +75,8 @@ pub struct EventLoop {
     /// When to ask the worker to look at the recorded instances again: some could not
     /// be checked or watched (see [`ADOPT_AGAIN`]).
     pub adopt_at: Option<i64>,
+    /// Recorded instances the last adoption pass could not check or watch.
+    pub deferred: usize,
 }
 
 /// How soon an exit held for want of a descriptor is tried again (ms).
@@ -375,7 +377,12 @@ impl EventLoop {
                         }
                     }
                 }
-                Msg::AdoptAgain => self.adopt_soon(),
+                Msg::Deferred(n) => {
+                    self.deferred = n;
+                    if n > 0 {
+                        self.adopt_soon();
+                    }
+                }
                 Msg::Ready => {
                     if !self.ready {
                         self.ready = true;
@@ -430,6 +437,9 @@ impl EventLoop {
         self.shared
             .pending
             .store(self.timers.len(), Ordering::Relaxed);
+        self.shared
+            .unwatched
+            .store(self.deferred, Ordering::Relaxed);
     }
 
     /// Stops accepting at once (a CLI command arriving now acts by itself), then waits

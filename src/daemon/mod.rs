@@ -69,6 +69,13 @@ use server::ServeCtx;
 use signals::{sd_notify, Signals};
 use worker::Job;
 
+/// The limit on open files a daemon needs to watch `services` services: a pidfd each,
+/// its own (the database, the socket, the threads' pipes: about 30, with some to spare)
+/// and the ones it keeps free for its work ([`worker::RESERVED_DESCRIPTORS`]).
+pub fn descriptors_needed(services: usize) -> u64 {
+    services as u64 + 48 + worker::RESERVED_DESCRIPTORS
+}
+
 /// Sets up logging to stderr: `RUST_LOG` (a level: error, warn, info, debug, trace)
 /// overrides the default `info`.
 fn init_logging() {
@@ -165,6 +172,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
             .map_or(0, |s| s.start_time),
         started_at: now_ms(),
         adopted: AtomicUsize::new(0),
+        unwatched: AtomicUsize::new(0),
         pending: AtomicUsize::new(0),
         postgres: Mutex::new(None),
         containment: containment.describe(),
@@ -234,6 +242,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         held: None,
         reap_at: None,
         adopt_at: None,
+        deferred: 0,
     };
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");

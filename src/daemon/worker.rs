@@ -106,7 +106,7 @@ struct Worker {
 /// daemon's own work (a request: its socket and a database connection; a start: pipes,
 /// log files, a pidfd; reaping: a stat), so that watching many services never leaves
 /// the daemon unable to do anything else.
-const RESERVED_DESCRIPTORS: u64 = 64;
+pub const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// The highest descriptor number a watched service's pidfd may have.
 fn watch_limit() -> i32 {
@@ -277,9 +277,7 @@ impl Worker {
                 }
             }
         }
-        if !adoption.deferred.is_empty() {
-            self.waker.send(Msg::AdoptAgain);
-        }
+        self.waker.send(Msg::Deferred(adoption.deferred.len()));
         for exit in adoption.exits {
             self.after_exit(exit, ExitStatus::Unknown, Vec::new());
         }

@@ -133,11 +133,17 @@ fn int(f: &[u8]) -> Option<i32> {
     }
 }
 
-/// This boot's id; a record from another boot can never be a live process.
+/// This boot's id; a record from another boot can never be a live process. Read once
+/// per process (it cannot change while the process lives).
 pub fn boot_id() -> io::Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = BOOT_ID.get() {
+        return Ok(id.clone());
+    }
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
         .trim()
-        .to_string())
+        .to_string();
+    Ok(BOOT_ID.get_or_init(|| id).clone())
 }
 
 /// What became of a recorded process.

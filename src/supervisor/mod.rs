@@ -266,11 +266,14 @@ impl Supervisor {
 
     pub fn open_with(home: Home, ctx: Context) -> Result<Supervisor> {
         home.ensure()?;
-        let store = Store::open(&home.db_path())?;
+        // Before the database: it needs a descriptor only while it is read, and the
+        // database's stay open; read afterwards, it would fail for want of a descriptor
+        // exactly when every later look at /proc would, and hide that case.
         let boot_id = identity::boot_id().map_err(|e| Error::Io {
             path: "/proc/sys/kernel/random/boot_id".into(),
             reason: crate::error::io_reason(&e),
         })?;
+        let store = Store::open(&home.db_path())?;
         Ok(Supervisor {
             home,
             store,

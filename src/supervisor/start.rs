@@ -241,8 +241,7 @@ impl Supervisor {
 }
 
 /// What a start refused for an instance whose check could not be made did not do.
-const NOT_STARTED: &str =
-    "not started (a second copy could run beside it); try again once the check can be made";
+const NOT_STARTED: &str = "not started: a second copy must not run beside it";
 
 /// Who asked for a start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,6 +11,7 @@ mod log_writer;
 mod logs_multi;
 mod postgres;
 mod races;
+mod scarce;
 mod services_file;
 mod top;
 mod util;
