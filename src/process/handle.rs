@@ -119,7 +119,7 @@ impl Handle {
             return Found::Exited;
         }
         if let Some(identity::Membership::Outside { cgroup, actual }) = inside {
-            return Found::Stale(identity::outside(pid, &cgroup, &actual));
+            return Found::Stale(identity::outside(&cgroup, &actual));
         }
         Found::Alive(Handle {
             pid,

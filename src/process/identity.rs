@@ -199,7 +199,7 @@ pub fn check(
         Ok(Some(s)) if s.exited() => Liveness::Exited,
         Ok(Some(_)) => match inside {
             Some(Membership::Outside { cgroup, actual }) => {
-                Liveness::Stale(outside(pid, &cgroup, &actual))
+                Liveness::Stale(outside(&cgroup, &actual))
             }
             _ => Liveness::Alive,
         },
@@ -263,9 +263,9 @@ pub fn membership(pid: i32, cgroup: &Path) -> Result<Option<Membership>, String>
 }
 
 /// The reason of a record whose process is outside the instance's cgroup.
-pub fn outside(pid: i32, cgroup: &Path, actual: &Path) -> String {
+pub fn outside(cgroup: &Path, actual: &Path) -> String {
     format!(
-        "pid {pid} is not in the instance's cgroup {} (it is in {}), so it is not the service",
+        "not in the instance's cgroup {} (it is in {}), so not the service",
         cgroup.display(),
         actual.display()
     )

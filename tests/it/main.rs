@@ -6,6 +6,7 @@ mod cgroups;
 mod cli;
 mod daemon;
 mod faults;
+mod forged;
 mod lifecycle;
 mod log_writer;
 mod logs_multi;
