@@ -29,6 +29,28 @@ fn tend_limited(env: &Env, files: u32, args: &[&str]) -> Out {
     run(c)
 }
 
+/// `tend daemon --foreground` with its limit on open files, soft and hard, set to
+/// `files`, logging to `log`; killed (if still running) when dropped.
+fn limited_daemon(env: &Env, files: u32, log: &std::path::Path) -> KillOnDrop {
+    let file = std::fs::File::create(log).unwrap();
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"ulimit -n "$0" && exec "$@""#)
+        .arg(files.to_string())
+        .arg(TEND)
+        .arg("--home")
+        .arg(env.home())
+        .args(["daemon", "--foreground"])
+        .current_dir(env.work())
+        .env_remove("TEND_HOME")
+        .env_remove("TEND_CGROUP")
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    KillOnDrop(c.spawn().expect("spawn the daemon"))
+}
+
 /// Live processes by the argument after `--marker` in their command line (the fixture
 /// service's), for every marker starting with `prefix`.
 fn copies(prefix: &str) -> BTreeMap<String, Vec<i32>> {
@@ -210,14 +232,15 @@ fn a_daemon_short_of_descriptors_clears_nothing_and_starts_no_second_copy() {
     );
     let pid_of = |name: &str| first[name].1.unwrap();
 
-    let out = tend_limited(&env, 100, &["daemon"]);
-    assert!(
-        out.code == 0 && out.stdout.contains("daemon: started"),
-        "{out:?}\ndaemon.log:\n{}",
-        env.daemon_log()
-    );
-    // The daemon answers only once its first adoption pass is done: whatever it does to
-    // the records, it has done or begun by now. Watched for WINDOW after that.
+    // In the foreground, a child of the test: whether or not it ever answers.
+    let log = env.work().join("daemon-100.log");
+    let mut daemon = limited_daemon(&env, 100, &log);
+    // It says it is ready once its first adoption pass is done (then it answers
+    // requests): whatever it does to the records, it has done or begun by then. Watched
+    // for WINDOW after that (or after 30 s, if it never says so).
+    let ready = wait_until(Duration::from_secs(30), || {
+        read(&log).contains("daemon ready")
+    });
     let mut wrong = None;
     let seen = wait_until(WINDOW, || {
         let running = copies(&tag);
@@ -229,11 +252,12 @@ fn a_daemon_short_of_descriptors_clears_nothing_and_starts_no_second_copy() {
     });
     if let Some((name, got)) = wrong.filter(|_| seen) {
         panic!(
-            "{name}: processes {got:?}, not just the recorded one; events:\n{}\ndaemon.log:\n{}",
+            "{name}: processes {got:?}, not just the recorded one; events:\n{}\ndaemon log:\n{}",
             env.tend(&["events", &name]).stdout,
-            env.daemon_log()
+            read(&log)
         );
     }
+    assert!(ready, "the daemon did not come up:\n{}", read(&log));
     assert_eq!(listed(&env), first, "every record as it was");
     for (name, _) in &first {
         let kinds: Vec<String> = events(&env, name).into_iter().map(|(k, _)| k).collect();
@@ -247,7 +271,16 @@ fn a_daemon_short_of_descriptors_clears_nothing_and_starts_no_second_copy() {
 
     // Those it could not watch, it said so about, and it looks at them again: one that
     // dies now is found dead and restarted, once.
-    let log = env.daemon_log();
+    let status = env.ok(&["daemon", "status", "--json"]);
+    let v: Value = serde_json::from_str(&status.stdout).unwrap();
+    let unwatched_count = v["services_unwatched"].as_u64().unwrap_or(0);
+    assert!(
+        unwatched_count > 0
+            && v["services_adopted"].as_u64().unwrap_or(0) + unwatched_count == SERVICES as u64,
+        "{}",
+        status.stdout
+    );
+    let log = read(&log);
     let unwatched: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("not adopted yet"))
@@ -273,6 +306,7 @@ fn a_daemon_short_of_descriptors_clears_nothing_and_starts_no_second_copy() {
 
     // The pressure gone: a daemon with the usual limit adopts every one.
     env.ok(&["daemon", "stop"]);
+    assert!(daemon.0.wait().unwrap().success());
     env.ok(&["daemon"]);
     let adopted = wait_until(Duration::from_secs(30), || {
         let out = env.ok(&["daemon", "status", "--json"]);
