@@ -76,12 +76,9 @@ pub fn for_children() -> Option<libc::rlimit> {
     })
 }
 
-/// `struct rlimit64` of prlimit64(2): two 64-bit values whatever the platform's `rlim_t`.
-#[repr(C)]
-struct Rlimit64 {
-    cur: u64,
-    max: u64,
-}
+// prlimit64(2) takes a `struct rlimit64`: two 64-bit values, which is what `rlimit` is on
+// the targets tend builds for.
+const _: () = assert!(std::mem::size_of::<libc::rlimit>() == 16);
 
 /// Sets the limit on open files to `r`, in a forked child before exec; false if the
 /// kernel refused.
@@ -90,10 +87,6 @@ struct Rlimit64 {
 /// Must only be called where a raw system call is allowed (it is async-signal-safe:
 /// no allocation, no lock).
 pub unsafe fn set_in_child(r: &libc::rlimit) -> bool {
-    let new = Rlimit64 {
-        cur: r.rlim_cur as u64,
-        max: r.rlim_max as u64,
-    };
     // SAFETY: prlimit64 on ourselves (pid 0) with a valid new limit and no old one to
     // fill: a plain system call, safe between fork and exec. (glibc's setrlimit makes
     // the same call, but is not on the list of async-signal-safe functions.)
@@ -102,8 +95,8 @@ pub unsafe fn set_in_child(r: &libc::rlimit) -> bool {
             libc::SYS_prlimit64,
             0,
             libc::RLIMIT_NOFILE,
-            &new as *const Rlimit64,
-            std::ptr::null_mut::<Rlimit64>(),
+            r as *const libc::rlimit,
+            std::ptr::null_mut::<libc::rlimit>(),
         ) == 0
     }
 }
