@@ -75,9 +75,8 @@ pub(super) fn record_exit(
 
 /// The instance's cgroup if it is one of service `name`'s (`.../NAME.service/LEAF`, where
 /// tend creates them): only such a cgroup may be emptied as what the service left
-/// behind. A record naming any other cgroup (copied from another home, or forged to name
-/// another service's instance) is never the reason a cgroup is killed; its main process
-/// is not in it either, so the record is found stale.
+/// behind. A record naming any other cgroup (forged, say, to name another service's
+/// instance) is never the reason that cgroup is killed.
 pub(super) fn own_cgroup(name: &str, inst: &Instance) -> Option<Cgroup> {
     let path = std::path::Path::new(inst.cgroup.as_deref()?);
     let parent = path.parent()?.file_name()?;
