@@ -73,7 +73,7 @@ pub struct EventLoop {
     pub held: Option<(i32, i64)>,
     pub reap_at: Option<i64>,
     /// When to ask the worker to look at the recorded instances again: some could not
-    /// be checked or watched (see [`ADOPT_AGAIN`]).
+    /// be checked or watched (see [`super::worker::ADOPT_AGAIN`]).
     pub adopt_at: Option<i64>,
     /// Recorded instances the last adoption pass could not check or watch.
     pub deferred: usize,
@@ -86,9 +86,6 @@ const REAP_AGAIN: i64 = 50;
 /// cannot be matched to an instance, so it is logged as an error, and the worker looks
 /// at every record again (a dead instance is found dead there, as at start-up).
 const HOLD_AT_MOST: i64 = 10_000;
-
-/// How soon instances that could not be checked or watched are looked at again (ms).
-pub const ADOPT_AGAIN: i64 = 5_000;
 
 /// Free heap memory is given back to the kernel once the daemon has been quiet this
 /// long (ms): not after every request, whose successor would fault the same pages in
@@ -371,7 +368,7 @@ impl EventLoop {
                             // again soon (its exit meanwhile is found there).
                             error!(service = %watch.name, pid = watch.pid, error = %e,
                                 "cannot watch an adopted service; looking at it again in {} s",
-                                ADOPT_AGAIN / 1000);
+                                super::worker::ADOPT_AGAIN / 1000);
                             self.worker.send(Job::NotWatched { pid: watch.pid });
                             self.adopt_soon();
                         }
@@ -394,10 +391,10 @@ impl EventLoop {
         }
     }
 
-    /// Asks the worker to look at the recorded instances again in [`ADOPT_AGAIN`] (or
-    /// sooner, if that was asked already).
+    /// Asks the worker to look at the recorded instances again in
+    /// [`super::worker::ADOPT_AGAIN`] (or sooner, if that was asked already).
     fn adopt_soon(&mut self) {
-        let at = now_ms() + ADOPT_AGAIN;
+        let at = now_ms() + super::worker::ADOPT_AGAIN;
         self.adopt_at = Some(self.adopt_at.map_or(at, |t| t.min(at)));
     }
 

@@ -108,6 +108,10 @@ struct Worker {
 /// the daemon unable to do anything else.
 pub const RESERVED_DESCRIPTORS: u64 = 64;
 
+/// How soon instances an adoption pass could not check or watch are looked at again (ms):
+/// the event loop asks for another pass then.
+pub const ADOPT_AGAIN: i64 = 5_000;
+
 /// The highest descriptor number a watched service's pidfd may have.
 fn watch_limit() -> i32 {
     let soft = crate::process::limits::nofile().map_or(1024, |(soft, _)| soft);
@@ -266,7 +270,7 @@ impl Worker {
             if already.contains(&d.pid) {
                 continue;
             }
-            warn!(service = %d.name, pid = d.pid, reason = %d.why, "not adopted yet; looking again in {} s", super::event_loop::ADOPT_AGAIN / 1000);
+            warn!(service = %d.name, pid = d.pid, reason = %d.why, "not adopted yet; looking again in {} s", ADOPT_AGAIN / 1000);
             if !d.checked {
                 let detail = format!(
                     "pid {}: {}; record kept, not signalled, looked at again",

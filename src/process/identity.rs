@@ -244,7 +244,7 @@ pub fn membership(pid: i32, cgroup: &Path) -> Result<Option<Membership>, String>
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or_else(|| format!("{path} names no cgroup v2"))?;
-    let mount = super::cgroup::cgroup2_mount()
+    let mount = super::mounts::cgroup2_mount()
         .ok_or_else(|| "no cgroup2 file system is mounted".to_string())?;
     let rel = rel.trim().trim_start_matches('/');
     let actual = if rel.is_empty() {
@@ -351,7 +351,7 @@ mod tests {
         else {
             return;
         };
-        let Some(mount) = super::super::cgroup::cgroup2_mount() else {
+        let Some(mount) = super::super::mounts::cgroup2_mount() else {
             return;
         };
         let own = mount.join(own.trim().trim_start_matches('/'));

@@ -12,6 +12,7 @@
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
 //! - [`limits`]: the limit on open files: the daemon's raised, the services' as given.
 //! - [`memory`]: the daemon's heap: one arena, free pages given back.
+//! - [`mounts`]: where the cgroup2 file system is mounted.
 //! - [`usage`]: CPU time and memory of a process tree, for a service without a cgroup.
 //! - [`writer`]: the pipes to a service's log writer, and starting the writer outside
 //!   the service's kill scope.
@@ -23,6 +24,7 @@ pub mod identity;
 pub mod limits;
 pub mod lock;
 pub mod memory;
+pub mod mounts;
 pub mod reap;
 pub mod signals;
 pub mod spawn;
