@@ -84,8 +84,8 @@ impl Handle {
         // process afterwards, they described the pinned process.
         let inside = match cgroup.map(|cg| identity::membership(pid, cg)).transpose() {
             Ok(Some(None)) => return Found::Exited,
-            Ok(m) => m.flatten(),
-            Err(why) => return Found::Unknown(why),
+            Ok(m) => Ok(m.flatten()),
+            Err(why) => Err(why),
         };
         let st = match identity::stat(pid) {
             Ok(Some(s)) => s,
@@ -118,8 +118,13 @@ impl Handle {
         if st.exited() {
             return Found::Exited;
         }
-        if let Some(identity::Membership::Outside { cgroup, actual }) = inside {
-            return Found::Stale(identity::outside(&cgroup, &actual));
+        // Whether it is in the instance's cgroup matters only now that it is alive.
+        match inside {
+            Ok(Some(identity::Membership::Outside { cgroup, actual })) => {
+                return Found::Stale(identity::outside(&cgroup, &actual))
+            }
+            Ok(_) => {}
+            Err(why) => return Found::Unknown(why),
         }
         Found::Alive(Handle {
             pid,

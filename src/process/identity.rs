@@ -184,11 +184,12 @@ pub fn check(
         return Liveness::Exited;
     }
     // Membership first: the stat read afterwards, if it still finds the recorded
-    // process, proves that the membership read was about that process too.
+    // process, proves that the membership read was about that process too. A membership
+    // that could not be read matters only if the process is found alive.
     let inside = match cgroup.map(|cg| membership(pid, cg)).transpose() {
         Ok(Some(None)) => return Liveness::Exited,
-        Ok(m) => m.flatten(),
-        Err(e) => return Liveness::Unknown(e),
+        Ok(m) => Ok(m.flatten()),
+        Err(e) => Err(e),
     };
     match stat(pid) {
         Ok(None) => Liveness::Exited,
@@ -198,10 +199,11 @@ pub fn check(
         )),
         Ok(Some(s)) if s.exited() => Liveness::Exited,
         Ok(Some(_)) => match inside {
-            Some(Membership::Outside { cgroup, actual }) => {
+            Ok(Some(Membership::Outside { cgroup, actual })) => {
                 Liveness::Stale(outside(&cgroup, &actual))
             }
-            _ => Liveness::Alive,
+            Ok(_) => Liveness::Alive,
+            Err(why) => Liveness::Unknown(why),
         },
         Err(e) => Liveness::Unknown(format!(
             "cannot read /proc/{pid}/stat: {}",
@@ -236,7 +238,7 @@ pub fn membership(pid: i32, cgroup: &Path) -> Result<Option<Membership>, String>
             ))
         }
     };
-    // A zombie's cgroup file is empty: it has left every cgroup on exit.
+    // Empty: nothing to go by (the process is exiting); its stat will say so.
     if text.is_empty() {
         return Ok(None);
     }
@@ -244,22 +246,43 @@ pub fn membership(pid: i32, cgroup: &Path) -> Result<Option<Membership>, String>
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or_else(|| format!("{path} names no cgroup v2"))?;
-    let mount = super::mounts::cgroup2_mount()
-        .ok_or_else(|| "no cgroup2 file system is mounted".to_string())?;
-    let rel = rel.trim().trim_start_matches('/');
-    let actual = if rel.is_empty() {
-        mount
-    } else {
-        mount.join(rel)
-    };
-    Ok(Some(if actual.starts_with(cgroup) {
-        Membership::Inside
-    } else {
-        Membership::Outside {
-            cgroup: cgroup.to_path_buf(),
-            actual,
-        }
+    let rel = Path::new(rel.trim());
+    let mount = super::mounts::cgroup2_mount();
+    if within(cgroup, rel, mount.as_deref()) {
+        return Ok(Some(Membership::Inside));
+    }
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    Ok(Some(Membership::Outside {
+        cgroup: cgroup.to_path_buf(),
+        actual: match mount {
+            Some(m) => m.join(rel),
+            None => Path::new("/").join(rel),
+        },
     }))
+}
+
+/// Whether the cgroup `rel` (as /proc/PID/cgroup names it: from the root of the
+/// hierarchy) is the cgroup `recorded` (its directory on a cgroup2 mount) or below it.
+/// `mount`: where this process sees the cgroup2 file system.
+fn within(recorded: &Path, rel: &Path, mount: Option<&Path>) -> bool {
+    let names = |p: &Path| -> Vec<std::ffi::OsString> {
+        p.components()
+            .filter(|c| !matches!(c, std::path::Component::RootDir))
+            .map(|c| c.as_os_str().to_os_string())
+            .collect()
+    };
+    let rel = names(rel);
+    if let Some(tail) = mount.and_then(|m| recorded.strip_prefix(m).ok()) {
+        return rel.starts_with(&names(tail));
+    }
+    // This process sees the file system elsewhere, or nowhere (a mount namespace of its
+    // own, such as `ip netns exec` makes). The recorded path is a mount point followed by
+    // the cgroup's path in the hierarchy, so the cgroup is the tail of it that begins
+    // with `rel`'s first name: a tail of the recorded path, named from the root, that
+    // `rel` is or is below. (Another cgroup could only match by being created, by root,
+    // with the names of the recorded path's directories above the mount point.)
+    let recorded = names(recorded);
+    (0..recorded.len()).any(|k| rel.starts_with(&recorded[k..]))
 }
 
 /// The reason of a record whose process is outside the instance's cgroup.
@@ -336,6 +359,35 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn within_a_recorded_cgroup() {
+        let rec = Path::new("/sys/fs/cgroup/tend-1/web.service/run-1");
+        let m = Some(Path::new("/sys/fs/cgroup"));
+        for mount in [m, None, Some(Path::new("/elsewhere"))] {
+            assert!(within(rec, Path::new("/tend-1/web.service/run-1"), mount));
+            assert!(within(
+                rec,
+                Path::new("/tend-1/web.service/run-1/sub"),
+                mount
+            ));
+            assert!(!within(rec, Path::new("/"), mount), "{mount:?}");
+            assert!(!within(rec, Path::new("/tend-1/web.service"), mount));
+            assert!(!within(rec, Path::new("/tend-1/web.service/run-2"), mount));
+            assert!(!within(
+                rec,
+                Path::new("/user.slice/tend-1/web.service/run-1"),
+                mount
+            ));
+            assert!(!within(rec, Path::new("/../../x"), mount));
+        }
+        // Seen where it was recorded, only the exact place counts.
+        assert!(!within(
+            rec,
+            Path::new("/fs/cgroup/tend-1/web.service/run-1"),
+            m
+        ));
+    }
+
     /// A process outside the cgroup its record names is not the instance, whatever its
     /// numbers say; inside it (or below it), it is.
     #[test]
@@ -361,7 +413,8 @@ mod tests {
             check(me, s.start_time, &boot, &boot, Some(&own)),
             Liveness::Alive
         );
-        if let Some(parent) = own.parent() {
+        // Below the recorded cgroup is in it (when there is a cgroup above ours).
+        if let Some(parent) = own.parent().filter(|_| own != mount) {
             assert_eq!(
                 check(me, s.start_time, &boot, &boot, Some(parent)),
                 Liveness::Alive
