@@ -1,6 +1,7 @@
-//! Too few descriptors, staged for real with `ulimit -n`: a check of a recorded instance
-//! that cannot be made is unknown, never gone. Nothing is cleared, nothing is started in
-//! its place, and a later check that can be made decides.
+//! Too few descriptors, staged for real with `ulimit -n` (or `prlimit` on a running
+//! daemon): a check of a recorded instance that cannot be made is unknown, never gone.
+//! Nothing is cleared, nothing is started in its place, and a later check that can be
+//! made decides; and an exit is never lost for want of a descriptor.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -328,4 +329,89 @@ fn a_daemon_short_of_descriptors_clears_nothing_and_starts_no_second_copy() {
             "{name}"
         );
     }
+}
+
+/// The lowest descriptor number process `pid` does not have open: the one its next
+/// `open` would get.
+fn lowest_free_fd(pid: i32) -> i32 {
+    let open: std::collections::BTreeSet<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).unwrap()
+}
+
+/// Sets the soft limit on open files of process `pid`; returns the limit it had.
+fn set_soft_nofile(pid: i32, soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads its own argument and fills `old`; both are valid rlimits.
+    let r = unsafe {
+        libc::prlimit(
+            pid,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old as *mut libc::rlimit,
+        )
+    };
+    assert_eq!(r, 0, "prlimit (get) of {pid}");
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above; `new` is a valid rlimit.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit (set) of {pid}");
+    old
+}
+
+/// A service the daemon started (its child) is killed while the daemon has no
+/// descriptor free: its soft limit set, from outside, to the lowest descriptor number it
+/// does not use, so that its next `open` fails (EMFILE). Reading the zombie's start time
+/// needs one: the daemon reaps the exit anyway and records it (`exit`, `signal KILL`),
+/// rather than losing it.
+#[test]
+fn an_exit_is_recorded_when_no_descriptor_is_free() {
+    let env = Env::new();
+    env.add_fixture("victim", &["--restart", "never"], &["--marker", "victim"]);
+    crate::faults::start_daemon(&env);
+    env.ok(&["start", "victim"]);
+    let pid = env.pid("victim").expect("running");
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    // The daemon idle: its descriptors the same twice over 200 ms.
+    let mut last = lowest_free_fd(daemon);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let now = lowest_free_fd(daemon);
+            let same = now == last;
+            last = now;
+            same && !wait_until(Duration::from_millis(200), || lowest_free_fd(daemon) != now)
+        }),
+        "the daemon's descriptors kept changing"
+    );
+    let old = set_soft_nofile(daemon, last as u64);
+    // SAFETY: kill on the pid of the service this test started, checked running above.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let recorded = wait_until(Duration::from_secs(20), || {
+        crate::faults::events(&env, "victim")
+            .iter()
+            .any(|(k, d)| k == "exit" && d == &format!("pid {pid}: signal KILL"))
+    });
+    set_soft_nofile(daemon, old.rlim_cur);
+    assert!(
+        recorded,
+        "the exit was not recorded; events: {:?}\ndaemon.log:\n{}",
+        crate::faults::events(&env, "victim"),
+        env.daemon_log()
+    );
+    assert!(
+        !env.daemon_log().contains("could not be read"),
+        "{}",
+        env.daemon_log()
+    );
 }
