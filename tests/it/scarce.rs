@@ -415,3 +415,70 @@ fn an_exit_is_recorded_when_no_descriptor_is_free() {
         env.daemon_log()
     );
 }
+
+/// The (soft, hard) limit on open files of process `pid`, from /proc/PID/limits.
+fn nofile_of(pid: i32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().into(), f.next().unwrap().into())
+}
+
+/// A daemon started with a soft limit below its hard one raises its own soft limit to
+/// the hard one (it holds a descriptor per adopted service); a service it starts gets
+/// the soft limit the daemon was given, as a `tend start` from the same shell would.
+#[test]
+fn the_daemon_raises_its_limit_but_services_get_the_one_it_was_given() {
+    let env = Env::new();
+    let file = env.work().join("limit");
+    env.ok(&[
+        "add",
+        "probe",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "ulimit -Sn > {}.tmp && mv {0}.tmp {0} && exec sleep 1000",
+            file.display()
+        ),
+    ]);
+    let (_, hard) = nofile_of(std::process::id() as i32);
+    let soft = match hard.parse::<u64>() {
+        Ok(h) if h < 64 => {
+            eprintln!("not run: the hard limit on open files here is {h}");
+            return;
+        }
+        Ok(h) => (h / 2).min(256),
+        Err(_) => 256, // unlimited
+    };
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"ulimit -Sn "$0" && exec "$@""#)
+        .arg(soft.to_string())
+        .arg(TEND)
+        .arg("--home")
+        .arg(env.home())
+        .arg("daemon")
+        .current_dir(env.work())
+        .env_remove("TEND_HOME")
+        .env_remove("TEND_CGROUP")
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    let out = run(c);
+    assert_eq!(out.code, 0, "{out:?}");
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    let (dsoft, dhard) = nofile_of(daemon);
+    assert_eq!(
+        dsoft, dhard,
+        "the daemon's soft limit is raised to its hard one"
+    );
+    env.ok(&["start", "probe"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || file.exists()),
+        "the service did not write its limit"
+    );
+    assert_eq!(read(&file).trim(), soft.to_string());
+}
