@@ -53,6 +53,13 @@ impl Supervisor {
             let (instance, runtime) =
                 self.looked_at(&svc.name, row.instance, row.runtime, &seer)?;
             let mut st = Status::new(svc, instance, runtime, self.supervised(), row.ready_at);
+            // The table has no room for why: it is said beside it.
+            if let crate::state::State::Unknown { pid, reason, .. } = &st.state {
+                self.notices.push(format!(
+                    "{}: cannot tell whether pid {pid} still runs ({reason}); its record is kept",
+                    st.service.name
+                ));
+            }
             // Usage of running instances only: `status` also looks for leftovers.
             if let Some(path) = st.instance.as_ref().and_then(|i| i.cgroup.as_deref()) {
                 st.cgroup = Some(CgroupView {

@@ -177,7 +177,10 @@ fn a_check_that_cannot_be_made_is_unknown_and_starts_nothing() {
             && list
                 .stdout
                 .lines()
-                .any(|l| l.starts_with("web ") && l.contains("unknown")),
+                .any(|l| l.starts_with("web ") && l.contains("unknown"))
+            && list.stderr.contains(&format!(
+                "web: cannot tell whether pid {pid} still runs (cannot read /proc/"
+            )),
         "{list:?}"
     );
     let list = tend_limited(&env, unknown[0], &["list", "--json"]);
