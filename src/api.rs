@@ -96,6 +96,10 @@ pub struct DaemonStatus {
     pub running: usize,
     /// Of those, the ones adopted (not started by this daemon), watched by pidfd.
     pub adopted: usize,
+    /// Recorded instances not watched yet: their check could not be made, or the daemon
+    /// is short of descriptors. Looked at again every few seconds.
+    #[serde(default)]
+    pub unwatched: usize,
     /// Services with an automatic restart pending.
     pub pending_restarts: usize,
     pub home: std::path::PathBuf,

@@ -20,6 +20,9 @@ pub mod exit {
     pub const NOT_RUNNING: u8 = 3;
     /// The service is not defined (LSB "unknown" for status, and for every other command).
     pub const UNKNOWN_SERVICE: u8 = 4;
+    /// `status`: whether the service's recorded instance still runs could not be checked
+    /// (LSB 4, "program or service status is unknown").
+    pub const STATUS_UNKNOWN: u8 = 4;
     /// Conflict with what is stored: the name exists already, or the service is running.
     pub const CONFLICT: u8 = 5;
     /// The state home or database is unusable: not a database, newer schema, locked, I/O.
@@ -156,6 +159,18 @@ pub enum Error {
     #[error("{service}: not running; {what}")]
     NotRunning { service: String, what: &'static str },
 
+    /// Whether the recorded instance still runs could not be checked (out of descriptors,
+    /// say): acting on a guess could start a second copy or signal a stranger, so nothing
+    /// was done.
+    #[error("{service}: cannot tell whether pid {pid} still runs ({reason}); {what}")]
+    LivenessUnknown {
+        service: String,
+        pid: i32,
+        reason: String,
+        /// What was not done: `not started`, `nothing signalled`...
+        what: &'static str,
+    },
+
     #[error("{service}: could not stop: {source}")]
     Stop {
         service: String,
@@ -213,6 +228,7 @@ impl Error {
             | Error::Requirement { .. }
             | Error::NotReady { .. }
             | Error::NotRunning { .. }
+            | Error::LivenessUnknown { .. }
             | Error::Stop { .. }
             | Error::Io { .. }
             | Error::Daemon { .. }

@@ -116,6 +116,9 @@ pub mod event {
     pub const REJECTED: &str = "rejected";
     /// The record did not describe a process of ours (recycled PID, earlier boot).
     pub const STALE: &str = "stale-cleared";
+    /// Whether the recorded process still runs could not be checked (too many open
+    /// files, say): the record was kept as it was, and is looked at again.
+    pub const UNKNOWN: &str = "unknown";
     /// Health checks failed N times in a row; the service is killed and the restart
     /// policy decides what follows. The detail has the last check's output.
     pub const UNHEALTHY: &str = "unhealthy";

@@ -50,23 +50,44 @@ pub enum State {
     Failed {
         reason: String,
     },
+    /// An instance is recorded, but whether it still runs could not be checked (too
+    /// many open files, say): it is neither running nor gone, and nothing acts on it
+    /// until a check can be made. `reason` says why.
+    Unknown {
+        pid: i32,
+        /// Unix ms (when the instance started).
+        since: i64,
+        reason: String,
+    },
 }
 
 impl State {
     /// The state of a service with this live instance (or none) and bookkeeping.
     /// `supervised`: a daemon runs for the home.
     pub fn of(instance: Option<&Instance>, rt: &Runtime, supervised: bool) -> State {
-        State::of_ready(instance, rt, supervised, true)
+        State::of_ready(instance, rt, supervised, true, None)
     }
 
     /// [`State::of`], for an instance whose readiness check has (`ready`) or has not
-    /// passed yet (`Starting`).
+    /// passed yet (`Starting`), and whose liveness could not be checked (`unknown`: why).
     pub fn of_ready(
         instance: Option<&Instance>,
         rt: &Runtime,
         supervised: bool,
         ready: bool,
+        unknown: Option<&str>,
     ) -> State {
+        match (instance, unknown) {
+            (Some(i), Some(why)) => State::Unknown {
+                pid: i.pid,
+                since: i.started_at,
+                reason: why.to_string(),
+            },
+            (i, _) => State::of_known(i, rt, supervised, ready),
+        }
+    }
+
+    fn of_known(instance: Option<&Instance>, rt: &Runtime, supervised: bool, ready: bool) -> State {
         match instance {
             Some(i) if i.stopping => State::Stopping { pid: i.pid },
             Some(i) if !ready => State::Starting {
@@ -87,8 +108,8 @@ impl State {
         }
     }
 
-    /// The name in `--json` (`state`): `running`, `starting`, `stopped`, `restarting` or
-    /// `failed`.
+    /// The name in `--json` (`state`): `running`, `starting`, `stopped`, `restarting`,
+    /// `failed` or `unknown`.
     /// A service being stopped still runs: `running`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -97,6 +118,15 @@ impl State {
             State::Stopped => "stopped",
             State::Backoff { .. } => "restarting",
             State::Failed { .. } => "failed",
+            State::Unknown { .. } => "unknown",
+        }
+    }
+
+    /// Why the state is `unknown`: the check that could not be made.
+    pub fn unknown_reason(&self) -> Option<&str> {
+        match self {
+            State::Unknown { reason, .. } => Some(reason),
+            _ => None,
         }
     }
 
@@ -376,14 +406,53 @@ mod tests {
     fn starting_until_ready_and_a_stop_wins() {
         let rt = Runtime::default();
         let i = inst(false);
-        let st = State::of_ready(Some(&i), &rt, true, false);
+        let st = State::of_ready(Some(&i), &rt, true, false, None);
         assert_eq!(st.name(), "starting");
         assert!(st.is_running());
-        assert_eq!(State::of_ready(Some(&i), &rt, true, true).name(), "running");
         assert_eq!(
-            State::of_ready(Some(&inst(true)), &rt, true, false).label(),
+            State::of_ready(Some(&i), &rt, true, true, None).name(),
+            "running"
+        );
+        assert_eq!(
+            State::of_ready(Some(&inst(true)), &rt, true, false, None).label(),
             "stopping"
         );
-        assert_eq!(State::of_ready(None, &rt, true, false), State::Stopped);
+        assert_eq!(
+            State::of_ready(None, &rt, true, false, None),
+            State::Stopped
+        );
+    }
+
+    /// A check that could not be made wins over everything the record says: the
+    /// instance is neither running nor gone.
+    #[test]
+    fn unknown_when_the_check_could_not_be_made() {
+        let backoff = Runtime {
+            next_retry_at: Some(5000),
+            ..Runtime::default()
+        };
+        for (i, rt) in [
+            (inst(false), Runtime::default()),
+            (inst(true), Runtime::default()),
+            (inst(false), backoff),
+        ] {
+            let st = State::of_ready(Some(&i), &rt, true, false, Some("too many open files"));
+            assert_eq!(
+                st,
+                State::Unknown {
+                    pid: 42,
+                    since: 1000,
+                    reason: "too many open files".into()
+                }
+            );
+            assert_eq!((st.name(), st.label()), ("unknown", "unknown"));
+            assert_eq!(st.unknown_reason(), Some("too many open files"));
+            assert!(!st.is_running());
+        }
+        // Without an instance there is nothing to be unsure about.
+        assert_eq!(
+            State::of_ready(None, &Runtime::default(), true, true, Some("x")),
+            State::Stopped
+        );
     }
 }

@@ -101,6 +101,7 @@ pub fn checks(home: &Home) -> Vec<Check> {
     all.push(wal_files(&db));
     all.push(daemon_files(home));
     all.push(daemon(home));
+    all.push(open_files(home, diagnosis.as_ref().map(|d| d.services)));
     all.extend(systemd());
     all.push(match &diagnosis {
         Some(d) => postgres(&d.config),
@@ -516,6 +517,72 @@ fn daemon(home: &Home) -> Check {
         .fix("`tend daemon` to restart crashed services automatically"),
         Probe::NotRunning => check(NAME, Level::Info, "not running")
             .fix("`tend daemon` to restart crashed services automatically"),
+    }
+}
+
+/// The limit on open files a daemon has (one runs) or would get (started from here: it
+/// raises its soft limit to the hard one), against what it needs: a descriptor per
+/// service it watches, beside its own.
+fn open_files(home: &Home, services: Option<usize>) -> Check {
+    const NAME: &str = "open files";
+    let services = services.unwrap_or(0);
+    let need = crate::daemon::descriptors_needed(services);
+    // Whoever holds the daemon's lock (its pid is in the lock file), not asked again.
+    let running = client::present(home)
+        .then(|| client::lock_pid(home))
+        .flatten();
+    let (limit, whose) = match running {
+        Some(pid) => match soft_nofile_of(pid) {
+            Some(l) => (l, format!("the daemon (pid {pid}) has")),
+            None => {
+                return check(
+                    NAME,
+                    Level::Info,
+                    format!("cannot read /proc/{pid}/limits of the daemon"),
+                )
+            }
+        },
+        None => match crate::process::limits::nofile() {
+            Ok((_, hard)) => (hard, "a daemon started from here would get".to_string()),
+            Err(e) => {
+                return check(
+                    NAME,
+                    Level::Info,
+                    format!("cannot read the limit: {}", crate::error::io_reason(&e)),
+                )
+            }
+        },
+    };
+    let said =
+        format!("{whose} a limit of {limit} open files; {services} service(s) need about {need}");
+    if limit >= need {
+        return check(NAME, Level::Ok, said);
+    }
+    check(
+        NAME,
+        Level::Warn,
+        format!(
+            "{said}: services beyond it are not watched, their exits are noticed only \
+             every few seconds, and a check that cannot be made leaves them unknown"
+        ),
+    )
+    .fix(format!(
+        "raise the hard limit to at least {need}: `LimitNOFILE=` in the systemd unit, or \
+         `ulimit -Hn` (as root: limits.conf) where the daemon is started; then restart it"
+    ))
+}
+
+/// The soft limit on open files of process `pid` (`unlimited` as u64::MAX).
+fn soft_nofile_of(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    match soft {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
     }
 }
 

@@ -36,6 +36,7 @@ impl Serialize for ServiceJson<'_> {
         m.serialize_entry("name", &s.name)?;
         m.serialize_entry("state", st.state.name())?;
         m.serialize_entry("waiting_for_daemon", &st.state.waiting_for_daemon())?;
+        m.serialize_entry("unknown_reason", &st.state.unknown_reason())?;
         m.serialize_entry("pid", &i.map(|i| i.pid))?;
         m.serialize_entry("pgid", &i.map(|i| i.pgid))?;
         m.serialize_entry("started_at", &i.map(|i| rfc3339(i.started_at)))?;
@@ -108,6 +109,9 @@ pub struct DaemonJson {
     pub services_running: Option<usize>,
     /// Of those, adopted ones (watched by pidfd, exit status unknown).
     pub services_adopted: Option<usize>,
+    /// Recorded instances the daemon does not watch yet: their check could not be made,
+    /// or it is short of descriptors (looked at again every 5 s).
+    pub services_unwatched: Option<usize>,
     pub pending_restarts: Option<usize>,
     /// `cgroup PATH` or `process-group (why)`; null when no daemon runs.
     pub containment: Option<String>,
@@ -143,6 +147,7 @@ impl DaemonJson {
             version: s.map(|s| s.version.clone()),
             services_running: s.map(|s| s.running),
             services_adopted: s.map(|s| s.adopted),
+            services_unwatched: s.map(|s| s.unwatched),
             pending_restarts: s.map(|s| s.pending_restarts),
             containment: s.map(|s| s.containment.clone()),
             postgres: s.and_then(|s| s.postgres.as_ref()).map(|p| PgJson {
@@ -180,9 +185,13 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
         rfc3339(s.started_at),
         fmt_uptime(uptime(s.started_at))
     )?;
+    let unwatched = match s.unwatched {
+        0 => String::new(),
+        n => format!(", {n} not watched yet: see `tend doctor`"),
+    };
     writeln!(
         out,
-        "  services: {} running ({} adopted), {} restart(s) pending",
+        "  services: {} running ({} adopted{unwatched}), {} restart(s) pending",
         s.running, s.adopted, s.pending_restarts
     )?;
     writeln!(out, "  home:     {}", escape(&s.home.to_string_lossy()))?;
@@ -354,6 +363,30 @@ pub fn status_detail(out: &mut dyn Write, st: &Status, term: &Term) -> io::Resul
                 out,
                 "{}",
                 head(format!(": not ready yet (pid {pid}, process group {pgid})"))
+            )?;
+            field(
+                out,
+                term,
+                "since",
+                &format!("{} ({} ago)", rfc3339(*since), fmt_uptime(uptime(*since))),
+            )?;
+        }
+        State::Unknown { pid, since, reason } => {
+            writeln!(
+                out,
+                "{}",
+                head(format!(
+                    ": whether it still runs could not be checked (pid {pid}, process group {pgid})"
+                ))
+            )?;
+            field(
+                out,
+                term,
+                "unknown",
+                &format!(
+                    "{}; the record is kept, nothing is done to it until a check can be made",
+                    escape(reason)
+                ),
             )?;
             field(
                 out,

@@ -53,7 +53,7 @@ impl Term {
         let spaces = " ".repeat(pad.saturating_sub(label.chars().count()));
         let code = match label.split(' ').next().unwrap_or_default() {
             "running" => Some("32"),
-            "restarting" | "stopping" => Some("33"),
+            "restarting" | "stopping" | "unknown" => Some("33"),
             "failed" => Some("31"),
             _ => None,
         };

@@ -30,7 +30,8 @@ pub fn list(home: &Home, how: OutputArgs, out: &mut dyn Write) -> Result<(), Fai
     Ok(())
 }
 
-/// Exit 0 running, 3 not running (LSB), 4 unknown service.
+/// Exit 0 running, 3 not running (LSB), 4 unknown service or (LSB) status unknown: whether
+/// the recorded instance runs could not be checked.
 pub fn status(
     s: &mut Session,
     home: &Home,
@@ -47,7 +48,9 @@ pub fn status(
     } else {
         output::status_detail(out, &st, &Term::stdout(how.wide))?;
     }
-    if !st.state.is_running() {
+    if st.state.unknown_reason().is_some() {
+        s.code = exit::STATUS_UNKNOWN;
+    } else if !st.state.is_running() {
         s.code = exit::NOT_RUNNING;
     }
     Ok(())

@@ -25,6 +25,9 @@ pub enum Msg {
     Ready,
     /// The database files on disk are no longer the ones the daemon opened: what changed.
     FilesChanged(String),
+    /// After an adoption pass: how many recorded instances it could not check or watch
+    /// (looked at again soon when any).
+    Deferred(usize),
 }
 
 /// What the serving threads may read about the daemon.
@@ -33,6 +36,8 @@ pub struct Shared {
     pub start_time: u64,
     pub started_at: i64,
     pub adopted: AtomicUsize,
+    /// Running services not watched yet (see [`Msg::Deferred`]).
+    pub unwatched: AtomicUsize,
     pub pending: AtomicUsize,
     /// The PostgreSQL listener's status, when one runs.
     pub postgres: Mutex<Option<Arc<Mutex<PgStatus>>>>,

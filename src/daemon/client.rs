@@ -361,6 +361,8 @@ pub fn wait_exit(s: &DaemonStatus, within: Duration) -> bool {
     match Handle::open_this_boot(s.pid, s.start_time) {
         Found::Alive(h) => h.wait(within),
         Found::Exited | Found::Stale(_) => true,
+        // Not known to have exited.
+        Found::Unknown(_) => false,
     }
 }
 

@@ -71,7 +71,27 @@ pub struct EventLoop {
     /// What changed, once the database files on disk are no longer the ones the daemon
     /// opened (see `EventLoop::files_changed`).
     pub fault: Option<String>,
+    /// The descriptor given up to read an exited child's start time when no other is
+    /// left (see [`reap::Reserve`]).
+    pub reserve: reap::Reserve,
+    /// An exited child left unreaped because its start time could not be read: (pid,
+    /// since when, unix ms). Reaping is tried again at `reap_at`.
+    pub held: Option<(i32, i64)>,
+    pub reap_at: Option<i64>,
+    /// When to ask the worker to look at the recorded instances again: some could not
+    /// be checked or watched (see [`super::worker::ADOPT_AGAIN`]).
+    pub adopt_at: Option<i64>,
+    /// Recorded instances the last adoption pass could not check or watch.
+    pub deferred: usize,
 }
+
+/// How soon an exit held for want of a descriptor is tried again (ms).
+const REAP_AGAIN: i64 = 50;
+
+/// How long an exit is held (ms) before it is reaped without its start time: then it
+/// cannot be matched to an instance, so it is logged as an error, and the worker looks
+/// at every record again (a dead instance is found dead there, as at start-up).
+const HOLD_AT_MOST: i64 = 10_000;
 
 /// Free heap memory is given back to the kernel once the daemon has been quiet this
 /// long (ms): not after every request, whose successor would fault the same pages in
@@ -110,19 +130,19 @@ impl Adopted {
         })
     }
 
-    fn add(&mut self, handle: Handle, watch: Watch) {
+    /// Watches `handle`'s process; `Err` (the watch back, with why) when its pidfd could
+    /// not join the epoll set.
+    fn add(&mut self, handle: Handle, watch: Watch) -> Result<(), (Watch, nix::errno::Errno)> {
         let token = self.next;
         self.next += 1;
         if let Err(e) = self
             .epoll
             .add(handle.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
         {
-            // Its exit is then noticed only at the next adoption pass (a reload or a
-            // daemon restart): say so.
-            error!(service = %watch.name, error = %e, "cannot watch an adopted service; its exit will be seen at the next reload");
-            return;
+            return Err((watch, e));
         }
         self.watched.insert(token, (handle, watch));
+        Ok(())
     }
 
     fn remove(&mut self, token: u64) -> Option<(Handle, Watch)> {
@@ -182,6 +202,16 @@ impl EventLoop {
                     self.worker.send(Job::AdoptedExit { handle, watch });
                 }
             }
+            if self.reap_at.is_some_and(|at| at <= now_ms()) {
+                self.reap_at = None;
+                self.reap();
+            }
+            if self.adopt_at.is_some_and(|at| at <= now_ms()) {
+                self.adopt_at = None;
+                if self.drain.is_none() {
+                    self.worker.send(Job::AdoptAgain);
+                }
+            }
             self.fire_timers();
             self.publish();
             if ready.signal || ready.wake || ready.listener {
@@ -197,10 +227,18 @@ impl EventLoop {
         }
     }
 
-    /// Until the next pending restart (or the time to give memory back), or forever. While shutting down, look again every
+    /// Until the next pending restart (or the time to give memory back, reap a held
+    /// exit, look at instances again), or forever. While shutting down, look again every
     /// few milliseconds for requests in flight to finish.
     fn timeout(&self) -> PollTimeout {
-        let next = self.timers.values().chain(&self.trim_at).min().copied();
+        let next = self
+            .timers
+            .values()
+            .chain(&self.trim_at)
+            .chain(&self.reap_at)
+            .chain(&self.adopt_at)
+            .min()
+            .copied();
         let ms = next.map(|at| (at - now_ms()).clamp(0, i32::MAX as i64) as i32);
         let ms = match (ms, &self.drain) {
             (Some(ms), Some(_)) => Some(ms.min(10)),
@@ -249,19 +287,63 @@ impl EventLoop {
     }
 
     /// Reaps every exited child: the status goes on the board at once, and the exit to
-    /// the worker.
+    /// the worker. An exit whose start time cannot be read for want of a descriptor is
+    /// held (the child stays a zombie, its pid taken) and tried again shortly; no exit
+    /// is dropped without an error in the log.
     fn reap(&mut self) {
-        while let Some(r) = reap::reap_one() {
-            let Some(start_time) = r.start_time else {
-                continue;
-            };
-            self.board.post(r.pid, start_time, r.status);
-            self.worker.send(Job::Exit {
-                pid: r.pid,
-                start_time,
-                status: r.status,
-            });
+        loop {
+            match reap::reap_one(&mut self.reserve) {
+                reap::Reaping::Nothing => {
+                    self.held = None;
+                    return;
+                }
+                reap::Reaping::Reaped(r) => {
+                    if self.held.is_some_and(|(pid, _)| pid == r.pid) {
+                        info!(pid = r.pid, "a held exit was reaped with its start time");
+                        self.held = None;
+                    }
+                    self.exited(r.pid, r.start_time, r.status);
+                }
+                reap::Reaping::Held { pid, why } => {
+                    let now = now_ms();
+                    let since = match self.held {
+                        Some((p, since)) if p == pid => since,
+                        _ => {
+                            error!(pid, reason = %why, "an exited child's start time cannot be read; its exit is held (not reaped) until it can be");
+                            now
+                        }
+                    };
+                    if now - since < HOLD_AT_MOST {
+                        self.held = Some((pid, since));
+                        self.reap_at = Some(now + REAP_AGAIN);
+                        return;
+                    }
+                    // Holding it longer would hold every other exit behind it.
+                    self.held = None;
+                    if let Some(status) = reap::reap_pid(pid) {
+                        self.exited(pid, None, status);
+                    }
+                }
+            }
         }
+    }
+
+    /// A reaped child: on the board and to the worker, or, without its start time, in
+    /// the log as an error, and every record looked at again (a service's instance that
+    /// it was is then found dead there and goes through the restart policy).
+    fn exited(&mut self, pid: i32, start_time: Option<u64>, status: i32) {
+        let Some(start_time) = start_time else {
+            error!(pid, status = %crate::policy::ExitStatus::from_wait(status),
+                "reaped a child whose start time could not be read: its exit cannot be matched to an instance; looking at every record again");
+            self.worker.send(Job::AdoptAgain);
+            return;
+        };
+        self.board.post(pid, start_time, status);
+        self.worker.send(Job::Exit {
+            pid,
+            start_time,
+            status,
+        });
     }
 
     fn reload(&mut self) {
@@ -287,7 +369,21 @@ impl EventLoop {
                 }
                 Msg::Watch(w) => {
                     for (handle, watch) in w {
-                        self.adopted.add(handle, watch);
+                        if let Err((watch, e)) = self.adopted.add(handle, watch) {
+                            // Not watched after all: the worker forgets it, and looks at it
+                            // again soon (its exit meanwhile is found there).
+                            error!(service = %watch.name, pid = watch.pid, error = %e,
+                                "cannot watch an adopted service; looking at it again in {} s",
+                                super::worker::ADOPT_AGAIN / 1000);
+                            self.worker.send(Job::NotWatched { pid: watch.pid });
+                            self.adopt_soon();
+                        }
+                    }
+                }
+                Msg::Deferred(n) => {
+                    self.deferred = n;
+                    if n > 0 {
+                        self.adopt_soon();
                     }
                 }
                 Msg::FilesChanged(change) => self.files_changed(change),
@@ -300,6 +396,13 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// Asks the worker to look at the recorded instances again in
+    /// [`super::worker::ADOPT_AGAIN`] (or sooner, if that was asked already).
+    fn adopt_soon(&mut self) {
+        let at = now_ms() + super::worker::ADOPT_AGAIN;
+        self.adopt_at = Some(self.adopt_at.map_or(at, |t| t.min(at)));
     }
 
     /// Takes the database's word on the pending restarts, except those already handed
@@ -338,6 +441,9 @@ impl EventLoop {
         self.shared
             .pending
             .store(self.timers.len(), Ordering::Relaxed);
+        self.shared
+            .unwatched
+            .store(self.deferred, Ordering::Relaxed);
     }
 
     /// The database files on disk are no longer the ones the daemon opened: its

@@ -74,6 +74,13 @@ use server::ServeCtx;
 use signals::{sd_notify, Signals};
 use worker::Job;
 
+/// The limit on open files a daemon needs to watch `services` services: a pidfd each,
+/// its own (the database, the socket, the threads' pipes: about 30, with some to spare)
+/// and the ones it keeps free for its work ([`worker::RESERVED_DESCRIPTORS`]).
+pub fn descriptors_needed(services: usize) -> u64 {
+    services as u64 + 48 + worker::RESERVED_DESCRIPTORS
+}
+
 /// Sets up logging to stderr: `RUST_LOG` (a level: error, warn, info, debug, trace)
 /// overrides the default `info`.
 fn init_logging() {
@@ -95,6 +102,19 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     init_logging();
     // Before any thread exists (see `process::memory`).
     crate::process::memory::one_arena();
+    // A descriptor per adopted service: as many as the hard limit allows (the services
+    // started get the limit we were given; see `process::limits`).
+    match crate::process::limits::raise() {
+        Ok(r) if r.after > r.before => {
+            info!(
+                from = r.before,
+                to = r.after,
+                "raised the limit on open files"
+            )
+        }
+        Ok(r) => info!(limit = r.after, "limit on open files"),
+        Err(e) => warn!(error = %io_reason(&e), "cannot raise the limit on open files"),
+    }
     home.ensure()?;
     let lock_path = client::lock_path(&home);
     let lock = match lock::acquire(&lock_path).map_err(|e| Error::Io {
@@ -170,6 +190,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
             .map_or(0, |s| s.start_time),
         started_at: now_ms(),
         adopted: AtomicUsize::new(0),
+        unwatched: AtomicUsize::new(0),
         pending: AtomicUsize::new(0),
         postgres: Mutex::new(None),
         containment: containment.describe(),
@@ -242,6 +263,11 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         trim_at: None,
         lock,
         fault: None,
+        reserve: reap::Reserve::new(),
+        held: None,
+        reap_at: None,
+        adopt_at: None,
+        deferred: 0,
     };
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");

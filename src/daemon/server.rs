@@ -359,6 +359,7 @@ impl ServeCtx {
             version: env!("CARGO_PKG_VERSION").to_string(),
             running,
             adopted: self.shared.adopted.load(Ordering::Relaxed),
+            unwatched: self.shared.unwatched.load(Ordering::Relaxed),
             pending_restarts: self.shared.pending.load(Ordering::Relaxed),
             home: self.home.root().to_path_buf(),
             containment: self.shared.containment.clone(),

@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 use super::bus::{Msg, Waker};
 use crate::policy::{Decision, ExitStatus};
 use crate::process::handle::Handle;
+use crate::record::event;
 use crate::supervisor::{Exit, StartOutcome, Supervisor, Watch};
 
 /// Work for the worker, from the event loop.
@@ -32,6 +33,11 @@ pub enum Job {
     Sync,
     /// Adopt running services not watched yet (SIGHUP, `tend daemon reload`).
     Reload,
+    /// Look at the recorded instances again: some could not be checked or watched, or an
+    /// exit could not be matched.
+    AdoptAgain,
+    /// The loop could not watch this adopted pid after all: forget it was handed over.
+    NotWatched { pid: i32 },
 }
 
 /// The loop's end: sends jobs and counts those not finished yet.
@@ -94,6 +100,7 @@ pub fn start(
         waker,
         me: std::process::id() as i32,
         watched: HashSet::new(),
+        deferred: HashSet::new(),
     };
     std::thread::Builder::new()
         .name("tend-worker".into())
@@ -124,6 +131,24 @@ struct Worker {
     me: i32,
     /// Pids of adopted services handed to the loop to watch.
     watched: HashSet<i32>,
+    /// Pids of instances an adoption pass left as they were (already said so).
+    deferred: HashSet<i32>,
+}
+
+/// Descriptors above the highest one a watched service's pidfd may take: kept for the
+/// daemon's own work (a request: its socket and a database connection; a start: pipes,
+/// log files, a pidfd; reaping: a stat), so that watching many services never leaves
+/// the daemon unable to do anything else.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How soon instances an adoption pass could not check or watch are looked at again (ms):
+/// the event loop asks for another pass then.
+pub const ADOPT_AGAIN: i64 = 5_000;
+
+/// The highest descriptor number a watched service's pidfd may have.
+fn watch_limit() -> i32 {
+    let soft = crate::process::limits::nofile().map_or(1024, |(soft, _)| soft);
+    i32::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS + 1)).unwrap_or(i32::MAX)
 }
 
 impl Worker {
@@ -165,7 +190,10 @@ impl Worker {
             }
             Job::Restart(name) => self.restart(&name),
             Job::Sync => {}
-            Job::Reload => self.adopt(),
+            Job::Reload | Job::AdoptAgain => self.adopt(),
+            Job::NotWatched { pid } => {
+                self.watched.remove(&pid);
+            }
         }
         for n in self.sup.take_notices() {
             info!("{n}");
@@ -212,6 +240,11 @@ impl Worker {
             Ok(StartOutcome::Started { pid }) => info!(service = %name, pid, "restarted"),
             Ok(StartOutcome::NotDue) => debug!(service = %name, "restart cancelled"),
             Ok(other) => info!(service = %name, outcome = ?other, "restart"),
+            // Whether the recorded instance still runs could not be checked: not a
+            // failure of the service, and nothing to give up on.
+            Err(e @ crate::Error::LivenessUnknown { .. }) => {
+                warn!(service = %name, error = %e, "restart not carried out")
+            }
             Err(e) => {
                 error!(service = %name, error = %e, "restart failed");
                 if let Err(e) = self.sup.give_up(name, &format!("restart failed: {e}")) {
@@ -230,7 +263,8 @@ impl Worker {
     }
 
     /// Adopts running services this daemon does not watch yet, and handles the ones that
-    /// died (or whose pid was reused) while no daemon was watching.
+    /// died (or whose pid was reused) while no daemon was watching. Those that could not
+    /// be checked (or watched) are left as they are and looked at again soon.
     fn adopt(&mut self) {
         let me = self.me;
         let watched = self.watched.clone();
@@ -241,21 +275,41 @@ impl Worker {
                     .flatten()
                     .is_some_and(|s| s.ppid == me)
         };
-        let (watches, exits) = match self.sup.adopt_all(&skip) {
+        let adoption = match self.sup.adopt_all(&skip, watch_limit()) {
             Ok(v) => v,
             Err(e) => {
                 error!(error = %e, "adoption failed");
                 return;
             }
         };
-        for (_, w) in &watches {
+        for (_, w) in &adoption.watches {
             info!(service = %w.name, pid = w.pid, "adopted");
             self.watched.insert(w.pid);
         }
-        if !watches.is_empty() {
-            self.waker.send(Msg::Watch(watches));
+        if !adoption.watches.is_empty() {
+            self.waker.send(Msg::Watch(adoption.watches));
         }
-        for exit in exits {
+        let already = std::mem::take(&mut self.deferred);
+        for d in &adoption.deferred {
+            self.deferred.insert(d.pid);
+            // Said once per instance (in the log, and in its events when its check could
+            // not be made), not at every look.
+            if already.contains(&d.pid) {
+                continue;
+            }
+            warn!(service = %d.name, pid = d.pid, reason = %d.why, "not adopted yet; looking again in {} s", ADOPT_AGAIN / 1000);
+            if !d.checked {
+                let detail = format!(
+                    "pid {}: {}; record kept, not signalled, looked at again",
+                    d.pid, d.why
+                );
+                if let Err(e) = self.sup.record(&d.name, event::UNKNOWN, &detail) {
+                    error!(service = %d.name, error = %e, "recording an event failed");
+                }
+            }
+        }
+        self.waker.send(Msg::Deferred(adoption.deferred.len()));
+        for exit in adoption.exits {
             self.after_exit(exit, ExitStatus::Unknown, Vec::new());
         }
     }

@@ -196,41 +196,8 @@ fn own_cgroup_dir() -> Result<PathBuf, String> {
     })
 }
 
-/// The mount point of the cgroup2 file system (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on a hybrid system), from /proc/self/mountinfo.
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    static MOUNT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    MOUNT.get_or_init(find_cgroup2_mount).clone()
-}
-
-fn find_cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        let mount_point = pre.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape(mount_point)))
-    })
-}
-
-/// mountinfo escapes spaces and the like as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// The mount point of the cgroup2 file system (see [`super::mounts`]).
+pub use super::mounts::cgroup2_mount;
 
 fn is_cgroup2(p: &Path) -> bool {
     nix::sys::statfs::statfs(p)
@@ -689,7 +656,6 @@ mod tests {
         assert!(n.starts_with("tend-") && n.len() == 21, "{n}");
         assert_eq!(n, home_cgroup_name(Path::new("/home/u/.local/state/tend")));
         assert_ne!(n, home_cgroup_name(Path::new("/other")));
-        assert_eq!(unescape("/a\\040b"), "/a b");
         let own = PathBuf::from("/sys/fs/cgroup/u.service")
             .join(&n)
             .join(SUPERVISOR);

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -36,17 +37,32 @@ pub enum Found {
     Exited,
     /// The record cannot describe a live process of ours; the reason says why.
     Stale(String),
+    /// The check could not be made (no descriptor left, out of memory, /proc not
+    /// readable): nothing is known, and nothing may be concluded; the reason says why.
+    Unknown(String),
 }
 
 impl Handle {
     /// Opens a handle on the recorded process `(pid, start_time, recorded_boot)` after
-    /// checking its identity. Nothing is signalled.
-    pub fn open(pid: i32, start_time: u64, recorded_boot: &str, current_boot: &str) -> Found {
-        Handle::open_checked(pid, start_time, Some((recorded_boot, current_boot)))
+    /// checking its identity, including, for an instance with a cgroup, that it is a
+    /// member of `cgroup`. Nothing is signalled.
+    pub fn open(
+        pid: i32,
+        start_time: u64,
+        recorded_boot: &str,
+        current_boot: &str,
+        cgroup: Option<&Path>,
+    ) -> Found {
+        Handle::open_checked(pid, start_time, Some((recorded_boot, current_boot)), cgroup)
     }
 
     /// [`Handle::open`], with the boot check when `boots` is given.
-    fn open_checked(pid: i32, start_time: u64, boots: Option<(&str, &str)>) -> Found {
+    fn open_checked(
+        pid: i32,
+        start_time: u64,
+        boots: Option<(&str, &str)>,
+        cgroup: Option<&Path>,
+    ) -> Found {
         if boots.is_some_and(|(recorded, current)| recorded != current) {
             return Found::Stale("recorded before the last reboot".into());
         }
@@ -56,22 +72,42 @@ impl Handle {
         let fd = match pidfd_open(pid) {
             Ok(fd) => fd,
             Err(Errno::ESRCH) => return Found::Exited,
-            Err(e) => return Found::Stale(format!("cannot open pid {pid}: {}", e.desc())),
+            // EMFILE, ENFILE, ENOMEM...: nothing is known about the process.
+            Err(e) => {
+                return Found::Unknown(format!(
+                    "cannot open pid {pid}: {}",
+                    e.desc().to_lowercase()
+                ))
+            }
         };
-        // The stat read comes after the pidfd is open, so if the pidfd still shows the
-        // process afterwards, the stat described the pinned process.
+        // The reads come after the pidfd is open, so if the pidfd still shows the
+        // process afterwards, they described the pinned process.
+        let inside = match cgroup.map(|cg| identity::membership(pid, cg)).transpose() {
+            Ok(Some(None)) => return Found::Exited,
+            Ok(m) => Ok(m.flatten()),
+            Err(why) => Err(why),
+        };
         let st = match identity::stat(pid) {
             Ok(Some(s)) => s,
             Ok(None) => return Found::Exited,
-            Err(e) => return Found::Stale(format!("cannot read /proc/{pid}/stat: {e}")),
+            Err(e) => {
+                return Found::Unknown(format!(
+                    "cannot read /proc/{pid}/stat: {}",
+                    crate::error::io_reason(&e)
+                ))
+            }
         };
         match send(&fd, None) {
-            Ok(()) => {}
+            // EPERM: still there, but we may not signal it (it changed its user ids);
+            // whether it is ours is for its start time to say.
+            Ok(()) | Err(Errno::EPERM) => {}
             Err(Errno::ESRCH) => return Found::Exited,
-            Err(Errno::EPERM) => {
-                return Found::Stale(format!("pid {pid} now belongs to another user's process"))
+            Err(e) => {
+                return Found::Unknown(format!(
+                    "cannot check pid {pid}: {}",
+                    e.desc().to_lowercase()
+                ))
             }
-            Err(e) => return Found::Stale(format!("cannot check pid {pid}: {}", e.desc())),
         }
         if st.start_time != start_time {
             return Found::Stale(format!(
@@ -81,6 +117,14 @@ impl Handle {
         }
         if st.exited() {
             return Found::Exited;
+        }
+        // Whether it is in the instance's cgroup matters only now that it is alive.
+        match inside {
+            Ok(Some(identity::Membership::Outside { cgroup, actual })) => {
+                return Found::Stale(identity::outside(&cgroup, &actual))
+            }
+            Ok(_) => {}
+            Err(why) => return Found::Unknown(why),
         }
         Found::Alive(Handle {
             pid,
@@ -92,7 +136,7 @@ impl Handle {
     /// Opens a handle on `(pid, start_time)`, a process known to be of this boot (one
     /// that answered over the control socket a moment ago).
     pub fn open_this_boot(pid: i32, start_time: u64) -> Found {
-        Handle::open_checked(pid, start_time, None)
+        Handle::open_checked(pid, start_time, None, None)
     }
 
     /// Pins whatever process has `pid` now, with its stat as read while it was pinned.

@@ -10,7 +10,9 @@
 //! - [`signals`]: signal masks around a start.
 //! - [`startup`]: what the binary does first (standard descriptors, SIGPIPE ignored).
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
+//! - [`limits`]: the limit on open files: the daemon's raised, the services' as given.
 //! - [`memory`]: the daemon's heap: one arena, free pages given back.
+//! - [`mounts`]: where the cgroup2 file system is mounted.
 //! - [`usage`]: CPU time and memory of a process tree, for a service without a cgroup.
 //! - [`writer`]: the pipes to a service's log writer, and starting the writer outside
 //!   the service's kill scope.
@@ -19,8 +21,10 @@ pub mod cgroup;
 pub mod check;
 pub mod handle;
 pub mod identity;
+pub mod limits;
 pub mod lock;
 pub mod memory;
+pub mod mounts;
 pub mod reap;
 pub mod signals;
 pub mod spawn;

@@ -27,17 +27,77 @@ pub fn become_subreaper() -> io::Result<()> {
 pub struct Reaped {
     pub pid: i32,
     /// Read from the zombie before reaping it, so the exit can be matched to the exact
-    /// recorded instance.
+    /// recorded instance. `None` only if /proc had no entry for the unreaped child.
     pub start_time: Option<u64>,
     /// The `waitpid` status word.
     pub status: i32,
 }
 
+/// What [`reap_one`] did.
+#[derive(Clone, Debug)]
+pub enum Reaping {
+    Reaped(Reaped),
+    /// Child `pid` has exited, but its start time could not be read (`why`), not even
+    /// with the reserved descriptor: it is left unreaped (its pid cannot be reused
+    /// meanwhile), for a later call. Other exited children wait behind it.
+    Held {
+        pid: i32,
+        why: String,
+    },
+    /// No child has exited.
+    Nothing,
+}
+
+/// One descriptor kept open and given up only for the moment a zombie's stat must be
+/// read while every other one is in use: an exit whose start time cannot be read
+/// cannot be matched to its instance.
+pub struct Reserve(Option<std::os::fd::OwnedFd>);
+
+impl Reserve {
+    pub fn new() -> Reserve {
+        let mut r = Reserve(None);
+        r.refill();
+        r
+    }
+
+    /// Takes a descriptor again if it had to be given up (or could not be taken).
+    fn refill(&mut self) {
+        if self.0.is_none() {
+            self.0 = std::fs::File::open("/dev/null").ok().map(Into::into);
+        }
+    }
+
+    /// Runs `f` with the reserved descriptor closed, so that the one descriptor `f`
+    /// opens can be had (another thread may still take it first: then `f` fails again).
+    fn released<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        self.0 = None;
+        let out = f();
+        self.refill();
+        out
+    }
+}
+
+impl Default for Reserve {
+    fn default() -> Self {
+        Reserve::new()
+    }
+}
+
+/// Too many open files, in this process (EMFILE) or in the system (ENFILE).
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// Reaps one exited child, if any, without blocking.
 ///
 /// The child is first looked at with `WNOWAIT` (it stays a zombie, so its pid cannot be
-/// reused and /proc still shows its start time), then reaped by pid.
-pub fn reap_one() -> Option<Reaped> {
+/// reused and /proc still shows its start time), then reaped by pid. Reading the start
+/// time takes a descriptor: when there is none left, `reserve`'s is given up for that
+/// read, and if even that fails the child is not reaped yet ([`Reaping::Held`]): an exit
+/// reaped without its start time could not be matched to its instance, and would be
+/// lost.
+pub fn reap_one(reserve: &mut Reserve) -> Reaping {
+    reserve.refill();
     loop {
         // SAFETY: siginfo_t is plain data; all-zero is a valid value for waitid to fill.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -54,19 +114,34 @@ pub fn reap_one() -> Option<Reaped> {
             if Errno::last() == Errno::EINTR {
                 continue;
             }
-            return None; // ECHILD: no children at all
+            return Reaping::Nothing; // ECHILD: no children at all
         }
         // SAFETY: waitid filled `info` for a child state change (si_pid 0 means none).
         let pid = unsafe { info.si_pid() };
         if pid == 0 {
-            return None;
+            return Reaping::Nothing;
         }
-        let start_time = identity::stat(pid).ok().flatten().map(|s| s.start_time);
+        let read = match identity::stat(pid) {
+            Err(e) if out_of_descriptors(&e) => reserve.released(|| identity::stat(pid)),
+            other => other,
+        };
+        let start_time = match read {
+            Ok(st) => st.map(|s| s.start_time),
+            Err(e) => {
+                return Reaping::Held {
+                    pid,
+                    why: format!(
+                        "cannot read /proc/{pid}/stat: {}",
+                        crate::error::io_reason(&e)
+                    ),
+                }
+            }
+        };
         let mut status = 0;
         // SAFETY: waitpid on a child we just saw exit, with a valid status pointer.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if r == pid {
-            return Some(Reaped {
+            return Reaping::Reaped(Reaped {
                 pid,
                 start_time,
                 status,
@@ -74,6 +149,23 @@ pub fn reap_one() -> Option<Reaped> {
         }
         // Someone else reaped it meanwhile (a spawning thread reaping its intermediate
         // child, or discarding a process that never ran): look again.
+    }
+}
+
+/// Reaps child `pid` if it has exited, whatever else is known of it: its `waitpid`
+/// status word.
+pub fn reap_pid(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on one pid with a valid status pointer; WNOHANG never blocks.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Some(status);
+        }
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return None;
     }
 }
 

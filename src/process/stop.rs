@@ -43,6 +43,7 @@
 //! tend must not signal.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -78,12 +79,17 @@ pub struct Recorded<'a> {
     pub session: i32,
     pub start_time: u64,
     pub boot_id: &'a str,
+    /// The instance's cgroup, when it has one: its main process must be in it.
+    pub cgroup: Option<&'a Path>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ended {
     /// The record does not describe a live process of ours; nothing was signalled.
     Stale(String),
+    /// Whether the record describes a live process of ours could not be checked (out of
+    /// descriptors, say); nothing was signalled.
+    Unknown(String),
     /// The main process had already exited; nothing was signalled.
     AlreadyExited,
     Stopped(Stopped),
@@ -114,10 +120,11 @@ pub fn stop(
     cgroup: Option<&Cgroup>,
 ) -> Result<Ended, StopError> {
     let started = Instant::now();
-    let main = match Handle::open(t.pid, t.start_time, t.boot_id, current_boot) {
+    let main = match Handle::open(t.pid, t.start_time, t.boot_id, current_boot, t.cgroup) {
         Found::Alive(h) => h,
         Found::Exited => return Ok(Ended::AlreadyExited),
         Found::Stale(why) => return Ok(Ended::Stale(why)),
+        Found::Unknown(why) => return Ok(Ended::Unknown(why)),
     };
     let left_session = main
         .stat()
@@ -236,14 +243,18 @@ pub enum Signalled {
     AlreadyExited,
     /// The record does not describe a live process of ours; nothing was sent.
     Stale(String),
+    /// Whether the record describes a live process of ours could not be checked;
+    /// nothing was sent.
+    Unknown(String),
 }
 
 /// Sends `signal` to the instance's main process only, after the identity check.
 pub fn signal(t: &Recorded, current_boot: &str, signal: Signal) -> Result<Signalled, StopError> {
-    let main = match Handle::open(t.pid, t.start_time, t.boot_id, current_boot) {
+    let main = match Handle::open(t.pid, t.start_time, t.boot_id, current_boot, t.cgroup) {
         Found::Alive(h) => h,
         Found::Exited => return Ok(Signalled::AlreadyExited),
         Found::Stale(why) => return Ok(Signalled::Stale(why)),
+        Found::Unknown(why) => return Ok(Signalled::Unknown(why)),
     };
     match main.signal(signal) {
         Ok(()) => Ok(Signalled::Delivered),

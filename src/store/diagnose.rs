@@ -19,6 +19,8 @@ pub struct Diagnosis {
     pub schema_known: i64,
     /// The `tend config` settings (empty when the table does not exist yet).
     pub config: Vec<(String, String)>,
+    /// How many services are defined (0 when the table does not exist yet).
+    pub services: usize,
 }
 
 /// Opens `path` read-write (a WAL database cannot be read without its shared-memory
@@ -53,11 +55,15 @@ pub fn diagnose(path: &Path) -> Result<Diagnosis> {
         // An old schema without the table: nothing configured.
         Err(_) => Vec::new(),
     };
+    let services: i64 = conn
+        .query_row("SELECT count(*) FROM services", [], |r| r.get(0))
+        .unwrap_or(0);
     Ok(Diagnosis {
         integrity,
         journal_mode,
         schema_version,
         schema_known: schema::latest(),
         config,
+        services: services.max(0) as usize,
     })
 }

@@ -73,6 +73,16 @@ impl Tx<'_> {
         )
     }
 
+    /// Takes back [`Tx::mark_stopping`] for a stop that did nothing (only if the
+    /// instance is still `seen`).
+    pub fn unmark_stopping(&self, service_id: i64, seen: &Instance) -> Result<()> {
+        self.exec(
+            "UPDATE instances SET stopping = 0 WHERE service_id = ?1 AND pid = ?2 \
+             AND start_time = ?3",
+            params![service_id, seen.pid, seen.start_time as i64],
+        )
+    }
+
     pub fn runtime(&self, service_id: i64) -> Result<Runtime> {
         let mut stmt = self
             .0

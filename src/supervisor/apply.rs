@@ -8,6 +8,7 @@ use super::definitions::validate;
 use super::instances::live_instance;
 use super::{Supervisor, Then};
 use crate::error::{Error, Result};
+use crate::process::identity::Liveness;
 use crate::record::event;
 use crate::service::file::ServiceFile;
 use crate::service::{self, graph, Service};
@@ -54,7 +55,10 @@ impl Supervisor {
         let seer = self.seer();
         self.store.read(|tx| {
             plan(tx, file, owner, prune, &mut |tx, id, _| {
-                Ok(tx.instance(id)?.is_some_and(|i| seer.alive(&i)))
+                // One whose check could not be made may run, as far as the plan knows.
+                Ok(tx.instance(id)?.is_some_and(|i| {
+                    !matches!(seer.check(&i), Liveness::Exited | Liveness::Stale(_))
+                }))
             })
         })
     }
@@ -73,7 +77,7 @@ impl Supervisor {
         let done = self.store.write(|tx| {
             notes.clear();
             let steps = plan(tx, file, owner, prune, &mut |tx, id, svc| {
-                Ok(live_instance(tx, id, svc, &seer, Then::Policy, &mut notes)?.is_some())
+                Ok(live_instance(tx, id, svc, &seer, Then::Policy, &mut notes)?.may_run())
             })?;
             let why = format!("({})", file.name);
             for item in &steps {

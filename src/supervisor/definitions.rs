@@ -52,7 +52,8 @@ impl Supervisor {
             if !changed.is_empty() {
                 tx.record(name, event::CHANGED, &changed.join(", "))?;
             }
-            Ok(live_instance(tx, id, &now, &seer, Then::Policy, &mut notes)?.is_some())
+            // One whose check could not be made may run: the changes wait for its restart.
+            Ok(live_instance(tx, id, &now, &seer, Then::Policy, &mut notes)?.may_run())
         })?;
         self.notices.extend(notes);
         Ok((changed, running))
@@ -71,7 +72,10 @@ impl Supervisor {
         self.store.write(|tx| {
             notes.clear();
             let (id, svc) = lookup(tx, name)?;
-            if live_instance(tx, id, &svc, &seer, Then::Nothing, &mut notes)?.is_some() {
+            let live = live_instance(tx, id, &svc, &seer, Then::Nothing, &mut notes)?;
+            // Removing the definition of one that may still run would leave it running
+            // with nothing to stop it by.
+            if live.known(name, "not removed")?.is_some() {
                 return Err(Error::Running(name.to_string()));
             }
             tx.delete_service(id)?;

@@ -2,7 +2,10 @@
 //! runs when a daemon comes up, give a service up.
 
 use super::instances::{lookup, record_exit};
-use super::{Adoption, Exit, Supervisor, Then, Watch};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use super::{Adoption, Deferred, Exit, Supervisor, Then, Watch};
 use crate::error::Result;
 use crate::policy::ExitStatus;
 use crate::process::handle::{Found, Handle};
@@ -49,14 +52,22 @@ impl Supervisor {
 
     /// For a daemon coming up (or reloading): every recorded instance that is alive is
     /// adopted (returned with a handle, for watching, and recorded); every dead or stale
-    /// one goes through the restart policy as an exit with unknown status. Instances for
-    /// which `skip(pid)` holds (already watched, or children of the daemon) are left
-    /// alone.
-    pub fn adopt_all(&mut self, skip: &dyn Fn(i32) -> bool) -> Result<Adoption> {
+    /// one goes through the restart policy as an exit with unknown status; one whose
+    /// check could not be made is left exactly as it is (see [`Adoption::deferred`]).
+    /// Instances for which `skip(pid)` holds (already watched, or children of the
+    /// daemon) are left alone.
+    ///
+    /// `max_fd`: the highest descriptor number a watched instance's pidfd may have. One
+    /// above it is given back, and its instance deferred: the daemon keeps the
+    /// descriptors above for its own work (reaping, requests, starts), rather than hold
+    /// every last one on watching.
+    pub fn adopt_all(&mut self, skip: &dyn Fn(i32) -> bool, max_fd: i32) -> Result<Adoption> {
         let boot = self.boot_id.clone();
         let mut handles = Vec::new();
+        let mut deferred = Vec::new();
         let (watches, exits) = self.store.write(|tx| {
             handles.clear();
+            deferred.clear();
             let mut watches = Vec::new();
             let mut exits = Vec::new();
             for (id, svc) in tx.services()? {
@@ -66,7 +77,20 @@ impl Supervisor {
                 if skip(inst.pid) {
                     continue;
                 }
-                match Handle::open(inst.pid, inst.start_time, &inst.boot_id, &boot) {
+                let cgroup = inst.cgroup.as_deref().map(Path::new);
+                match Handle::open(inst.pid, inst.start_time, &inst.boot_id, &boot, cgroup) {
+                    Found::Alive(h) if h.as_fd().as_raw_fd() > max_fd => {
+                        deferred.push(Deferred {
+                            name: svc.name.clone(),
+                            pid: inst.pid,
+                            checked: true,
+                            why: format!(
+                                "alive, but not watched: the daemon keeps its descriptors \
+                                 above {max_fd} for its own work (raise its limit of open \
+                                 files; see `tend doctor`)"
+                            ),
+                        });
+                    }
                     Found::Alive(h) => {
                         tx.record(&svc.name, event::ADOPTED, &format!("pid {}", inst.pid))?;
                         handles.push(h);
@@ -76,6 +100,13 @@ impl Supervisor {
                             start_time: inst.start_time,
                         });
                     }
+                    // Nothing is known: neither an exit nor a reason to start anything.
+                    Found::Unknown(why) => deferred.push(Deferred {
+                        name: svc.name.clone(),
+                        pid: inst.pid,
+                        checked: false,
+                        why,
+                    }),
                     found => {
                         if let Found::Stale(why) = found {
                             // It exited while nobody watched and its pid went to someone
@@ -99,7 +130,11 @@ impl Supervisor {
             }
             Ok((watches, exits))
         })?;
-        Ok((handles.into_iter().zip(watches).collect(), exits))
+        Ok(Adoption {
+            watches: handles.into_iter().zip(watches).collect(),
+            exits,
+            deferred,
+        })
     }
 
     /// Marks the service failed (an automatic restart could not even spawn it).

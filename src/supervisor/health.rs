@@ -145,6 +145,7 @@ impl Supervisor {
             session: inst.pgid,
             start_time: inst.start_time,
             boot_id: &inst.boot_id,
+            cgroup: inst.cgroup.as_deref().map(std::path::Path::new),
         };
         let killed = stop::signal(&target, &self.boot_id, nix::sys::signal::Signal::SIGKILL)
             .map(|o| matches!(o, stop::Signalled::Delivered))

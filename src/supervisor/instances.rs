@@ -25,12 +25,11 @@ pub(super) fn record_exit(
     then: Then,
 ) -> Result<Exit> {
     let now = now_ms();
+    let cgroup = own_cgroup(&svc.name, inst);
     // A SIGKILL in a cgroup whose memory.events counts an OOM kill was the kernel's doing
     // (the instance's cgroup is its own, so any count there is this instance's).
-    let status = match (&status, &inst.cgroup) {
-        (ExitStatus::Signal(libc::SIGKILL), Some(cg))
-            if Cgroup::at(cg).oom_kills().is_some_and(|n| n > 0) =>
-        {
+    let status = match (&status, &cgroup) {
+        (ExitStatus::Signal(libc::SIGKILL), Some(cg)) if cg.oom_kills().is_some_and(|n| n > 0) => {
             ExitStatus::OomKilled
         }
         _ => status,
@@ -67,11 +66,22 @@ pub(super) fn record_exit(
     Ok(Exit {
         name: svc.name.clone(),
         pgid: inst.pgid,
-        cgroup: inst.cgroup.clone(),
+        cgroup: cgroup.map(|c| c.path.display().to_string()),
         requested,
         decision,
         retry_at,
     })
+}
+
+/// The instance's cgroup if it is one of service `name`'s (`.../NAME.service/LEAF`, where
+/// tend creates them): only such a cgroup may be emptied as what the service left
+/// behind. A record naming any other cgroup (forged, say, to name another service's
+/// instance) is never the reason that cgroup is killed.
+pub(super) fn own_cgroup(name: &str, inst: &Instance) -> Option<Cgroup> {
+    let path = std::path::Path::new(inst.cgroup.as_deref()?);
+    let parent = path.parent()?.file_name()?;
+    (path.is_absolute() && parent.to_str() == Some(&format!("{name}.service")))
+        .then(|| Cgroup::at(path))
 }
 
 pub(super) fn lookup(tx: &Tx, name: &str) -> Result<(i64, Service)> {
@@ -79,9 +89,44 @@ pub(super) fn lookup(tx: &Tx, name: &str) -> Result<(i64, Service)> {
         .ok_or_else(|| Error::UnknownService(name.to_string()))
 }
 
-/// The service's instance if it is alive. A dead or stale record is cleared, logged,
-/// noted and put through the restart policy (`then`), unless a daemon watches: then an
-/// exit is left for it, since it knows the status. Must run in a write transaction.
+/// What a look at a service's recorded instance found.
+#[derive(Debug)]
+pub(super) enum Live {
+    /// None is recorded (a dead or stale one has just been cleared, or is left for the
+    /// daemon).
+    None,
+    Alive(Instance),
+    /// Whether it still runs could not be checked (the reason says why): the record
+    /// stands as it is, and nobody may act as if it were gone.
+    Unknown(Instance, String),
+}
+
+impl Live {
+    /// An instance that runs or may run: alive, or unknown.
+    pub(super) fn may_run(&self) -> bool {
+        !matches!(self, Live::None)
+    }
+
+    /// The live instance, for a caller that must not act on a guess: an unknown one is
+    /// an error saying what was not done.
+    pub(super) fn known(self, service: &str, what: &'static str) -> Result<Option<Instance>> {
+        match self {
+            Live::None => Ok(None),
+            Live::Alive(i) => Ok(Some(i)),
+            Live::Unknown(i, reason) => Err(Error::LivenessUnknown {
+                service: service.to_string(),
+                pid: i.pid,
+                reason,
+                what,
+            }),
+        }
+    }
+}
+
+/// The service's instance if it is alive (or may be). A dead or stale record is cleared,
+/// logged, noted and put through the restart policy (`then`), unless a daemon watches:
+/// then an exit is left for it, since it knows the status. A record whose check could not
+/// be made is left exactly as it is. Must run in a write transaction.
 pub(super) fn live_instance(
     tx: &Tx,
     id: i64,
@@ -89,17 +134,18 @@ pub(super) fn live_instance(
     seer: &Seer,
     then: Then,
     notes: &mut Vec<String>,
-) -> Result<Option<Instance>> {
+) -> Result<Live> {
     let Some(inst) = tx.instance(id)? else {
-        return Ok(None);
+        return Ok(Live::None);
     };
     let name = &svc.name;
-    match identity::check(inst.pid, inst.start_time, &inst.boot_id, &seer.boot) {
-        identity::Liveness::Alive => Ok(Some(inst)),
-        identity::Liveness::Exited if seer.defer => Ok(None),
+    match seer.check(&inst) {
+        identity::Liveness::Alive => Ok(Live::Alive(inst)),
+        identity::Liveness::Unknown(why) => Ok(Live::Unknown(inst, why)),
+        identity::Liveness::Exited if seer.defer => Ok(Live::None),
         // A self-daemonizing service's first process has exited and its start is taking
         // the daemonized process as the instance: still starting, not an exit.
-        identity::Liveness::Exited if super::forking::handing_over(&inst) => Ok(Some(inst)),
+        identity::Liveness::Exited if super::forking::handing_over(&inst) => Ok(Live::Alive(inst)),
         identity::Liveness::Exited => {
             let status = seer.status(&inst);
             let seen = match status {
@@ -108,14 +154,14 @@ pub(super) fn live_instance(
             };
             record_exit(tx, id, svc, &inst, status, then)?;
             notes.push(format!("{name}: {seen}; record cleared"));
-            Ok(None)
+            Ok(Live::None)
         }
         identity::Liveness::Stale(why) => {
             let detail = format!("pid {}: {why}; not signalled", inst.pid);
             tx.record(name, event::STALE, &detail)?;
             record_exit(tx, id, svc, &inst, ExitStatus::Unknown, then)?;
             notes.push(format!("{name}: {detail}; record cleared"));
-            Ok(None)
+            Ok(Live::None)
         }
     }
 }

@@ -63,15 +63,22 @@ pub struct Status {
 impl Status {
     /// `ready_at`: when the instance passed its readiness check, if it did. A service
     /// without a `ready` check is ready once it runs.
+    /// `unknown`: why the instance's liveness could not be checked, if it could not.
     fn new(
         service: Service,
-        instance: Option<Instance>,
+        (instance, unknown): (Option<Instance>, Option<String>),
         runtime: Runtime,
         supervised: bool,
         ready_at: Option<i64>,
     ) -> Status {
         let ready = service.settings.ready.is_none() || ready_at.is_some();
-        let state = State::of_ready(instance.as_ref(), &runtime, supervised, ready);
+        let state = State::of_ready(
+            instance.as_ref(),
+            &runtime,
+            supervised,
+            ready,
+            unknown.as_deref(),
+        );
         Status {
             service,
             instance,
@@ -119,8 +126,27 @@ pub enum Take {
     Before(crate::record::Taken),
 }
 
-/// What a daemon coming up found: running services to watch (pinned), and exits.
-pub type Adoption = (Vec<(Handle, Watch)>, Vec<Exit>);
+/// What a daemon coming up (or looking again) found.
+pub struct Adoption {
+    /// Running services to watch, pinned.
+    pub watches: Vec<(Handle, Watch)>,
+    /// Dead or stale records, cleared and put through the restart policy.
+    pub exits: Vec<Exit>,
+    /// Records left exactly as they are, to be looked at again: their check could not be
+    /// made, or they could not be watched.
+    pub deferred: Vec<Deferred>,
+}
+
+/// A recorded instance an adoption pass left as it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    pub name: String,
+    pub pid: i32,
+    /// The check was made (it is alive) but it is not watched; false: the check could
+    /// not be made (its liveness is unknown).
+    pub checked: bool,
+    pub why: String,
+}
 
 /// A live instance a daemon should watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,14 +297,17 @@ impl Supervisor {
 
     pub fn open_with(home: Home, ctx: Context) -> Result<Supervisor> {
         home.ensure()?;
-        let store = match ctx.files {
-            Some(files) => Store::open_kept(&home.db_path(), files, KEPT_CACHE_KIB)?,
-            None => Store::open(&home.db_path())?,
-        };
+        // Before the database: it needs a descriptor only while it is read, and the
+        // database's stay open; read afterwards, it would fail for want of a descriptor
+        // exactly when every later look at /proc would, and hide that case.
         let boot_id = identity::boot_id().map_err(|e| Error::Io {
             path: "/proc/sys/kernel/random/boot_id".into(),
             reason: crate::error::io_reason(&e),
         })?;
+        let store = match ctx.files {
+            Some(files) => Store::open_kept(&home.db_path(), files, KEPT_CACHE_KIB)?,
+            None => Store::open(&home.db_path())?,
+        };
         Ok(Supervisor {
             home,
             store,
@@ -383,8 +412,21 @@ struct Seer {
 }
 
 impl Seer {
+    /// What became of the recorded instance `i`: its identity (pid, start time, boot
+    /// id and, where it has one, membership of its cgroup) checked against the system.
+    fn check(&self, i: &Instance) -> identity::Liveness {
+        identity::check(
+            i.pid,
+            i.start_time,
+            &i.boot_id,
+            &self.boot,
+            i.cgroup.as_deref().map(std::path::Path::new),
+        )
+    }
+
+    /// The instance is proven alive (not merely possibly: an unknown is not alive).
     fn alive(&self, i: &Instance) -> bool {
-        identity::check(i.pid, i.start_time, &i.boot_id, &self.boot) == identity::Liveness::Alive
+        self.check(i) == identity::Liveness::Alive
     }
 
     /// The status of an exited instance, if our reaper saw it.

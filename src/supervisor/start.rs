@@ -11,6 +11,7 @@ use crate::logwriter;
 use crate::policy::ExitStatus;
 use crate::process::cgroup::Cgroup;
 use crate::process::handle::Handle;
+use crate::process::identity::Liveness;
 use crate::process::signals::Deferred;
 use crate::process::spawn;
 use crate::process::writer::{LogPipes, Writer};
@@ -42,8 +43,20 @@ impl Supervisor {
         let svc = match self.store.read(|tx| {
             let (id, svc) = lookup(tx, name)?;
             if let Some(inst) = tx.instance(id)? {
-                if seer.alive(&inst) {
-                    return Ok(Check::Done(StartOutcome::AlreadyRunning { pid: inst.pid }));
+                match seer.check(&inst) {
+                    Liveness::Alive => {
+                        return Ok(Check::Done(StartOutcome::AlreadyRunning { pid: inst.pid }))
+                    }
+                    // A second copy must never start beside one that may still run.
+                    Liveness::Unknown(reason) => {
+                        return Err(Error::LivenessUnknown {
+                            service: name.to_string(),
+                            pid: inst.pid,
+                            reason,
+                            what: NOT_STARTED,
+                        })
+                    }
+                    Liveness::Exited | Liveness::Stale(_) => {}
                 }
             }
             if origin == Origin::Policy && tx.runtime(id)?.next_retry_at.is_none() {
@@ -260,6 +273,9 @@ impl Supervisor {
     }
 }
 
+/// What a start refused for an instance whose check could not be made did not do.
+const NOT_STARTED: &str = "not started: a second copy must not run beside it";
+
 /// Who asked for a start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Origin {
@@ -301,7 +317,9 @@ pub(super) fn commit_start(
     notes: &mut Vec<String>,
 ) -> Result<Commit> {
     let (id, svc) = lookup(tx, name)?;
-    if let Some(live) = live_instance(tx, id, &svc, seer, Then::Nothing, notes)? {
+    if let Some(live) =
+        live_instance(tx, id, &svc, seer, Then::Nothing, notes)?.known(name, NOT_STARTED)?
+    {
         return Ok(Commit::Lost(StartOutcome::AlreadyRunning { pid: live.pid }));
     }
     let before = tx.runtime(id)?;

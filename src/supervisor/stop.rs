@@ -2,8 +2,9 @@
 //! SIGKILL; see [`crate::process::stop`]), sending it a signal, restarting it.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
-use super::instances::{lookup, record_exit};
+use super::instances::{lookup, own_cgroup, record_exit};
 use super::{Exit, SignalOutcome, StartOutcome, StopOutcome, Supervisor, Then, STATUS_WAIT};
 use crate::error::{Error, Result};
 use crate::policy::ExitStatus;
@@ -39,7 +40,8 @@ impl Supervisor {
             self.kill_leftovers_of(name, None)?;
             return Ok(StopOutcome::NotRunning);
         };
-        let cgroup = inst.cgroup.as_deref().map(Cgroup::at);
+        let cgroup = own_cgroup(name, &inst);
+        let was_stopping = inst.stopping;
         inst.stopping = true;
         // Is it a child of ours? Then the daemon's loop reaps it and posts its status.
         let me = std::process::id() as i32;
@@ -55,6 +57,7 @@ impl Supervisor {
             session: inst.pgid,
             start_time: inst.start_time,
             boot_id: &inst.boot_id,
+            cgroup: inst.cgroup.as_deref().map(Path::new),
         };
         let reaper = self.reaper();
         let store = &mut self.store;
@@ -75,6 +78,19 @@ impl Supervisor {
             source,
         })?;
         let (kind, detail, result) = match &outcome {
+            stop::Ended::Unknown(reason) => {
+                // Nothing was signalled and nothing is known: the record goes back to
+                // how it was, for a stop that can check it.
+                if !was_stopping {
+                    self.store.write(|tx| tx.unmark_stopping(id, &inst))?;
+                }
+                return Err(Error::LivenessUnknown {
+                    service: name.to_string(),
+                    pid: inst.pid,
+                    reason: reason.clone(),
+                    what: "nothing signalled",
+                });
+            }
             stop::Ended::Stale(why) => (
                 event::STALE,
                 format!("pid {}: {why}; not signalled", inst.pid),
@@ -241,6 +257,7 @@ impl Supervisor {
             session: inst.pgid,
             start_time: inst.start_time,
             boot_id: &inst.boot_id,
+            cgroup: inst.cgroup.as_deref().map(Path::new),
         };
         let outcome = stop::signal(&target, &self.boot_id, sig).map_err(|source| Error::Stop {
             service: name.to_string(),
@@ -260,6 +277,12 @@ impl Supervisor {
                     signal: sig_name,
                 })
             }
+            stop::Signalled::Unknown(reason) => Err(Error::LivenessUnknown {
+                service: name.to_string(),
+                pid: inst.pid,
+                reason,
+                what: "nothing signalled",
+            }),
             stop::Signalled::AlreadyExited | stop::Signalled::Stale(_) => {
                 // Cleared (or left for the daemon) exactly as `status` would.
                 self.clear_dead(name)?;

@@ -1,15 +1,21 @@
 //! Looking: one service or all with their live instances (a dead record is cleared on
 //! the way), definitions, events, pending restarts.
 
-use super::instances::{live_instance, lookup};
-use super::{CgroupView, Status, Supervisor, Then};
+use super::instances::{live_instance, lookup, Live};
+use super::{CgroupView, Seer, Status, Supervisor, Then};
 use crate::error::Result;
 use crate::process::cgroup::Cgroup;
+use crate::process::identity::Liveness;
 use crate::record::{Event, Instance, Runtime};
 use crate::service::Service;
 
+/// A recorded instance as a look found it, with why its check could not be made if it
+/// could not.
+type Looked = (Option<Instance>, Option<String>);
+
 impl Supervisor {
-    /// One service with its live instance; dead records are cleared on the way.
+    /// One service with its live instance; dead records are cleared on the way, and an
+    /// instance whose check could not be made is shown as such, untouched.
     pub fn status(&mut self, name: &str) -> Result<Status> {
         let seer = self.seer();
         let (svc, inst, runtime, ready) = self.store.read(|tx| {
@@ -17,12 +23,8 @@ impl Supervisor {
             let ready = tx.ready_marks()?.remove(&id);
             Ok((svc, tx.instance(id)?, tx.runtime(id)?, ready))
         })?;
-        let (instance, runtime) = match inst {
-            Some(i) if seer.alive(&i) => (Some(i), runtime),
-            Some(_) => self.clear_dead(name)?,
-            None => (None, runtime),
-        };
-        let cgroup = self.cgroup_view(name, instance.as_ref());
+        let (instance, runtime) = self.looked_at(name, inst, runtime, &seer)?;
+        let cgroup = self.cgroup_view(name, instance.0.as_ref());
         let mut st = Status::new(svc, instance, runtime, self.supervised(), ready);
         if cgroup != CgroupView::default() {
             st.cgroup = Some(cgroup);
@@ -48,12 +50,16 @@ impl Supervisor {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let svc = row.service;
-            let (instance, runtime) = match row.instance {
-                Some(i) if seer.alive(&i) => (Some(i), row.runtime),
-                Some(_) => self.clear_dead(&svc.name)?,
-                None => (None, row.runtime),
-            };
+            let (instance, runtime) =
+                self.looked_at(&svc.name, row.instance, row.runtime, &seer)?;
             let mut st = Status::new(svc, instance, runtime, self.supervised(), row.ready_at);
+            // The table has no room for why: it is said beside it.
+            if let crate::state::State::Unknown { pid, reason, .. } = &st.state {
+                self.notices.push(format!(
+                    "{}: cannot tell whether pid {pid} still runs ({reason}); its record is kept",
+                    st.service.name
+                ));
+            }
             // Usage of running instances only: `status` also looks for leftovers.
             if let Some(path) = st.instance.as_ref().and_then(|i| i.cgroup.as_deref()) {
                 st.cgroup = Some(CgroupView {
@@ -159,17 +165,40 @@ impl Supervisor {
             .collect())
     }
 
+    /// What a look at the recorded instance `inst` finds: alive, unknown (with why), or
+    /// dead (cleared on the way, see [`Supervisor::clear_dead`]).
+    fn looked_at(
+        &mut self,
+        name: &str,
+        inst: Option<Instance>,
+        runtime: Runtime,
+        seer: &Seer,
+    ) -> Result<(Looked, Runtime)> {
+        let Some(i) = inst else {
+            return Ok(((None, None), runtime));
+        };
+        match seer.check(&i) {
+            Liveness::Alive => Ok(((Some(i), None), runtime)),
+            Liveness::Unknown(why) => Ok(((Some(i), Some(why)), runtime)),
+            Liveness::Exited | Liveness::Stale(_) => self.clear_dead(name),
+        }
+    }
+
     /// Re-checks `name`'s instance under the write lock and clears it if it is dead.
-    /// Returns the live instance (if it came back to life meanwhile: a new start) and
-    /// the bookkeeping as it is now.
-    pub(super) fn clear_dead(&mut self, name: &str) -> Result<(Option<Instance>, Runtime)> {
+    /// Returns the instance if it may run (it came back to life meanwhile: a new start;
+    /// or its check could not be made now, with why) and the bookkeeping as it is now.
+    pub(super) fn clear_dead(&mut self, name: &str) -> Result<(Looked, Runtime)> {
         let seer = self.seer();
         let mut notes = Vec::new();
         let out = self.store.write(|tx| {
             notes.clear();
             let (id, svc) = lookup(tx, name)?;
-            let live = live_instance(tx, id, &svc, &seer, Then::Policy, &mut notes)?;
-            Ok((live, tx.runtime(id)?))
+            let looked = match live_instance(tx, id, &svc, &seer, Then::Policy, &mut notes)? {
+                Live::None => (None, None),
+                Live::Alive(i) => (Some(i), None),
+                Live::Unknown(i, why) => (Some(i), Some(why)),
+            };
+            Ok((looked, tx.runtime(id)?))
         })?;
         self.notices.extend(notes);
         Ok(out)

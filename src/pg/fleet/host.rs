@@ -142,6 +142,7 @@ fn serve(rx: mpsc::Receiver<Req>, home: Home, ctx: Context, hooks: Option<Hooks>
                                     (Some(pid), Some(since))
                                 }
                                 crate::state::State::Stopping { pid } => (Some(pid), None),
+                                crate::state::State::Unknown { pid, .. } => (Some(pid), None),
                                 _ => (None, None),
                             };
                             ServiceState {

@@ -26,6 +26,9 @@ pub struct ChildArgs<'a> {
     pub cgroup_procs: Option<&'a CString>,
     /// The instance's cgroup directory, opened: the service is created inside it.
     pub cgroup_fd: Option<RawFd>,
+    /// The limit on open files the program gets, when ours was raised (the daemon's: see
+    /// [`crate::process::limits`]).
+    pub nofile: Option<&'a libc::rlimit>,
 }
 
 /// `struct clone_args` of clone3(2), up to `cgroup` (Linux 5.7).
@@ -301,6 +304,11 @@ unsafe fn service(a: &ChildArgs, joined: bool) -> ! {
                     libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
                 }
             }
+        }
+        if let Some(r) = a.nofile {
+            // Lowering a soft limit cannot be refused; if it were, the program would
+            // only get more descriptors than asked.
+            crate::process::limits::set_in_child(r);
         }
         crate::process::signals::unblock_all_raw();
         libc::execve(a.program.as_ptr(), a.argv, a.envp);

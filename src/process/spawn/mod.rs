@@ -248,6 +248,7 @@ impl Prepared {
                 .map_or(report_w.as_raw_fd(), |d| d.as_raw_fd()),
         ];
         keep.sort_unstable();
+        let nofile = crate::process::limits::for_children();
         let args = ChildArgs {
             program: &self.program,
             argv: argv_ptrs.as_ptr(),
@@ -264,6 +265,7 @@ impl Prepared {
             sigmax: libc::SIGRTMAX(),
             cgroup_procs: self.cgroup_procs.as_ref(),
             cgroup_fd: self.cgroup_dir.as_ref().map(|d| d.as_raw_fd()),
+            nofile: nofile.as_ref(),
         };
 
         // The intermediate's own stack: it runs in our memory (see `clone_intermediate`).
