@@ -6,10 +6,12 @@
 
 Over 200 services run under the daemon (long runners, crash loops, `--restart always`
 services killed at random, services that fork a child, services driven by the CLI and by
-NOTIFY) while the soak SIGKILLs and restarts the daemon, SIGSTOPs and continues it, runs
-concurrent `tend start/stop/restart`, sends NOTIFY commands in bursts, and stops its
-private PostgreSQL cluster (fast and immediate) and starts it again. After every fault,
-and at the end, it checks and prints:
+NOTIFY, services whose output goes through a log writer) while the soak SIGKILLs and
+restarts the daemon (every third time under a descriptor limit below the number of
+services), SIGSTOPs and continues it, runs concurrent `tend start/stop/restart`, SIGKILLs
+log writers at random, keeps asking to start services whose env file is a FIFO, sends
+NOTIFY commands in bursts, and stops its private PostgreSQL cluster (fast and immediate)
+and starts it again. After every fault, and at the end, it checks and prints:
 
 - duplicates: no service has two live instances (at every sample);
 - records: the pid recorded for every running service is its live process, and every
@@ -17,6 +19,10 @@ and at the end, it checks and prints:
   a record is allowed to trail an exit the daemon is handling);
 - NOTIFY: every command sent while the daemon was connected (or stopped by SIGSTOP,
   its connection open) was carried out exactly once (one new start of the service);
+- log writers: a service whose writer was killed is never restarted or killed for it,
+  and its log grows again after the last kill;
+- FIFO env files: every `tend start` of such a service fails at once (exit 1, naming the
+  file) and nothing of it ever runs;
 - after `tend stop --all`, no process of any service is left;
 - `PRAGMA integrity_check` is ok;
 - the daemon's RSS at the start and at the end;
@@ -162,6 +168,10 @@ class Soak:
         self.cli_unexpected: list[str] = []
         self.cli_fail_msgs: collections.Counter = collections.Counter()
         self.kills = 0
+        self.writer_kills = 0
+        self.fifo_starts: collections.Counter = collections.Counter()
+        self.fifo_slowest = 0.0
+        self.lowfd_daemons = 0
         self.notify_sent = self.notify_checked = self.notify_done = 0
         self.recoveries: list[float] = []
         self.answered: list[float] = []
@@ -214,6 +224,7 @@ class Soak:
             "churn": [f"churn-{i:02d}" for i in range(15)],
             "notif": [f"notif-{i:02d}" for i in range(15)],
             "gc": [f"gc-{i:02d}" for i in range(10)],
+            "logw": [f"logw-{i:02d}" for i in range(10)],
         }
         if not a.no_postgres:
             log("starting a private PostgreSQL cluster ...")
@@ -226,10 +237,11 @@ class Soak:
         log(f"defining {sum(map(len, self.groups.values()))} services ...")
         for g, names in self.groups.items():
             for n in names:
-                mode = {"crash": "crash", "gc": "grandchild"}.get(g, "run")
+                mode = {"crash": "crash", "gc": "grandchild", "logw": "chatter"}.get(g, "run")
                 opts = {
                     "crash": ["--restart", "on-failure", "--restart-delay", "0", "--start-limit", "0"],
                     "always": ["--restart", "always", "--restart-delay", "0", "--start-limit", "0"],
+                    "logw": ["--log-timestamps", "on"],
                 }.get(g, [])
                 self.t("add", n, *opts, "--stop-timeout", "5s", "--", self.svc, str(self.times / n), mode)
         self.start_daemon()
@@ -237,14 +249,29 @@ class Soak:
         self.t("start", "--all", timeout=300)
         B.wait_for(lambda: all(self.lines(n) for ns in self.groups.values() for n in ns), 120,
                    "every service to run", 0.2)
+        # Services whose env file is a FIFO (put in place after `add`): defined after the
+        # start of everything, so only the FIFO thread asks to start them.
+        self.fifos = [f"fifo-{i}" for i in range(3)]
+        for n in self.fifos:
+            env = self.r.dir / f"{n}.env"
+            env.write_text("A=1\n")
+            self.t("add", n, "--env-file", str(env), "--", self.svc, str(self.times / n))
+            env.unlink()
+            os.mkfifo(env)
         if self.cluster:
             B.wait_for(lambda: self.pg_state() == "connected", 60, "the daemon's PostgreSQL connection", 0.2)
         time.sleep(1)
         self.rss_start = B.rss(self.daemon_pid())
         log(f"running: {len(self.live_service_procs())} services; daemon RSS {self.rss_start / 1e6:.1f} MB")
 
-    def start_daemon(self):
-        self.t("daemon", timeout=60)
+    def start_daemon(self, nofile: int | None = None):
+        if nofile:
+            # Soft and hard: the daemon cannot raise it, and watches fewer services
+            # than run.
+            B.run(["prlimit", f"--nofile={nofile}:{nofile}", self.tend, "--home", str(self.home), "daemon"],
+                  timeout=60)
+        else:
+            self.t("daemon", timeout=60)
         self.daemon_down.clear()
 
     def final_stop_quiet(self):
@@ -285,6 +312,36 @@ class Soak:
                 if p.returncode not in (0, 1) or "panicked" in p.stderr:
                     self.cli_unexpected.append(f"tend {op} {' '.join(names)}: exit {p.returncode}: {p.stderr.strip()}")
 
+    def writer_killer(self):
+        """SIGKILLs a random log writer process (keeper or worker) of the home a few
+        times a second."""
+        rng = random.Random(self.rng.random())
+        logs = str(self.home / "logs")
+        while not self.stop_chaos.wait(rng.uniform(0.2, 0.6)):
+            writers = [p for p in B.pids()
+                       if (lambda a: len(a) > 1 and a[1] == "log-writer" and any(logs in x for x in a))(B.cmdline(p))]
+            if writers and B.kill(rng.choice(writers)):
+                with self.lock:
+                    self.writer_kills += 1
+
+    def fifo_starts_thread(self):
+        """Asks to start a service whose env file is a FIFO: it must fail at once."""
+        rng = random.Random(self.rng.random())
+        while not self.stop_chaos.wait(rng.uniform(0.3, 1.0)):
+            n = rng.choice(self.fifos)
+            t0 = time.monotonic()
+            p = self.t("start", n, check=False, timeout=60)
+            took = time.monotonic() - t0
+            with self.lock:
+                self.fifo_slowest = max(self.fifo_slowest, took)
+                ok = p.returncode == 1 and "not a regular file" in p.stderr
+                self.fifo_starts["refused" if ok else f"exit {p.returncode}"] += 1
+            if not ok:
+                self.fail.add(f"tend start {n} (env file a FIFO): exit {p.returncode}: {p.stderr.strip()}")
+            # Generous for a debug build on a busy machine: a hang is what is caught.
+            if took > 10:
+                self.fail.add(f"tend start {n} (env file a FIFO) took {took:.1f} s")
+
     # --- checks ---------------------------------------------------------------------
     def sample(self, why: str):
         """Duplicates (now) and records vs live processes (persisting over 1.5 s)."""
@@ -297,6 +354,13 @@ class Soak:
             ps = [p for p in ps if B.alive(p)]
             if len(ps) > 1:
                 self.fail.add(f"{why}: duplicate instances of {n}: pids {ps}")
+        for n in self.groups["logw"]:
+            starts = len(self.lines(n))
+            if starts != 1:
+                self.fail.add(f"{why}: {n} (its log writer killed at random) started {starts} times")
+        for n in self.fifos:
+            if self.lines(n) or live.get(n):
+                self.fail.add(f"{why}: {n} (env file a FIFO) ran")
         bad = self.record_mismatches()
         for _ in range(3):
             if not bad:
@@ -383,6 +447,21 @@ class Soak:
             self.fail.add("after a daemon restart, not every always service ran again within 60 s")
         self.pause_kills.clear()
 
+    def daemon_low_limit(self):
+        """The daemon SIGKILLed and started again with a descriptor limit below the
+        number of services, for a while: it must start nothing twice and clear nothing;
+        then a normal daemon takes over (daemon_kill_restart)."""
+        pid = self.daemon_pid()
+        self.daemon_down.set()
+        B.kill(pid)
+        B.wait_for(lambda: not B.alive(pid), 10, "the daemon to die")
+        self.start_daemon(nofile=100)
+        self.lowfd_daemons += 1
+        log("daemon started again with RLIMIT_NOFILE 100:100")
+        time.sleep(self.rng.uniform(2, 4))
+        self.sample("daemon at RLIMIT_NOFILE 100")
+        self.daemon_kill_restart()
+
     def daemon_stop_cont(self):
         pid = self.daemon_pid()
         B.kill(pid, signal.SIGSTOP)
@@ -419,10 +498,13 @@ class Soak:
             log(f"injected a second instance of {n} (--inject-duplicate): this run must fail")
         threads = [threading.Thread(target=self.killer, daemon=True)]
         threads += [threading.Thread(target=self.churn, daemon=True) for _ in range(3)]
+        threads += [threading.Thread(target=self.writer_killer, daemon=True),
+                    threading.Thread(target=self.fifo_starts_thread, daemon=True)]
         for th in threads:
             th.start()
         t_end = time.monotonic() + self.a.duration
-        steps = ["kill"] + (["pg-fast"] if self.cluster else []) + ["stop"] + (["pg-immediate"] if self.cluster else [])
+        steps = (["kill"] + (["pg-fast"] if self.cluster else []) + ["stop"]
+                 + (["pg-immediate"] if self.cluster else []) + ["lowfd"])
         i = 0
         while time.monotonic() < t_end:
             step = steps[i % len(steps)]
@@ -432,6 +514,8 @@ class Soak:
                 self.notify_burst("daemon connected")
             if step == "kill":
                 self.daemon_kill_restart()
+            elif step == "lowfd":
+                self.daemon_low_limit()
             elif step == "stop":
                 if self.cluster:
                     # Commands sent while the daemon is stopped wait in its open
@@ -455,6 +539,14 @@ class Soak:
         self.wait_connected()
         self.sample("end")
         self.rss_end = B.rss(self.daemon_pid())
+        # Every log-writer service writes on: its log grows after the last writer kill.
+        sizes = {n: os.path.getsize(self.home / "logs" / f"{n}.log") for n in self.groups["logw"]}
+        try:
+            B.wait_for(lambda: all(os.path.getsize(self.home / "logs" / f"{n}.log") > sizes[n]
+                                   for n in self.groups["logw"]), 30, "the log-writer services' logs to grow", 0.1)
+        except TimeoutError:
+            stuck = [n for n in self.groups["logw"] if os.path.getsize(self.home / "logs" / f"{n}.log") <= sizes[n]]
+            self.fail.add(f"logs that stopped growing after the writer kills: {stuck}")
         p = self.t("stop", "--all", check=False, timeout=300)
         if p.returncode != 0:
             self.fail.add(f"tend stop --all: exit {p.returncode}: {p.stderr.strip()}")
@@ -511,6 +603,10 @@ class Soak:
         print(f"duration                         {self.a.duration:g} s, {sum(map(len, self.groups.values()))} services, seed {self.a.seed}")
         print(f"samples                          {self.samples} (duplicates and records checked at each)")
         print(f"always services SIGKILLed       {self.kills} at random (+10 per daemon kill)")
+        print(f"log writers SIGKILLed            {self.writer_kills} at random; log-writer services restarted: "
+              f"{sum(max(0, len(self.lines(n)) - 1) for n in self.groups['logw'])}")
+        print(f"starts with a FIFO env file      {dict(self.fifo_starts)}; slowest {self.fifo_slowest:.2f} s")
+        print(f"daemon at RLIMIT_NOFILE 100      {self.lowfd_daemons} time(s)")
         print(f"daemon SIGKILL+restart           {len(self.recoveries)}; every killed always service ran again after: "
               + (f"median {ms(sorted(self.recoveries)[len(self.recoveries) // 2])}, max {ms(max(self.recoveries))} "
                  f"(`tend daemon` itself returned after median {ms(sorted(self.answered)[len(self.answered) // 2])})"
