@@ -124,7 +124,7 @@ pub mod event {
     pub const UNHEALTHY: &str = "unhealthy";
 }
 
-/// A fleet command as this home recorded taking it (issue 10): taken before acting,
+/// A fleet command as this home recorded taking it: taken before acting,
 /// finished with its result, reported once written back to PostgreSQL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Taken {

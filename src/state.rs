@@ -24,7 +24,7 @@ use crate::record::{Instance, Runtime};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
     Stopped,
-    /// Running, but its readiness check has not passed yet (issue 11).
+    /// Running, but its readiness check has not passed yet.
     Starting {
         pid: i32,
         /// Unix ms.

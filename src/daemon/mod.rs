@@ -208,7 +208,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
                 changed: Box::new(move || changed_to.send(Msg::FromRequest(ToLoop::Changed))),
             }
         };
-        // The fleet (durable commands, issue 10) beside the quick NOTIFY mode: it joins
+        // The fleet (durable commands) beside the quick NOTIFY mode: it joins
         // once `tend fleet init` has created the schema, and looks again every few
         // seconds until then.
         crate::pg::fleet::host::start(settings.clone(), home.clone(), ctx.clone(), hooks())?;

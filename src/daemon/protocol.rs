@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{DaemonStatus, LeftDown, Report, Selection, Verb};
 
-/// Bumped on any incompatible change to the types below. 3 (issue 11): `Act` carries
+/// Bumped on any incompatible change to the types below. 3: `Act` carries
 /// `wait`, which an older daemon would ignore (starting without waiting while the CLI
 /// reports success), and start outcomes `ready` / `not-ready`.
 pub const VERSION: u32 = 3;

@@ -1,4 +1,4 @@
-//! Fleet control (issue 10): what a host does with a durable command, independent of
+//! Fleet control: what a host does with a durable command, independent of
 //! where the command came from. PostgreSQL (in [`crate::pg::fleet`]) stores the commands
 //! and carries the wake-ups; this module decides and acts:
 //!

@@ -38,7 +38,7 @@ pub struct Settings {
     pub url: String,
     pub channel: String,
     pub host_id: String,
-    /// The fleet's PostgreSQL schema (issue 10).
+    /// The fleet's PostgreSQL schema.
     pub schema: String,
     pub ca_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,

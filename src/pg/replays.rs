@@ -1,4 +1,4 @@
-//! The signed-payload replay cache kept in this home's database (issue 10): a signature
+//! The signed-payload replay cache kept in this home's database: a signature
 //! obeyed once is refused for the rest of its window even after the daemon restarts
 //! (an in-memory cache alone let each restart accept every recent payload once more).
 

@@ -1,4 +1,4 @@
-//! Fleet commands this home has taken (issue 10) and the signed-payload replay cache.
+//! Fleet commands this home has taken and the signed-payload replay cache.
 
 use rusqlite::{params, OptionalExtension};
 

@@ -1007,7 +1007,7 @@ fn signed_notify_repeated_quickly() {
 
 /// A flood of rejected payloads (500 distinct ones, sent in one transaction) becomes one
 /// `rejected` event and one daemon log line per burst, with the count, instead of 500 of
-/// each pushing real events out of `tend events` (issue 13).
+/// each pushing real events out of `tend events`.
 #[test]
 fn rejected_flood_is_coalesced() {
     let pg = Pg::shared();
@@ -1057,7 +1057,7 @@ fn rejected_flood_is_coalesced() {
 
 /// `tend doctor` connects with the configured settings and asks the server whether the
 /// connection is encrypted: verified TLS with `require` and the CA, plain with `disable`,
-/// and a FAIL (exit 1) once the server is gone (issue 13).
+/// and a FAIL (exit 1) once the server is gone.
 #[test]
 fn doctor_checks_postgres_reachability_and_tls() {
     let certs = tempfile::tempdir().expect("cert dir");

@@ -1,4 +1,4 @@
-//! Fleet control over PostgreSQL (issue 10): the schema and its migrations, bounded
+//! Fleet control over PostgreSQL: the schema and its migrations, bounded
 //! retries of every fleet transaction, the daemon's capped connection pool.
 //!
 //! - [`schema`]: versioned migrations (`tend fleet init`) and the least-privilege grants.

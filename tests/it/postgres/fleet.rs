@@ -1,4 +1,4 @@
-//! Fleet control end to end (issue 10): several real daemons on this machine, each with
+//! Fleet control end to end: several real daemons on this machine, each with
 //! a home and a host id of its own, joined to a fleet in a schema of the test's own
 //! (dropped at the end), driven by `tend fleet`.
 
