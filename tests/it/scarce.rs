@@ -302,11 +302,17 @@ fn a_daemon_short_of_descriptors_clears_nothing_and_starts_no_second_copy() {
         libc::kill(old, libc::SIGKILL);
     }
     let new = env.wait_new_pid(victim, old);
-    assert_eq!(
-        copies(&tag).remove(&format!("{tag}{victim}")),
-        Some(vec![new]),
-        "{victim}: restarted once"
+    // Recorded before it execs: wait until the new process runs the program, then
+    // there is exactly that one copy.
+    let mut found = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            found = copies(&tag).remove(&format!("{tag}{victim}"));
+            found.as_ref().is_some_and(|c| c.contains(&new))
+        }),
+        "{victim}: the restarted instance {new} never ran the program ({found:?})"
     );
+    assert_eq!(found, Some(vec![new]), "{victim}: restarted once");
 
     // The pressure gone: a daemon with the usual limit adopts every one.
     env.ok(&["daemon", "stop"]);
