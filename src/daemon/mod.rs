@@ -277,6 +277,12 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     }
     sd_notify("STOPPING=1");
     info!("daemon stopped; services keep running");
+    // Nothing is closed on the way out: the process ends with the lock and every
+    // database connection still open, and the kernel closes them together. Dropping
+    // them here would release the lock while other threads still close their
+    // connections, and closing a connection can unlink `tend.db-wal` and `tend.db-shm`
+    // by name: a daemon started right after this one would then lose its files.
+    std::mem::forget(l);
     result
 }
 

@@ -226,6 +226,28 @@ fn apply_limits(root: &cgroup::Root, svc: &Service) -> std::result::Result<(), S
     Ok(())
 }
 
+impl Supervisor {
+    /// After an instance's cgroup went: without a daemon (which does this when it
+    /// stops), what of the home's cgroup nothing uses goes too once the service's own
+    /// went, so that a home used without a daemon leaves no empty cgroups behind either.
+    /// `rmdir` refuses anything in use, and a start re-creates what it needs.
+    pub(super) fn tidy_home_cgroup(&self, leaf: &Cgroup) {
+        let Some(svc) = leaf.path.parent() else {
+            return;
+        };
+        if self.supervised() || svc.exists() {
+            return;
+        }
+        if let Some(home) = svc.parent() {
+            cgroup::Root {
+                path: home.to_path_buf(),
+                parent: home.parent().unwrap_or(home).to_path_buf(),
+            }
+            .remove_unused();
+        }
+    }
+}
+
 /// Removes an instance's cgroup (its processes are gone) and then the service's, if no
 /// other instance, leftover or start in progress has a cgroup in it (`rmdir` refuses a
 /// cgroup with any below it).

@@ -121,6 +121,7 @@ impl Supervisor {
             self.kill_leftovers_of(name, cgroup.as_ref())?;
         } else if let Some(cg) = &cgroup {
             let _ = super::containment::release(cg);
+            self.tidy_home_cgroup(cg);
         }
         let status = match (&self.ctx.board, kind == event::STOP && our_child) {
             (Some(board), true) => board
@@ -217,17 +218,22 @@ impl Supervisor {
             },
         };
         let mut killed = 0;
+        let mut last = None;
         for leaf in leaves {
             killed += stop::kill_cgroup(&leaf).map_err(|source| Error::Stop {
                 service: name.to_string(),
                 source,
             })?;
             let _ = super::containment::release(&leaf);
+            last = Some(leaf);
         }
         // No instance runs: the service's cgroup goes too, unless a start in progress has
         // a leaf in it (then rmdir refuses).
         if let Some(svc_cg) = svc_cg {
             let _ = svc_cg.remove_empty();
+        }
+        if let Some(leaf) = &last {
+            self.tidy_home_cgroup(leaf);
         }
         if killed > 0 {
             let detail = format!("killed {killed} leftover process(es) in its cgroup");

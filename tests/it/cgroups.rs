@@ -700,6 +700,13 @@ fn cgroups_of_the_home_are_removed_once_unused() {
         plain.display(),
         cgroups_in(&plain)
     );
+    // Nothing else of the home was in use: its cgroup went with the stop.
+    assert!(
+        !root.exists(),
+        "{} is left after the last stop without a daemon: {:?}",
+        root.display(),
+        cgroups_in(&root)
+    );
 
     // Under the daemon: a plain service, one with a helper in a session of its own, one
     // whose output goes through a log writer, and one that exits at once leaving a

@@ -702,6 +702,12 @@ fn sigterm_exits_and_keeps_services() {
 
     signal(dpid, libc::SIGTERM);
     assert!(wait_until(LONG, || !alive(dpid)), "SIGTERM did not end it");
+    // The lock goes with the last of its threads, a moment after the main one.
+    let lock = env.home().join("daemon.lock");
+    assert!(
+        wait_until(LONG, || !lock_held(&lock)),
+        "the lock outlived the daemon"
+    );
     assert!(!env.home().join("daemon.sock").exists());
     assert!(alive(pid));
     assert_eq!(env.pid("web"), Some(pid));
@@ -1034,8 +1040,9 @@ fn stale_record_goes_through_the_policy() {
     let restart = ev.iter().position(|k| k == "restart").expect("restart");
     assert!(stale < restart, "{ev:?}");
     assert!(ev.contains(&"backoff".to_string()), "{ev:?}");
+    // The record comes first, the log line after it.
     assert!(
-        env.daemon_log().contains("restarted"),
+        wait_until(LONG, || env.daemon_log().contains("restarted")),
         "the daemon log says nothing: {}",
         env.daemon_log()
     );
