@@ -28,6 +28,8 @@ pub enum Msg {
     /// After an adoption pass: how many recorded instances it could not check or watch
     /// (looked at again soon when any).
     Deferred(usize),
+    /// A log writer could not be brought back now: look at the writers again shortly.
+    WritersAgain,
 }
 
 /// What the serving threads may read about the daemon.

@@ -83,7 +83,20 @@ pub struct EventLoop {
     pub adopt_at: Option<i64>,
     /// Recorded instances the last adoption pass could not check or watch.
     pub deferred: usize,
+    /// When to ask the worker to bring back log writers that are gone (after a child
+    /// ended), and when it was last asked: at most once per [`WRITERS_GAP`].
+    pub writers_at: Option<i64>,
+    pub writers_asked: i64,
 }
+
+/// The least time (ms) between two looks for log writers that are gone. Every child the
+/// loop reaps asks for one (the last process of a writer ends as a child of the daemon,
+/// whatever its name: see `supervisor::writers`), and a look reads /proc: a service
+/// whose orphans end by the hundred must not make the worker read it for each.
+const WRITERS_GAP: i64 = 100;
+
+/// How soon (ms) a log writer that could not be brought back is tried again.
+const WRITERS_AGAIN: i64 = 1000;
 
 /// How soon an exit held for want of a descriptor is tried again (ms).
 const REAP_AGAIN: i64 = 50;
@@ -206,6 +219,13 @@ impl EventLoop {
                 self.reap_at = None;
                 self.reap();
             }
+            if self.writers_at.is_some_and(|at| at <= now_ms()) {
+                self.writers_at = None;
+                if self.drain.is_none() {
+                    self.writers_asked = now_ms();
+                    self.worker.check_writers();
+                }
+            }
             if self.adopt_at.is_some_and(|at| at <= now_ms()) {
                 self.adopt_at = None;
                 if self.drain.is_none() {
@@ -237,6 +257,7 @@ impl EventLoop {
             .chain(&self.trim_at)
             .chain(&self.reap_at)
             .chain(&self.adopt_at)
+            .chain(&self.writers_at)
             .min()
             .copied();
         let ms = next.map(|at| (at - now_ms()).clamp(0, i32::MAX as i64) as i32);
@@ -332,6 +353,7 @@ impl EventLoop {
     /// the log as an error, and every record looked at again (a service's instance that
     /// it was is then found dead there and goes through the restart policy).
     fn exited(&mut self, pid: i32, start_time: Option<u64>, status: i32) {
+        self.writers_soon(now_ms());
         let Some(start_time) = start_time else {
             error!(pid, status = %crate::policy::ExitStatus::from_wait(status),
                 "reaped a child whose start time could not be read: its exit cannot be matched to an instance; looking at every record again");
@@ -344,6 +366,13 @@ impl EventLoop {
             start_time,
             status,
         });
+    }
+
+    /// Asks for a look at the log writers at `at` (unix ms), or as soon after the last
+    /// one as [`WRITERS_GAP`] allows; sooner if one was asked for already.
+    fn writers_soon(&mut self, at: i64) {
+        let at = at.max(self.writers_asked + WRITERS_GAP);
+        self.writers_at = Some(self.writers_at.map_or(at, |t| t.min(at)));
     }
 
     fn reload(&mut self) {
@@ -387,6 +416,7 @@ impl EventLoop {
                     }
                 }
                 Msg::FilesChanged(change) => self.files_changed(change),
+                Msg::WritersAgain => self.writers_soon(now_ms() + WRITERS_AGAIN),
                 Msg::Ready => {
                     if !self.ready {
                         self.ready = true;

@@ -268,6 +268,8 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         reap_at: None,
         adopt_at: None,
         deferred: 0,
+        writers_at: None,
+        writers_asked: 0,
     };
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");

@@ -1,0 +1,164 @@
+//! What the daemon's worker asks after a child of the daemon ended: bring back the log
+//! writer of a running `--log-timestamps` service when both of its processes are gone.
+//!
+//! A writer's two processes bring each other back (see [`crate::logwriter`]); killed
+//! within the moment one takes to start the other, nobody is left to read the service's
+//! pipes. Under the daemon, every writer process it started (and every one of theirs) is
+//! its descendant, so the last of them to die is reaped by the daemon, and the look that
+//! follows finds the pipe without a reader. The pipe is taken back from the service
+//! itself (its stdout and stderr descriptors read as well as write it), and a writer is
+//! started on it as a start does.
+
+use super::start::writer_config;
+use super::Supervisor;
+use crate::error::{Error, PipeError, Result};
+use crate::logwriter;
+use crate::process::handle::{Found, Handle};
+use crate::process::writer::{self, Writer};
+use crate::record::event;
+use crate::service::LogTimestamps;
+
+/// What became of one running instance whose log writer was found gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revival {
+    pub name: String,
+    pub pid: i32,
+    pub start_time: u64,
+    pub outcome: Revived,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revived {
+    /// A new writer runs; its keeper's pid.
+    Started { keeper: i32 },
+    /// Not now: the caller's pace (see [`Supervisor::revive_writers`]).
+    Paced,
+    /// Its pipe cannot be taken from the service (see [`PipeError::Denied`]): that does
+    /// not change while it runs.
+    Denied(String),
+    /// It could not be done this time (no descriptor, no process left...): worth another
+    /// try.
+    Failed(String),
+}
+
+impl Supervisor {
+    /// Starts a log writer for every running instance of a `--log-timestamps` service
+    /// whose stdout pipe no writer process holds any more, on that very pipe (and
+    /// stderr's, when it has its own): the service keeps its pid and its output, and what
+    /// it wrote meanwhile, waiting in the pipe, is read by the new writer, which writes
+    /// `tend: log writer restarted` first. A writer found alive is left alone.
+    ///
+    /// The look and the start are not one step: only one thread may call this (the
+    /// daemon's worker), or two could start two writers on one pipe. Starts of services
+    /// are no danger: a start records its instance only once its own writer runs.
+    ///
+    /// `may(pid, start_time)`: whether a writer may be started for that instance now
+    /// (asked right before the start; false: [`Revived::Paced`]). `Err` when which
+    /// writers run could not be told.
+    pub fn revive_writers(&mut self, may: &mut dyn FnMut(i32, u64) -> bool) -> Result<Vec<Revival>> {
+        let recorded = self.store.read(|tx| tx.recorded())?;
+        let boot = self.boot_id.clone();
+        let mut out = Vec::new();
+        let mut candidates = Vec::new();
+        for (_, svc, inst) in recorded {
+            if svc.settings.log_timestamps == LogTimestamps::Off {
+                continue;
+            }
+            let unknown = |why: String| Revival {
+                name: svc.name.clone(),
+                pid: inst.pid,
+                start_time: inst.start_time,
+                outcome: Revived::Failed(why),
+            };
+            // Pinned and identity-checked, as every use of a recorded instance is: what is
+            // read of its descriptors, and taken, is this very process's.
+            let cgroup = inst.cgroup.as_deref().map(std::path::Path::new);
+            let h = match Handle::open(inst.pid, inst.start_time, &inst.boot_id, &boot, cgroup) {
+                Found::Alive(h) => h,
+                // Not known to run: looked at again later.
+                Found::Unknown(why) => {
+                    out.push(unknown(why));
+                    continue;
+                }
+                // Its exit is recorded where exits are.
+                Found::Exited | Found::Stale(_) => continue,
+            };
+            match writer::output_pipes(inst.pid) {
+                Ok(Some(pipes)) => candidates.push((svc, h, pipes)),
+                // Its stdout is not (or no longer) a log writer's pipe.
+                Ok(None) => {}
+                Err(e) => out.push(unknown(format!(
+                    "cannot read /proc/{}/fd: {}",
+                    inst.pid,
+                    crate::error::io_reason(&e)
+                ))),
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(out);
+        }
+        let held = writer::held_pipes(logwriter::MODE).map_err(|e| Error::Io {
+            path: "/proc".into(),
+            reason: format!(
+                "cannot tell which log writers run: {}",
+                crate::error::io_reason(&e)
+            ),
+        })?;
+        for (svc, h, pipes) in candidates {
+            if held.contains(&pipes.out) {
+                continue;
+            }
+            let outcome = self.revive(&svc, &h, pipes, may);
+            out.push(Revival {
+                name: svc.name.clone(),
+                pid: h.pid(),
+                start_time: h.start_time(),
+                outcome,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Starts a writer on the pipes of `h`, the instance of `svc`, if `may` allows, and
+    /// records it.
+    fn revive(
+        &mut self,
+        svc: &crate::service::Service,
+        h: &Handle,
+        pipes: writer::OutputPipes,
+        may: &mut dyn FnMut(i32, u64) -> bool,
+    ) -> Revived {
+        let taken = writer::read_end(h, 1, pipes.out).and_then(|out| {
+            let err = pipes.err.map(|ino| writer::read_end(h, 2, ino)).transpose()?;
+            Ok((out, err))
+        });
+        let (out, err) = match taken {
+            Ok(ends) => ends,
+            Err(e @ PipeError::Denied { .. }) => return Revived::Denied(e.to_string()),
+            Err(e) => return Revived::Failed(e.to_string()),
+        };
+        // Asked only now: a pipe that cannot be taken is no start to count.
+        if !may(h.pid(), h.start_time()) {
+            return Revived::Paced;
+        }
+        let cfg = writer_config(svc, err.is_some(), self.writers_cgroup());
+        let started = match Writer::spawn_on(out, err, &cfg.to_restarted_args()) {
+            Ok(w) => w,
+            Err(e) => return Revived::Failed(e.to_string()),
+        };
+        let keeper = started.keeper_pid().unwrap_or(0);
+        started.keep();
+        let detail = format!(
+            "pid {}: its log writer was gone (both processes); a new one was started on its \
+             pipes (pid {keeper})",
+            h.pid()
+        );
+        if let Err(e) = self.record(&svc.name, event::LOG_WRITER, &detail) {
+            self.notices.push(format!(
+                "{}: the new log writer could not be recorded as an event: {e}",
+                svc.name
+            ));
+        }
+        Revived::Started { keeper }
+    }
+}
