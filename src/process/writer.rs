@@ -210,8 +210,7 @@ fn given_pipe(pid: i32, fd: i32) -> io::Result<Option<u64>> {
     let Some(ino) = pipe_inode(link.as_os_str().as_bytes()) else {
         return Ok(None);
     };
-    let Some(info) = present(std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")))?
-    else {
+    let Some(info) = present(std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")))? else {
         return Ok(None);
     };
     let field = |name: &str| {

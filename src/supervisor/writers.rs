@@ -55,7 +55,10 @@ impl Supervisor {
     /// `may(pid, start_time)`: whether a writer may be started for that instance now
     /// (asked right before the start; false: [`Revived::Paced`]). `Err` when which
     /// writers run could not be told.
-    pub fn revive_writers(&mut self, may: &mut dyn FnMut(i32, u64) -> bool) -> Result<Vec<Revival>> {
+    pub fn revive_writers(
+        &mut self,
+        may: &mut dyn FnMut(i32, u64) -> bool,
+    ) -> Result<Vec<Revival>> {
         let recorded = self.store.read(|tx| tx.recorded())?;
         let boot = self.boot_id.clone();
         let mut out = Vec::new();
@@ -129,7 +132,10 @@ impl Supervisor {
         may: &mut dyn FnMut(i32, u64) -> bool,
     ) -> Revived {
         let taken = writer::read_end(h, 1, pipes.out).and_then(|out| {
-            let err = pipes.err.map(|ino| writer::read_end(h, 2, ino)).transpose()?;
+            let err = pipes
+                .err
+                .map(|ino| writer::read_end(h, 2, ino))
+                .transpose()?;
             Ok((out, err))
         });
         let (out, err) = match taken {

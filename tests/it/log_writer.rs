@@ -982,3 +982,295 @@ fn the_writer_holds_nothing_the_tend_that_started_it_inherited() {
     env.ok(&["stop", "s"]);
     assert_writers_end(&env);
 }
+
+/// The pipe a process's descriptor `fd` is (`pipe:[INODE]`), if it is one.
+fn pipe_of(pid: i32, fd: i32) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let link = link.to_string_lossy().into_owned();
+    link.starts_with("pipe:[").then_some(link)
+}
+
+/// This home's writer processes that hold `pid`'s stdout pipe as their fd 0 (the pipe
+/// they read): (pid, is the worker).
+fn holders(env: &Env, pid: i32) -> Vec<(i32, bool)> {
+    let Some(pipe) = pipe_of(pid, 1) else {
+        return Vec::new();
+    };
+    writers(env)
+        .into_iter()
+        .filter(|(w, _)| pipe_of(*w, 0).as_deref() == Some(pipe.as_str()))
+        .collect()
+}
+
+/// Exactly one keeper and one worker hold `pid`'s stdout pipe.
+fn one_pair(env: &Env, pid: i32) -> bool {
+    let h = holders(env, pid);
+    h.len() == 2 && h.iter().filter(|w| w.1).count() == 1
+}
+
+/// Whether this process may take a descriptor of a child of its own (`pidfd_getfd`,
+/// which needs ptrace access): the daemon takes its services' pipes so. Where a
+/// sandbox refuses it (a seccomp profile, a kernel before 5.6), the daemon cannot bring
+/// a writer back, and says so in its log; the tests of that skip.
+fn can_take_descriptors() -> bool {
+    let child = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("sleep"),
+    );
+    // SAFETY: pidfd_open on the pid of our own unreaped child, flags 0.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.0.id() as i32, 0) } as i32;
+    let ok = pidfd >= 0 && {
+        // SAFETY: pidfd_getfd on the pidfd just opened, for the child's fd 1, flags 0.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, 1, 0) } as i32;
+        // SAFETY: closing descriptors this function just got and owns.
+        unsafe {
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            libc::close(pidfd);
+        }
+        fd >= 0
+    };
+    if !ok {
+        eprintln!(
+            "skipped: pidfd_getfd is refused here, so the daemon cannot take a service's pipe"
+        );
+    }
+    ok
+}
+
+#[test]
+fn under_the_daemon_a_writer_whose_two_processes_die_together_comes_back() {
+    if !can_take_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    env.ok(&["daemon"]);
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    let both = writers(&env);
+    assert_eq!(both.len(), 2, "{both:?}");
+    // At the same instant as far as they can tell: stopped first, neither can see the
+    // other go and start a new partner in between.
+    for sig in [libc::SIGSTOP, libc::SIGKILL] {
+        for (w, _) in &both {
+            // SAFETY: kill on the pids of this test's own writers, just read from /proc.
+            unsafe {
+                libc::kill(*w, sig);
+            }
+        }
+    }
+    let old = |w: &(i32, bool)| both.iter().any(|b| b.0 == w.0);
+    // The daemon reaps the last of them and starts a new writer on the same pipe.
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)
+            && !holders(&env, pid).iter().any(old)),
+        "no new writer on the service's pipe: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    let at_revival = ticks(&log).last().copied().unwrap();
+    assert!(
+        wait_until(LONG, || ticks(&log)
+            .last()
+            .is_some_and(|&t| t >= at_revival + 20)),
+        "the log stopped growing:\n{}",
+        read(&log)
+    );
+    // The lines written while nobody read waited in the pipe: none missing after the
+    // restart line.
+    assert!(read(&log).contains("tend: log writer restarted"));
+    no_gap_after_the_last_restart(&log);
+    stays_up(&env, "tick", pid, Duration::from_millis(500));
+    let events = crate::faults::events(&env, "tick");
+    let revivals: Vec<&(String, String)> =
+        events.iter().filter(|(k, _)| k == "log-writer").collect();
+    assert_eq!(revivals.len(), 1, "{events:?}");
+    assert!(
+        revivals[0].1.starts_with(&format!("pid {pid}: ")),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|(k, _)| k == "restart" || k == "exit"),
+        "{events:?}"
+    );
+    assert!(
+        env.daemon_log().contains("log writer gone"),
+        "{}",
+        env.daemon_log()
+    );
+    assert!(one_pair(&env, pid), "{:?}", writers(&env));
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
+
+#[test]
+fn under_the_daemon_a_writer_found_alive_is_never_doubled() {
+    if !can_take_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    env.ok(&["daemon"]);
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    // The keeper is the daemon's child: the daemon reaps it and looks at the writers
+    // while the worker still runs (and starts a new keeper).
+    let keeper = keepers(&env);
+    assert_eq!(keeper.len(), 1, "{:?}", writers(&env));
+    sigkill(keeper[0]);
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)
+            && !holders(&env, pid).iter().any(|w| w.0 == keeper[0])),
+        "{:?}",
+        writers(&env)
+    );
+    // The daemon's look follows the reaping within a fraction of a second; for 2 s, one
+    // keeper and one worker, and no writer started by the daemon.
+    let window = Duration::from_secs(2);
+    assert!(
+        holds_for(window, || one_pair(&env, pid)),
+        "not exactly one keeper and one worker on the pipe within {window:?}: {:?}",
+        holders(&env, pid)
+    );
+    let events = crate::faults::events(&env, "tick");
+    assert!(!events.iter().any(|(k, _)| k == "log-writer"), "{events:?}");
+    let at = ticks(&log).last().copied().unwrap();
+    assert!(wait_until(LONG, || ticks(&log)
+        .last()
+        .is_some_and(|&t| t >= at + 10)));
+    stays_up(&env, "tick", pid, Duration::from_millis(200));
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
+
+/// A small random number generator (xorshift), seeded from the clock: the seed is
+/// printed, so a failing run can be told apart.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("random seed {seed}");
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `lo..hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+#[test]
+fn under_the_daemon_a_storm_of_writer_kills_ends_with_a_writer_and_the_service_untouched() {
+    if !can_take_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    env.ok(&["daemon"]);
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    // For 10 s, every 20 to 200 ms: SIGKILL a random writer process of the home (a
+    // keeper, a worker, or a partner one of them is starting), or, one time in four,
+    // all of them at once.
+    let mut rng = Rng::new();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let mut kills = 0;
+    while std::time::Instant::now() < end {
+        let w = writers(&env);
+        if !w.is_empty() {
+            if rng.range(0, 4) == 0 {
+                w.iter().for_each(|(p, _)| sigkill(*p));
+                kills += w.len();
+            } else {
+                sigkill(w[rng.range(0, w.len() as u64) as usize].0);
+                kills += 1;
+            }
+        }
+        // The pace of the storm, not a wait for a condition.
+        std::thread::sleep(Duration::from_millis(rng.range(20, 200)));
+    }
+    assert!(kills >= 20, "only {kills} kills");
+    // A writer is back (one keeper, one worker, on the service's pipe) and the log
+    // grows again.
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)),
+        "no writer on the service's pipe: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    let at = ticks(&log).last().copied().unwrap_or(0);
+    assert!(
+        wait_until(LONG, || ticks(&log).last().is_some_and(|&t| t >= at + 20)),
+        "the log stopped growing after {kills} kills: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    // The service was never restarted nor signalled.
+    stays_up(&env, "tick", pid, Duration::from_millis(500));
+    let events = crate::faults::events(&env, "tick");
+    assert!(
+        !events
+            .iter()
+            .any(|(k, _)| k == "restart" || k == "exit" || k == "stop"),
+        "{events:?}"
+    );
+    assert_eq!(events.iter().filter(|(k, _)| k == "start").count(), 1);
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
