@@ -221,7 +221,8 @@ impl EventLoop {
             }
             if self.writers_at.is_some_and(|at| at <= now_ms()) {
                 self.writers_at = None;
-                if self.drain.is_none() {
+                // Not while shutting down, nor once the database cannot be used.
+                if self.drain.is_none() && self.fault.is_none() {
                     self.writers_asked = now_ms();
                     self.worker.check_writers();
                 }

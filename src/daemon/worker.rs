@@ -384,8 +384,7 @@ impl Worker {
         let found = match self.sup.revive_writers(&mut may) {
             Ok(found) => found,
             Err(e) => {
-                warn!(error = %e, "log writers not looked after; looking again in 1 s");
-                self.waker.send(Msg::WritersAgain);
+                error!(error = %e, "looking for log writers that are gone failed");
                 return;
             }
         };

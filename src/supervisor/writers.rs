@@ -11,7 +11,7 @@
 
 use super::start::writer_config;
 use super::Supervisor;
-use crate::error::{Error, PipeError, Result};
+use crate::error::{PipeError, Result};
 use crate::logwriter;
 use crate::process::handle::{Found, Handle};
 use crate::process::writer::{self, Writer};
@@ -53,8 +53,8 @@ impl Supervisor {
     /// are no danger: a start records its instance only once its own writer runs.
     ///
     /// `may(pid, start_time)`: whether a writer may be started for that instance now
-    /// (asked right before the start; false: [`Revived::Paced`]). `Err` when which
-    /// writers run could not be told.
+    /// (asked right before the start; false: [`Revived::Paced`]). `Err`: the database
+    /// could not be read.
     pub fn revive_writers(
         &mut self,
         may: &mut dyn FnMut(i32, u64) -> bool,
@@ -100,18 +100,32 @@ impl Supervisor {
         if candidates.is_empty() {
             return Ok(out);
         }
-        let held = writer::held_pipes(logwriter::MODE).map_err(|e| Error::Io {
-            path: "/proc".into(),
-            reason: format!(
-                "cannot tell which log writers run: {}",
-                crate::error::io_reason(&e)
-            ),
-        })?;
+        let held = match writer::held_pipes(logwriter::MODE) {
+            Ok(held) => held,
+            // Unknown is not gone: none is started, and all are looked at again.
+            Err(e) => {
+                let why = format!(
+                    "cannot tell which log writers run (reading /proc: {})",
+                    crate::error::io_reason(&e)
+                );
+                out.extend(candidates.into_iter().map(|(svc, h, _)| Revival {
+                    name: svc.name,
+                    pid: h.pid(),
+                    start_time: h.start_time(),
+                    outcome: Revived::Failed(why.clone()),
+                }));
+                return Ok(out);
+            }
+        };
         for (svc, h, pipes) in candidates {
             if held.contains(&pipes.out) {
                 continue;
             }
             let outcome = self.revive(&svc, &h, pipes, may);
+            // The service ended meanwhile: nothing to bring back, nothing to say.
+            if matches!(outcome, Revived::Failed(_)) && h.exited() {
+                continue;
+            }
             out.push(Revival {
                 name: svc.name.clone(),
                 pid: h.pid(),
