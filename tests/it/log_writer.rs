@@ -1274,3 +1274,162 @@ fn under_the_daemon_a_storm_of_writer_kills_ends_with_a_writer_and_the_service_u
     assert_writers_end(&env);
     env.ok(&["daemon", "stop"]);
 }
+
+/// Stops, then SIGKILLs, every writer process of the home: both at once as far as they
+/// can tell (neither sees the other go and starts a new partner in between). The pids.
+fn kill_all_writers(env: &Env) -> Vec<i32> {
+    let all: Vec<i32> = writers(env).into_iter().map(|w| w.0).collect();
+    for sig in [libc::SIGSTOP, libc::SIGKILL] {
+        for w in &all {
+            // SAFETY: kill on the pids of this test's own writers, just read from /proc.
+            unsafe {
+                libc::kill(*w, sig);
+            }
+        }
+    }
+    all
+}
+
+/// Lines with `tag` (`out`, `err`; empty: none) and `word N` after the last restart
+/// line of `log`: their numbers, in the order written.
+fn after_restart(log: &Path, tag: &str, word: &str) -> Vec<u64> {
+    let text = read(log);
+    let mut out: Vec<u64> = text
+        .lines()
+        .rev()
+        .take_while(|l| !l.contains("tend: log writer restarted"))
+        .filter_map(|l| {
+            let (_, t) = split_time(l)?;
+            let t = match tag {
+                "" => t,
+                tag => t.strip_prefix(tag)?.strip_prefix(' ')?,
+            };
+            number(t, word)
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+#[test]
+fn under_the_daemon_a_writer_of_two_pipes_comes_back_on_both() {
+    if !can_take_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "two",
+        "--log-timestamps",
+        "stream",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while :; do echo \"tick $i\"; echo \"etick $i\" >&2; i=$((i+1)); sleep 0.02; done",
+    ]);
+    env.ok(&["daemon"]);
+    env.ok(&["start", "two"]);
+    let pid = env.pid("two").unwrap();
+    let log = env.log_path("two");
+    assert!(wait_until(LONG, || read(&log).lines().count() >= 10));
+    let (out, err) = (pipe_of(pid, 1).unwrap(), pipe_of(pid, 2).unwrap());
+    assert_ne!(out, err);
+    let old = kill_all_writers(&env);
+    assert_eq!(old.len(), 2, "{old:?}");
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)
+            && !holders(&env, pid).iter().any(|w| old.contains(&w.0))),
+        "no new writer: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    // Both new processes hold both pipes: stdout's as fd 0, stderr's as fd 1.
+    for (w, _) in holders(&env, pid) {
+        assert_eq!(pipe_of(w, 1).as_deref(), Some(err.as_str()), "writer {w}");
+    }
+    // Both streams go on after the restart line, each without a gap.
+    assert!(
+        wait_until(LONG, || after_restart(&log, "out", "tick ").len() >= 20
+            && after_restart(&log, "err", "etick ").len() >= 20),
+        "{}",
+        read(&log)
+    );
+    for (tag, word) in [("out", "tick "), ("err", "etick ")] {
+        let n = after_restart(&log, tag, word);
+        for w in n.windows(2) {
+            assert_eq!(w[0] + 1, w[1], "a gap in {tag} after the restart: {n:?}");
+        }
+    }
+    stays_up(&env, "two", pid, Duration::from_millis(200));
+    env.ok(&["stop", "two"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
+
+/// Whether this process may take a descriptor of a process that is not its descendant,
+/// as a daemon coming up does with services started before it: root may, and so may
+/// anyone where Yama does not restrict ptrace to descendants.
+fn can_take_strangers_descriptors() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let ok = (root && yama < 3) || yama == 0;
+    if !ok {
+        eprintln!("skipped: Yama's ptrace_scope {yama} keeps a daemon from taking a descriptor of a service it did not start");
+    }
+    ok && can_take_descriptors()
+}
+
+#[test]
+fn a_daemon_coming_up_brings_back_a_writer_that_died_before_it() {
+    if !can_take_strangers_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    // Started by the command itself, no daemon: nobody brings its writer back.
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    assert_eq!(kill_all_writers(&env).len(), 2);
+    assert!(wait_until(LONG, || writers(&env).is_empty()));
+    // The daemon adopts the service and finds its pipe without a reader.
+    env.ok(&["daemon"]);
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)),
+        "no new writer: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    assert!(wait_until(LONG, || after_restart(&log, "", "tick ").len() >= 20));
+    let n = after_restart(&log, "", "tick ");
+    for w in n.windows(2) {
+        assert_eq!(w[0] + 1, w[1], "a gap after the restart: {n:?}");
+    }
+    let events = crate::faults::events(&env, "tick");
+    assert!(
+        events
+            .iter()
+            .any(|(k, d)| k == "log-writer" && d.starts_with(&format!("pid {pid}: "))),
+        "{events:?}"
+    );
+    stays_up(&env, "tick", pid, Duration::from_millis(200));
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
