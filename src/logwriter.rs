@@ -25,10 +25,13 @@
 //!   the same pipes.
 //!
 //! So whichever of the two survives brings the other back, as often as it takes (at
-//! most 5 starts in 10 s, then one a second). Both killed at the same instant leaves
-//! nobody to do it: the service runs on, its output waits in the pipe and, once the
-//! pipe is full (1 MiB where allowed), its writes wait until the next start of the
-//! service.
+//! most 5 starts in 10 s, then one a second). Both killed within the moment one takes
+//! to start the other leaves neither to do it. Under the daemon, a new writer is then
+//! started on the service's own pipes (see `supervisor::writers`), with `--restarts 1`
+//! so that its first worker writes the restart line. Without a daemon (or for a service
+//! whose writer the daemon cannot take the pipes for) the service runs on, its output
+//! waits in the pipe and, once the pipe is full (1 MiB where allowed), its writes wait
+//! until a daemon comes up or the service is started again.
 //!
 //! **Files that fail.** The readers never wait for the disk: they always drain the pipes,
 //! so the service never blocks on its output. A write that fails (a full disk, the log
