@@ -84,7 +84,7 @@ pub struct EventLoop {
     /// Recorded instances the last adoption pass could not check or watch.
     pub deferred: usize,
     /// When to ask the worker to bring back log writers that are gone (after a child
-    /// ended), and when it was last asked: at most once per [`WRITERS_GAP`].
+    /// ended), and when it was last asked: at most once per `WRITERS_GAP`.
     pub writers_at: Option<i64>,
     pub writers_asked: i64,
 }
