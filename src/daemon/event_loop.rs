@@ -87,6 +87,8 @@ pub struct EventLoop {
     /// ended), and when it was last asked: at most once per `WRITERS_GAP`.
     pub writers_at: Option<i64>,
     pub writers_asked: i64,
+    /// Log writers the daemon did not start, watched by pidfd (see `supervisor::writers`).
+    pub writer_watch: WriterWatch,
 }
 
 /// The least time (ms) between two looks for log writers that are gone. Every child the
@@ -94,9 +96,6 @@ pub struct EventLoop {
 /// whatever its name: see `supervisor::writers`), and a look reads /proc: a service
 /// whose orphans end by the hundred must not make the worker read it for each.
 const WRITERS_GAP: i64 = 100;
-
-/// How soon (ms) a log writer that could not be brought back is tried again.
-const WRITERS_AGAIN: i64 = 1000;
 
 /// How soon an exit held for want of a descriptor is tried again (ms).
 const REAP_AGAIN: i64 = 50;
@@ -118,6 +117,8 @@ struct Ready {
     listener: bool,
     /// Tokens of adopted services whose pidfd is readable (the process exited).
     pidfds: Vec<u64>,
+    /// A watched log writer process ended.
+    writer: bool,
 }
 
 /// Adopted services (running before this daemon came up, so not its children), each
@@ -183,6 +184,63 @@ impl Adopted {
     }
 }
 
+/// One live process of each log writer whose end the daemon does not reap (one it did not
+/// start), watched through its pidfd in an epoll set of its own: when any ends, the
+/// writers are looked at again, and the look names the processes to watch next.
+pub struct WriterWatch {
+    epoll: Epoll,
+    watched: Vec<Handle>,
+}
+
+impl WriterWatch {
+    pub fn new() -> Result<WriterWatch> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| Error::Daemon {
+            message: format!("epoll: {e}"),
+        })?;
+        Ok(WriterWatch {
+            epoll,
+            watched: Vec::new(),
+        })
+    }
+
+    /// Watches `handles` in place of what was watched.
+    fn replace(&mut self, handles: Vec<Handle>) -> std::result::Result<(), nix::errno::Errno> {
+        self.clear();
+        for h in handles {
+            self.epoll
+                .add(h.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
+            self.watched.push(h);
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        for h in self.watched.drain(..) {
+            let _ = self.epoll.delete(h.as_fd());
+        }
+    }
+
+    /// True if a watched process has ended; then nothing is watched any more (a pidfd
+    /// stays readable) until the next look names what to watch.
+    fn ended(&mut self) -> bool {
+        let mut events = [EpollEvent::empty(); 1];
+        let any = loop {
+            match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
+                Ok(n) => break n > 0,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    error!(error = %e, "epoll_wait failed");
+                    break true;
+                }
+            }
+        };
+        if any {
+            self.clear();
+        }
+        any
+    }
+}
+
 impl EventLoop {
     pub fn run(&mut self) -> Result<()> {
         loop {
@@ -215,6 +273,9 @@ impl EventLoop {
                     self.worker.send(Job::AdoptedExit { handle, watch });
                 }
             }
+            if ready.writer && self.writer_watch.ended() {
+                self.writers_soon(now_ms());
+            }
             if self.reap_at.is_some_and(|at| at <= now_ms()) {
                 self.reap_at = None;
                 self.reap();
@@ -235,7 +296,7 @@ impl EventLoop {
             }
             self.fire_timers();
             self.publish();
-            if ready.signal || ready.wake || ready.listener {
+            if ready.signal || ready.wake || ready.listener || ready.writer {
                 self.trim_at = Some(now_ms() + TRIM_AFTER);
             } else if self.trim_at.is_some_and(|at| at <= now_ms()) {
                 self.trim_at = None;
@@ -287,6 +348,10 @@ impl EventLoop {
         };
         let adopted = fds.len();
         fds.push(PollFd::new(self.adopted.epoll.0.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(
+            self.writer_watch.epoll.0.as_fd(),
+            PollFlags::POLLIN,
+        ));
         let mut ready = Ready::default();
         match poll(&mut fds, timeout) {
             Ok(0) => return ready,
@@ -305,6 +370,7 @@ impl EventLoop {
         if hit(&fds[adopted]) {
             ready.pidfds = self.adopted.exited();
         }
+        ready.writer = hit(&fds[adopted + 1]);
         ready
     }
 
@@ -417,7 +483,14 @@ impl EventLoop {
                     }
                 }
                 Msg::FilesChanged(change) => self.files_changed(change),
-                Msg::WritersAgain => self.writers_soon(now_ms() + WRITERS_AGAIN),
+                Msg::WritersAgain { in_ms } => self.writers_soon(now_ms() + in_ms),
+                Msg::WatchWriters(handles) => {
+                    if let Err(e) = self.writer_watch.replace(handles) {
+                        // Unwatched: looked at again in a second instead.
+                        error!(error = %e, "cannot watch log writers; looking at them again in 1 s");
+                        self.writers_soon(now_ms() + 1000);
+                    }
+                }
                 Msg::Ready => {
                     if !self.ready {
                         self.ready = true;

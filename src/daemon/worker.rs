@@ -158,8 +158,9 @@ struct Worker {
     /// When each running instance's log writer was last brought back: (pid, start time)
     /// to the times, at most [`REVIVALS`] within [`REVIVAL_WINDOW`].
     revived: HashMap<(i32, u64), VecDeque<Instant>>,
-    /// Instances whose writer could not be brought back, already said so in the log.
-    said: HashSet<(i32, u64)>,
+    /// Instances whose writer could not be brought back, or be watched, already said so
+    /// in the log: (service, pid; 0 for a writer not watched).
+    said: HashSet<(String, i32)>,
 }
 
 /// A log writer is brought back at most this many times within [`REVIVAL_WINDOW`], then
@@ -381,8 +382,8 @@ impl Worker {
             }
             ok
         };
-        let found = match self.sup.revive_writers(&mut may) {
-            Ok(found) => found,
+        let looked = match self.sup.revive_writers(&mut may, watch_limit()) {
+            Ok(looked) => looked,
             Err(e) => {
                 error!(error = %e, "looking for log writers that are gone failed");
                 return;
@@ -390,8 +391,8 @@ impl Worker {
         };
         let mut again = false;
         let mut said = HashSet::new();
-        for r in found {
-            let key = (r.pid, r.start_time);
+        for r in looked.revivals {
+            let key = (r.name.clone(), r.pid);
             match r.outcome {
                 Revived::Started { keeper } => {
                     info!(service = %r.name, pid = r.pid, keeper, "log writer gone (both processes); a new one started on the service's pipes")
@@ -415,9 +416,24 @@ impl Worker {
                 }
             }
         }
+        for name in looked.unwatched {
+            let key = (name, 0);
+            if !self.said.contains(&key) {
+                warn!(service = %key.0, limit = watch_limit(), "its log writer (not started by this daemon) cannot be watched without a descriptor above the daemon's limit; looked at every second instead (raise its limit of open files; see `tend doctor`)");
+            }
+            said.insert(key);
+            again = true;
+        }
         self.said = said;
-        if again {
-            self.waker.send(Msg::WritersAgain);
+        // Replaces what the loop watches: each look names a live process of every
+        // writer that needs watching.
+        self.waker.send(Msg::WatchWriters(
+            looked.watches.into_iter().map(|(_, h)| h).collect(),
+        ));
+        if looked.again {
+            self.waker.send(Msg::WritersAgain { in_ms: 0 });
+        } else if again {
+            self.waker.send(Msg::WritersAgain { in_ms: 1000 });
         }
     }
 

@@ -28,7 +28,7 @@
 //! service writes to, [`held_pipes`] which of them a writer process still holds, and
 //! [`read_end`] takes a read end of one back from the service itself (`pidfd_getfd`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -250,14 +250,15 @@ fn visible<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     }
 }
 
-/// The pipes some live log writer process holds, by inode. Every process whose command
-/// line is `tend MODE ...` (`mode`: the log writer's, `logwriter::MODE`), keeper or
-/// worker, holds the pipes it reads as its fds 0 and 1; so does a partner one of them
-/// starts, from fork to exec (it has their command line and descriptors). One pass over
-/// /proc. `Err` when a process or /proc itself could not be read for want of a resource
-/// (descriptors, memory): which pipes are held is then not known.
-pub fn held_pipes(mode: &str) -> io::Result<HashSet<u64>> {
-    let mut held = HashSet::new();
+/// The pipes live log writer processes hold, by inode, each with the pids holding it.
+/// Every process whose command line is `tend MODE ...` (`mode`: the log writer's,
+/// `logwriter::MODE`), keeper or worker, holds the pipes it reads as its fds 0 and 1;
+/// so does a partner one of them starts, from fork to exec (it has their command line
+/// and descriptors). One pass over /proc. `Err` when a process or /proc itself could not
+/// be read for want of a resource (descriptors, memory): which pipes are held is then
+/// not known.
+pub fn held_pipes(mode: &str) -> io::Result<HashMap<u64, Vec<i32>>> {
+    let mut held: HashMap<u64, Vec<i32>> = HashMap::new();
     for entry in std::fs::read_dir("/proc")? {
         let entry = entry?;
         let Some(pid) = entry
@@ -271,13 +272,31 @@ pub fn held_pipes(mode: &str) -> io::Result<HashSet<u64>> {
             continue;
         }
         for fd in [0, 1] {
-            let link = visible(std::fs::read_link(format!("/proc/{pid}/fd/{fd}")))?;
-            if let Some(ino) = link.and_then(|l| pipe_inode(l.as_os_str().as_bytes())) {
-                held.insert(ino);
+            if let Some(ino) = pipe_at(pid, fd)? {
+                held.entry(ino).or_default().push(pid);
             }
         }
     }
     Ok(held)
+}
+
+/// The inode of the pipe descriptor `fd` of another process is, if it is one we may see.
+fn pipe_at(pid: i32, fd: i32) -> io::Result<Option<u64>> {
+    let link = visible(std::fs::read_link(format!("/proc/{pid}/fd/{fd}")))?;
+    Ok(link.and_then(|l| pipe_inode(l.as_os_str().as_bytes())))
+}
+
+/// One of `holders` (as [`held_pipes`] found them) pinned while it still holds pipe `ino`
+/// as its fd 0: a pidfd on a process that reads the pipe. `None` when none does any
+/// more.
+pub fn pin_holder(holders: &[i32], ino: u64) -> Option<Handle> {
+    holders.iter().find_map(|&pid| {
+        let (h, _) = Handle::pin(pid)?;
+        // Read after the pidfd was opened, and the process still there afterwards: the
+        // read was of the pinned process.
+        let holds = pipe_at(pid, 0).ok().flatten() == Some(ino);
+        (holds && !h.exited()).then_some(h)
+    })
 }
 
 /// Whether process `pid`'s second argument is `mode` (its command line is `tend MODE

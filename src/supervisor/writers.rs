@@ -3,23 +3,30 @@
 //!
 //! A writer's two processes bring each other back (see [`crate::logwriter`]); killed
 //! within the moment one takes to start the other, nobody is left to read the service's
-//! pipes. Under the daemon, every writer process it started (and every one of theirs) is
-//! its descendant, so the last of them to die is reaped by the daemon, and the look that
-//! follows finds the pipe without a reader. The pipe is taken back from the service
-//! itself (its stdout and stderr descriptors read as well as write it), and a writer is
-//! started on it as a start does.
+//! pipes. The daemon looks after every child it reaps: every process of a writer it
+//! started (and every one they start) is its descendant, so the last of them to die is
+//! reaped by the daemon, and the look that follows finds the pipe without a reader. A
+//! writer it did not start (started by `tend start` without a daemon, or by an earlier
+//! daemon) ends elsewhere: for those, each look returns one live process of the writer
+//! to watch by pidfd, whose end asks for the next look (by then another of its
+//! processes holds the pipe, and is watched in turn, or none does). The pipe is taken
+//! back from the service itself (its stdout and stderr descriptors read as well as write
+//! it), and a writer is started on it as a start does.
+
+use std::os::fd::{AsFd, AsRawFd};
 
 use super::start::writer_config;
 use super::Supervisor;
 use crate::error::{PipeError, Result};
 use crate::logwriter;
 use crate::process::handle::{Found, Handle};
+use crate::process::identity;
 use crate::process::writer::{self, Writer};
 use crate::record::event;
 use crate::service::LogTimestamps;
 
 /// What became of one running instance whose log writer was found gone.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Revival {
     pub name: String,
     pub pid: i32,
@@ -27,7 +34,7 @@ pub struct Revival {
     pub outcome: Revived,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Revived {
     /// A new writer runs; its keeper's pid.
     Started { keeper: i32 },
@@ -39,6 +46,21 @@ pub enum Revived {
     /// It could not be done this time (no descriptor, no process left...): worth another
     /// try.
     Failed(String),
+}
+
+/// What a look at the writers found (see [`Supervisor::revive_writers`]).
+#[derive(Debug, Default)]
+pub struct Looked {
+    /// The instances whose writer was found gone, and what became of each.
+    pub revivals: Vec<Revival>,
+    /// A live process of each writer the daemon did not start, pinned: its end asks for
+    /// the next look. `(service, handle)`.
+    pub watches: Vec<(String, Handle)>,
+    /// Services whose writer runs but cannot be watched (no descriptor at or below the
+    /// limit given): looked at again shortly rather than on an end.
+    pub unwatched: Vec<String>,
+    /// A writer process ended while it was looked at: look again at once.
+    pub again: bool,
 }
 
 impl Supervisor {
@@ -53,15 +75,17 @@ impl Supervisor {
     /// are no danger: a start records its instance only once its own writer runs.
     ///
     /// `may(pid, start_time)`: whether a writer may be started for that instance now
-    /// (asked right before the start; false: [`Revived::Paced`]). `Err`: the database
+    /// (asked right before the start; false: [`Revived::Paced`]). `max_fd`: the highest
+    /// descriptor a watch may take (see [`Looked::unwatched`]). `Err`: the database
     /// could not be read.
     pub fn revive_writers(
         &mut self,
         may: &mut dyn FnMut(i32, u64) -> bool,
-    ) -> Result<Vec<Revival>> {
+        max_fd: i32,
+    ) -> Result<Looked> {
         let recorded = self.store.read(|tx| tx.recorded())?;
         let boot = self.boot_id.clone();
-        let mut out = Vec::new();
+        let mut looked = Looked::default();
         let mut candidates = Vec::new();
         for (_, svc, inst) in recorded {
             if svc.settings.log_timestamps == LogTimestamps::Off {
@@ -80,7 +104,7 @@ impl Supervisor {
                 Found::Alive(h) => h,
                 // Not known to run: looked at again later.
                 Found::Unknown(why) => {
-                    out.push(unknown(why));
+                    looked.revivals.push(unknown(why));
                     continue;
                 }
                 // Its exit is recorded where exits are.
@@ -90,7 +114,7 @@ impl Supervisor {
                 Ok(Some(pipes)) => candidates.push((svc, h, pipes)),
                 // Its stdout is not (or no longer) a log writer's pipe.
                 Ok(None) => {}
-                Err(e) => out.push(unknown(format!(
+                Err(e) => looked.revivals.push(unknown(format!(
                     "cannot read /proc/{}/fd: {}",
                     inst.pid,
                     crate::error::io_reason(&e)
@@ -98,7 +122,7 @@ impl Supervisor {
             }
         }
         if candidates.is_empty() {
-            return Ok(out);
+            return Ok(looked);
         }
         let held = match writer::held_pipes(logwriter::MODE) {
             Ok(held) => held,
@@ -108,17 +132,30 @@ impl Supervisor {
                     "cannot tell which log writers run (reading /proc: {})",
                     crate::error::io_reason(&e)
                 );
-                out.extend(candidates.into_iter().map(|(svc, h, _)| Revival {
-                    name: svc.name,
-                    pid: h.pid(),
-                    start_time: h.start_time(),
-                    outcome: Revived::Failed(why.clone()),
-                }));
-                return Ok(out);
+                looked
+                    .revivals
+                    .extend(candidates.into_iter().map(|(svc, h, _)| Revival {
+                        name: svc.name,
+                        pid: h.pid(),
+                        start_time: h.start_time(),
+                        outcome: Revived::Failed(why.clone()),
+                    }));
+                return Ok(looked);
             }
         };
+        let me = self.reaper();
         for (svc, h, pipes) in candidates {
-            if held.contains(&pipes.out) {
+            if let Some(holders) = held.get(&pipes.out) {
+                // The daemon's own descendants end as its children: it looks then.
+                if me.is_some_and(|me| holders.iter().all(|&p| identity::descends_from(p, me))) {
+                    continue;
+                }
+                match writer::pin_holder(holders, pipes.out) {
+                    Some(w) if w.as_fd().as_raw_fd() > max_fd => looked.unwatched.push(svc.name),
+                    Some(w) => looked.watches.push((svc.name, w)),
+                    // Gone since: whether another holds the pipe is for a new look.
+                    None => looked.again = true,
+                }
                 continue;
             }
             let outcome = self.revive(&svc, &h, pipes, may);
@@ -126,14 +163,14 @@ impl Supervisor {
             if matches!(outcome, Revived::Failed(_)) && h.exited() {
                 continue;
             }
-            out.push(Revival {
+            looked.revivals.push(Revival {
                 name: svc.name.clone(),
                 pid: h.pid(),
                 start_time: h.start_time(),
                 outcome,
             });
         }
-        Ok(out)
+        Ok(looked)
     }
 
     /// Starts a writer on the pipes of `h`, the instance of `svc`, if `may` allows, and

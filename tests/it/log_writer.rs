@@ -1433,3 +1433,57 @@ fn a_daemon_coming_up_brings_back_a_writer_that_died_before_it() {
     assert_writers_end(&env);
     env.ok(&["daemon", "stop"]);
 }
+
+#[test]
+fn under_a_daemon_that_did_not_start_it_a_writer_whose_two_processes_die_together_comes_back() {
+    if !can_take_strangers_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    // Started by the command itself: the writer is no descendant of the daemon that
+    // comes up next, and its processes' ends are not reaped there.
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    env.ok(&["daemon"]);
+    assert!(wait_until(LONG, || env
+        .daemon_log()
+        .contains("daemon ready")));
+    assert!(one_pair(&env, pid), "{:?}", writers(&env));
+    let old = kill_all_writers(&env);
+    assert_eq!(old.len(), 2, "{old:?}");
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)
+            && !holders(&env, pid).iter().any(|w| old.contains(&w.0))),
+        "no new writer: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    assert!(wait_until(LONG, || after_restart(&log, "", "tick ").len() >= 20));
+    let n = after_restart(&log, "", "tick ");
+    for w in n.windows(2) {
+        assert_eq!(w[0] + 1, w[1], "a gap after the restart: {n:?}");
+    }
+    let events = crate::faults::events(&env, "tick");
+    assert_eq!(
+        events.iter().filter(|(k, _)| k == "log-writer").count(),
+        1,
+        "{events:?}"
+    );
+    stays_up(&env, "tick", pid, Duration::from_millis(200));
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
