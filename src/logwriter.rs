@@ -26,7 +26,7 @@
 //!
 //! So whichever of the two survives brings the other back, as often as it takes (at
 //! most 5 starts in 10 s, then one a second). Both killed within the moment one takes
-//! to start the other leaves neither to do it. Under the daemon, a new writer is then
+//! to start the other leaves neither to do it. Under a daemon, a new writer is then
 //! started on the service's own pipes (see `supervisor::writers`), with `--restarts 1`
 //! so that its first worker writes the restart line. Without a daemon (or for a service
 //! whose writer the daemon cannot take the pipes for) the service runs on, its output
