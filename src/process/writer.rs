@@ -414,3 +414,84 @@ pub fn inherited(fd: i32) -> OwnedFd {
     // else in it uses (it never reads stdin nor prints to stdout).
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A child (`sleep`) whose stdout is `out`, pinned; killed and reaped on drop.
+    struct Child(std::process::Child, Handle);
+
+    impl Child {
+        fn with_stdout(out: OwnedFd) -> Child {
+            let c = Command::new("sleep")
+                .arg("60")
+                .stdout(Stdio::from(out))
+                .spawn()
+                .expect("sleep");
+            let (h, _) = Handle::pin(c.id() as i32).expect("pinned");
+            Child(c, h)
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_read_end_is_taken_back_from_the_service_and_reads_only() {
+        let mut pipes = LogPipes::new(false).unwrap();
+        let (out_r, _) = pipes.take_read_ends();
+        let child = Child::with_stdout(pipes.out_w.try_clone().unwrap());
+        let found = output_pipes(child.1.pid()).unwrap().expect("a log pipe");
+        let ino = std::fs::File::from(out_r.unwrap())
+            .metadata()
+            .unwrap()
+            .ino();
+        assert_eq!(
+            found,
+            OutputPipes {
+                out: ino,
+                err: None
+            }
+        );
+        let r = match read_end(&child.1, 1, ino) {
+            Ok(r) => r,
+            // A sandbox that refuses pidfd_getfd (seccomp): nothing to test here.
+            Err(e @ PipeError::Denied { .. }) => return eprintln!("skipped: {e}"),
+            Err(e) => panic!("{e}"),
+        };
+        let mut r = std::fs::File::from(r);
+        std::fs::File::from(pipes.out_w.try_clone().unwrap())
+            .write_all(b"line\n")
+            .unwrap();
+        let mut buf = [0u8; 5];
+        r.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"line\n");
+        // Read-only: no write reference, so a writer holding it sees end of input.
+        assert!(r.write(b"x").is_err());
+        // Another pipe than the one asked for is refused.
+        assert!(matches!(
+            read_end(&child.1, 1, ino + 1),
+            Err(PipeError::Failed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_plain_pipe_is_not_a_log_writers() {
+        let (_r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let child = Child::with_stdout(w);
+        assert_eq!(output_pipes(child.1.pid()).unwrap(), None);
+    }
+
+    #[test]
+    fn pipe_links() {
+        assert_eq!(pipe_inode(b"pipe:[1517686]"), Some(1517686));
+        assert_eq!(pipe_inode(b"socket:[12]"), None);
+        assert_eq!(pipe_inode(b"/dev/null"), None);
+    }
+}

@@ -1,7 +1,8 @@
 //! `--log-timestamps`, the log writer. Real services write through real writers; the
 //! tests count what was written against what the files hold, stop and crash services
-//! mid-output, SIGKILL the writer's processes one after the other and both at once, and
-//! make its file fail (a directory in its place, a full tmpfs). Every writer a test starts
+//! mid-output, SIGKILL the writer's processes one after the other and both at once
+//! (without a daemon, and under one, which starts a new writer on the service's pipes),
+//! and make its file fail (a directory in its place, a full tmpfs). Every writer a test starts
 //! ends by itself when its service is gone (checked), and is killed by [`Sweep`] if a
 //! test fails.
 
