@@ -414,6 +414,19 @@ impl Worker {
                     said.insert(key);
                     again = true;
                 }
+                Revived::Unchecked { why, again: true } => {
+                    if !self.said.contains(&key) {
+                        warn!(service = %r.name, pid = r.pid, reason = %why, "whether its log writer runs cannot be told now; looking again every second");
+                    }
+                    said.insert(key);
+                    again = true;
+                }
+                Revived::Unchecked { why, again: false } => {
+                    if !self.said.contains(&key) {
+                        warn!(service = %r.name, pid = r.pid, reason = %why, "whether its log writer runs cannot be told: if both of its processes die, the service's output waits in its pipe until it is restarted");
+                    }
+                    said.insert(key);
+                }
             }
         }
         for name in looked.unwatched {

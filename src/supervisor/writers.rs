@@ -46,6 +46,10 @@ pub enum Revived {
     /// It could not be done this time (no descriptor, no process left...): worth another
     /// try.
     Failed(String),
+    /// Whether its writer runs could not be told (`why`): /proc could not be read for
+    /// want of a resource (`again`: worth another look), or not at all (a service that
+    /// made itself undumpable).
+    Unchecked { why: String, again: bool },
 }
 
 /// What a look at the writers found (see [`Supervisor::revive_writers`]).
@@ -91,11 +95,11 @@ impl Supervisor {
             if svc.settings.log_timestamps == LogTimestamps::Off {
                 continue;
             }
-            let unknown = |why: String| Revival {
+            let revival = |outcome| Revival {
                 name: svc.name.clone(),
                 pid: inst.pid,
                 start_time: inst.start_time,
-                outcome: Revived::Failed(why),
+                outcome,
             };
             // Pinned and identity-checked, as every use of a recorded instance is: what is
             // read of its descriptors, and taken, is this very process's.
@@ -104,7 +108,9 @@ impl Supervisor {
                 Found::Alive(h) => h,
                 // Not known to run: looked at again later.
                 Found::Unknown(why) => {
-                    looked.revivals.push(unknown(why));
+                    looked
+                        .revivals
+                        .push(revival(Revived::Unchecked { why, again: true }));
                     continue;
                 }
                 // Its exit is recorded where exits are.
@@ -114,11 +120,18 @@ impl Supervisor {
                 Ok(Some(pipes)) => candidates.push((svc, h, pipes)),
                 // Its stdout is not (or no longer) a log writer's pipe.
                 Ok(None) => {}
-                Err(e) => looked.revivals.push(unknown(format!(
-                    "cannot read /proc/{}/fd: {}",
-                    inst.pid,
-                    crate::error::io_reason(&e)
-                ))),
+                Err(e) => {
+                    let why = format!(
+                        "cannot read /proc/{}/fd: {}",
+                        inst.pid,
+                        crate::error::io_reason(&e)
+                    );
+                    // A service that made itself undumpable: that does not change.
+                    let again = !matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM));
+                    looked
+                        .revivals
+                        .push(revival(Revived::Unchecked { why, again }));
+                }
             }
         }
         if candidates.is_empty() {
@@ -138,7 +151,10 @@ impl Supervisor {
                         name: svc.name,
                         pid: h.pid(),
                         start_time: h.start_time(),
-                        outcome: Revived::Failed(why.clone()),
+                        outcome: Revived::Unchecked {
+                            why: why.clone(),
+                            again: true,
+                        },
                     }));
                 return Ok(looked);
             }
