@@ -1158,10 +1158,29 @@ fn under_the_daemon_a_writer_found_alive_is_never_doubled() {
     // The daemon's look follows the reaping within a fraction of a second; for 2 s, one
     // keeper and one worker, and no writer started by the daemon.
     let window = Duration::from_secs(2);
+    let mut seen = Vec::new();
+    let held = holds_for(window, || {
+        let h = holders(&env, pid);
+        let ok = h.len() == 2 && h.iter().filter(|w| w.1).count() == 1;
+        if seen.last() != Some(&h) {
+            seen.push(h);
+        }
+        ok
+    });
+    let about = |w: i32| {
+        let stat = read(Path::new(&format!("/proc/{w}/stat")));
+        let cmd = read(Path::new(&format!("/proc/{w}/cmdline"))).replace('\0', " ");
+        format!("{w}: {stat} {cmd}")
+    };
     assert!(
-        holds_for(window, || one_pair(&env, pid)),
-        "not exactly one keeper and one worker on the pipe within {window:?}: {:?}",
-        holders(&env, pid)
+        held,
+        "not exactly one keeper and one worker on the pipe within {window:?}: {seen:?}\n{}\ndaemon.log:\n{}",
+        seen.iter()
+            .flatten()
+            .map(|w| about(w.0))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        env.daemon_log()
     );
     let events = crate::faults::events(&env, "tick");
     assert!(!events.iter().any(|(k, _)| k == "log-writer"), "{events:?}");
