@@ -337,6 +337,24 @@ pub enum SpawnError {
     LogWriter(String),
 }
 
+/// Why the read end of a running service's output pipe could not be had again, to start
+/// a log writer on it in place of one that is gone.
+#[derive(Debug, thiserror::Error)]
+pub enum PipeError {
+    /// Taking a descriptor of the service is refused or not supported: that does not
+    /// change while it runs.
+    #[error(
+        "cannot take descriptor {fd} of pid {pid} ({reason}): pidfd_getfd needs ptrace \
+         access to the service (the same user and, under Yama ptrace_scope 1, a process \
+         the daemon started; or root) and Linux 5.6"
+    )]
+    Denied { pid: i32, fd: i32, reason: String },
+    /// Anything else (no descriptor left, the descriptor replaced or the service gone
+    /// meanwhile): worth another try.
+    #[error("{what}: {reason}")]
+    Failed { what: String, reason: String },
+}
+
 fn describe(stage: Stage, errno: Errno, program: &str) -> String {
     let reason = errno.desc().to_lowercase();
     match (stage, errno) {

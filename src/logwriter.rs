@@ -25,10 +25,13 @@
 //!   the same pipes.
 //!
 //! So whichever of the two survives brings the other back, as often as it takes (at
-//! most 5 starts in 10 s, then one a second). Both killed at the same instant leaves
-//! nobody to do it: the service runs on, its output waits in the pipe and, once the
-//! pipe is full (1 MiB where allowed), its writes wait until the next start of the
-//! service.
+//! most 5 starts in 10 s, then one a second). Both killed within the moment one takes
+//! to start the other leaves neither to do it. Under a daemon, a new writer is then
+//! started on the service's own pipes (see `supervisor::writers`), with `--restarts 1`
+//! so that its first worker writes the restart line. Without a daemon (or for a service
+//! whose writer the daemon cannot take the pipes for) the service runs on, its output
+//! waits in the pipe and, once the pipe is full (1 MiB where allowed), its writes wait
+//! until a daemon comes up or the service is started again.
 //!
 //! **Files that fail.** The readers never wait for the disk: they always drain the pipes,
 //! so the service never blocks on its output. A write that fails (a full disk, the log
@@ -144,10 +147,21 @@ impl Config {
         a
     }
 
+    /// The arguments of a writer started anew on the pipes of a running service whose
+    /// writer is gone, both of its processes (the daemon does that): [`Config::to_args`]
+    /// and `--restarts 1 --killed-by 0`, so that its first worker writes the restart
+    /// line (how the previous one ended is not known).
+    pub fn to_restarted_args(&self) -> Vec<OsString> {
+        let mut a = self.to_args();
+        a.extend(["--restarts", "1", "--killed-by", "0"].map(OsString::from));
+        a
+    }
+
     /// Reads what [`Config::to_args`] wrote; also what the two processes add for the
     /// partners they start: `--worker`, `--partner PID` (the partner that started this
     /// one, its parent), `--restarts N` and `--killed-by SIG` (how many workers ended
-    /// before this one, and the signal that ended the last of them, 0 if not known).
+    /// before this one, and the signal that ended the last of them, 0 if not known; to
+    /// a keeper: what its first worker is told).
     pub fn parse(args: &[OsString]) -> Result<(Config, Role), String> {
         let mut c = Config {
             prefix: Prefix::Time,
@@ -197,7 +211,11 @@ impl Config {
             c.err = c.out.clone();
         }
         let role = match (worker, partner) {
-            (false, partner) => Role::Keeper { partner },
+            (false, partner) => Role::Keeper {
+                partner,
+                restarts,
+                killed_by,
+            },
             (true, Some(keeper)) => Role::Worker {
                 keeper,
                 restarts,
@@ -212,8 +230,15 @@ impl Config {
 /// Which of the two processes this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// `partner`: the worker that started this keeper (its parent), if one did.
-    Keeper { partner: Option<i32> },
+    /// `partner`: the worker that started this keeper (its parent), if one did;
+    /// `restarts` and `killed_by`: as for a worker, what its first worker is told (a
+    /// keeper started in place of a writer that is gone: see
+    /// [`Config::to_restarted_args`]).
+    Keeper {
+        partner: Option<i32>,
+        restarts: u64,
+        killed_by: i32,
+    },
     /// `keeper`: the keeper that started this worker (its parent); `restarts`: how many
     /// workers ended before this one; `killed_by`: the signal that ended the last of
     /// them (0: not known).
@@ -236,14 +261,18 @@ pub fn main(args: &[OsString]) -> u8 {
     };
     shield();
     match role {
-        Role::Keeper { partner } => {
+        Role::Keeper {
+            partner,
+            restarts,
+            killed_by,
+        } => {
             // Out of the cgroup of the tend process that started it (a login session's
             // scope, say, which may be killed at logout while the service runs on).
             // Where it cannot move, it stays: it still is in none of the service's.
             if let Some(c) = &cfg.cgroup {
                 let _ = crate::process::writer::join_cgroup(c);
             }
-            keep(&cfg, partner)
+            keep(&cfg, partner, restarts, killed_by)
         }
         Role::Worker {
             keeper,
@@ -370,12 +399,11 @@ impl Pace {
 
 /// The keeper: holds the pipes and runs workers on them, one after another, until the
 /// service's output has ended. A keeper started by a worker (`partner`) watches that
-/// worker first.
-fn keep(cfg: &Config, partner: Option<i32>) -> u8 {
+/// worker first. `restarts` and `killed_by`: how many workers ended before this keeper
+/// came, and how the last one did (see [`Role::Keeper`]).
+fn keep(cfg: &Config, partner: Option<i32>, mut restarts: u64, mut killed_by: i32) -> u8 {
     let pipes = inherited_pipes(cfg);
     let me = std::process::id().to_string();
-    let mut restarts = 0u64;
-    let mut killed_by = 0;
     // The worker that started this keeper: gone already is as if it had ended now.
     let mut first = partner.map(Partner::parent);
     let mut worker: Option<Partner> = None;
@@ -950,7 +978,23 @@ mod tests {
         let args = c.to_args();
         assert_eq!(args[0], MODE);
         let (p, role) = Config::parse(&args[1..]).unwrap();
-        assert_eq!(role, Role::Keeper { partner: None });
+        assert_eq!(
+            role,
+            Role::Keeper {
+                partner: None,
+                restarts: 0,
+                killed_by: 0
+            }
+        );
+        let (_, role) = Config::parse(&c.to_restarted_args()[1..]).unwrap();
+        assert_eq!(
+            role,
+            Role::Keeper {
+                partner: None,
+                restarts: 1,
+                killed_by: 0
+            }
+        );
         assert_eq!(p.prefix, c.prefix);
         assert_eq!(
             (p.out, p.err, p.err_pipe, p.max_bytes),
@@ -982,7 +1026,11 @@ mod tests {
         keeper.extend(["--partner", "8"].map(OsString::from));
         assert_eq!(
             Config::parse(&keeper).unwrap().1,
-            Role::Keeper { partner: Some(8) }
+            Role::Keeper {
+                partner: Some(8),
+                restarts: 0,
+                killed_by: 0
+            }
         );
     }
 

@@ -122,6 +122,9 @@ pub mod event {
     /// Health checks failed N times in a row; the service is killed and the restart
     /// policy decides what follows. The detail has the last check's output.
     pub const UNHEALTHY: &str = "unhealthy";
+    /// The daemon found the running service's log writer gone (both of its processes)
+    /// and started a new one on the service's pipes.
+    pub const LOG_WRITER: &str = "log-writer";
 }
 
 /// A fleet command as this home recorded taking it: taken before acting,

@@ -28,6 +28,14 @@ pub enum Msg {
     /// After an adoption pass: how many recorded instances it could not check or watch
     /// (looked at again soon when any).
     Deferred(usize),
+    /// Look at the log writers again in this long (ms): one could not be brought back
+    /// or watched now, or one of their processes ended while they were looked at.
+    WritersAgain {
+        in_ms: i64,
+    },
+    /// One live process of each log writer the daemon did not start, in place of those
+    /// watched so far: the end of any asks for a look at the writers.
+    WatchWriters(Vec<Handle>),
 }
 
 /// What the serving threads may read about the daemon.

@@ -83,7 +83,19 @@ pub struct EventLoop {
     pub adopt_at: Option<i64>,
     /// Recorded instances the last adoption pass could not check or watch.
     pub deferred: usize,
+    /// When to ask the worker to bring back log writers that are gone (after a child
+    /// ended), and when it was last asked: at most once per `WRITERS_GAP`.
+    pub writers_at: Option<i64>,
+    pub writers_asked: i64,
+    /// Log writers the daemon did not start, watched by pidfd (see `supervisor::writers`).
+    pub writer_watch: WriterWatch,
 }
+
+/// The least time (ms) between two looks for log writers that are gone. Every child the
+/// loop reaps asks for one (the last process of a writer ends as a child of the daemon,
+/// whatever its name: see `supervisor::writers`), and a look reads /proc: a service
+/// whose orphans end by the hundred must not make the worker read it for each.
+const WRITERS_GAP: i64 = 100;
 
 /// How soon an exit held for want of a descriptor is tried again (ms).
 const REAP_AGAIN: i64 = 50;
@@ -105,6 +117,8 @@ struct Ready {
     listener: bool,
     /// Tokens of adopted services whose pidfd is readable (the process exited).
     pidfds: Vec<u64>,
+    /// A watched log writer process ended.
+    writer: bool,
 }
 
 /// Adopted services (running before this daemon came up, so not its children), each
@@ -170,6 +184,63 @@ impl Adopted {
     }
 }
 
+/// One live process of each log writer whose end the daemon does not reap (one it did not
+/// start), watched through its pidfd in an epoll set of its own: when any ends, the
+/// writers are looked at again, and the look names the processes to watch next.
+pub struct WriterWatch {
+    epoll: Epoll,
+    watched: Vec<Handle>,
+}
+
+impl WriterWatch {
+    pub fn new() -> Result<WriterWatch> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| Error::Daemon {
+            message: format!("epoll: {e}"),
+        })?;
+        Ok(WriterWatch {
+            epoll,
+            watched: Vec::new(),
+        })
+    }
+
+    /// Watches `handles` in place of what was watched.
+    fn replace(&mut self, handles: Vec<Handle>) -> std::result::Result<(), nix::errno::Errno> {
+        self.clear();
+        for h in handles {
+            self.epoll
+                .add(h.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
+            self.watched.push(h);
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        for h in self.watched.drain(..) {
+            let _ = self.epoll.delete(h.as_fd());
+        }
+    }
+
+    /// True if a watched process has ended; then nothing is watched any more (a pidfd
+    /// stays readable) until the next look names what to watch.
+    fn ended(&mut self) -> bool {
+        let mut events = [EpollEvent::empty(); 1];
+        let any = loop {
+            match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
+                Ok(n) => break n > 0,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    error!(error = %e, "epoll_wait failed");
+                    break true;
+                }
+            }
+        };
+        if any {
+            self.clear();
+        }
+        any
+    }
+}
+
 impl EventLoop {
     pub fn run(&mut self) -> Result<()> {
         loop {
@@ -202,9 +273,20 @@ impl EventLoop {
                     self.worker.send(Job::AdoptedExit { handle, watch });
                 }
             }
+            if ready.writer && self.writer_watch.ended() {
+                self.writers_soon(now_ms());
+            }
             if self.reap_at.is_some_and(|at| at <= now_ms()) {
                 self.reap_at = None;
                 self.reap();
+            }
+            if self.writers_at.is_some_and(|at| at <= now_ms()) {
+                self.writers_at = None;
+                // Not while shutting down, nor once the database cannot be used.
+                if self.drain.is_none() && self.fault.is_none() {
+                    self.writers_asked = now_ms();
+                    self.worker.check_writers();
+                }
             }
             if self.adopt_at.is_some_and(|at| at <= now_ms()) {
                 self.adopt_at = None;
@@ -214,7 +296,7 @@ impl EventLoop {
             }
             self.fire_timers();
             self.publish();
-            if ready.signal || ready.wake || ready.listener {
+            if ready.signal || ready.wake || ready.listener || ready.writer {
                 self.trim_at = Some(now_ms() + TRIM_AFTER);
             } else if self.trim_at.is_some_and(|at| at <= now_ms()) {
                 self.trim_at = None;
@@ -237,6 +319,7 @@ impl EventLoop {
             .chain(&self.trim_at)
             .chain(&self.reap_at)
             .chain(&self.adopt_at)
+            .chain(&self.writers_at)
             .min()
             .copied();
         let ms = next.map(|at| (at - now_ms()).clamp(0, i32::MAX as i64) as i32);
@@ -265,6 +348,10 @@ impl EventLoop {
         };
         let adopted = fds.len();
         fds.push(PollFd::new(self.adopted.epoll.0.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(
+            self.writer_watch.epoll.0.as_fd(),
+            PollFlags::POLLIN,
+        ));
         let mut ready = Ready::default();
         match poll(&mut fds, timeout) {
             Ok(0) => return ready,
@@ -283,6 +370,7 @@ impl EventLoop {
         if hit(&fds[adopted]) {
             ready.pidfds = self.adopted.exited();
         }
+        ready.writer = hit(&fds[adopted + 1]);
         ready
     }
 
@@ -332,6 +420,7 @@ impl EventLoop {
     /// the log as an error, and every record looked at again (a service's instance that
     /// it was is then found dead there and goes through the restart policy).
     fn exited(&mut self, pid: i32, start_time: Option<u64>, status: i32) {
+        self.writers_soon(now_ms());
         let Some(start_time) = start_time else {
             error!(pid, status = %crate::policy::ExitStatus::from_wait(status),
                 "reaped a child whose start time could not be read: its exit cannot be matched to an instance; looking at every record again");
@@ -344,6 +433,13 @@ impl EventLoop {
             start_time,
             status,
         });
+    }
+
+    /// Asks for a look at the log writers at `at` (unix ms), or as soon after the last
+    /// one as [`WRITERS_GAP`] allows; sooner if one was asked for already.
+    fn writers_soon(&mut self, at: i64) {
+        let at = at.max(self.writers_asked + WRITERS_GAP);
+        self.writers_at = Some(self.writers_at.map_or(at, |t| t.min(at)));
     }
 
     fn reload(&mut self) {
@@ -387,6 +483,14 @@ impl EventLoop {
                     }
                 }
                 Msg::FilesChanged(change) => self.files_changed(change),
+                Msg::WritersAgain { in_ms } => self.writers_soon(now_ms() + in_ms),
+                Msg::WatchWriters(handles) => {
+                    if let Err(e) = self.writer_watch.replace(handles) {
+                        // Unwatched: looked at again in a second instead.
+                        error!(error = %e, "cannot watch log writers; looking at them again in 1 s");
+                        self.writers_soon(now_ms() + 1000);
+                    }
+                }
                 Msg::Ready => {
                     if !self.ready {
                         self.ready = true;

@@ -268,6 +268,9 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         reap_at: None,
         adopt_at: None,
         deferred: 0,
+        writers_at: None,
+        writers_asked: 0,
+        writer_watch: event_loop::WriterWatch::new()?,
     };
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");

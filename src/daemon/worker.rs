@@ -3,9 +3,10 @@
 //! killing what a crashed service left behind, carrying out due restarts, adopting
 //! running services, autostart. The loop itself never waits for it.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
@@ -13,6 +14,7 @@ use super::bus::{Msg, Waker};
 use crate::policy::{Decision, ExitStatus};
 use crate::process::handle::Handle;
 use crate::record::event;
+use crate::supervisor::writers::Revived;
 use crate::supervisor::{Exit, StartOutcome, Supervisor, Watch};
 
 /// Work for the worker, from the event loop.
@@ -38,6 +40,10 @@ pub enum Job {
     AdoptAgain,
     /// The loop could not watch this adopted pid after all: forget it was handed over.
     NotWatched { pid: i32 },
+    /// A child of the daemon ended (it may have been the last process of a service's log
+    /// writer): bring back the writers that are gone. Sent through
+    /// [`WorkerHandle::check_writers`].
+    Writers,
 }
 
 /// The loop's end: sends jobs and counts those not finished yet.
@@ -45,6 +51,9 @@ pub enum Job {
 pub struct WorkerHandle {
     tx: mpsc::Sender<Job>,
     outstanding: Arc<AtomicUsize>,
+    /// A [`Job::Writers`] is queued and not begun: a second would find nothing the first
+    /// will not (it looks after every exit so far).
+    writers_queued: Arc<AtomicBool>,
 }
 
 impl WorkerHandle {
@@ -60,6 +69,13 @@ impl WorkerHandle {
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::SeqCst)
     }
+
+    /// Queues a [`Job::Writers`] unless one is queued and not begun yet.
+    pub fn check_writers(&self) {
+        if !self.writers_queued.swap(true, Ordering::SeqCst) {
+            self.send(Job::Writers);
+        }
+    }
 }
 
 /// The worker's queue: its handle (for the loop, and for the supervisors' exit sink,
@@ -69,6 +85,7 @@ pub fn queue() -> (WorkerHandle, mpsc::Receiver<Job>) {
     let handle = WorkerHandle {
         tx,
         outstanding: Arc::new(AtomicUsize::new(0)),
+        writers_queued: Arc::new(AtomicBool::new(false)),
     };
     (handle, rx)
 }
@@ -101,6 +118,9 @@ pub fn start(
         me: std::process::id() as i32,
         watched: HashSet::new(),
         deferred: HashSet::new(),
+        writers_queued: handle.writers_queued.clone(),
+        revived: HashMap::new(),
+        said: HashSet::new(),
     };
     std::thread::Builder::new()
         .name("tend-worker".into())
@@ -133,7 +153,23 @@ struct Worker {
     watched: HashSet<i32>,
     /// Pids of instances an adoption pass left as they were (already said so).
     deferred: HashSet<i32>,
+    /// See [`WorkerHandle::check_writers`]; cleared as a [`Job::Writers`] begins.
+    writers_queued: Arc<AtomicBool>,
+    /// When each running instance's log writer was last brought back: (pid, start time)
+    /// to the times, at most [`REVIVALS`] within [`REVIVAL_WINDOW`].
+    revived: HashMap<(i32, u64), VecDeque<Instant>>,
+    /// Instances whose writer could not be brought back, or be watched, already said so
+    /// in the log: (service, pid; 0 for a writer not watched).
+    said: HashSet<(String, i32)>,
 }
+
+/// A log writer is brought back at most this many times within [`REVIVAL_WINDOW`], then
+/// at most once per [`REVIVAL_PACE`]: a writer that dies at once, again and again, must
+/// not make the daemon start one after another (the writer's two processes pace each
+/// other the same way).
+const REVIVALS: usize = 5;
+const REVIVAL_WINDOW: Duration = Duration::from_secs(10);
+const REVIVAL_PACE: Duration = Duration::from_secs(1);
 
 /// Descriptors above the highest one a watched service's pidfd may take: kept for the
 /// daemon's own work (a request: its socket and a database connection; a start: pipes,
@@ -156,6 +192,8 @@ impl Worker {
         match job {
             Job::Startup => {
                 self.adopt();
+                // A writer may have died while no daemon ran.
+                self.writers();
                 self.autostart();
                 self.waker.send(Msg::Ready);
             }
@@ -190,10 +228,15 @@ impl Worker {
             }
             Job::Restart(name) => self.restart(&name),
             Job::Sync => {}
-            Job::Reload | Job::AdoptAgain => self.adopt(),
+            Job::Reload => {
+                self.adopt();
+                self.writers();
+            }
+            Job::AdoptAgain => self.adopt(),
             Job::NotWatched { pid } => {
                 self.watched.remove(&pid);
             }
+            Job::Writers => self.writers(),
         }
         for n in self.sup.take_notices() {
             info!("{n}");
@@ -311,6 +354,99 @@ impl Worker {
         self.waker.send(Msg::Deferred(adoption.deferred.len()));
         for exit in adoption.exits {
             self.after_exit(exit, ExitStatus::Unknown, Vec::new());
+        }
+    }
+
+    /// Brings back the log writers of running services that are gone (see
+    /// [`Supervisor::revive_writers`]), paced per instance. What could not be done now
+    /// is looked at again in a second (the loop's timer); what cannot be done at all is
+    /// said once.
+    fn writers(&mut self) {
+        // From here on, an exit is looked after by a new job: this one may have looked
+        // already.
+        self.writers_queued.store(false, Ordering::SeqCst);
+        let now = Instant::now();
+        let revived = &mut self.revived;
+        revived.retain(|_, times| {
+            times.retain(|t| now.duration_since(*t) < REVIVAL_WINDOW);
+            !times.is_empty()
+        });
+        let mut may = |pid: i32, start_time: u64| {
+            let times = revived.entry((pid, start_time)).or_default();
+            let ok = times.len() < REVIVALS
+                || times
+                    .back()
+                    .is_none_or(|t| now.duration_since(*t) >= REVIVAL_PACE);
+            if ok {
+                times.push_back(now);
+            }
+            ok
+        };
+        let looked = match self.sup.revive_writers(&mut may, watch_limit()) {
+            Ok(looked) => looked,
+            Err(e) => {
+                error!(error = %e, "looking for log writers that are gone failed");
+                return;
+            }
+        };
+        let mut again = false;
+        let mut said = HashSet::new();
+        for r in looked.revivals {
+            let key = (r.name.clone(), r.pid);
+            match r.outcome {
+                Revived::Started { keeper } => {
+                    info!(service = %r.name, pid = r.pid, keeper, "log writer gone (both processes); a new one started on the service's pipes")
+                }
+                Revived::Paced => {
+                    debug!(service = %r.name, pid = r.pid, "log writer gone again; brought back in a moment");
+                    again = true;
+                }
+                Revived::Denied(why) => {
+                    if !self.said.contains(&key) {
+                        warn!(service = %r.name, pid = r.pid, reason = %why, "log writer gone (both processes) and cannot be brought back: the service's output waits in its pipe until it is restarted");
+                    }
+                    said.insert(key);
+                }
+                Revived::Failed(why) => {
+                    if !self.said.contains(&key) {
+                        warn!(service = %r.name, pid = r.pid, reason = %why, "log writer gone (both processes) and not brought back yet; trying again every second");
+                    }
+                    said.insert(key);
+                    again = true;
+                }
+                Revived::Unchecked { why, again: true } => {
+                    if !self.said.contains(&key) {
+                        warn!(service = %r.name, pid = r.pid, reason = %why, "whether its log writer runs cannot be told now; looking again every second");
+                    }
+                    said.insert(key);
+                    again = true;
+                }
+                Revived::Unchecked { why, again: false } => {
+                    if !self.said.contains(&key) {
+                        warn!(service = %r.name, pid = r.pid, reason = %why, "whether its log writer runs cannot be told: if both of its processes die, the service's output waits in its pipe until it is restarted");
+                    }
+                    said.insert(key);
+                }
+            }
+        }
+        for name in looked.unwatched {
+            let key = (name, 0);
+            if !self.said.contains(&key) {
+                warn!(service = %key.0, limit = watch_limit(), "its log writer (not started by this daemon) cannot be watched without a descriptor above the daemon's limit; looked at every second instead (raise its limit of open files; see `tend doctor`)");
+            }
+            said.insert(key);
+            again = true;
+        }
+        self.said = said;
+        // Replaces what the loop watches: each look names a live process of every
+        // writer that needs watching.
+        self.waker.send(Msg::WatchWriters(
+            looked.watches.into_iter().map(|(_, h)| h).collect(),
+        ));
+        if looked.again {
+            self.waker.send(Msg::WritersAgain { in_ms: 0 });
+        } else if again {
+            self.waker.send(Msg::WritersAgain { in_ms: 1000 });
         }
     }
 

@@ -198,6 +198,22 @@ impl Handle {
         send(&self.fd, Some(signal))
     }
 
+    /// A duplicate, in this process, of descriptor `target` of this very process
+    /// (`pidfd_getfd`, Linux 5.6): the same open file description, close-on-exec. It
+    /// needs ptrace access to the process (EPERM without: another user, or Yama's
+    /// ptrace_scope refusing a process that is not our descendant); ESRCH once it has
+    /// exited, EBADF if it has no such descriptor.
+    pub fn dup_fd(&self, target: i32) -> Result<OwnedFd, Errno> {
+        // SAFETY: pidfd_getfd with a valid pidfd, a descriptor number (the kernel checks
+        // it in the target) and flags 0; it returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.fd.as_raw_fd(), target, 0) };
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
     /// Reaps the process if it is our child and has exited; its `waitpid` status word.
     pub fn try_reap(&self) -> Option<i32> {
         // SAFETY: siginfo_t is plain data; all-zero is a valid value for waitid to fill.

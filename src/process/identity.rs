@@ -39,6 +39,20 @@ impl Stat {
     }
 }
 
+/// Whether process `pid` descends from `ancestor` (its parent's parent..., by /proc):
+/// false once the chain reaches pid 1 or a process that is gone, or after 64 steps.
+pub fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut p = pid;
+    for _ in 0..64 {
+        match stat(p) {
+            Ok(Some(st)) if st.ppid == ancestor => return true,
+            Ok(Some(st)) if st.ppid > 1 => p = st.ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Reads /proc/PID/stat. `Ok(None)` when the process does not exist.
 ///
 /// `tend list` reads this once per running service, so it costs one open, one read and

@@ -15,7 +15,8 @@
 //! - [`mounts`]: where the cgroup2 file system is mounted.
 //! - [`usage`]: CPU time and memory of a process tree, for a service without a cgroup.
 //! - [`writer`]: the pipes to a service's log writer, and starting the writer outside
-//!   the service's kill scope.
+//!   the service's kill scope; taking a pipe back from a running service for a writer
+//!   started in place of one that is gone.
 
 pub mod cgroup;
 pub mod check;

@@ -137,6 +137,33 @@ impl Tx<'_> {
         Ok(out)
     }
 
+    /// Every service that has a recorded instance, with the instance, sorted by name.
+    pub fn recorded(&self) -> Result<Vec<(i64, Service, Instance)>> {
+        use super::state::{instance_from_row, INSTANCE};
+        let prefixed = |table: &str, cols: &str| {
+            cols.split(", ")
+                .map(|c| format!("{table}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!(
+            "SELECT {}, {} FROM services s JOIN instances i ON i.service_id = s.id \
+             ORDER BY s.name",
+            prefixed("s", COLUMNS),
+            prefixed("i", INSTANCE),
+        );
+        let mut stmt = self.0.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let row = Row::read(r).map_err(|e| self.err(e))?;
+            let instance = instance_from_row(r, 7).map_err(|e| self.err(e))?;
+            let (id, service) = row.into_service(self.1)?;
+            out.push((id, service, instance));
+        }
+        Ok(out)
+    }
+
     /// Every service, sorted by name, with its recorded instance (and when that passed
     /// its readiness check) and its restart bookkeeping (the default when it has none):
     /// all that `list` shows, in one statement rather than one per table.

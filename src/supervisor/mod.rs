@@ -32,6 +32,7 @@ mod ready;
 mod start;
 mod stop;
 mod view;
+pub mod writers;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -389,7 +389,7 @@ fn log_pipes(svc: &Service) -> Result<Option<LogPipes>> {
 
 /// The log writer's settings for `svc`: its files, and the same rotation size and
 /// number of backups as the daemon's rotation.
-fn writer_config(
+pub(super) fn writer_config(
     svc: &Service,
     err_pipe: bool,
     cgroup: Option<std::path::PathBuf>,

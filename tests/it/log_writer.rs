@@ -1,7 +1,8 @@
 //! `--log-timestamps`, the log writer. Real services write through real writers; the
 //! tests count what was written against what the files hold, stop and crash services
-//! mid-output, SIGKILL the writer's processes one after the other and both at once, and
-//! make its file fail (a directory in its place, a full tmpfs). Every writer a test starts
+//! mid-output, SIGKILL the writer's processes one after the other and both at once
+//! (without a daemon, and under one, which starts a new writer on the service's pipes),
+//! and make its file fail (a directory in its place, a full tmpfs). Every writer a test starts
 //! ends by itself when its service is gone (checked), and is killed by [`Sweep`] if a
 //! test fails.
 
@@ -981,4 +982,528 @@ fn the_writer_holds_nothing_the_tend_that_started_it_inherited() {
     assert!(wait_until(LONG, || read(&env.log_path("s")).contains("up")));
     env.ok(&["stop", "s"]);
     assert_writers_end(&env);
+}
+
+/// The pipe a process's descriptor `fd` is (`pipe:[INODE]`), if it is one.
+fn pipe_of(pid: i32, fd: i32) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let link = link.to_string_lossy().into_owned();
+    link.starts_with("pipe:[").then_some(link)
+}
+
+/// This home's writer processes that hold `pid`'s stdout pipe as their fd 0 (the pipe
+/// they read): (pid, is the worker).
+fn holders(env: &Env, pid: i32) -> Vec<(i32, bool)> {
+    let Some(pipe) = pipe_of(pid, 1) else {
+        return Vec::new();
+    };
+    writers(env)
+        .into_iter()
+        .filter(|(w, _)| pipe_of(*w, 0).as_deref() == Some(pipe.as_str()))
+        .collect()
+}
+
+/// Exactly one keeper and one worker hold `pid`'s stdout pipe.
+fn one_pair(env: &Env, pid: i32) -> bool {
+    let h = holders(env, pid);
+    h.len() == 2 && h.iter().filter(|w| w.1).count() == 1
+}
+
+/// Whether this process may take a descriptor of a child of its own (`pidfd_getfd`,
+/// which needs ptrace access): the daemon takes its services' pipes so. Where a
+/// sandbox refuses it (a seccomp profile, a kernel before 5.6), the daemon cannot bring
+/// a writer back, and says so in its log; the tests of that skip.
+fn can_take_descriptors() -> bool {
+    let child = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("sleep"),
+    );
+    // SAFETY: pidfd_open on the pid of our own unreaped child, flags 0.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.0.id() as i32, 0) } as i32;
+    let ok = pidfd >= 0 && {
+        // SAFETY: pidfd_getfd on the pidfd just opened, for the child's fd 1, flags 0.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, 1, 0) } as i32;
+        // SAFETY: closing descriptors this function just got and owns.
+        unsafe {
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            libc::close(pidfd);
+        }
+        fd >= 0
+    };
+    if !ok {
+        eprintln!(
+            "skipped: pidfd_getfd is refused here, so the daemon cannot take a service's pipe"
+        );
+    }
+    ok
+}
+
+#[test]
+fn under_the_daemon_a_writer_whose_two_processes_die_together_comes_back() {
+    if !can_take_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    env.ok(&["daemon"]);
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    let both = writers(&env);
+    assert_eq!(both.len(), 2, "{both:?}");
+    // At the same instant as far as they can tell: stopped first, neither can see the
+    // other go and start a new partner in between.
+    for sig in [libc::SIGSTOP, libc::SIGKILL] {
+        for (w, _) in &both {
+            // SAFETY: kill on the pids of this test's own writers, just read from /proc.
+            unsafe {
+                libc::kill(*w, sig);
+            }
+        }
+    }
+    let old = |w: &(i32, bool)| both.iter().any(|b| b.0 == w.0);
+    // The daemon reaps the last of them and starts a new writer on the same pipe.
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)
+            && !holders(&env, pid).iter().any(old)),
+        "no new writer on the service's pipe: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    let at_revival = ticks(&log).last().copied().unwrap();
+    assert!(
+        wait_until(LONG, || ticks(&log)
+            .last()
+            .is_some_and(|&t| t >= at_revival + 20)),
+        "the log stopped growing:\n{}",
+        read(&log)
+    );
+    // The lines written while nobody read waited in the pipe: none missing after the
+    // restart line.
+    assert!(read(&log).contains("tend: log writer restarted"));
+    no_gap_after_the_last_restart(&log);
+    stays_up(&env, "tick", pid, Duration::from_millis(500));
+    let events = crate::faults::events(&env, "tick");
+    let revivals: Vec<&(String, String)> =
+        events.iter().filter(|(k, _)| k == "log-writer").collect();
+    assert_eq!(revivals.len(), 1, "{events:?}");
+    assert!(
+        revivals[0].1.starts_with(&format!("pid {pid}: ")),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|(k, _)| k == "restart" || k == "exit"),
+        "{events:?}"
+    );
+    assert!(
+        env.daemon_log().contains("log writer gone"),
+        "{}",
+        env.daemon_log()
+    );
+    assert!(one_pair(&env, pid), "{:?}", writers(&env));
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
+
+#[test]
+fn under_the_daemon_a_writer_found_alive_is_never_doubled() {
+    if !can_take_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    env.ok(&["daemon"]);
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    // The keeper is the daemon's child: the daemon reaps it and looks at the writers
+    // while the worker still runs (and starts a new keeper).
+    let keeper = keepers(&env);
+    assert_eq!(keeper.len(), 1, "{:?}", writers(&env));
+    sigkill(keeper[0]);
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)
+            && !holders(&env, pid).iter().any(|w| w.0 == keeper[0])),
+        "{:?}",
+        writers(&env)
+    );
+    // The daemon's look follows the reaping within a fraction of a second; for 2 s, one
+    // keeper and one worker, and no writer started by the daemon.
+    let window = Duration::from_secs(2);
+    let mut seen = Vec::new();
+    let held = holds_for(window, || {
+        let h = holders(&env, pid);
+        let ok = h.len() == 2 && h.iter().filter(|w| w.1).count() == 1;
+        if seen.last() != Some(&h) {
+            seen.push(h);
+        }
+        ok
+    });
+    let about = |w: i32| {
+        let stat = read(Path::new(&format!("/proc/{w}/stat")));
+        let cmd = read(Path::new(&format!("/proc/{w}/cmdline"))).replace('\0', " ");
+        format!("{w}: {stat} {cmd}")
+    };
+    assert!(
+        held,
+        "not exactly one keeper and one worker on the pipe within {window:?}: {seen:?}\n{}\ndaemon.log:\n{}",
+        seen.iter()
+            .flatten()
+            .map(|w| about(w.0))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        env.daemon_log()
+    );
+    let events = crate::faults::events(&env, "tick");
+    assert!(!events.iter().any(|(k, _)| k == "log-writer"), "{events:?}");
+    let at = ticks(&log).last().copied().unwrap();
+    assert!(wait_until(LONG, || ticks(&log)
+        .last()
+        .is_some_and(|&t| t >= at + 10)));
+    stays_up(&env, "tick", pid, Duration::from_millis(200));
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
+
+/// A small random number generator (xorshift), seeded from the clock: the seed is
+/// printed, so a failing run can be told apart.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("random seed {seed}");
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `lo..hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+#[test]
+fn under_the_daemon_a_storm_of_writer_kills_ends_with_a_writer_and_the_service_untouched() {
+    if !can_take_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    env.ok(&["daemon"]);
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    // For 10 s, every 20 to 200 ms: SIGKILL a random writer process of the home (a
+    // keeper, a worker, or a partner one of them is starting), or, one time in four,
+    // all of them at once.
+    let mut rng = Rng::new();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let mut kills = 0;
+    while std::time::Instant::now() < end {
+        let w = writers(&env);
+        if !w.is_empty() {
+            if rng.range(0, 4) == 0 {
+                w.iter().for_each(|(p, _)| sigkill(*p));
+                kills += w.len();
+            } else {
+                sigkill(w[rng.range(0, w.len() as u64) as usize].0);
+                kills += 1;
+            }
+        }
+        // The pace of the storm, not a wait for a condition.
+        std::thread::sleep(Duration::from_millis(rng.range(20, 200)));
+    }
+    assert!(kills >= 20, "only {kills} kills");
+    // A writer is back (one keeper, one worker, on the service's pipe) and the log
+    // grows again.
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)),
+        "no writer on the service's pipe: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    let at = ticks(&log).last().copied().unwrap_or(0);
+    assert!(
+        wait_until(LONG, || ticks(&log).last().is_some_and(|&t| t >= at + 20)),
+        "the log stopped growing after {kills} kills: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    // The service was never restarted nor signalled.
+    stays_up(&env, "tick", pid, Duration::from_millis(500));
+    let events = crate::faults::events(&env, "tick");
+    assert!(
+        !events
+            .iter()
+            .any(|(k, _)| k == "restart" || k == "exit" || k == "stop"),
+        "{events:?}"
+    );
+    assert_eq!(events.iter().filter(|(k, _)| k == "start").count(), 1);
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
+
+/// Stops, then SIGKILLs, every writer process of the home: both at once as far as they
+/// can tell (neither sees the other go and starts a new partner in between). The pids.
+fn kill_all_writers(env: &Env) -> Vec<i32> {
+    let all: Vec<i32> = writers(env).into_iter().map(|w| w.0).collect();
+    for sig in [libc::SIGSTOP, libc::SIGKILL] {
+        for w in &all {
+            // SAFETY: kill on the pids of this test's own writers, just read from /proc.
+            unsafe {
+                libc::kill(*w, sig);
+            }
+        }
+    }
+    all
+}
+
+/// Lines with `tag` (`out`, `err`; empty: none) and `word N` after the last restart
+/// line of `log`: their numbers, in the order written.
+fn after_restart(log: &Path, tag: &str, word: &str) -> Vec<u64> {
+    let text = read(log);
+    let mut out: Vec<u64> = text
+        .lines()
+        .rev()
+        .take_while(|l| !l.contains("tend: log writer restarted"))
+        .filter_map(|l| {
+            let (_, t) = split_time(l)?;
+            let t = match tag {
+                "" => t,
+                tag => t.strip_prefix(tag)?.strip_prefix(' ')?,
+            };
+            number(t, word)
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+#[test]
+fn under_the_daemon_a_writer_of_two_pipes_comes_back_on_both() {
+    if !can_take_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "two",
+        "--log-timestamps",
+        "stream",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while :; do echo \"tick $i\"; echo \"etick $i\" >&2; i=$((i+1)); sleep 0.02; done",
+    ]);
+    env.ok(&["daemon"]);
+    env.ok(&["start", "two"]);
+    let pid = env.pid("two").unwrap();
+    let log = env.log_path("two");
+    assert!(wait_until(LONG, || read(&log).lines().count() >= 10));
+    let (out, err) = (pipe_of(pid, 1).unwrap(), pipe_of(pid, 2).unwrap());
+    assert_ne!(out, err);
+    let old = kill_all_writers(&env);
+    assert_eq!(old.len(), 2, "{old:?}");
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)
+            && !holders(&env, pid).iter().any(|w| old.contains(&w.0))),
+        "no new writer: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    // Both new processes hold both pipes: stdout's as fd 0, stderr's as fd 1.
+    for (w, _) in holders(&env, pid) {
+        assert_eq!(pipe_of(w, 1).as_deref(), Some(err.as_str()), "writer {w}");
+    }
+    // Both streams go on after the restart line, each without a gap.
+    assert!(
+        wait_until(LONG, || after_restart(&log, "out", "tick ").len() >= 20
+            && after_restart(&log, "err", "etick ").len() >= 20),
+        "{}",
+        read(&log)
+    );
+    for (tag, word) in [("out", "tick "), ("err", "etick ")] {
+        let n = after_restart(&log, tag, word);
+        for w in n.windows(2) {
+            assert_eq!(w[0] + 1, w[1], "a gap in {tag} after the restart: {n:?}");
+        }
+    }
+    stays_up(&env, "two", pid, Duration::from_millis(200));
+    env.ok(&["stop", "two"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
+
+/// Whether this process may take a descriptor of a process that is not its descendant,
+/// as a daemon coming up does with services started before it: root may, and so may
+/// anyone where Yama does not restrict ptrace to descendants.
+fn can_take_strangers_descriptors() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let ok = (root && yama < 3) || yama == 0;
+    if !ok {
+        eprintln!("skipped: Yama's ptrace_scope {yama} keeps a daemon from taking a descriptor of a service it did not start");
+    }
+    ok && can_take_descriptors()
+}
+
+#[test]
+fn a_daemon_coming_up_brings_back_a_writer_that_died_before_it() {
+    if !can_take_strangers_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    // Started by the command itself, no daemon: nobody brings its writer back.
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    assert_eq!(kill_all_writers(&env).len(), 2);
+    assert!(wait_until(LONG, || writers(&env).is_empty()));
+    // The daemon adopts the service and finds its pipe without a reader.
+    env.ok(&["daemon"]);
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)),
+        "no new writer: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    assert!(wait_until(LONG, || after_restart(&log, "", "tick ").len() >= 20));
+    let n = after_restart(&log, "", "tick ");
+    for w in n.windows(2) {
+        assert_eq!(w[0] + 1, w[1], "a gap after the restart: {n:?}");
+    }
+    let events = crate::faults::events(&env, "tick");
+    assert!(
+        events
+            .iter()
+            .any(|(k, d)| k == "log-writer" && d.starts_with(&format!("pid {pid}: "))),
+        "{events:?}"
+    );
+    stays_up(&env, "tick", pid, Duration::from_millis(200));
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
+}
+
+#[test]
+fn under_a_daemon_that_did_not_start_it_a_writer_whose_two_processes_die_together_comes_back() {
+    if !can_take_strangers_descriptors() {
+        return;
+    }
+    let env = Env::new();
+    let _sweep = Sweep(&env);
+    env.ok(&[
+        "add",
+        "tick",
+        "--log-timestamps",
+        "on",
+        "--",
+        "sh",
+        "-c",
+        TICKER,
+    ]);
+    // Started by the command itself: the writer is no descendant of the daemon that
+    // comes up next, and its processes' ends are not reaped there.
+    env.ok(&["start", "tick"]);
+    let pid = env.pid("tick").unwrap();
+    let log = env.log_path("tick");
+    assert!(wait_until(LONG, || ticks(&log).len() >= 5));
+    env.ok(&["daemon"]);
+    assert!(wait_until(LONG, || env
+        .daemon_log()
+        .contains("daemon ready")));
+    assert!(one_pair(&env, pid), "{:?}", writers(&env));
+    let old = kill_all_writers(&env);
+    assert_eq!(old.len(), 2, "{old:?}");
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)
+            && !holders(&env, pid).iter().any(|w| old.contains(&w.0))),
+        "no new writer: {:?}\ndaemon.log:\n{}",
+        writers(&env),
+        env.daemon_log()
+    );
+    assert!(wait_until(LONG, || after_restart(&log, "", "tick ").len() >= 20));
+    let n = after_restart(&log, "", "tick ");
+    for w in n.windows(2) {
+        assert_eq!(w[0] + 1, w[1], "a gap after the restart: {n:?}");
+    }
+    let events = crate::faults::events(&env, "tick");
+    assert_eq!(
+        events.iter().filter(|(k, _)| k == "log-writer").count(),
+        1,
+        "{events:?}"
+    );
+    stays_up(&env, "tick", pid, Duration::from_millis(200));
+    env.ok(&["stop", "tick"]);
+    assert_writers_end(&env);
+    env.ok(&["daemon", "stop"]);
 }
