@@ -504,7 +504,7 @@ impl Freezer {
     fn new(test: &str) -> Option<Freezer> {
         let root = Path::new("/sys/fs/cgroup/freezer");
         if !root.join("cgroup.procs").exists() {
-            eprintln!("{test}: not run: needs a cgroup v1 freezer hierarchy");
+            not_run(&format!("{test}: needs a cgroup v1 freezer hierarchy"));
             return None;
         }
         let dir = root.join(format!("tend-test-{}-{test}", std::process::id()));

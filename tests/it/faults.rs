@@ -948,7 +948,7 @@ impl PidsGroup {
     fn new(test: &str, max: u32) -> Option<PidsGroup> {
         let root = Path::new("/sys/fs/cgroup/pids");
         if !root.join("cgroup.procs").exists() {
-            eprintln!("{test}: not run: needs a cgroup v1 pids hierarchy");
+            not_run(&format!("{test}: needs a cgroup v1 pids hierarchy"));
             return None;
         }
         let dir = root.join(format!("tend-test-{}-{test}", std::process::id()));

@@ -1036,9 +1036,7 @@ fn can_take_descriptors() -> bool {
         fd >= 0
     };
     if !ok {
-        eprintln!(
-            "skipped: pidfd_getfd is refused here, so the daemon cannot take a service's pipe"
-        );
+        not_run("pidfd_getfd is refused here, so the daemon cannot take a service's pipe");
     }
     ok
 }
@@ -1399,7 +1397,10 @@ fn can_take_strangers_descriptors() -> bool {
         .unwrap_or(0);
     let ok = (root && yama < 3) || yama == 0;
     if !ok {
-        eprintln!("skipped: Yama's ptrace_scope {yama} keeps a daemon from taking a descriptor of a service it did not start");
+        not_run(&format!(
+            "Yama's ptrace_scope {yama} keeps a daemon from taking a descriptor of a \
+             service it did not start"
+        ));
     }
     ok && can_take_descriptors()
 }

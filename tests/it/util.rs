@@ -531,6 +531,13 @@ pub fn require_tool(tool: &str) -> bool {
     found
 }
 
+/// Records the calling test as not run because `why` (it cannot stage its corner here),
+/// for the list printed at the end (see [`print_not_run`]).
+pub fn not_run(why: &str) {
+    eprintln!("not run: {why}");
+    record_not_run(None, why.to_string());
+}
+
 /// Tests that did not run: (name, what they need).
 static NOT_RUN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
