@@ -120,6 +120,7 @@ pub fn start(
         deferred: HashSet::new(),
         writers_queued: handle.writers_queued.clone(),
         revived: HashMap::new(),
+        writer_services: None,
         said: HashSet::new(),
     };
     std::thread::Builder::new()
@@ -161,6 +162,10 @@ struct Worker {
     /// Instances whose writer could not be brought back, or be watched, already said so
     /// in the log: (service, pid; 0 for a writer not watched).
     said: HashSet<(String, i32)>,
+    /// Whether any service defined has a log writer, as of a version of the definitions:
+    /// a look at the writers (after every child the daemon reaps) is skipped when none
+    /// has, at the cost of one read of the version.
+    writer_services: Option<(i64, bool)>,
 }
 
 /// A log writer is brought back at most this many times within [`REVIVAL_WINDOW`], then
@@ -361,10 +366,30 @@ impl Worker {
     /// [`Supervisor::revive_writers`]), paced per instance. What could not be done now
     /// is looked at again in a second (the loop's timer); what cannot be done at all is
     /// said once.
+    /// Whether any service defined has a log writer (see [`Worker::writer_services`]).
+    /// When that cannot be read, the look goes ahead and says what failed.
+    fn any_writer_services(&mut self) -> bool {
+        let known = self.writer_services.map(|(v, _)| v);
+        match self.sup.services_if_changed(known) {
+            Ok(Some((version, services))) => {
+                let any = services
+                    .iter()
+                    .any(|s| s.settings.log_timestamps != crate::service::LogTimestamps::Off);
+                self.writer_services = Some((version, any));
+                any
+            }
+            Ok(None) => self.writer_services.is_none_or(|(_, any)| any),
+            Err(_) => true,
+        }
+    }
+
     fn writers(&mut self) {
         // From here on, an exit is looked after by a new job: this one may have looked
         // already.
         self.writers_queued.store(false, Ordering::SeqCst);
+        if !self.any_writer_services() {
+            return;
+        }
         let now = Instant::now();
         let revived = &mut self.revived;
         revived.retain(|_, times| {
