@@ -403,7 +403,24 @@ pub fn join_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
 pub fn close_inherited() {
     // SAFETY: called first thing in a log writer process, before it has opened a
     // descriptor or started a thread: none above 2 is owned by anything in it.
-    unsafe { libc::close_range(3, libc::c_uint::MAX, 0) };
+    if unsafe { libc::close_range(3, libc::c_uint::MAX, 0) } == 0 {
+        return;
+    }
+    // close_range(2) is Linux 5.9: before it, the descriptors are listed and closed one
+    // by one (the listing is read whole, and its own descriptor closed, first).
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: as above; the listing's own descriptor is closed already, so at
+        // worst this closes a number that is free (EBADF).
+        unsafe { libc::close(fd) };
+    }
 }
 
 /// Takes ownership of descriptor `fd` this process was started with (the log writer's
