@@ -308,6 +308,33 @@ impl Root {
         let _ = Cgroup::at(&self.path).remove_empty();
     }
 
+    /// Removes the home's cgroup if nothing is in it but the empty cgroups of its own
+    /// helpers (`log-writers`, `checks`, `supervisor`): one look at the directory, for
+    /// a caller that has just removed a service's cgroup (unlike [`Root::remove_unused`],
+    /// which looks into every service's). Whatever is in use stays: `rmdir` refuses it.
+    pub fn remove_if_idle(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.path) else {
+            return;
+        };
+        let mut helpers = Vec::new();
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if [WRITERS, CHECKS, SUPERVISOR].iter().any(|h| e.file_name() == *h) {
+                helpers.push(Cgroup::at(e.path()));
+            } else {
+                return;
+            }
+        }
+        for h in helpers {
+            if h.remove_empty().is_err() {
+                return;
+            }
+        }
+        let _ = Cgroup::at(&self.path).remove_empty();
+    }
+
     /// Whether `controller` (memory, cpu) can be enabled for services: it must be listed
     /// in the parent's `cgroup.controllers`.
     pub fn controller_available(&self, controller: &str) -> Result<(), String> {

@@ -229,8 +229,9 @@ fn apply_limits(root: &cgroup::Root, svc: &Service) -> std::result::Result<(), S
 impl Supervisor {
     /// After an instance's cgroup went: without a daemon (which does this when it
     /// stops), what of the home's cgroup nothing uses goes too once the service's own
-    /// went, so that a home used without a daemon leaves no empty cgroups behind either.
-    /// `rmdir` refuses anything in use, and a start re-creates what it needs.
+    /// went, so that a home used without a daemon leaves no empty cgroups behind either
+    /// (once its log writers have ended: the last of them may still run). `rmdir`
+    /// refuses anything in use, and a start re-creates what it needs.
     pub(super) fn tidy_home_cgroup(&self, leaf: &Cgroup) {
         let Some(svc) = leaf.path.parent() else {
             return;
@@ -243,7 +244,7 @@ impl Supervisor {
                 path: home.to_path_buf(),
                 parent: home.parent().unwrap_or(home).to_path_buf(),
             }
-            .remove_unused();
+            .remove_if_idle();
         }
     }
 }
