@@ -22,7 +22,6 @@ use super::protocol::{
 use crate::api::DaemonStatus;
 use crate::error::{io_reason, Error, Result};
 use crate::home::Home;
-use crate::process::handle::{Found, Handle};
 use crate::record::now_ms;
 use crate::store::Files;
 
@@ -354,16 +353,6 @@ pub fn wait_released(home: &Home, within: Duration) -> bool {
         pause = (pause * 2).min(Duration::from_millis(50));
     }
     true
-}
-
-/// Waits until the daemon `s` has exited.
-pub fn wait_exit(s: &DaemonStatus, within: Duration) -> bool {
-    match Handle::open_this_boot(s.pid, s.start_time) {
-        Found::Alive(h) => h.wait(within),
-        Found::Exited | Found::Stale(_) => true,
-        // Not known to have exited.
-        Found::Unknown(_) => false,
-    }
 }
 
 /// `tend daemon`: starts the daemon in the background and returns once it answers.

@@ -53,17 +53,7 @@ impl Handle {
         current_boot: &str,
         cgroup: Option<&Path>,
     ) -> Found {
-        Handle::open_checked(pid, start_time, Some((recorded_boot, current_boot)), cgroup)
-    }
-
-    /// [`Handle::open`], with the boot check when `boots` is given.
-    fn open_checked(
-        pid: i32,
-        start_time: u64,
-        boots: Option<(&str, &str)>,
-        cgroup: Option<&Path>,
-    ) -> Found {
-        if boots.is_some_and(|(recorded, current)| recorded != current) {
+        if recorded_boot != current_boot {
             return Found::Stale("recorded before the last reboot".into());
         }
         if pid <= 0 {
@@ -131,12 +121,6 @@ impl Handle {
             start_time,
             fd,
         })
-    }
-
-    /// Opens a handle on `(pid, start_time)`, a process known to be of this boot (one
-    /// that answered over the control socket a moment ago).
-    pub fn open_this_boot(pid: i32, start_time: u64) -> Found {
-        Handle::open_checked(pid, start_time, None, None)
     }
 
     /// Pins whatever process has `pid` now, with its stat as read while it was pinned.
