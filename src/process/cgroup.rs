@@ -321,7 +321,10 @@ impl Root {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            if [WRITERS, CHECKS, SUPERVISOR].iter().any(|h| e.file_name() == *h) {
+            if [WRITERS, CHECKS, SUPERVISOR]
+                .iter()
+                .any(|h| e.file_name() == *h)
+            {
                 helpers.push(Cgroup::at(e.path()));
             } else {
                 return;
