@@ -314,6 +314,11 @@ pub struct DaemonArgs {
     /// postgres.host_id, else the hostname.
     #[arg(long, value_name = "NAME")]
     pub host_id: Option<String>,
+    /// Serve the HTTP API (metrics, services, events; writes with http.token_file) on
+    /// HOST:PORT (loopback unless http.allow_remote) or a Unix socket path. Default:
+    /// config http.listen, else off.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     #[command(subcommand)]
     pub action: Option<DaemonAction>,
 }

@@ -67,6 +67,31 @@ pub struct EventJson<'a> {
     pub detail: &'a str,
 }
 
+/// What a command given `--json` prints on stdout when it fails (besides its `tend:`
+/// line on stderr and its exit code): `{"error": {"message": "...", "code": 4}}`.
+#[derive(Serialize)]
+pub struct ErrorJson {
+    pub error: ErrorBody,
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody {
+    pub message: String,
+    /// The exit code (see the README's table).
+    pub code: u8,
+}
+
+impl ErrorJson {
+    pub fn new(e: &crate::error::Error) -> ErrorJson {
+        ErrorJson {
+            error: ErrorBody {
+                message: e.to_string(),
+                code: e.exit_code(),
+            },
+        }
+    }
+}
+
 impl<'a> EventJson<'a> {
     pub fn new(e: &'a Event) -> EventJson<'a> {
         EventJson {

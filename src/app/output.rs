@@ -9,37 +9,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::term::{escape, escape_owned, Term};
-pub use crate::json::{rfc3339, EventJson, ServiceJson};
+pub use crate::json::{rfc3339, ErrorJson, EventJson, ServiceJson};
 use crate::json::{rfc3339_millis, uptime};
 use crate::record::Event;
 use crate::service::fmt_duration;
 use crate::state::State;
 use crate::supervisor::Status;
-
-/// What a command given `--json` prints on stdout when it fails (besides its `tend:`
-/// line on stderr and its exit code): `{"error": {"message": "...", "code": 4}}`.
-#[derive(Serialize)]
-pub struct ErrorJson {
-    pub error: ErrorBody,
-}
-
-#[derive(Serialize)]
-pub struct ErrorBody {
-    pub message: String,
-    /// The exit code (see the README's table).
-    pub code: u8,
-}
-
-impl ErrorJson {
-    pub fn new(e: &crate::error::Error) -> ErrorJson {
-        ErrorJson {
-            error: ErrorBody {
-                message: e.to_string(),
-                code: e.exit_code(),
-            },
-        }
-    }
-}
 
 /// `running`, `stopped`, `restarting` (an automatic restart is pending) or `failed`
 /// (the daemon gave up after hitting the start limit).
@@ -63,6 +38,8 @@ pub struct DaemonJson {
     pub containment: Option<String>,
     /// PostgreSQL control: null when not configured (or no daemon runs).
     pub postgres: Option<PgJson>,
+    /// Where the HTTP API listens; null when it is off (or no daemon runs).
+    pub http: Option<String>,
     /// False when a daemon holds the lock but answers errors (or nothing usable); null
     /// when none runs.
     pub healthy: Option<bool>,
@@ -105,6 +82,7 @@ impl DaemonJson {
                 host_id: p.host_id.clone(),
                 received: p.received,
             }),
+            http: s.and_then(|s| s.http.clone()),
             healthy: s.map(|_| true),
             error: None,
         }
@@ -142,6 +120,11 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
     )?;
     writeln!(out, "  home:     {}", escape(&s.home.to_string_lossy()))?;
     writeln!(out, "  contain:  {}", escape(&s.containment))?;
+    writeln!(
+        out,
+        "  http:     {}",
+        s.http.as_deref().map_or("off".into(), escape)
+    )?;
     match &s.postgres {
         None => writeln!(out, "  postgres: not configured"),
         Some(p) => {

@@ -372,6 +372,7 @@ impl ServeCtx {
                 .as_ref()
                 .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             counters: crate::metrics::COUNTERS.values(),
+            http: self.shared.http.clone(),
         })
     }
 }
