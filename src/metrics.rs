@@ -186,11 +186,18 @@ fn last_exit(s: &str) -> (Option<i32>, Option<i32>) {
         return (code.trim().parse().ok(), None);
     }
     if let Some(sig) = s.strip_prefix("signal ") {
-        let number = sig
-            .trim()
-            .parse::<crate::service::StopSignal>()
-            .ok()
-            .map(|s| s.0 as i32);
+        // Any signal, not only those a stop may use (`StopSignal` refuses KILL).
+        let sig = sig.trim();
+        let number = sig.parse::<i32>().ok().or_else(|| {
+            let full = if sig.starts_with("SIG") {
+                sig.to_string()
+            } else {
+                format!("SIG{sig}")
+            };
+            full.parse::<nix::sys::signal::Signal>()
+                .ok()
+                .map(|s| s as i32)
+        });
         return (None, number);
     }
     (None, None)
@@ -435,6 +442,7 @@ mod tests {
         assert_eq!(last_exit("code 3"), (Some(3), None));
         assert_eq!(last_exit("signal KILL"), (None, Some(9)));
         assert_eq!(last_exit("signal SIGTERM"), (None, Some(15)));
+        assert_eq!(last_exit("signal STOP"), (None, Some(19)));
         assert_eq!(last_exit("unknown"), (None, None));
     }
 
