@@ -105,6 +105,7 @@ pub fn run(
         stderr: dev_null,
         cgroup: leaf.0.as_ref(),
         pipes: Some(&pipes),
+        setup: &crate::process::spawn::Setup::default(),
     })?;
     let started = prepared.spawn()?.release()?;
     // Only the check holds the write ends now: end of file means all of it closed them.
