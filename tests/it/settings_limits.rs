@@ -212,31 +212,50 @@ fn limits_umask_nice_and_oom_score_adj_are_those_of_the_running_service() {
 }
 
 /// The daemon raises its own soft limit on open files and hands its original one to the
-/// services it starts; an explicit `limit_nofile` wins over both.
+/// services it starts; an explicit `limit_nofile` wins over both. The daemon is started
+/// with a soft limit below its hard one, so the three differ.
 #[test]
 fn an_explicit_limit_nofile_wins_over_the_daemons() {
+    if !require_tool("prlimit") {
+        return;
+    }
     let env = Env::new();
-    let (soft, hard) = own_limit(libc::RLIMIT_NOFILE);
-    let mine = soft.min(hard).saturating_sub(7).max(16);
+    let (_, hard) = own_limit(libc::RLIMIT_NOFILE);
+    if hard < 4096 {
+        util::not_run("a hard limit on open files of at least 4096");
+        return;
+    }
     env.ok(&[
         "add",
         "given",
         "--limit-nofile",
-        &mine.to_string(),
+        "1000:2000",
         "--",
         "sleep",
         "300",
     ]);
     env.ok(&["add", "inherited", "--", "sleep", "300"]);
-    env.ok(&["daemon"]);
+    let out = tend_under(&env, &["prlimit", "--nofile=512:4096"], &["daemon"]);
+    assert_eq!(out.code, 0, "{out:?}");
     env.ok(&["start", "given", "inherited"]);
     let given = env.pid("given").expect("running");
     let inherited = env.pid("inherited").expect("running");
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    for pid in [given, inherited] {
+        let ppid = read(Path::new(&format!("/proc/{pid}/stat")))
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string));
+        assert_eq!(ppid, Some(daemon.to_string()), "started by the daemon");
+    }
+    assert_eq!(proc_limit(daemon, "Max open files").0, "4096", "raised");
     assert_eq!(
         proc_limit(given, "Max open files"),
-        (mine.to_string(), mine.to_string())
+        ("1000".into(), "2000".into())
     );
-    assert_eq!(proc_limit(inherited, "Max open files").0, soft.to_string());
+    assert_eq!(
+        proc_limit(inherited, "Max open files"),
+        ("512".into(), "4096".into())
+    );
 }
 
 #[test]
