@@ -363,20 +363,7 @@ pub(super) fn with_spec<T>(
     pipes: Option<&LogPipes>,
     f: impl FnOnce(&spawn::Spec) -> T,
 ) -> T {
-    // HOME, USER, LOGNAME and SHELL of the user it runs as (as systemd's `User=` sets
-    // them) over tend's own, under its env file and its own variables.
-    let account: Vec<(String, String)> = setup
-        .credentials
-        .as_ref()
-        .map(|c| c.env.clone())
-        .unwrap_or_default();
-    let env = spawn::merged_env(
-        account
-            .iter()
-            .map(|(k, v)| (k, v))
-            .chain(file_env.iter())
-            .chain(svc.env.iter()),
-    );
+    let env = service_env(svc, file_env, setup);
     f(&spawn::Spec {
         argv: &svc.argv,
         cwd: &svc.settings.cwd,
@@ -388,6 +375,28 @@ pub(super) fn with_spec<T>(
         pipes,
         setup,
     })
+}
+
+/// The environment of the service (and of its `cmd` checks): tend's own; over it HOME,
+/// USER, LOGNAME and SHELL of the user it runs as (as systemd's `User=` sets them); over
+/// those its env file (`file_env`), and its own `--env` values last.
+pub(super) fn service_env(
+    svc: &Service,
+    file_env: &BTreeMap<String, String>,
+    setup: &spawn::Setup,
+) -> Vec<(String, String)> {
+    let account: Vec<(String, String)> = setup
+        .credentials
+        .as_ref()
+        .map(|c| c.env.clone())
+        .unwrap_or_default();
+    spawn::merged_env(
+        account
+            .iter()
+            .map(|(k, v)| (k, v))
+            .chain(file_env.iter())
+            .chain(svc.env.iter()),
+    )
 }
 
 /// The process settings of `svc`, resolved for the child (user and group looked up

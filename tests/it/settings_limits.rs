@@ -271,11 +271,15 @@ fn user_and_group_are_those_of_the_running_service_and_it_still_logs_and_stops()
     };
     // The user's groups come from the group database: its primary one, replaced by
     // `--group` on the second service, and its supplementary one in both.
+    // Its `cmd` readiness check runs as the same user: it passes only then.
+    let ready = format!("cmd='test $(id -u) = {}' timeout=30s", account.uid);
     env.ok(&[
         "add",
         "u",
         "--user",
         &account.user,
+        "--ready",
+        &ready,
         "--cwd",
         "/",
         "--",
@@ -299,7 +303,12 @@ fn user_and_group_are_those_of_the_running_service_and_it_still_logs_and_stops()
         "-c",
         "echo stamped-$LOGNAME; exec sleep 300",
     ]);
-    env.ok(&["start", "u", "g"]);
+    env.ok(&["start", "--wait=60s", "u", "g"]);
+    assert_eq!(
+        env.status_json("u")["state"],
+        "running",
+        "ready as the user"
+    );
     let u = env.pid("u").expect("running");
     let g = env.pid("g").expect("running");
     let ids = |pid| {
