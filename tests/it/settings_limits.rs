@@ -168,6 +168,11 @@ fn limits_umask_nice_and_oom_score_adj_are_those_of_the_running_service() {
         oom.to_string()
     );
 
+    let human = env.ok(&["status", "w"]).stdout;
+    assert!(
+        human.contains(&format!("umask 027, limit_nofile {nofile}")),
+        "{human}"
+    );
     // --json, then export and apply into a fresh home: the same settings.
     let st = env.status_json("w");
     assert_eq!(st["umask"], "027");
