@@ -743,3 +743,55 @@ fn supervisord_user_umask_minfds_and_minprocs_are_imported() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("umask"), "{out:?}");
 }
+
+/// A working directory the user may not enter fails the start before anything runs; a
+/// program only root may execute fails at exec, and the start's record is taken back.
+/// Each names what failed; neither leaves a trace in the stored state.
+#[test]
+fn a_directory_or_program_the_user_may_not_use_fails_the_start_cleanly() {
+    if !require_root("user_refusals", "run a service as another user") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let closed = env.work().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let closed = closed.to_str().unwrap();
+    env.ok(&[
+        "add", "c", "--user", "tendtest", "--cwd", closed, "--", "sleep", "300",
+    ]);
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let prog = bin.path().join("prog");
+    std::fs::write(&prog, "#!/bin/sh\nexec sleep 300\n").unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o700)).unwrap();
+    env.ok(&[
+        "add",
+        "p",
+        "--user",
+        "tendtest",
+        "--cwd",
+        "/",
+        "--",
+        prog.to_str().unwrap(),
+    ]);
+    let before = dump(&env.db());
+    let out = env.tend(&["start", "c"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        "tend: c: cannot enter the working directory: permission denied"
+    );
+    let out = env.tend(&["start", "p"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "tend: p: cannot execute {}: permission denied",
+            prog.display()
+        )
+    );
+    assert!(env.pid("c").is_none() && env.pid("p").is_none());
+    assert_eq!(dump(&env.db()), before);
+}
