@@ -538,6 +538,31 @@ mod tests {
         assert_eq!(OomScoreAdj::from_json(&serde_json::json!(5000)), None);
     }
 
+    proptest::proptest! {
+        /// Whatever is typed, parsing answers (no panic); a limit read back from what
+        /// the store, `--json` and `export` write is the same limit.
+        #[test]
+        fn limits_round_trip(soft in proptest::prelude::any::<u64>(),
+                             hard in proptest::prelude::any::<u64>(),
+                             text in ".{0,40}") {
+            let _ = Limit::parse(&text);
+            let _ = Umask::parse(&text);
+            let _ = Nice::parse(&text);
+            let (soft, hard) = (soft.min(hard), soft.max(hard));
+            let l = Limit(Some(Rlimit { soft, hard }));
+            proptest::prop_assert_eq!(Limit::from_json(&l.to_json()), Some(l));
+            let toml = l.to_toml().expect("a set limit is exported");
+            proptest::prop_assert_eq!(Limit::from_toml(&toml), Ok(l));
+        }
+
+        #[test]
+        fn umasks_round_trip(mask in 0u32..=0o777) {
+            let u = Umask(mask);
+            proptest::prop_assert_eq!(Umask::from_toml(&u.to_toml().unwrap()), Ok(u));
+            proptest::prop_assert_eq!(Umask::from_json(&u.to_json()), Some(u));
+        }
+    }
+
     #[test]
     fn account_names() {
         assert_eq!(

@@ -76,6 +76,7 @@ fn has_cap(bit: u32) -> bool {
         .is_some_and(|c| c & (1 << bit) != 0)
 }
 
+const CAP_SYS_NICE: u32 = 23;
 const CAP_SYS_RESOURCE: u32 = 24;
 
 /// `tend ARGS` for `env`, run under `wrapper` (e.g. `setpriv ...` or `prlimit ...`).
@@ -308,7 +309,25 @@ fn user_and_group_are_those_of_the_running_service_and_it_still_logs_and_stops()
         "-c",
         "echo stamped-$LOGNAME; exec sleep 300",
     ]);
-    env.ok(&["start", "--wait=60s", "u", "g"]);
+    let uid = account.uid.to_string();
+    let all4 = |n: &str| format!("{n}\t{n}\t{n}\t{n}");
+    // A group alone: tend's user, that group and no other.
+    env.ok(&[
+        "add",
+        "go",
+        "--group",
+        &account.other,
+        "--cwd",
+        "/",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    env.ok(&["start", "--wait=60s", "u", "g", "go"]);
+    let go = env.pid("go").expect("running");
+    assert_eq!(proc_status(go, "Uid"), all4("0"));
+    assert_eq!(proc_status(go, "Gid"), all4(&account.other_gid.to_string()));
+    assert_eq!(proc_status(go, "Groups"), account.other_gid.to_string());
     assert_eq!(
         env.status_json("u")["state"],
         "running",
@@ -323,8 +342,7 @@ fn user_and_group_are_those_of_the_running_service_and_it_still_logs_and_stops()
             proc_status(pid, "Groups"),
         )
     };
-    let uid = account.uid.to_string();
-    let all4 = |n: &str| format!("{n}\t{n}\t{n}\t{n}");
+
     let (uids, gids, groups) = ids(u);
     assert_eq!(uids, all4(&uid));
     assert_eq!(gids, all4(&account.primary_gid.to_string()));
@@ -366,8 +384,10 @@ fn user_and_group_are_those_of_the_running_service_and_it_still_logs_and_stops()
         read(&env.log_path("u")),
         read(&env.log_path("g"))
     );
-    env.ok(&["stop", "u", "g"]);
-    assert!(wait_until(DEADLINE, || !alive(u) && !alive(g)));
+    env.ok(&["stop", "u", "g", "go"]);
+    assert!(wait_until(DEADLINE, || !alive(u)
+        && !alive(g)
+        && !alive(go)));
 }
 
 /// A user that exists only for one test: `tl<pid>` with a primary group, a
@@ -532,39 +552,73 @@ fn raising_a_hard_limit_without_privilege_is_refused_and_nothing_runs() {
     assert!(util::holds_for(Duration::from_millis(300), || !marker.exists()));
 }
 
-/// Lowering nice or oom_score_adj below tend's own without the privilege.
+/// Lowering nice or oom_score_adj below tend's own without the privilege: refused by
+/// `add` and `edit`, nothing stored.
 #[test]
-fn lowering_oom_score_adj_without_privilege_is_refused() {
-    let Some(wrapper) = without_sys_resource() else {
-        return;
+fn lowering_nice_or_oom_score_adj_without_privilege_is_refused() {
+    // As a user, none is needed; as root, tend runs without CAP_SYS_NICE and
+    // CAP_SYS_RESOURCE (dropped from the bounding set, so the tend root execs lacks them).
+    let wrapper: Vec<&str> = if has_cap(CAP_SYS_RESOURCE) || has_cap(CAP_SYS_NICE) {
+        if !require_tool("setpriv") {
+            return;
+        }
+        vec!["setpriv", "--bounding-set=-sys_resource,-sys_nice"]
+    } else {
+        vec!["env"]
     };
     let env = Env::new();
-    let own: i32 = read(Path::new("/proc/self/oom_score_adj"))
+    env.ok(&["add", "keep", "--", "sleep", "300"]);
+    let before = dump(&env.db());
+    let own_oom: i32 = read(Path::new("/proc/self/oom_score_adj"))
         .trim()
         .parse()
         .unwrap();
-    if own <= -1000 {
-        util::not_run("oom_score_adj is already the lowest");
-        return;
+    let own_nice = proc_nice(std::process::id() as i32);
+    // RLIMIT_NICE lets a user go down to 20 - its soft limit.
+    let (nice_soft, _) = own_limit(libc::RLIMIT_NICE);
+    let floor = 20 - nice_soft.min(40) as i32;
+    let nice = own_nice.min(floor) - 1;
+    let mut tried = 0;
+    if own_oom > -1000 {
+        let out = tend_under(
+            &env,
+            &wrapper,
+            &[
+                "edit",
+                "keep",
+                "--oom-score-adj",
+                &(own_oom - 1).to_string(),
+            ],
+        );
+        assert_eq!(out.code, 2, "{out:?}");
+        assert_eq!(
+            out.stderr.trim(),
+            format!(
+                "tend: invalid --oom-score-adj: {} is below tend's own ({own_oom}); lowering \
+                 it needs root (CAP_SYS_RESOURCE)",
+                own_oom - 1
+            )
+        );
+        tried += 1;
     }
-    let out = tend_under(
-        &env,
-        &wrapper,
-        &[
-            "add",
-            "w",
-            "--oom-score-adj",
-            &(own - 1).to_string(),
-            "--",
-            "true",
-        ],
-    );
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr.starts_with("tend: invalid --oom-score-adj:") && out.stderr.contains("below"),
-        "{out:?}"
-    );
-    assert!(!env.db().exists() || !dump(&env.db()).contains("\"w\""));
+    if nice >= -20 {
+        let out = tend_under(
+            &env,
+            &wrapper,
+            &["add", "w", "--nice", &nice.to_string(), "--", "true"],
+        );
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr.starts_with("tend: invalid --nice: ")
+                && out.stderr.contains("needs root (CAP_SYS_NICE)"),
+            "{out:?}"
+        );
+        tried += 1;
+    }
+    if tried == 0 {
+        util::not_run("nice and oom_score_adj are already the lowest");
+    }
+    assert_eq!(dump(&env.db()), before, "refused: nothing stored");
 }
 
 #[test]
