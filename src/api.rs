@@ -108,6 +108,9 @@ pub struct DaemonStatus {
     pub containment: String,
     /// PostgreSQL control, when configured.
     pub postgres: Option<PgStatus>,
+    /// What the daemon counted since it started (requests, restarts, commands).
+    #[serde(default)]
+    pub counters: crate::metrics::CounterValues,
 }
 
 /// What `tend daemon status` shows about PostgreSQL. The URL is shown without password.

@@ -104,6 +104,9 @@ pub enum Command {
     Config(Lazy<ConfigArgs>),
     /// Show the event history (start, stop, exit seen, stale record cleared, changes).
     Events(Lazy<EventsArgs>),
+    /// Print every service's state, restarts, last exit, CPU time and memory, and the
+    /// daemon's counters when one runs, in the Prometheus text format.
+    Metrics(Lazy<MetricsArgs>),
     /// A live view of every service (state, pid, uptime, restarts, last exit, CPU,
     /// memory) with keys to start, stop, restart and read logs; q quits.
     Top(Lazy<TopArgs>),
@@ -230,6 +233,9 @@ pub struct EventsArgs {
     #[command(flatten)]
     pub out: OutputArgs,
 }
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {}
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
