@@ -6,7 +6,9 @@
 //!   foreman run them: `$PORT` and pipes work), in the Procfile's directory.
 //! - supervisord: each `[program:NAME]` section (INI, read with the `rust-ini` crate);
 //!   `command` is split by shell-word rules as supervisord does (no shell), `%(here)s`
-//!   and `%(program_name)s` are expanded.
+//!   and `%(program_name)s` are expanded. `user` and `umask` map to the settings of the
+//!   same names; `[supervisord]`'s `umask`, `user`, `minfds` and `minprocs` go to every
+//!   program (see `supervisord_globals`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -120,9 +122,13 @@ fn supervisord(
         line: e.line,
         message: e.msg.to_string(),
     })?;
+    let globals = supervisord_globals(&ini, skipped);
     let mut out = Vec::new();
     for (section, props) in ini.iter() {
         let Some(section) = section else { continue };
+        if section == "supervisord" {
+            continue;
+        }
         let Some(name) = section.strip_prefix("program:") else {
             skipped.push(format!(
                 "[{section}]: only [program:x] sections are imported"
@@ -215,6 +221,10 @@ fn supervisord(
                     Some(b) => redirect = b,
                     None => skip(key, raw, "not true or false"),
                 },
+                // Both are checked when the file is applied, as any value of the file.
+                "user" | "umask" => {
+                    t.insert(key.into(), string(v));
+                }
                 _ => skip(key, raw, "no equivalent in tend"),
             }
         }
@@ -241,12 +251,47 @@ fn supervisord(
         if !t.contains_key("cwd") {
             t.insert("cwd".into(), string(dir.display().to_string()));
         }
+        for (k, v) in &globals {
+            if !t.contains_key(k) {
+                t.insert(k.clone(), v.clone());
+            }
+        }
         out.push(Imported {
             name: name.to_string(),
             table: t,
         });
     }
     Ok(out)
+}
+
+/// What the `[supervisord]` section gives every program: supervisord applies `umask`,
+/// `user`, `minfds` and `minprocs` to itself and its programs inherit them, so each
+/// becomes a setting of every program (`minfds = N`: `limit_nofile = N`, soft and hard;
+/// supervisord only raises its soft limit to at least N). A program's own `umask` or
+/// `user` wins. The section's other keys are about supervisord itself: listed.
+fn supervisord_globals(ini: &ini::Ini, skipped: &mut Vec<String>) -> Vec<(String, toml::Value)> {
+    let mut out = Vec::new();
+    let Some(props) = ini.section(Some("supervisord")) else {
+        return out;
+    };
+    for (key, raw) in props.iter() {
+        let v = raw.trim();
+        let setting = match key {
+            "umask" => "umask",
+            "user" => "user",
+            "minfds" => "limit_nofile",
+            "minprocs" => "limit_nproc",
+            _ => {
+                skipped.push(format!(
+                    "[supervisord] {key} = {raw}: about supervisord itself, no equivalent \
+                     in a service"
+                ));
+                continue;
+            }
+        };
+        out.push((setting.to_string(), string(v)));
+    }
+    out
 }
 
 fn truth(v: &str) -> Option<bool> {

@@ -393,7 +393,44 @@ pub fn status_detail(out: &mut dyn Write, st: &Status, term: &Term) -> io::Resul
     if s.settings.autostart {
         field(out, term, "autostart", "yes")?;
     }
+    let process = process_settings(&s.settings);
+    if !process.is_empty() {
+        field(out, term, "process", &escape(&process.join(", ")))?;
+    }
     Ok(())
+}
+
+/// The process settings that differ from what a service gets by default, as `tend
+/// status` shows them: `user app, umask 027, limit_nofile 1024:4096, nice 5`.
+fn process_settings(s: &crate::service::Settings) -> Vec<String> {
+    use crate::service::execution::Umask;
+    let mut out = Vec::new();
+    if let Some(u) = &s.user.0 {
+        out.push(format!("user {u}"));
+    }
+    if let Some(g) = &s.group.0 {
+        out.push(format!("group {g}"));
+    }
+    if s.umask != Umask::default() {
+        out.push(format!("umask {}", s.umask));
+    }
+    for (name, l) in [
+        ("limit_nofile", s.limit_nofile),
+        ("limit_nproc", s.limit_nproc),
+        ("limit_core", s.limit_core),
+        ("limit_memlock", s.limit_memlock),
+    ] {
+        if let Some(r) = l.0 {
+            out.push(format!("{name} {r}"));
+        }
+    }
+    if let Some(n) = s.nice.0 {
+        out.push(format!("nice {n}"));
+    }
+    if let Some(n) = s.oom_score_adj.0 {
+        out.push(format!("oom_score_adj {n}"));
+    }
+    out
 }
 
 /// The cgroup lines of `tend status`: where, how much, and what an earlier instance left.

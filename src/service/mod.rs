@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 
+pub mod execution;
 pub mod file;
 pub mod files;
 pub mod graph;

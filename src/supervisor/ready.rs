@@ -13,7 +13,6 @@ use crate::policy::ExitStatus;
 use crate::probe;
 use crate::process::check;
 use crate::process::handle::Handle;
-use crate::process::spawn;
 use crate::record::now_ms;
 use crate::service::probe::Check;
 
@@ -86,7 +85,9 @@ impl Supervisor {
             .map(|(h, _)| h)
             .filter(|h| h.start_time() == inst.start_time);
         let file_env = read_env_file(&svc)?;
-        let env = spawn::merged_env(file_env.iter().chain(svc.env.iter()));
+        let setup =
+            super::start::setup_of(&svc).map_err(|e| super::start::start_error(&svc.name, e))?;
+        let env = super::start::service_env(&svc, &file_env, &setup);
         let board = self.ctx.board.clone();
         let cgroups = self.containment().root().cloned();
         let proceed = self.proceeding();
@@ -148,6 +149,7 @@ impl Supervisor {
                             cgroups: cgroups.as_ref(),
                             proceed: &proceed,
                             owned: &owned,
+                            setup: &setup,
                         },
                     };
                     let left = deadline.saturating_duration_since(now);

@@ -16,6 +16,7 @@ mod postgres;
 mod races;
 mod scarce;
 mod services_file;
+mod settings_limits;
 mod siblings;
 mod stop_events;
 mod top;
