@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::output::{self, fmt_uptime};
 use super::session::{open_supervisor, Failure, Session};
+use super::term::escape;
 use crate::cli::{FleetAction, FleetArgs, FleetOrder, FleetPgArgs};
 use crate::error::{exit, Error};
 use crate::fleet::Action;
@@ -156,10 +157,11 @@ fn order(
         })?;
     }
     if let Some(k) = &o.dedup {
-        if k.is_empty() || k.len() > 200 {
+        if k.is_empty() || k.len() > 200 || k.chars().any(char::is_control) {
             return Err(Error::Invalid {
                 what: "fleet",
-                message: "a dedup key has 1 to 200 characters".into(),
+                message: "a dedup key has 1 to 200 characters, none of them a control character"
+                    .into(),
             }
             .into());
         }
@@ -195,9 +197,9 @@ fn order(
         }
         let line = format!(
             "{}\t{}\t{}",
-            v.host,
-            v.outcome,
-            v.message.as_deref().unwrap_or("")
+            escape(&v.host),
+            escape(&v.outcome),
+            escape(v.message.as_deref().unwrap_or(""))
         );
         if write_err.is_none() {
             if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
@@ -278,7 +280,13 @@ fn status_table(out: &mut dyn Write, hosts: &[operator::HostView]) -> std::io::R
     if hosts.is_empty() {
         return writeln!(out, "no host has joined this fleet yet");
     }
-    let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    // Everything here was written by the hosts: shown escaped, one host per line.
+    let width = hosts
+        .iter()
+        .map(|h| escape(&h.host).chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     writeln!(
         out,
         "{:width$}  {:<14}  {:<8}  SERVICES",
@@ -293,25 +301,28 @@ fn status_table(out: &mut dyn Write, hosts: &[operator::HostView]) -> std::io::R
         let services: Vec<String> = h
             .services
             .iter()
-            .map(|v| match (v.pid, v.since) {
-                (Some(pid), Some(since)) => format!(
-                    "{} {} (pid {pid}, up {})",
-                    v.name,
-                    v.state,
-                    fmt_uptime(Duration::from_millis(
-                        (now_ms() - since as i64).max(0) as u64
-                    ))
-                ),
-                (Some(pid), None) => format!("{} {} (pid {pid})", v.name, v.state),
-                _ => format!("{} {}", v.name, v.state),
+            .map(|v| {
+                let (name, state) = (escape(&v.name), escape(&v.state));
+                if h.stale {
+                    // Not what runs now: what the host said when it was last heard from.
+                    return format!("{name} last known {state} {}", ago(h.age_ms));
+                }
+                match (v.pid, v.since) {
+                    (Some(pid), Some(since)) => format!(
+                        "{name} {state} (pid {pid}, up {})",
+                        fmt_uptime(Duration::from_millis((now_ms() - since).max(0) as u64))
+                    ),
+                    (Some(pid), None) => format!("{name} {state} (pid {pid})"),
+                    _ => format!("{name} {state}"),
+                }
             })
             .collect();
         writeln!(
             out,
             "{:width$}  {:<14}  {:<8}  {}",
-            h.host,
+            escape(&h.host),
             seen,
-            h.version,
+            escape(&h.version),
             if services.is_empty() {
                 "-".to_string()
             } else {
@@ -341,11 +352,11 @@ fn history_table(out: &mut dyn Write, rows: &[CommandView]) -> std::io::Result<(
             "{:>6}  {:<20}  {:<10}  {:<12}  {:<20}  {:<8}  {}",
             r.id,
             output::rfc3339(r.issued_at),
-            r.issued_by,
-            r.host,
-            what,
-            r.outcome,
-            r.message.as_deref().unwrap_or("")
+            escape(&r.issued_by),
+            escape(&r.host),
+            escape(&what),
+            escape(&r.outcome),
+            escape(r.message.as_deref().unwrap_or(""))
         )?;
     }
     Ok(())

@@ -369,7 +369,7 @@ impl ServeCtx {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
-                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+                .map(|s| s.snapshot()),
         })
     }
 }

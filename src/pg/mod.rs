@@ -19,6 +19,7 @@ pub mod error;
 pub mod fleet;
 pub mod listener;
 pub mod payload;
+pub mod quick;
 pub mod reject;
 pub mod replays;
 
@@ -42,6 +43,8 @@ pub struct Settings {
     pub schema: String,
     pub ca_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// `postgres.quick_unsigned`: obey unsigned quick-mode payloads even in a fleet.
+    pub quick_unsigned: bool,
 }
 
 /// Values given on the command line, which win over `tend config`.
@@ -102,6 +105,8 @@ impl Settings {
                 .key_file
                 .clone()
                 .or(get(config::POSTGRES_KEY_FILE)?.map(PathBuf::from)),
+            quick_unsigned: get(config::POSTGRES_QUICK_UNSIGNED)?
+                .is_some_and(|v| config::truthy(&v)),
         }))
     }
 

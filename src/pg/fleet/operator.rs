@@ -34,7 +34,14 @@ pub struct ServiceView {
     pub state: String,
     pub pid: Option<i32>,
     /// Unix ms the running instance started.
-    pub since: Option<f64>,
+    #[serde(deserialize_with = "ms_from_float")]
+    pub since: Option<i64>,
+}
+
+/// PostgreSQL's JSON gives times as fractional ms; fleet output has integer ms.
+fn ms_from_float<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v: Option<f64> = serde::Deserialize::deserialize(d)?;
+    Ok(v.map(|v| v as i64))
 }
 
 /// A command as `fleet history` and `--wait` show it.

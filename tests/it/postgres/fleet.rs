@@ -32,7 +32,7 @@ impl Fleet {
         let out = f.tend(&["init"]);
         assert_eq!(out.code, 0, "fleet init: {out:?}");
         assert!(
-            out.stdout.contains("migrated from version 0 to 1"),
+            out.stdout.contains("migrated from version 0 to 2"),
             "{out:?}"
         );
         f
