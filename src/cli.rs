@@ -532,6 +532,14 @@ pub enum FleetAction {
         #[command(flatten)]
         pg: FleetPgArgs,
     },
+    /// Retire a host that left: its unfinished commands expire, its row and its
+    /// services' states go (it joins again if its daemon comes back).
+    Remove {
+        /// The host id.
+        host: String,
+        #[command(flatten)]
+        pg: FleetPgArgs,
+    },
     /// Least-privilege rights: an operator (issue commands, read all) or a host's role
     /// (its own commands and status only).
     Grant {

@@ -75,6 +75,26 @@ pub fn run(
                 history_table(out, &rows)?;
             }
         }
+        FleetAction::Remove { host, pg } => {
+            crate::config::validate_host_id(&host).map_err(|message| Error::Invalid {
+                what: "fleet remove",
+                message,
+            })?;
+            let st = settings(home, &pg)?;
+            let r = operator::remove_host(&st, &host)?;
+            if !r.removed && r.expired == 0 {
+                return Err(Error::Invalid {
+                    what: "fleet remove",
+                    message: format!("unknown host {host}: not in this fleet"),
+                }
+                .into());
+            }
+            writeln!(
+                out,
+                "fleet: removed host {host}; {} unfinished command(s) expired",
+                r.expired
+            )?;
+        }
         FleetAction::Grant {
             operator,
             host_role,
@@ -180,30 +200,47 @@ fn order(
         .into());
     }
     let st = settings(home, &o.pg)?;
+    let dedup_keep = dedup_keep(home)?;
     let req = operator::Order {
         action,
         service: &o.name,
         hosts: &o.hosts,
         expires,
         dedup: o.dedup.as_deref(),
+        dedup_keep,
         wait,
     };
-    // Results are printed as they arrive; a write error ends the printing, not the wait.
+    // The ids as soon as they are stored, then results as they arrive; a write error
+    // ends the printing, not the wait.
     let mut write_err = None;
     let json = o.json;
-    let mut print = |v: &CommandView| {
-        if json {
-            return;
-        }
-        let line = format!(
-            "{}\t{}\t{}",
-            escape(&v.host),
-            escape(&v.outcome),
-            escape(v.message.as_deref().unwrap_or(""))
-        );
-        if write_err.is_none() {
-            if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-                write_err = Some(e);
+    let key = o.dedup.as_deref().unwrap_or("");
+    let mut print = |p: operator::Progress<'_>| {
+        let lines: Vec<String> = match p {
+            _ if json => return,
+            operator::Progress::Reconnecting(why) => {
+                eprintln!(
+                    "tend: lost the connection while waiting ({}); reconnecting",
+                    escape(why)
+                );
+                return;
+            }
+            operator::Progress::Issued(issued) => issued
+                .iter()
+                .map(|i| issued_line(i, action, &o.name, key))
+                .collect(),
+            operator::Progress::Result(v) => vec![format!(
+                "{}\t{}\t{}",
+                escape(&v.host),
+                escape(&v.outcome),
+                escape(v.message.as_deref().unwrap_or(""))
+            )],
+        };
+        for line in lines {
+            if write_err.is_none() {
+                if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                    write_err = Some(e);
+                }
             }
         }
     };
@@ -238,21 +275,7 @@ fn order(
                 skipped_stale: &got.skipped_stale,
             },
         )?;
-    } else if wait.is_none() {
-        for i in &got.issued {
-            if i.deduplicated {
-                writeln!(
-                    out,
-                    "{}\tcommand {} already pending under dedup key {}",
-                    i.host,
-                    i.id,
-                    o.dedup.as_deref().unwrap_or("")
-                )?;
-            } else {
-                writeln!(out, "{}\tcommand {}: {action} {}", i.host, i.id, o.name)?;
-            }
-        }
-    } else {
+    } else if wait.is_some() {
         for i in &missing {
             writeln!(
                 out,
@@ -267,6 +290,43 @@ fn order(
         s.code = exit::FAILED;
     }
     Ok(())
+}
+
+/// One host's line when its command is stored (or answered by its dedup key).
+fn issued_line(i: &operator::Issued, action: Action, service: &str, key: &str) -> String {
+    let host = escape(&i.host);
+    let key = escape(key);
+    if !i.deduplicated {
+        let freed = match i.expired_before {
+            Some(old) => format!(" (command {old} under dedup key {key} expired: key reused)"),
+            None => String::new(),
+        };
+        return format!("{host}\tcommand {}: {action} {service}{freed}", i.id);
+    }
+    let outcome = i.outcome.as_deref().unwrap_or("pending");
+    match &i.message {
+        Some(m) => format!(
+            "{host}\tcommand {} already {} under dedup key {key}: {}",
+            i.id,
+            escape(outcome),
+            escape(m)
+        ),
+        None => format!(
+            "{host}\tcommand {} already {} under dedup key {key}",
+            i.id,
+            escape(outcome)
+        ),
+    }
+}
+
+/// `postgres.dedup_keep`, else the default.
+fn dedup_keep(home: &Home) -> Result<Duration, Error> {
+    let mut sup = open_supervisor(home)?;
+    Ok(sup
+        .config_get(crate::config::POSTGRES_DEDUP_KEEP)?
+        .and_then(|v| service::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(crate::config::DEFAULT_DEDUP_KEEP))
 }
 
 fn ago(ms: i64) -> String {

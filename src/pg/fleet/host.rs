@@ -492,7 +492,8 @@ async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
              lease_until = now() + $3::bigint * interval '1 millisecond' \
          WHERE c.id = ( \
              SELECT p.id FROM {s}.commands p \
-             WHERE p.host_id = $1 AND p.finished_at IS NULL AND p.expires_at > now() \
+             WHERE p.host_id = $1 AND p.finished_at IS NULL \
+               AND (p.expires_at > now() OR p.claimed_by LIKE $4) \
                AND (p.claimed_at IS NULL OR p.lease_until < now() \
                     OR p.claimed_by LIKE $4) \
                AND NOT EXISTS (SELECT 1 FROM {s}.commands q \
@@ -500,7 +501,8 @@ async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
                      AND q.finished_at IS NULL AND q.id < p.id \
                      AND (q.expires_at > now() OR q.claimed_at IS NOT NULL)) \
              ORDER BY p.id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING c.id, c.service, c.action, c.signal, c.issued_by::text"
+         RETURNING c.id, c.service, c.action, c.signal, c.issued_by::text, \
+             c.expires_at <= now()"
     );
     let lease = LEASE.as_millis() as i64;
     let like = format!("{}%", like_escape(&me.home_prefix));
@@ -515,6 +517,7 @@ async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
         service: r.get(1),
         action: Action::from_row(r.get(2), r.get(3)),
         issued_by: r.get(4),
+        late: r.get(5),
     }))
 }
 
@@ -543,13 +546,15 @@ async fn finish(me: &Me, pool: &Pool, id: i64, done: &Done) -> Result<(), Error>
     let s = &me.settings.schema;
     let sql = format!(
         "UPDATE {s}.commands SET finished_at = now(), ok = $2, \
-             outcome = CASE WHEN $2 THEN 'done' ELSE 'failed' END, message = $3 \
+             outcome = CASE WHEN $4 THEN 'expired' WHEN $2 THEN 'done' ELSE 'failed' END, \
+             message = $3 \
          WHERE id = $1 AND finished_at IS NULL"
     );
     let message = plain(&done.message);
     let c = pool.get().await?;
     retry("reporting a fleet result", || async {
-        c.execute(&sql, &[&id, &done.ok, &message]).await
+        c.execute(&sql, &[&id, &done.ok, &message, &done.expired])
+            .await
     })
     .await
     .map(drop)
@@ -601,6 +606,7 @@ async fn report_unreported(
             &Done {
                 ok: t.ok,
                 message: t.message.clone(),
+                expired: false,
             },
         )
         .await?;
@@ -611,18 +617,21 @@ async fn report_unreported(
     Ok(())
 }
 
-/// Marks this host's overdue commands expired: they are never run late.
+/// Marks this host's overdue commands expired: they are never run late. Only commands
+/// no daemon began (claimed): one begun and interrupted is finished by this home's next
+/// daemon (see [`crate::fleet::carry_out`]), whatever its expiry.
 async fn expire(me: &Me, pool: &Pool) -> Result<(), Error> {
     let s = &me.settings.schema;
     let sql = format!(
         "UPDATE {s}.commands SET finished_at = now(), ok = false, outcome = 'expired', \
-             message = 'expired before the host ran it' \
+             message = $2 \
          WHERE host_id = $1 AND finished_at IS NULL AND expires_at <= now() \
-           AND (claimed_at IS NULL OR lease_until < now())"
+           AND claimed_at IS NULL"
     );
     let c = pool.get().await?;
     let n = retry("expiring fleet commands", || async {
-        c.execute(&sql, &[&me.settings.host_id]).await
+        c.execute(&sql, &[&me.settings.host_id, &fleet::EXPIRED_UNBEGUN])
+            .await
     })
     .await?;
     if n > 0 {

@@ -337,7 +337,8 @@ pub async fn grant_operator(client: &mut Client, s: &str, role: &str) -> Result<
          GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r};
          GRANT INSERT (host_id, service, action, signal, expires_at, dedup_key)
              ON {s}.commands TO {r};
-         GRANT USAGE ON SEQUENCE {s}.commands_id_seq TO {r};"
+         GRANT USAGE ON SEQUENCE {s}.commands_id_seq TO {r};
+         GRANT EXECUTE ON FUNCTION {s}.remove_host(text) TO {r};"
     );
     let what = format!("granting operator rights to {role}");
     let mut attempt = 0;

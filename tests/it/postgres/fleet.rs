@@ -500,7 +500,7 @@ fn host_role_sees_only_its_own_commands() {
 fn fleet_bad_input() {
     let fleet = Fleet::new(&shared_url());
     let out = fleet.ok(&["init"]);
-    assert!(out.stdout.contains("up to date (version 1)"), "{out:?}");
+    assert!(out.stdout.contains("up to date (version 2)"), "{out:?}");
     for (args, code) in [
         (vec!["restart", "web", "--host", "nobody"], 2),
         (vec!["restart", "web", "--host", "bad host"], 2),
