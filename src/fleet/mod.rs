@@ -150,7 +150,7 @@ pub fn carry_out(sup: &mut Supervisor, fleet: &str, cmd: &Command) -> Result<Don
                 expired: false,
             })
         }
-        Take::Before(_) => match after_interruption(action) {
+        Take::Before(t) => match after_interruption(action) {
             None => Done {
                 ok: false,
                 message: "interrupted: the daemon died while sending the signal; not repeated"
@@ -158,13 +158,31 @@ pub fn carry_out(sup: &mut Supervisor, fleet: &str, cmd: &Command) -> Result<Don
                 expired: false,
             },
             Some(_) if !sup.names()?.contains(&cmd.service) => unknown(cmd),
+            Some(_)
+                if action == Action::Restart && running_before(sup, cmd, t.taken_at)?.is_some() =>
+            {
+                // The daemon died while stopping it: the instance that runs is the one
+                // the restart was to replace. Said as it is, not called a restart.
+                let pid = running_before(sup, cmd, t.taken_at)?.unwrap_or_default();
+                Done {
+                    ok: false,
+                    message: format!(
+                        "interrupted: the daemon died during the restart; not restarted, \
+                         still running (pid {pid}, started before the command)"
+                    ),
+                    expired: false,
+                }
+            }
             Some(a) => {
                 sup.record(&cmd.service, crate::record::event::FLEET, &requested(a))?;
                 // Said as it is: the command was interrupted, and this is what
                 // completing it found and did (the service's state now).
                 let d = perform(sup, cmd, a)?;
                 Done {
-                    message: format!("interrupted {action}, completed: {}", d.message),
+                    message: format!(
+                        "interrupted {action} (the daemon died during it), completed: {}",
+                        d.message
+                    ),
                     ..d
                 }
             }
@@ -172,6 +190,14 @@ pub fn carry_out(sup: &mut Supervisor, fleet: &str, cmd: &Command) -> Result<Don
     };
     sup.fleet_finish(fleet, cmd.id, &cmd.service, result.ok, &result.message)?;
     Ok(result)
+}
+
+/// The pid of the service's instance when it was started before `taken_at` (unix ms).
+fn running_before(sup: &mut Supervisor, cmd: &Command, taken_at: i64) -> Result<Option<i32>> {
+    Ok(match sup.status(&cmd.service)?.state {
+        crate::state::State::Running { pid, since } if since < taken_at => Some(pid),
+        _ => None,
+    })
 }
 
 fn unknown(cmd: &Command) -> Done {
