@@ -192,10 +192,12 @@ pub fn carry_out(sup: &mut Supervisor, fleet: &str, cmd: &Command) -> Result<Don
     Ok(result)
 }
 
-/// The pid of the service's instance when it was started before `taken_at` (unix ms).
+/// The pid of the service's instance when it is the one the command found: started
+/// before `taken_at` (unix ms), or still being stopped (the interrupted stop's target).
 fn running_before(sup: &mut Supervisor, cmd: &Command, taken_at: i64) -> Result<Option<i32>> {
     Ok(match sup.status(&cmd.service)?.state {
         crate::state::State::Running { pid, since } if since < taken_at => Some(pid),
+        crate::state::State::Stopping { pid } => Some(pid),
         _ => None,
     })
 }

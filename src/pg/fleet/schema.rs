@@ -155,7 +155,7 @@ const MIGRATIONS: &[&str] = &[
 
     -- What a host writes. Rows written before the constraints existed are made to fit
     -- (a host rewrites its own on its next heartbeat and state change).
-    UPDATE {s}.hosts SET version = '?'
+    UPDATE {s}.hosts SET version = ''
         WHERE NOT (version ~ '^[0-9A-Za-z.+_-]{0,64}$');
     UPDATE {s}.hosts SET boot_id = ''
         WHERE NOT (boot_id ~ '^[0-9A-Za-z-]{0,64}$');
@@ -176,12 +176,13 @@ const MIGRATIONS: &[&str] = &[
             1000)
         WHERE message ~ '[\x01-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]'
            OR length(message) > 1000;
-    UPDATE {s}.commands SET claimed_by = '?'
-        WHERE NOT (claimed_by ~ '^[0-9A-Za-z._/-]{1,300}$');
+    UPDATE {s}.commands SET claimed_by = 'unknown'
+        WHERE NOT (claimed_by ~ '^[0-9A-Za-z._/-]+$' AND length(claimed_by) <= 300);
     ALTER TABLE {s}.commands
         ADD CONSTRAINT message_plain CHECK (length(message) <= 1000
             AND message !~ '[\x01-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]'),
-        ADD CONSTRAINT claimed_by_plain CHECK (claimed_by ~ '^[0-9A-Za-z._/-]{1,300}$'),
+        ADD CONSTRAINT claimed_by_plain CHECK (claimed_by ~ '^[0-9A-Za-z._/-]+$'
+            AND length(claimed_by) <= 300),
         ADD CONSTRAINT dedup_key_plain CHECK (dedup_key !~ '[\x01-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]');
 
     -- A dedup key outlives its command's end: `issue` serializes on (host, key) with an
