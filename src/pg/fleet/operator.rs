@@ -653,3 +653,42 @@ async fn drive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_dedup_key_answers() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(key_holder(None, day), KeyHolder::Free);
+        assert_eq!(
+            key_holder(Some((4, "pending", None)), day),
+            KeyHolder::Held(4)
+        );
+        assert_eq!(
+            key_holder(Some((4, "running", None)), day),
+            KeyHolder::Held(4)
+        );
+        assert_eq!(
+            key_holder(Some((4, "done", Some(1000))), day),
+            KeyHolder::Held(4)
+        );
+        assert_eq!(
+            key_holder(Some((4, "failed", Some(1000))), day),
+            KeyHolder::Held(4)
+        );
+        assert_eq!(
+            key_holder(Some((4, "done", Some(86_400_000))), day),
+            KeyHolder::Freed { expired: None }
+        );
+        assert_eq!(
+            key_holder(Some((4, "expired", None)), day),
+            KeyHolder::Freed { expired: Some(4) }
+        );
+        assert_eq!(
+            key_holder(Some((4, "expired", Some(5))), day),
+            KeyHolder::Freed { expired: Some(4) }
+        );
+    }
+}

@@ -210,6 +210,14 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// The statements that take schema `s` from `version - 1` to `version` (tests build
+/// an older schema with them, to see `init` bring it up to date).
+pub fn migration(version: usize, s: &str) -> Option<String> {
+    MIGRATIONS
+        .get(version.checked_sub(1)?)
+        .map(|sql| sql.replace("{s}", s))
+}
+
 /// The schema version this build writes and needs.
 pub fn latest() -> i32 {
     MIGRATIONS.len() as i32

@@ -808,7 +808,11 @@ fn least_privilege_roles_end_to_end() {
     assert_eq!(out.code, 0, "{out:?}\ndaemon.log:\n{}", env.daemon_log());
     let new = env.pid("web").unwrap();
     assert_ne!(new, old);
-    assert_eq!(out.stdout, format!("lp\tdone\trestarted (pid {new})\n"));
+    // The command's id as soon as it is stored, then its result.
+    assert_eq!(
+        out.stdout,
+        format!("lp\tcommand 1: restart web\nlp\tdone\trestarted (pid {new})\n")
+    );
     let out = as_operator(&["status", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("\"host\": \"lp\""), "{}", out.stdout);

@@ -169,14 +169,42 @@ fn unsigned_quick_notify_refused_in_a_fleet() {
     assert_eq!(out.stdout.trim(), "true");
 }
 
+/// A fleet whose schema was created at version 1 (as an earlier tend left it), then
+/// brought up to date by `fleet init`.
+fn fleet_from_version_1(url: &str) -> Fleet {
+    let schema = format!("tf_{}_{}", std::process::id(), super::unique());
+    let f = Fleet {
+        url: url.to_string(),
+        schema: schema.clone(),
+        roles: Vec::new(),
+        admin: Env::new(),
+    };
+    let v1 = tend::pg::fleet::schema::migration(1, &schema).expect("version 1");
+    psql(
+        url,
+        &[&format!(
+            "BEGIN; CREATE SCHEMA {schema}; CREATE TABLE {schema}.migrations (\
+             version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(), \
+             applied_by name NOT NULL DEFAULT current_user); {v1}; \
+             INSERT INTO {schema}.migrations (version) VALUES (1); COMMIT"
+        )],
+    );
+    let out = f.ok(&["init"]);
+    assert!(
+        out.stdout.contains("migrated from version 1 to 2"),
+        "{out:?}"
+    );
+    f
+}
+
 /// The hijack staged for real: a host role with CREATE on a schema of its own defines an
 /// operator `=` for `name` that matches another host's role, puts that schema first in
 /// its search_path, and tries to make `my_host()` answer the other host (to read and
 /// finish its commands). The pinned search_path keeps `my_host()` its own; the role map
-/// shows a host role only its own row.
+/// shows a host role only its own row. On a schema `fleet init` migrated from version 1.
 #[test]
 fn search_path_hijack_refused() {
-    let mut fleet = Fleet::new(&shared_url());
+    let mut fleet = fleet_from_version_1(&shared_url());
     let s = fleet.schema.clone();
     let (ra, url_a) = fleet.login_role("ha");
     let rb = fleet.role("hb");
