@@ -58,7 +58,15 @@ impl Quick {
         if self.unsigned_allowed {
             return Ok(());
         }
-        unsigned(false, self.fleet.known_within(FIRST_LOOK))
+        unsigned(false, self.fleet_within(FIRST_LOOK))
+    }
+
+    fn fleet_within(&self, wait: Duration) -> Fleet {
+        match self.fleet.joined_within(wait) {
+            Some(true) => Fleet::Joined,
+            Some(false) => Fleet::None,
+            None => Fleet::Unknown,
+        }
     }
 
     /// One phrase for `daemon status`.
@@ -69,7 +77,7 @@ impl Quick {
         if self.unsigned_allowed {
             return "unsigned payloads obeyed (postgres.quick_unsigned = true)".into();
         }
-        match self.fleet.known_within(Duration::ZERO) {
+        match self.fleet_within(Duration::ZERO) {
             Fleet::Joined => "unsigned payloads refused: joined a fleet (sign them, or set \
                               postgres.quick_unsigned true)"
                 .into(),

@@ -20,7 +20,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{connect, quick};
+use super::connect;
 use crate::api::FleetStatus;
 use crate::error::Error;
 use crate::record::now_ms;
@@ -80,13 +80,15 @@ impl Watch {
         self.lock().clone()
     }
 
-    /// Whether this daemon joined a fleet, waiting up to `wait` for the first answer.
-    pub fn known_within(&self, wait: Duration) -> quick::Fleet {
+    /// Whether this daemon joined a fleet (`Some(true)`: at least once; `Some(false)`:
+    /// the database has no fleet it could join), waiting up to `wait` for the first
+    /// answer; `None`: not known yet.
+    pub fn joined_within(&self, wait: Duration) -> Option<bool> {
         let answer = |s: &FleetStatus| {
             if s.joined_once {
-                Some(quick::Fleet::Joined)
+                Some(true)
             } else if s.state == "no fleet" {
-                Some(quick::Fleet::None)
+                Some(false)
             } else {
                 None
             }
@@ -96,7 +98,7 @@ impl Watch {
             .changed
             .wait_timeout_while(guard, wait, |s| answer(s).is_none())
             .unwrap_or_else(|p| p.into_inner());
-        answer(&guard).unwrap_or(quick::Fleet::Unknown)
+        answer(&guard)
     }
 }
 
