@@ -569,8 +569,9 @@ pub struct FleetOrder {
     /// Wait up to this long for every host's result, printing each as it arrives.
     #[arg(long, value_name = "DURATION")]
     pub wait: Option<String>,
-    /// A key that makes a repeat harmless: a host with a pending command under the same
-    /// key gets no second one.
+    /// A key that makes a repeat harmless: a host whose command under the same key is
+    /// pending, running or finished within postgres.dedup_keep (default 24h) gets no
+    /// second one; the repeat is answered with that command and its result.
     #[arg(long, value_name = "KEY")]
     pub dedup: Option<String>,
     /// A host that has not run the command within this long never runs it.
