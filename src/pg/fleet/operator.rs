@@ -303,14 +303,7 @@ pub fn issue(
         let issued = insert(client, s, order, &targets).await?;
         on(Progress::Issued(&issued));
         let mut results = Vec::new();
-        let Some(wait) = order.wait else {
-            return Ok(Outcome {
-                issued,
-                skipped_stale,
-                results,
-            });
-        };
-        let deadline = started + wait;
+        let deadline = started + order.wait.unwrap_or_default();
         let mut open: BTreeMap<i64, &Issued> = issued.iter().map(|i| (i.id, i)).collect();
         let ids: Vec<i64> = open.keys().copied().collect();
         let sql = format!(
@@ -318,7 +311,7 @@ pub fn issue(
              WHERE id = ANY($1) AND finished_at IS NOT NULL ORDER BY finished_at, id"
         );
         let mut failures = 0u32;
-        while !open.is_empty() {
+        while order.wait.is_some() && !open.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
