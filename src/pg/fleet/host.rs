@@ -619,19 +619,32 @@ async fn report_unreported(
 
 /// Marks this host's overdue commands expired: they are never run late. Only commands
 /// no daemon began (claimed): one begun and interrupted is finished by this home's next
-/// daemon (see [`crate::fleet::carry_out`]), whatever its expiry.
+/// daemon (see [`crate::fleet::carry_out`]), whatever its expiry; one begun by another
+/// home that is gone is closed as interrupted.
 async fn expire(me: &Me, pool: &Pool) -> Result<(), Error> {
     let s = &me.settings.schema;
+    // A command another home of this host id began, whose daemon has been gone for a
+    // whole lease, and which expired meanwhile: nobody will finish it (only its own home
+    // carries on a late command, and it is gone), and it would hold back every later
+    // command for that service. Whether it acted is unknown: said so, as failed.
     let sql = format!(
-        "UPDATE {s}.commands SET finished_at = now(), ok = false, outcome = 'expired', \
-             message = $2 \
+        "UPDATE {s}.commands SET finished_at = now(), ok = false, \
+             outcome = CASE WHEN claimed_at IS NULL THEN 'expired' ELSE 'failed' END, \
+             message = CASE WHEN claimed_at IS NULL THEN $2 ELSE \
+                 'interrupted: begun by a daemon that is gone (' || claimed_by || \
+                 '), whether it acted is unknown; expired meanwhile, not run again' END \
          WHERE host_id = $1 AND finished_at IS NULL AND expires_at <= now() \
-           AND claimed_at IS NULL"
+           AND (claimed_at IS NULL \
+                OR (lease_until < now() AND claimed_by NOT LIKE $3))"
     );
+    let like = format!("{}%", like_escape(&me.home_prefix));
     let c = pool.get().await?;
     let n = retry("expiring fleet commands", || async {
-        c.execute(&sql, &[&me.settings.host_id, &fleet::EXPIRED_UNBEGUN])
-            .await
+        c.execute(
+            &sql,
+            &[&me.settings.host_id, &fleet::EXPIRED_UNBEGUN, &like],
+        )
+        .await
     })
     .await?;
     if n > 0 {

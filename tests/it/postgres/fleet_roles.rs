@@ -403,6 +403,23 @@ fn dedup_key_answers_finished_and_expired_frees_it() {
     assert_eq!(fleet.history().len(), 1, "a repeat added a command");
     assert_eq!(env.pid("web"), Some(pid), "a repeat ran again");
 
+    // Bad keys and windows: one `tend:` line, exit 2, nothing stored.
+    for args in [
+        &["restart", "web", "--host", "dk", "--dedup", "d1\n\x1b[2J"][..],
+        &["restart", "web", "--host", "dk", "--dedup", ""][..],
+    ] {
+        let out = fleet.tend(args);
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert!(out.stderr.starts_with("tend: "), "{out:?}");
+    }
+    for bad in ["0", "soon", "-1s"] {
+        let out = fleet
+            .admin
+            .tend(&["config", "set", "postgres.dedup_keep", bad]);
+        assert_eq!(out.code, 2, "{bad}: {out:?}");
+    }
+    assert_eq!(fleet.history().len(), 1);
+
     // Past the retention window the key is free again.
     fleet
         .admin
@@ -640,4 +657,38 @@ fn wait_survives_server_restart() {
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("reconnecting"), "{stderr}");
+}
+
+/// A command begun by a daemon of another home of the same host id that is gone (its
+/// lease lapsed) and that expired meanwhile: closed as interrupted (whether it acted is
+/// unknown), not left running, and the later command for that service runs.
+#[test]
+fn expired_claim_of_a_gone_home_does_not_block() {
+    let fleet = Fleet::new(&shared_url());
+    let s = &fleet.schema;
+    let env = fleet.host("gh");
+    let old = env.pid("web").unwrap();
+    psql(
+        &fleet.url,
+        &[&format!(
+            "INSERT INTO {s}.commands (host_id, service, action, issued_at, expires_at, \
+                 claimed_at, claimed_by, lease_until) \
+             VALUES ('gh', 'web', 'restart', now() - interval '10 minutes', \
+                 now() - interval '5 minutes', now() - interval '9 minutes', \
+                 'gh/0000000000000000/1', now() - interval '8 minutes')"
+        )],
+    );
+    let later = issued(&fleet.ok(&["restart", "web", "--host", "gh"]))[0].1;
+    let done = fleet.wait_finished(later, LONG);
+    assert_eq!(done["outcome"], "done", "{done}");
+    env.wait_new_pid("web", old);
+    let stuck = &fleet.history()[0];
+    assert_eq!(stuck["outcome"], "failed", "{stuck}");
+    assert!(
+        stuck["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted: begun by a daemon that is gone (gh/0000000000000000/1)"),
+        "{stuck}"
+    );
 }
