@@ -4,6 +4,8 @@
 //!   services already defined, nothing else).
 //! - [`reject`] coalesces rejected payloads: one event and one log line per burst.
 //! - [`auth`] checks signed payloads when a notify key is configured.
+//! - [`quick`] decides whether unsigned payloads are obeyed: not by a daemon that has
+//!   joined a fleet, unless `postgres.quick_unsigned` says so.
 //! - [`connect`] builds the connection: URL, password from the URL, `PGPASSWORD` or
 //!   `~/.pgpass`, TLS verified against the system roots (plus an optional CA file).
 //! - [`listener`] keeps one dedicated connection, drives `Connection::poll_message`
