@@ -543,6 +543,14 @@ pub enum FleetAction {
         #[command(flatten)]
         pg: FleetPgArgs,
     },
+    /// Retire a host that left: its unfinished commands expire, its row and its
+    /// services' states go (it joins again if its daemon comes back).
+    Remove {
+        /// The host id.
+        host: String,
+        #[command(flatten)]
+        pg: FleetPgArgs,
+    },
     /// Least-privilege rights: an operator (issue commands, read all) or a host's role
     /// (its own commands and status only).
     Grant {
@@ -572,8 +580,9 @@ pub struct FleetOrder {
     /// Wait up to this long for every host's result, printing each as it arrives.
     #[arg(long, value_name = "DURATION")]
     pub wait: Option<String>,
-    /// A key that makes a repeat harmless: a host with a pending command under the same
-    /// key gets no second one.
+    /// A key that makes a repeat harmless: a host whose command under the same key is
+    /// pending, running or finished within postgres.dedup_keep (default 24h) gets no
+    /// second one; the repeat is answered with that command and its result.
     #[arg(long, value_name = "KEY")]
     pub dedup: Option<String>,
     /// A host that has not run the command within this long never runs it.

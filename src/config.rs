@@ -8,6 +8,10 @@ pub const POSTGRES_CHANNEL: &str = "postgres.channel";
 pub const POSTGRES_HOST_ID: &str = "postgres.host_id";
 pub const POSTGRES_CA_FILE: &str = "postgres.ca_file";
 pub const POSTGRES_KEY_FILE: &str = "postgres.notify_key_file";
+pub const POSTGRES_QUICK_UNSIGNED: &str = "postgres.quick_unsigned";
+pub const POSTGRES_DEDUP_KEEP: &str = "postgres.dedup_keep";
+/// How long a finished fleet command answers a repeat of its dedup key by default.
+pub const DEFAULT_DEDUP_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 pub const EVENTS_KEEP_PER_SERVICE: &str = "events.keep_per_service";
 pub const EVENTS_KEEP_FOR: &str = "events.keep_for";
 
@@ -69,6 +73,16 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         POSTGRES_KEY_FILE,
         "file holding the HMAC key: NOTIFY payloads must then be signed",
+    ),
+    (
+        POSTGRES_QUICK_UNSIGNED,
+        "true: a daemon in a fleet still obeys unsigned quick-mode NOTIFY payloads \
+         (default false: once it joined a fleet, only signed ones)",
+    ),
+    (
+        POSTGRES_DEDUP_KEEP,
+        "how long a finished fleet command answers a repeat of its --dedup key \
+         (default 24h)",
     ),
     (
         EVENTS_KEEP_PER_SERVICE,
@@ -139,6 +153,15 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
             "true" | "false" => Ok(value.trim().to_string()),
             other => Err(invalid(format!("{key}: {other:?} is not true or false"))),
         },
+        POSTGRES_QUICK_UNSIGNED => match value.trim() {
+            "true" | "false" => Ok(value.trim().to_string()),
+            _ => Err(invalid(format!("{key}: {value:?}: use true or false"))),
+        },
+        POSTGRES_DEDUP_KEEP => match crate::service::parse_duration(value) {
+            Ok(d) if !d.is_zero() => Ok(value.trim().to_string()),
+            Ok(_) => Err(invalid(format!("{key}: must be longer than 0s"))),
+            Err(e) => Err(invalid(format!("{key}: {e}"))),
+        },
         EVENTS_KEEP_FOR => crate::service::parse_duration(value)
             .map(|_| value.trim().to_string())
             .map_err(|e| invalid(format!("{key}: {e}"))),
@@ -201,6 +224,11 @@ impl std::fmt::Display for HttpListen {
             HttpListen::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
+}
+
+/// A stored `true`.
+pub fn truthy(v: &str) -> bool {
+    v.trim() == "true"
 }
 
 /// Channels are plain lowercase identifiers, so `NOTIFY tend, '...'` typed unquoted in

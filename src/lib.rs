@@ -51,8 +51,9 @@
 //!
 //! `NOTIFY tend, 'restart web'` → the listener thread ([`pg::listener`]) receives it on
 //! its dedicated connection → the executor thread authenticates and parses it
-//! ([`pg::auth`], [`pg::payload`]), records a `notify` event and calls [`api::act`],
-//! exactly as a CLI request would.
+//! ([`pg::auth`], [`pg::payload`]; a daemon that joined a fleet refuses unsigned
+//! payloads, [`pg::quick`]), records a `notify` event and calls [`api::act`], exactly as
+//! a CLI request would.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]

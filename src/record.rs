@@ -138,4 +138,6 @@ pub struct Taken {
     pub ok: bool,
     pub message: String,
     pub reported: bool,
+    /// Unix ms this home took it (committed before acting).
+    pub taken_at: i64,
 }

@@ -58,6 +58,22 @@ pub struct PgJson {
     pub channel: String,
     pub host_id: String,
     pub received: u64,
+    /// Which quick-mode payloads are obeyed.
+    pub quick_mode: String,
+    /// The fleet beside the quick mode.
+    pub fleet: Option<FleetJson>,
+}
+
+#[derive(Serialize)]
+pub struct FleetJson {
+    /// `looking`, `joined`, `no fleet` or `reconnecting`.
+    pub state: String,
+    pub since: String,
+    pub schema: String,
+    pub host_id: String,
+    pub joined_once: bool,
+    pub last_sweep: Option<String>,
+    pub last_error: Option<String>,
 }
 
 impl DaemonJson {
@@ -81,6 +97,16 @@ impl DaemonJson {
                 channel: p.channel.clone(),
                 host_id: p.host_id.clone(),
                 received: p.received,
+                quick_mode: p.quick_mode.clone(),
+                fleet: p.fleet.as_ref().map(|f| FleetJson {
+                    state: f.state.clone(),
+                    since: rfc3339_millis(f.since),
+                    schema: f.schema.clone(),
+                    host_id: f.host_id.clone(),
+                    joined_once: f.joined_once,
+                    last_sweep: f.last_sweep.map(rfc3339_millis),
+                    last_error: f.last_error.clone(),
+                }),
             }),
             http: s.and_then(|s| s.http.clone()),
             healthy: s.map(|_| true),
@@ -145,6 +171,25 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
             )?;
             if let Some(e) = &p.last_error {
                 writeln!(out, "            last error: {}", escape(e))?;
+            }
+            writeln!(out, "  quick:    {}", escape(&p.quick_mode))?;
+            if let Some(f) = &p.fleet {
+                let sweep = match f.last_sweep {
+                    Some(t) => format!("last sweep {} ago", fmt_uptime(uptime(t))),
+                    None => "no sweep yet".into(),
+                };
+                writeln!(
+                    out,
+                    "  fleet:    {} (schema {}, host {}) since {} ({} ago); {sweep}",
+                    escape(&f.state),
+                    f.schema,
+                    escape(&f.host_id),
+                    rfc3339(f.since),
+                    fmt_uptime(uptime(f.since)),
+                )?;
+                if let Some(e) = &f.last_error {
+                    writeln!(out, "            last error: {}", escape(e))?;
+                }
             }
             Ok(())
         }

@@ -220,9 +220,27 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides, http_flag: Option<&s
         // The fleet (durable commands) beside the quick NOTIFY mode: it joins
         // once `tend fleet init` has created the schema, and looks again every few
         // seconds until then.
-        crate::pg::fleet::host::start(settings.clone(), home.clone(), ctx.clone(), hooks())?;
-        let status =
-            crate::pg::listener::start(settings, pg_key, home.clone(), ctx.clone(), hooks())?;
+        let watch = crate::pg::fleet::Watch::new(&settings.schema, &settings.host_id);
+        crate::pg::fleet::host::start(
+            settings.clone(),
+            home.clone(),
+            ctx.clone(),
+            hooks(),
+            watch.clone(),
+        )?;
+        let quick = crate::pg::quick::Quick {
+            signed: pg_key.is_some(),
+            unsigned_allowed: settings.quick_unsigned,
+            fleet: watch,
+        };
+        let status = crate::pg::listener::start(
+            settings,
+            pg_key,
+            quick,
+            home.clone(),
+            ctx.clone(),
+            hooks(),
+        )?;
         *shared.postgres.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
     let pool = pool::Pool::new(home.clone(), ctx.clone());

@@ -370,7 +370,7 @@ impl ServeCtx {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
-                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+                .map(|s| s.snapshot()),
             counters: crate::metrics::COUNTERS.values(),
             http: self.shared.http.clone(),
         })

@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 use super::auth::{self, Key, Replays};
 use super::connect::{self, Connection};
 use super::payload;
+use super::quick::Quick;
 use super::reject::{Rejections, Summary};
 use super::Settings;
 use crate::api::PgStatus;
@@ -43,13 +44,29 @@ pub struct Hooks {
     pub changed: Box<dyn Fn() + Send>,
 }
 
+/// The listener's state and the quick-mode policy, for `daemon status`.
+pub struct Status {
+    pg: Arc<Mutex<PgStatus>>,
+    quick: Quick,
+}
+
+impl Status {
+    pub fn snapshot(&self) -> PgStatus {
+        let mut s = self.pg.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.quick_mode = self.quick.describe();
+        s.fleet = Some(self.quick.fleet.snapshot());
+        s
+    }
+}
+
 pub fn start(
     settings: Settings,
     key: Option<Key>,
+    quick: Quick,
     home: Home,
     ctx: Context,
     hooks: Hooks,
-) -> crate::Result<Arc<Mutex<PgStatus>>> {
+) -> crate::Result<Arc<Status>> {
     let tls = connect::tls(settings.ca_file.as_deref()).map_err(crate::Error::from)?;
     let status = Arc::new(Mutex::new(PgStatus {
         state: "connecting".into(),
@@ -59,12 +76,17 @@ pub fn start(
         channel: settings.channel.clone(),
         host_id: settings.host_id.clone(),
         received: 0,
+        quick_mode: String::new(),
+        fleet: None,
     }));
     let (jobs, rx) = mpsc::channel();
     let host_id = settings.host_id.clone();
     std::thread::Builder::new()
         .name("tend-notify-exec".into())
-        .spawn(move || execute(rx, home, ctx, host_id, key, hooks))
+        .spawn({
+            let quick = quick.clone();
+            move || execute(rx, home, ctx, host_id, key, quick, hooks)
+        })
         .map_err(|e| crate::Error::Daemon {
             message: format!("cannot start the notify executor: {e}"),
         })?;
@@ -87,7 +109,7 @@ pub fn start(
         .map_err(|e| crate::Error::Daemon {
             message: format!("cannot start the listener: {e}"),
         })?;
-    Ok(status)
+    Ok(Arc::new(Status { pg: status, quick }))
 }
 
 fn set(status: &Mutex<PgStatus>, f: impl FnOnce(&mut PgStatus)) {
@@ -229,6 +251,7 @@ fn execute(
     ctx: Context,
     host_id: String,
     key: Option<Key>,
+    quick: Quick,
     hooks: Hooks,
 ) {
     let mut replays: Option<Replays> = None;
@@ -267,7 +290,15 @@ fn execute(
         }
         let s = sup.as_mut().expect("opened above");
         let replays = replays.get_or_insert_with(|| super::replays::load(s));
-        if let Err(e) = handle(s, &job, &host_id, key.as_ref(), replays, &mut rejections) {
+        if let Err(e) = handle(
+            s,
+            &job,
+            &host_id,
+            key.as_ref(),
+            &quick,
+            replays,
+            &mut rejections,
+        ) {
             error!(error = %e, "notify: database error; reopening");
             sup = None;
         }
@@ -299,6 +330,7 @@ fn handle(
     job: &Job,
     host_id: &str,
     key: Option<&Key>,
+    quick: &Quick,
     replays: &mut Replays,
     rejections: &mut Rejections,
 ) -> crate::Result<()> {
@@ -322,7 +354,16 @@ fn handle(
                 )
             }
         },
-        None => job.payload.as_str(),
+        None => match quick.admit_unsigned() {
+            Ok(()) => job.payload.as_str(),
+            Err(why) => {
+                return reject(
+                    sup,
+                    "-",
+                    format!("{who}: {why}: {}", payload::quote(&job.payload)),
+                )
+            }
+        },
     };
     let cmd = match payload::parse(inner) {
         Ok(c) => c,

@@ -4,6 +4,8 @@
 //!   services already defined, nothing else).
 //! - [`reject`] coalesces rejected payloads: one event and one log line per burst.
 //! - [`auth`] checks signed payloads when a notify key is configured.
+//! - [`quick`] decides whether unsigned payloads are obeyed: not by a daemon that has
+//!   joined a fleet, unless `postgres.quick_unsigned` says so.
 //! - [`connect`] builds the connection: URL, password from the URL, `PGPASSWORD` or
 //!   `~/.pgpass`, TLS verified against the system roots (plus an optional CA file).
 //! - [`listener`] keeps one dedicated connection, drives `Connection::poll_message`
@@ -19,6 +21,7 @@ pub mod error;
 pub mod fleet;
 pub mod listener;
 pub mod payload;
+pub mod quick;
 pub mod reject;
 pub mod replays;
 
@@ -42,6 +45,8 @@ pub struct Settings {
     pub schema: String,
     pub ca_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// `postgres.quick_unsigned`: obey unsigned quick-mode payloads even in a fleet.
+    pub quick_unsigned: bool,
 }
 
 /// Values given on the command line, which win over `tend config`.
@@ -102,6 +107,8 @@ impl Settings {
                 .key_file
                 .clone()
                 .or(get(config::POSTGRES_KEY_FILE)?.map(PathBuf::from)),
+            quick_unsigned: get(config::POSTGRES_QUICK_UNSIGNED)?
+                .is_some_and(|v| config::truthy(&v)),
         }))
     }
 

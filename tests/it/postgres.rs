@@ -23,6 +23,7 @@ use crate::util::*;
 use server::{give_to_server, shared_url, Cluster};
 
 mod fleet;
+mod fleet_roles;
 mod server;
 
 /// Deadline for anything the daemon does in answer to a notification.

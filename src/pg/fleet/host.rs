@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_postgres::AsyncMessage;
 use tracing::{debug, error, info, warn};
 
-use super::{retry, schema, wake_channel, Pool};
+use super::{retry, schema, wake_channel, Pool, Watch};
 use crate::error::Error;
 use crate::fleet::{self, Action, Command, Done};
 use crate::home::Home;
@@ -183,10 +183,18 @@ struct Me {
     home_prefix: String,
     boot_id: String,
     started_at_ms: i64,
+    /// What `daemon status` and the quick mode learn of the fleet.
+    watch: Arc<Watch>,
 }
 
 /// Starts the fleet threads: the daemon joins the fleet of `settings.schema`.
-pub fn start(settings: Settings, home: Home, ctx: Context, hooks: Hooks) -> crate::Result<()> {
+pub fn start(
+    settings: Settings,
+    home: Home,
+    ctx: Context,
+    hooks: Hooks,
+    watch: Arc<Watch>,
+) -> crate::Result<()> {
     let tls = connect::tls(settings.ca_file.as_deref()).map_err(Error::from)?;
     let boot_id = crate::process::identity::boot_id().unwrap_or_default();
     // The home, not its path: two homes with the same path on different machines
@@ -205,6 +213,7 @@ pub fn start(settings: Settings, home: Home, ctx: Context, hooks: Hooks) -> crat
         tls,
         boot_id,
         started_at_ms: now_ms(),
+        watch,
     };
     let runner = Local::start("tend-fleet-exec", home.clone(), ctx.clone(), Some(hooks))?;
     // The reader only looks: exits it sees are left to the daemon's worker, which
@@ -258,12 +267,14 @@ async fn run(me: Arc<Me>, runner: Local, reader: Local) {
         let delay = match end {
             End::Lost(why) => {
                 warn!(error = %why, "fleet: PostgreSQL connection lost; reconnecting");
+                me.watch.enter("reconnecting", Some(why.clone()));
                 last_no_fleet = None;
                 let d = fleet::backoff(failures, crate::pg::jitter());
                 failures = failures.saturating_add(1);
                 d
             }
             End::NoFleet(why) => {
+                me.watch.enter("no fleet", Some(why.clone()));
                 if last_no_fleet.as_deref() != Some(why.as_str()) {
                     info!("fleet: not joining: {why}");
                     last_no_fleet = Some(why);
@@ -326,6 +337,7 @@ async fn session(me: &Arc<Me>, runner: &Local, reader: &Local) -> End {
         return End::Lost(e);
     }
     info!(schema = %s, host = %me.settings.host_id, url = %me.settings.display_url(), "joined the fleet");
+    me.watch.enter("joined", None);
     let wake = Arc::new(Notify::new());
     wake.notify_one();
     let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel();
@@ -368,6 +380,7 @@ async fn session(me: &Arc<Me>, runner: &Local, reader: &Local) -> End {
             }
             _ = sweep.tick() => {
                 wake.notify_one();
+                me.watch.swept();
                 match timed("pushing states", push_states(me, &pool, reader, pushed.as_deref())).await {
                     Ok(Some(now)) => pushed = Some(now),
                     Ok(None) => {}
@@ -484,7 +497,8 @@ async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
              lease_until = now() + $3::bigint * interval '1 millisecond' \
          WHERE c.id = ( \
              SELECT p.id FROM {s}.commands p \
-             WHERE p.host_id = $1 AND p.finished_at IS NULL AND p.expires_at > now() \
+             WHERE p.host_id = $1 AND p.finished_at IS NULL \
+               AND (p.expires_at > now() OR p.claimed_by LIKE $4) \
                AND (p.claimed_at IS NULL OR p.lease_until < now() \
                     OR p.claimed_by LIKE $4) \
                AND NOT EXISTS (SELECT 1 FROM {s}.commands q \
@@ -492,7 +506,8 @@ async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
                      AND q.finished_at IS NULL AND q.id < p.id \
                      AND (q.expires_at > now() OR q.claimed_at IS NOT NULL)) \
              ORDER BY p.id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING c.id, c.service, c.action, c.signal, c.issued_by::text"
+         RETURNING c.id, c.service, c.action, c.signal, c.issued_by::text, \
+             c.expires_at <= now()"
     );
     let lease = LEASE.as_millis() as i64;
     let like = format!("{}%", like_escape(&me.home_prefix));
@@ -507,6 +522,7 @@ async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
         service: r.get(1),
         action: Action::from_row(r.get(2), r.get(3)),
         issued_by: r.get(4),
+        late: r.get(5),
     }))
 }
 
@@ -535,15 +551,41 @@ async fn finish(me: &Me, pool: &Pool, id: i64, done: &Done) -> Result<(), Error>
     let s = &me.settings.schema;
     let sql = format!(
         "UPDATE {s}.commands SET finished_at = now(), ok = $2, \
-             outcome = CASE WHEN $2 THEN 'done' ELSE 'failed' END, message = $3 \
+             outcome = CASE WHEN $4 THEN 'expired' WHEN $2 THEN 'done' ELSE 'failed' END, \
+             message = $3 \
          WHERE id = $1 AND finished_at IS NULL"
     );
+    let message = plain(&done.message);
     let c = pool.get().await?;
     retry("reporting a fleet result", || async {
-        c.execute(&sql, &[&id, &done.ok, &done.message]).await
+        c.execute(&sql, &[&id, &done.ok, &message, &done.expired])
+            .await
     })
     .await
     .map(drop)
+}
+
+/// The longest message the schema takes (`message_plain`).
+const MAX_MESSAGE: usize = 1000;
+
+/// A result's message as the schema takes it: control and bidirectional-override
+/// characters written as escapes, at most [`MAX_MESSAGE`] characters. (A message can
+/// quote a service's own output, e.g. an exit reason.)
+fn plain(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        let hostile =
+            c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if hostile {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    if out.chars().count() > MAX_MESSAGE {
+        out = out.chars().take(MAX_MESSAGE - 1).collect::<String>() + "…";
+    }
+    out
 }
 
 /// Writes back results a daemon of this home recorded but could not report (it died,
@@ -569,6 +611,7 @@ async fn report_unreported(
             &Done {
                 ok: t.ok,
                 message: t.message.clone(),
+                expired: false,
             },
         )
         .await?;
@@ -579,18 +622,34 @@ async fn report_unreported(
     Ok(())
 }
 
-/// Marks this host's overdue commands expired: they are never run late.
+/// Marks this host's overdue commands expired: they are never run late. Only commands
+/// no daemon began (claimed): one begun and interrupted is finished by this home's next
+/// daemon (see [`crate::fleet::carry_out`]), whatever its expiry; one begun by another
+/// home that is gone is closed as interrupted.
 async fn expire(me: &Me, pool: &Pool) -> Result<(), Error> {
     let s = &me.settings.schema;
+    // A command another home of this host id began, whose daemon has been gone for a
+    // whole lease, and which expired meanwhile: nobody will finish it (only its own home
+    // carries on a late command, and it is gone), and it would hold back every later
+    // command for that service. Whether it acted is unknown: said so, as failed.
     let sql = format!(
-        "UPDATE {s}.commands SET finished_at = now(), ok = false, outcome = 'expired', \
-             message = 'expired before the host ran it' \
+        "UPDATE {s}.commands SET finished_at = now(), ok = false, \
+             outcome = CASE WHEN claimed_at IS NULL THEN 'expired' ELSE 'failed' END, \
+             message = CASE WHEN claimed_at IS NULL THEN $2 ELSE \
+                 'interrupted: begun by a daemon that is gone (' || claimed_by || \
+                 '), whether it acted is unknown; expired meanwhile, not run again' END \
          WHERE host_id = $1 AND finished_at IS NULL AND expires_at <= now() \
-           AND (claimed_at IS NULL OR lease_until < now())"
+           AND (claimed_at IS NULL \
+                OR (lease_until < now() AND claimed_by NOT LIKE $3))"
     );
+    let like = format!("{}%", like_escape(&me.home_prefix));
     let c = pool.get().await?;
     let n = retry("expiring fleet commands", || async {
-        c.execute(&sql, &[&me.settings.host_id]).await
+        c.execute(
+            &sql,
+            &[&me.settings.host_id, &fleet::EXPIRED_UNBEGUN, &like],
+        )
+        .await
     })
     .await?;
     if n > 0 {
@@ -674,4 +733,18 @@ async fn push_states(
     })
     .await?;
     Ok(Some(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_plain_and_bounded() {
+        assert_eq!(plain("restarted (pid 7)"), "restarted (pid 7)");
+        assert_eq!(plain("a\nb\x1b[2J\u{202e}"), "a\\u{a}b\\u{1b}[2J\\u{202e}");
+        let long = plain(&"é".repeat(5000));
+        assert_eq!(long.chars().count(), MAX_MESSAGE);
+        assert!(long.ends_with('…'));
+    }
 }

@@ -13,7 +13,7 @@ pub mod operator;
 pub mod schema;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
@@ -21,7 +21,86 @@ use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::connect;
+use crate::api::FleetStatus;
 use crate::error::Error;
+use crate::record::now_ms;
+
+/// What the fleet thread tells the rest of the daemon: its state for `daemon status`,
+/// and whether this daemon has joined a fleet (the quick mode asks, see
+/// [`crate::pg::quick`]).
+pub struct Watch {
+    status: Mutex<FleetStatus>,
+    changed: Condvar,
+}
+
+impl Watch {
+    pub fn new(schema: &str, host_id: &str) -> Arc<Watch> {
+        Arc::new(Watch {
+            status: Mutex::new(FleetStatus {
+                state: "looking".into(),
+                since: now_ms(),
+                schema: schema.to_string(),
+                host_id: host_id.to_string(),
+                joined_once: false,
+                last_sweep: None,
+                last_error: None,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FleetStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enters `state` (a new one restarts `since`), with `error` as the last error when
+    /// given; `joined` marks the daemon as having joined.
+    pub fn enter(&self, state: &str, error: Option<String>) {
+        let mut s = self.lock();
+        if s.state != state {
+            s.state = state.to_string();
+            s.since = now_ms();
+        }
+        if state == "joined" {
+            s.joined_once = true;
+            s.last_error = None;
+        }
+        if error.is_some() {
+            s.last_error = error;
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    pub fn swept(&self) {
+        self.lock().last_sweep = Some(now_ms());
+    }
+
+    pub fn snapshot(&self) -> FleetStatus {
+        self.lock().clone()
+    }
+
+    /// Whether this daemon joined a fleet (`Some(true)`: at least once; `Some(false)`:
+    /// the database has no fleet it could join), waiting up to `wait` for the first
+    /// answer; `None`: not known yet.
+    pub fn joined_within(&self, wait: Duration) -> Option<bool> {
+        let answer = |s: &FleetStatus| {
+            if s.joined_once {
+                Some(true)
+            } else if s.state == "no fleet" {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let guard = self.lock();
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, wait, |s| answer(s).is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        answer(&guard)
+    }
+}
 
 /// Retries after the first attempt of a fleet transaction that failed with a
 /// serialization failure, a deadlock or a unique violation (a dedup race).

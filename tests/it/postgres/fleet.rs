@@ -13,15 +13,15 @@ use crate::util::*;
 
 /// A fleet in a fresh schema of the server at `url`; the schema (and any role the test
 /// created) is dropped on drop. Declare it before the hosts, so they go first.
-struct Fleet {
-    url: String,
-    schema: String,
-    roles: Vec<String>,
-    admin: Env,
+pub(super) struct Fleet {
+    pub(super) url: String,
+    pub(super) schema: String,
+    pub(super) roles: Vec<String>,
+    pub(super) admin: Env,
 }
 
 impl Fleet {
-    fn new(url: &str) -> Fleet {
+    pub(super) fn new(url: &str) -> Fleet {
         let schema = format!("tf_{}_{}", std::process::id(), unique());
         let f = Fleet {
             url: url.to_string(),
@@ -32,39 +32,39 @@ impl Fleet {
         let out = f.tend(&["init"]);
         assert_eq!(out.code, 0, "fleet init: {out:?}");
         assert!(
-            out.stdout.contains("migrated from version 0 to 1"),
+            out.stdout.contains("migrated from version 0 to 2"),
             "{out:?}"
         );
         f
     }
 
     /// `tend fleet ARGS --postgres URL --schema S` from an admin home of its own.
-    fn tend(&self, args: &[&str]) -> Out {
+    pub(super) fn tend(&self, args: &[&str]) -> Out {
         let mut a = vec!["fleet"];
         a.extend_from_slice(args);
         a.extend_from_slice(&["--postgres", &self.url, "--schema", &self.schema]);
         self.admin.tend(&a)
     }
 
-    fn ok(&self, args: &[&str]) -> Out {
+    pub(super) fn ok(&self, args: &[&str]) -> Out {
         let out = self.tend(args);
         assert_eq!(out.code, 0, "fleet {args:?}: {out:?}");
         out
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(super) fn json(&self, args: &[&str]) -> Value {
         let out = self.ok(args);
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
     }
 
-    fn history(&self) -> Vec<Value> {
+    pub(super) fn history(&self) -> Vec<Value> {
         self.json(&["history", "--json"])
             .as_array()
             .expect("an array")
             .clone()
     }
 
-    fn command(&self, id: i64) -> Value {
+    pub(super) fn command(&self, id: i64) -> Value {
         self.history()
             .into_iter()
             .find(|c| c["id"] == id)
@@ -72,7 +72,7 @@ impl Fleet {
     }
 
     /// Waits until command `id` is finished; returns it.
-    fn wait_finished(&self, id: i64, deadline: Duration) -> Value {
+    pub(super) fn wait_finished(&self, id: i64, deadline: Duration) -> Value {
         let mut last = Value::Null;
         let ok = wait_until(deadline, || {
             last = self.command(id);
@@ -83,7 +83,7 @@ impl Fleet {
     }
 
     /// The daemon flags joining this fleet as `host_id`.
-    fn daemon_args(&self, host_id: &str) -> Vec<String> {
+    pub(super) fn daemon_args(&self, host_id: &str) -> Vec<String> {
         vec![
             "--postgres".into(),
             self.url.clone(),
@@ -99,7 +99,7 @@ impl Fleet {
 
     /// A host: a home with `web` running and a daemon joined as `host_id`; returns it
     /// once `fleet status` shows it with `web` running.
-    fn host(&self, host_id: &str) -> Env {
+    pub(super) fn host(&self, host_id: &str) -> Env {
         let env = Env::new();
         env.add_fixture("web", &[], &["--marker", "web"]);
         env.ok(&["start", "web"]);
@@ -107,12 +107,12 @@ impl Fleet {
         env
     }
 
-    fn join(&self, env: &Env, host_id: &str) {
+    pub(super) fn join(&self, env: &Env, host_id: &str) {
         self.start_daemon(env, host_id);
         self.wait_host(host_id, env);
     }
 
-    fn start_daemon(&self, env: &Env, host_id: &str) {
+    pub(super) fn start_daemon(&self, env: &Env, host_id: &str) {
         let args = self.daemon_args(host_id);
         let mut a = vec!["daemon"];
         a.extend(args.iter().map(String::as_str));
@@ -121,7 +121,7 @@ impl Fleet {
 
     /// Waits until `host_id` has a fresh heartbeat and reports `web` running under the
     /// pid its home records.
-    fn wait_host(&self, host_id: &str, env: &Env) {
+    pub(super) fn wait_host(&self, host_id: &str, env: &Env) {
         let mut last = Value::Null;
         let ok = wait_until(LONG, || {
             let pid = env.pid("web");
@@ -143,7 +143,7 @@ impl Fleet {
         );
     }
 
-    fn role(&mut self, suffix: &str) -> String {
+    pub(super) fn role(&mut self, suffix: &str) -> String {
         let r = format!("{}_{suffix}", self.schema);
         psql(&self.url, &[&format!("CREATE ROLE {r} NOLOGIN")]);
         self.roles.push(r.clone());
@@ -151,7 +151,7 @@ impl Fleet {
     }
 
     /// A role that can log in with a password; returns the fleet URL as that role.
-    fn login_role(&mut self, suffix: &str) -> (String, String) {
+    pub(super) fn login_role(&mut self, suffix: &str) -> (String, String) {
         let r = format!("{}_{suffix}", self.schema);
         psql(
             &self.url,
@@ -177,7 +177,7 @@ impl Drop for Fleet {
 }
 
 /// The ids of the commands a `fleet ACTION` without `--wait` printed, by host.
-fn issued(out: &Out) -> Vec<(String, i64)> {
+pub(super) fn issued(out: &Out) -> Vec<(String, i64)> {
     out.stdout
         .lines()
         .filter_map(|l| {
@@ -188,7 +188,7 @@ fn issued(out: &Out) -> Vec<(String, i64)> {
         .collect()
 }
 
-fn fleet_events(env: &Env) -> Vec<String> {
+pub(super) fn fleet_events(env: &Env) -> Vec<String> {
     let out = env.ok(&["events", "web", "--json", "-n", "100000"]);
     let v: Value = serde_json::from_str(&out.stdout).expect("events --json");
     v.as_array()
@@ -500,7 +500,7 @@ fn host_role_sees_only_its_own_commands() {
 fn fleet_bad_input() {
     let fleet = Fleet::new(&shared_url());
     let out = fleet.ok(&["init"]);
-    assert!(out.stdout.contains("up to date (version 1)"), "{out:?}");
+    assert!(out.stdout.contains("up to date (version 2)"), "{out:?}");
     for (args, code) in [
         (vec!["restart", "web", "--host", "nobody"], 2),
         (vec!["restart", "web", "--host", "bad host"], 2),
@@ -569,7 +569,7 @@ struct Netns {
 }
 
 impl Netns {
-    fn new() -> Netns {
+    pub(super) fn new() -> Netns {
         let k = (std::process::id() + unique()) % 250 + 1;
         let name = format!("tendt{}_{}", std::process::id(), unique());
         let outer = format!("tvh{k}_{}", std::process::id() % 10000);
@@ -808,7 +808,11 @@ fn least_privilege_roles_end_to_end() {
     assert_eq!(out.code, 0, "{out:?}\ndaemon.log:\n{}", env.daemon_log());
     let new = env.pid("web").unwrap();
     assert_ne!(new, old);
-    assert_eq!(out.stdout, format!("lp\tdone\trestarted (pid {new})\n"));
+    // The command's id as soon as it is stored, then its result.
+    assert_eq!(
+        out.stdout,
+        format!("lp\tcommand 1: restart web\nlp\tdone\trestarted (pid {new})\n")
+    );
     let out = as_operator(&["status", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("\"host\": \"lp\""), "{}", out.stdout);
