@@ -90,11 +90,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         HTTP_LISTEN,
-        "where the daemon serves its HTTP API: HOST:PORT (loopback unless          http.allow_remote) or the path of a Unix socket; unset: no HTTP API",
+        "where the daemon serves its HTTP API: HOST:PORT (loopback unless \
+         http.allow_remote) or the path of a Unix socket; unset: no HTTP API",
     ),
     (
         HTTP_TOKEN_FILE,
-        "file (mode 0600) holding the bearer token that HTTP writes (start, stop,          restart) need; unset: the API is read-only",
+        "file (mode 0600) holding the bearer token that HTTP writes (start, stop, \
+         restart) need; unset: the API is read-only",
     ),
     (
         HTTP_ALLOW_REMOTE,
