@@ -20,7 +20,7 @@ use std::time::Duration;
 use super::paths::{check_cwd, check_readable, check_writable};
 use super::probe::{Check, Probe};
 use super::values::{
-    Bytes, LogTimestamps, Percent, PidFile, RestartPolicy, StopSignal, Text, Value, Weight,
+    Bytes, Globs, LogTimestamps, Percent, PidFile, RestartPolicy, StopSignal, Text, Value, Weight,
 };
 use crate::error::{Error, Result};
 
@@ -632,6 +632,27 @@ settings! {
         default: |_, _| None,
         check: |h| check_health(h),
     }
+    // Foreground (`tend up`) settings, kept together.
+    /// Under `tend up --init` (PID 1), the end of this service ends the container.
+    required: bool {
+        flag: Flag::Switch { long: "required", negation: "no-required" },
+        option: "--required",
+        help: "Under `tend up` as PID 1 (--init), the end of this service stops everything, and tend exits with its status (default: no)",
+        json: "required",
+        label: "required",
+        default: |_, _| false,
+        check: no_check,
+    }
+    /// Glob patterns of files whose change restarts the service (the daemon and `tend up`).
+    watch: Globs {
+        flag: Flag::Option { long: "watch", short: None, value_name: "GLOBS" },
+        option: "--watch",
+        help: "Restart the service (and those that require it) when a file matching one of these globs changes: \"src/**/*.py\", relative to --cwd (comma-separated, \"\" clears)",
+        json: "watch",
+        label: "watch",
+        default: |_, _| Globs::default(),
+        check: no_check,
+    }
 }
 
 /// A health check must be something that can fail while the service runs.
@@ -697,7 +718,7 @@ mod tests {
 
     #[test]
     fn every_row_is_a_field_and_an_option() {
-        assert_eq!(ROWS.len(), 22);
+        assert_eq!(ROWS.len(), 24);
         for r in ROWS {
             assert!(r.option.starts_with("--"), "{}", r.field);
             let long = match r.flag {
