@@ -308,6 +308,10 @@ pub struct DaemonArgs {
     /// postgres.host_id, else the hostname.
     #[arg(long, value_name = "NAME")]
     pub host_id: Option<String>,
+    // `tend up` starts its daemon with its own pid here: the daemon stops every service
+    // and exits when that process ends.
+    #[arg(long, hide = true, value_name = "PID", requires = "foreground")]
+    pub bound_to: Option<i32>,
     #[command(subcommand)]
     pub action: Option<DaemonAction>,
 }

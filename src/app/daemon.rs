@@ -23,7 +23,9 @@ pub fn run(
 ) -> Result<(), Failure> {
     let overrides = pg_overrides(args.pg, args.host_id);
     match args.action {
-        None if args.foreground => crate::daemon::run_foreground(home.clone(), overrides)?,
+        None if args.foreground => {
+            crate::daemon::run_foreground(home.clone(), overrides, args.bound_to)?
+        }
         None => start(home, overrides, out)?,
         Some(DaemonAction::Status { json }) => match client::probe(home) {
             client::Probe::Healthy(st) => {

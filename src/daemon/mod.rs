@@ -54,6 +54,7 @@ pub mod protocol;
 pub mod rotation;
 pub mod server;
 pub mod signals;
+pub mod watch;
 pub mod worker;
 
 use std::os::unix::net::UnixStream;
@@ -98,8 +99,30 @@ fn init_logging() {
 
 /// Runs the daemon in this process until SIGTERM/SIGINT or a shutdown request. With
 /// PostgreSQL settings (flags or `tend config`), it also LISTENs for NOTIFY commands.
-pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
+///
+/// `bound_to`: the pid of the `tend up` that started this daemon. The daemon asks the
+/// kernel for SIGTERM when that parent ends (SIGKILL included), and a SIGTERM then stops
+/// every service before it exits (see [`EventLoop::bound`]).
+pub fn run_foreground(home: Home, pg: crate::pg::Overrides, bound_to: Option<i32>) -> Result<()> {
     init_logging();
+    if let Some(parent) = bound_to {
+        // First of all: before this, an `up` killed would leave this daemon running.
+        match crate::process::init::die_with_parent(parent, libc::SIGTERM) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::Daemon {
+                    message: format!(
+                        "the tend up (pid {parent}) this daemon was started for is gone"
+                    ),
+                })
+            }
+            Err(e) => {
+                return Err(Error::Daemon {
+                    message: format!("cannot tie the daemon to tend up: {}", io_reason(&e)),
+                })
+            }
+        }
+    }
     // Before any thread exists (see `process::memory`).
     crate::process::memory::one_arena();
     // A descriptor per adopted service: as many as the hard limit allows (the services
@@ -233,6 +256,17 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         ),
         in_flight.clone(),
     )?;
+    let watch = watch::start(
+        home.clone(),
+        pool::Pool::new(
+            home.clone(),
+            Context {
+                daemon_watching: true,
+                ..ctx.clone()
+            },
+        ),
+        in_flight.clone(),
+    )?;
     files::watch(&home, files, waker.clone());
     let worker = worker::start(sup, waker.clone(), queue)?;
     let serve = ServeCtx {
@@ -258,6 +292,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         worker,
         rotation,
         health,
+        watch,
         ready: false,
         drain: None,
         trim_at: None,
@@ -271,6 +306,8 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         writers_at: None,
         writers_asked: 0,
         writer_watch: event_loop::WriterWatch::new()?,
+        bound: bound_to.is_some(),
+        stopping_all: false,
     };
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");
