@@ -76,6 +76,10 @@ pub enum Command {
     Status(Lazy<StatusArgs>),
     /// Make the definitions match a service file (./tend.toml): add, change, remove.
     Apply(Lazy<ApplyArgs>),
+    /// Run a services file in the foreground: start everything in dependency order, print
+    /// the merged output; Ctrl-C stops it all (a second one kills). As PID 1 (--init),
+    /// reap orphans and forward signals.
+    Up(Lazy<UpArgs>),
     /// Print definitions as a service file (`tend export > tend.toml`).
     Export(Lazy<ExportArgs>),
     /// Print a Procfile or a supervisord .conf as a service file (`tend import Procfile
@@ -410,6 +414,29 @@ pub struct ApplyArgs {
     /// Restart running services whose definition changed.
     #[arg(long)]
     pub restart_changed: bool,
+}
+
+// `tend up`: which file, which services, how it ends.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The services file [default: ./tend.toml, else ./Procfile]; a file named
+    /// Procfile* is read as a Procfile.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only these services and what they require [default: all].
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// When a service exits (without being asked to), stop everything and exit with its
+    /// status.
+    #[arg(long)]
+    pub exit_on_failure: bool,
+    /// Show `tend top` instead of the merged output (q stops everything).
+    #[arg(long)]
+    pub tui: bool,
+    /// Be a container's init: reap every orphan, forward SIGHUP, end when a `required`
+    /// service ends (the default when tend runs as PID 1).
+    #[arg(long)]
+    pub init: bool,
 }
 
 #[derive(Debug, Args)]
