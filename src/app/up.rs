@@ -52,7 +52,7 @@ use sha2::Digest;
 use super::lifecycle::{self, Answer};
 use super::session::{notices, open_supervisor, Failure, Session};
 use super::term::escape;
-use crate::api::{Outcome, Selection, Verb};
+use crate::api::{Selection, Verb};
 use crate::cli::{LogsArgs, UpArgs, Which};
 use crate::daemon::client;
 use crate::error::{exit, io_reason, Error, Result};
@@ -478,39 +478,37 @@ impl Up {
 
     /// The start's answer: any service that did not start ends the run with its code.
     fn started(&mut self, answer: Result<Answer>) {
-        let mut failed: Option<(String, u8)> = None;
+        // Reported as `tend start --wait` reports, on stderr (standard output is the
+        // services').
+        let mut s = Session::new();
         match answer {
             Ok(Answer::Reports(reports)) => {
-                for r in reports {
-                    if let Outcome::Error { message, code } = &r.result {
-                        eprintln!("tend: up: {}: {}", r.name, escape(message));
-                        failed.get_or_insert((r.name.clone(), *code));
-                    }
-                }
+                // Only a failed write to stderr can fail here: nothing to tell it to.
+                let _ = lifecycle::print_reports(&mut s, &mut std::io::stderr(), &reports);
             }
             Ok(Answer::Refused { message, code }) => {
                 eprintln!("tend: up: {}", escape(&message));
-                failed = Some((String::new(), code));
+                s.fail_code(code);
             }
             Err(e) => {
                 eprintln!("tend: up: {}", escape(&e.to_string()));
-                failed = Some((String::new(), e.exit_code()));
+                s.fail_code(e.exit_code());
             }
         }
-        match failed {
-            Some((_, code)) if !self.stopping => {
-                self.stop(code, "a service did not start: stopping every service")
-            }
-            Some(_) => {}
-            None if !self.stopping => eprintln!(
+        if self.stopping {
+            return;
+        }
+        if s.code != exit::OK {
+            self.stop(s.code, "a service did not start: stopping every service");
+        } else {
+            eprintln!(
                 "tend: up: {} ready in {} ms",
                 match self.chosen.len() {
                     1 => "1 service".to_string(),
                     n => format!("{n} services"),
                 },
                 self.begun.elapsed().as_millis()
-            ),
-            None => {}
+            );
         }
     }
 

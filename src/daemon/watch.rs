@@ -297,6 +297,11 @@ fn ignored_name(name: &str) -> bool {
         || name.ends_with(".swo")
 }
 
+/// Inside a `.git` directory: a commit or a checkout there is not an edit.
+fn in_git(path: &Path) -> bool {
+    path.components().any(|c| c.as_os_str() == ".git")
+}
+
 fn sync(home: &Home, services: &[Service]) -> Option<Watching> {
     let wanted: Vec<&Service> = services
         .iter()
@@ -383,7 +388,7 @@ impl Watching {
     fn add_tree(&mut self, dir: &Path, idx: usize, depth: Option<usize>) {
         let mut stack = vec![(dir.to_path_buf(), depth)];
         while let Some((d, depth)) = stack.pop() {
-            if d.starts_with(&self.logs) {
+            if d.starts_with(&self.logs) || in_git(&d) {
                 continue;
             }
             if !self.add_one(&d, idx, depth) {
@@ -507,7 +512,7 @@ impl Watching {
                     continue;
                 }
                 let path = dir.path.join(&name);
-                if path.starts_with(&self.logs) {
+                if path.starts_with(&self.logs) || in_git(&path) {
                     continue;
                 }
                 if ev.mask.contains(AddWatchFlags::IN_ISDIR) {
@@ -561,5 +566,7 @@ mod tests {
         for n in ["a.py", "git", "swp.py"] {
             assert!(!ignored_name(n), "{n}");
         }
+        assert!(in_git(Path::new("/p/.git/index")));
+        assert!(!in_git(Path::new("/p/git/index")));
     }
 }

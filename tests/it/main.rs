@@ -18,5 +18,6 @@ mod services_file;
 mod siblings;
 mod stop_events;
 mod top;
+mod up;
 mod util;
 mod wal;
