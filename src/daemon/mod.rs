@@ -316,7 +316,11 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides, bound_to: Option<i32
         release_home_cgroup(root);
     }
     sd_notify("STOPPING=1");
-    info!("daemon stopped; services keep running");
+    if bound_to.is_some() {
+        info!("daemon stopped, and every service with it");
+    } else {
+        info!("daemon stopped; services keep running");
+    }
     // Nothing is closed on the way out: the process ends with the lock and every
     // database connection still open, and the kernel closes them together. Dropping
     // them here would release the lock while other threads still close their

@@ -533,7 +533,7 @@ impl Watching {
                 }
                 for &idx in &dir.services {
                     let spec = &self.specs[idx];
-                    if spec.own.iter().any(|p| *p == path) {
+                    if spec.own.contains(&path) {
                         continue;
                     }
                     if spec.set.is_match(&path) {

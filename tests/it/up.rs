@@ -624,3 +624,59 @@ cmd = ["{FIXTURE}"]
         processes_in(&ns)
     );
 }
+
+/// The limit on inotify watches reached (set to 5 in a user namespace of the test's
+/// own, `/proc/sys/user/max_inotify_watches`, so nothing else on the machine is
+/// touched): the daemon names the limit in its log and goes on; `up` runs and stops as
+/// usual.
+#[test]
+fn the_inotify_watch_limit_is_a_warning() {
+    if !util::require_tool("unshare") {
+        return;
+    }
+    let probe = Command::new("unshare")
+        .args([
+            "-Ur",
+            "sh",
+            "-c",
+            "echo 5 > /proc/sys/user/max_inotify_watches",
+        ])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        util::not_run("cannot set the inotify limit in a user namespace");
+        return;
+    }
+    let env = Env::new();
+    for d in 0..50 {
+        std::fs::create_dir_all(env.work().join(format!("tree/d{d}"))).unwrap();
+    }
+    let text = format!("[services.w]\ncmd = [\"{FIXTURE}\"]\nwatch = [\"tree/**/*.txt\"]\n");
+    let file = write_file(&env, "tend.toml", &text);
+    let mut c = Command::new("unshare");
+    c.args([
+        "-Ur",
+        "sh",
+        "-c",
+        "echo 5 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"",
+        TEND,
+        "--home",
+    ])
+    .arg(env.home())
+    .current_dir(env.work())
+    .env_remove("TEND_HOME")
+    .stdin(Stdio::null());
+    let mut up = Up::start_cmd(c, env.work(), &["-f", file.to_str().unwrap()]);
+    up.wait_ready();
+    assert!(
+        wait_until(Duration::from_secs(30), || env
+            .daemon_log()
+            .contains("the limit on inotify watches is reached")),
+        "{}",
+        env.daemon_log()
+    );
+    let pid = env.pid("w").unwrap();
+    assert!(alive(pid));
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(), 0, "{}", up.err());
+    assert!(!alive(pid));
+}
