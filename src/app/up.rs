@@ -21,8 +21,9 @@
 //!    daemon (so it is their parent), while `up` follows their logs merged and prefixed
 //!    as `tend logs --all -f` prints them (or shows `tend top` with `--tui`).
 //! 5. Ctrl-C or SIGTERM: SIGTERM to the daemon, which stops everything; `up` prints the
-//!    output until the daemon has exited. A second Ctrl-C sends SIGKILL to every
-//!    service at once (the stop in progress then finishes at once).
+//!    output until the daemon has exited. A second Ctrl-C is a second SIGTERM to the
+//!    daemon, whose stops then send SIGKILL at once instead of waiting out their
+//!    timeouts.
 //!
 //! # As PID 1
 //!
@@ -401,9 +402,10 @@ impl Up {
                 );
             } else if self.presses == 2 {
                 eprintln!("tend: up: killing every service");
-                self.in_background(Verb::Signal {
-                    signal: libc::SIGKILL,
-                });
+                // The daemon's second SIGTERM: its stops send SIGKILL now.
+                if self.daemon_status.is_none() {
+                    let _ = init::signal_child(self.daemon, libc::SIGTERM);
+                }
             }
         }
         if self.flags.hup.swap(false, Ordering::SeqCst) {

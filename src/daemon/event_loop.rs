@@ -597,10 +597,13 @@ impl EventLoop {
 
     /// A bound daemon's SIGTERM: every service is stopped (reverse dependency order,
     /// each within its stop timeout) on a thread of its own, so the loop goes on reaping
-    /// and answering (a second Ctrl-C of `tend up` sends SIGKILL through a request);
-    /// then the daemon shuts down. A second SIGTERM changes nothing.
+    /// and answering; then the daemon shuts down. A second SIGTERM (`tend up`'s second
+    /// Ctrl-C) makes the stops kill at once.
     fn stop_all_then_exit(&mut self) {
         if std::mem::replace(&mut self.stopping_all, true) {
+            // The second: what the stop signal has not ended yet is killed now.
+            info!("SIGTERM again: killing what is still stopping");
+            crate::process::stop::hurry();
             return;
         }
         info!("SIGTERM: stopping every service, then exiting");

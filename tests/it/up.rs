@@ -680,3 +680,35 @@ fn the_inotify_watch_limit_is_a_warning() {
     assert_eq!(up.wait(), 0, "{}", up.err());
     assert!(!alive(pid));
 }
+
+/// A second Ctrl-C kills at once: a service that ignores SIGTERM, with a stop timeout of
+/// ten minutes, is killed and `up` exits well within that.
+#[test]
+fn a_second_ctrl_c_kills_at_once() {
+    let env = Env::new();
+    let text = format!(
+        "[services.stubborn]\ncmd = [\"{FIXTURE}\", \"--ignore-term\", \"--grandchild\"]\n\
+         stop_timeout = \"10m\"\n"
+    );
+    let file = write_file(&env, "tend.toml", &text);
+    let mut up = Up::start(&env, &["-f", file.to_str().unwrap()]);
+    up.wait_ready();
+    let pid = env.pid("stubborn").unwrap();
+    up.signal(libc::SIGINT);
+    assert!(wait_until(Duration::from_secs(30), || up
+        .err()
+        .contains("stopping every service")));
+    // Still running: it ignores SIGTERM (over 1 s).
+    assert!(holds_for(Duration::from_secs(1), || alive(pid)));
+    up.signal(libc::SIGINT);
+    // Within the test's 60 s deadline, far under the 10 minutes of the stop timeout.
+    assert_eq!(up.wait(), 0, "{}", up.err());
+    assert!(up.err().contains("killing every service"), "{}", up.err());
+    assert!(!alive(pid));
+    let ev = events(&env);
+    let (_, _, detail) = ev
+        .iter()
+        .find(|(s, k, _)| s == "stubborn" && k == "exit")
+        .expect("an exit event");
+    assert!(detail.contains("signal KILL"), "{ev:?}");
+}
