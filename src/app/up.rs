@@ -17,9 +17,10 @@
 //!    dependency order before it exits. The daemon restarts what crashes (each service's
 //!    `restart` policy), runs health checks and the `watch` of files, exactly as
 //!    `tend daemon` does: one code path.
-//! 4. The services are started in dependency order, waiting for readiness, through the
-//!    daemon (so it is their parent), while `up` follows their logs merged and prefixed
-//!    as `tend logs --all -f` prints them (or shows `tend top` with `--tui`).
+//! 4. The services are started through the daemon (so it is their parent), each after
+//!    what it requires is ready, independent ones side by side (see [`start_services`]),
+//!    while `up` follows their logs merged and prefixed as `tend logs --all -f` prints
+//!    them (or shows `tend top` with `--tui`).
 //! 5. Ctrl-C or SIGTERM: SIGTERM to the daemon, which stops everything; `up` prints the
 //!    output until the daemon has exited. A second Ctrl-C is a second SIGTERM to the
 //!    daemon, whose stops then send SIGKILL at once instead of waiting out their
@@ -200,6 +201,7 @@ pub fn run(
         stopping: false,
         code: exit::OK,
         started: None,
+        reported: Default::default(),
         sup: None,
         seen: baseline,
         exits_at: Instant::now(),
@@ -211,7 +213,7 @@ pub fn run(
         up.abandon();
         return Err(e.into());
     }
-    up.started = Some(start_services(&home, chosen.clone()));
+    up.started = Some(start_services(&home, &services, &chosen));
     let result = if a.tui {
         up.run_tui()
     } else {
@@ -305,20 +307,40 @@ fn start_daemon(home: &Home, as_init: bool) -> Result<i32> {
     Ok(child.id() as i32)
 }
 
-/// Starts `names` in dependency order through the daemon, waiting for each to be ready,
-/// on a thread: the loop goes on printing output and handling signals meanwhile.
-fn start_services(home: &Home, names: Vec<String>) -> mpsc::Receiver<Result<Answer>> {
+/// Starts `names` through the daemon, waiting for each to be ready, on threads: the
+/// loop goes on printing output and handling signals meanwhile. One request per service
+/// that no other of `names` requires (a leaf), all at once: each starts what its leaf
+/// requires first, in dependency order, and a requirement two leaves share is started
+/// once (the second finds it running and waits for it to be ready). So independent
+/// services start side by side, and each waits only for what it requires.
+fn start_services(
+    home: &Home,
+    defined: &[service::Service],
+    names: &[String],
+) -> (mpsc::Receiver<Result<Answer>>, usize) {
+    let required: std::collections::BTreeSet<&str> = defined
+        .iter()
+        .filter(|d| names.contains(&d.name))
+        .flat_map(|d| d.settings.requires.iter().map(String::as_str))
+        .collect();
+    let leaves: Vec<String> = names
+        .iter()
+        .filter(|n| !required.contains(n.as_str()))
+        .cloned()
+        .collect();
     let (tx, rx) = mpsc::channel();
-    let home = home.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(lifecycle::carry_out(
-            &home,
-            Verb::Start,
-            Selection::Names { names },
-            Some(None),
-        ));
-    });
-    rx
+    for leaf in &leaves {
+        let (tx, home, leaf) = (tx.clone(), home.clone(), leaf.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(lifecycle::carry_out(
+                &home,
+                Verb::Start,
+                Selection::Names { names: vec![leaf] },
+                Some(None),
+            ));
+        });
+    }
+    (rx, leaves.len())
 }
 
 struct Up {
@@ -337,7 +359,12 @@ struct Up {
     stopping: bool,
     /// The exit status so far (the first failure's).
     code: u8,
-    started: Option<mpsc::Receiver<Result<Answer>>>,
+    /// The start's answers to come, and how many.
+    started: Option<(mpsc::Receiver<Result<Answer>>, usize)>,
+    /// Services whose start was reported (a requirement shared by two leaves is in two
+    /// answers).
+    reported: std::collections::BTreeSet<String>,
+
     sup: Option<Supervisor>,
     /// The last event looked at.
     seen: i64,
@@ -413,13 +440,17 @@ impl Up {
                 signal: libc::SIGHUP,
             });
         }
-        if let Some(rx) = &self.started {
+        while let Some((rx, left)) = &mut self.started {
             match rx.try_recv() {
                 Ok(answer) => {
-                    self.started = None;
-                    self.started(answer);
+                    *left -= 1;
+                    let last = *left == 0;
+                    if last {
+                        self.started = None;
+                    }
+                    self.started(answer, last);
                 }
-                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => self.started = None,
             }
         }
@@ -478,15 +509,20 @@ impl Up {
         });
     }
 
-    /// The start's answer: any service that did not start ends the run with its code.
-    fn started(&mut self, answer: Result<Answer>) {
+    /// One of the start's answers (`last`: all are in): any service that did not start
+    /// ends the run with its code.
+    fn started(&mut self, answer: Result<Answer>, last: bool) {
         // Reported as `tend start --wait` reports, on stderr (standard output is the
         // services').
         let mut s = Session::new();
         match answer {
             Ok(Answer::Reports(reports)) => {
+                let fresh: Vec<_> = reports
+                    .into_iter()
+                    .filter(|r| self.reported.insert(r.name.clone()))
+                    .collect();
                 // Only a failed write to stderr can fail here: nothing to tell it to.
-                let _ = lifecycle::print_reports(&mut s, &mut std::io::stderr(), &reports);
+                let _ = lifecycle::print_reports(&mut s, &mut std::io::stderr(), &fresh);
             }
             Ok(Answer::Refused { message, code }) => {
                 eprintln!("tend: up: {}", escape(&message));
@@ -502,7 +538,7 @@ impl Up {
         }
         if s.code != exit::OK {
             self.stop(s.code, "a service did not start: stopping every service");
-        } else {
+        } else if last {
             eprintln!(
                 "tend: up: {} ready in {} ms",
                 match self.chosen.len() {

@@ -609,10 +609,22 @@ impl EventLoop {
         info!("SIGTERM: stopping every service, then exiting");
         let pool = self.serve.pool.clone();
         let waker = self.serve.waker.clone();
-        let ticket = self.serve.in_flight.enter_always();
+        let in_flight = self.serve.in_flight.clone();
+        let ticket = in_flight.enter_always();
+        // No request is taken from now on, and those in progress (a start waiting for
+        // readiness) go no further: then nothing can start behind the stop.
+        self.serve.abandon.store(true, Ordering::SeqCst);
+        in_flight.close();
         let spawned = std::thread::Builder::new()
             .name("stop-all".into())
             .spawn(move || {
+                // Those in progress end at their next look at `abandon` (between two
+                // services, within a readiness wait); a spawn under way completes and
+                // is recorded, so the stop below finds it. Bounded all the same.
+                let until = std::time::Instant::now() + Duration::from_secs(10);
+                while in_flight.count() > 1 && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 match pool.get().and_then(|mut sup| {
                     crate::api::act(
                         &mut sup,

@@ -276,6 +276,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides, bound_to: Option<i32
         in_flight,
         heartbeats: server::Heartbeats::start()?,
         pool,
+        abandon: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let mut l = EventLoop {
         home: home.clone(),
