@@ -712,3 +712,31 @@ fn a_second_ctrl_c_kills_at_once() {
         .expect("an exit event");
     assert!(detail.contains("signal KILL"), "{ev:?}");
 }
+
+/// `--tui`: `tend top` shows the services `up` started; `q` ends the view, everything
+/// is stopped, the terminal is given back, and `up` exits 0.
+#[test]
+fn tui_shows_top_and_q_stops_everything() {
+    let env = Env::new();
+    let file = write_file(
+        &env,
+        "tend.toml",
+        &format!("[services.shown]\ncmd = [\"{FIXTURE}\"]\n"),
+    );
+    let Some(t) = crate::top::Tmux::start_command(
+        &env,
+        &format!("up --tui -f '{}'", file.display()),
+        100,
+        30,
+    ) else {
+        return;
+    };
+    t.wait("the service running", |s| {
+        crate::top::row_has(s, "shown", "running")
+    });
+    let pid = env.pid("shown").unwrap();
+    t.keys(&["q"]);
+    crate::top::assert_restored(&t);
+    assert!(!alive(pid));
+    assert!(t.screen().contains("tend: up: stopped"), "{}", t.screen());
+}
