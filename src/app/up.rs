@@ -114,6 +114,14 @@ pub fn run(
         Some(p) => Home::resolve(Some(p), home_from_env)?,
         None => home_for(&canonical)?,
     };
+    // The file first: a mistake in it (or a name it lacks) changes nothing, not even
+    // the creation of the home.
+    let (parsed, owner) = super::apply::read_file_as(&home, &file, procfile)?;
+    for n in &a.names {
+        if !parsed.services.iter().any(|d| &d.service.name == n) {
+            return Err(Error::UnknownService(n.clone()).into());
+        }
+    }
     home.ensure()?;
     let lock_path = home.root().join("up.lock");
     let lock = crate::process::lock::acquire(&lock_path).map_err(|e| Error::Io {
@@ -146,8 +154,6 @@ pub fn run(
         }
         .into());
     }
-    // The file first: a mistake in it changes nothing.
-    let (parsed, owner) = super::apply::read_file_as(&home, &file, procfile)?;
     let mut sup = open_supervisor(&home)?;
     let running: Vec<String> = sup
         .list()?
@@ -168,11 +174,6 @@ pub fn run(
     notices(&mut sup);
     applied?;
     let services = sup.services()?;
-    for n in &a.names {
-        if !services.iter().any(|d| &d.name == n) {
-            return Err(Error::UnknownService(n.clone()).into());
-        }
-    }
     let chosen: Vec<String> = if a.names.is_empty() {
         services.iter().map(|d| d.name.clone()).collect()
     } else {
@@ -627,8 +628,14 @@ impl Up {
     /// same (SIGTERM to the daemon, and wait for it), and as PID 1 nothing is left.
     fn abandon(&mut self) {
         self.stop(exit::FAILED, "stopping every service");
+        // A daemon that does not end within a minute of its SIGTERM is hung: killed, so
+        // that `up` ends (it never answered, so it started nothing).
+        let until = Instant::now() + Duration::from_secs(60);
         while self.daemon_status.is_none() {
             self.reap();
+            if Instant::now() > until {
+                let _ = init::signal_child(self.daemon, libc::SIGKILL);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         self.finish();

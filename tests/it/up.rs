@@ -335,6 +335,27 @@ fn homes_are_per_file_and_hostile_files_are_refused() {
         assert!(h.join("tend.db").exists());
     }
 
+    // A name the file lacks: refused (exit 4) before anything is created.
+    std::fs::create_dir(env.work().join("p3")).unwrap();
+    std::fs::write(
+        env.work().join("p3/tend.toml"),
+        format!("[services.a]\ncmd = [\"{FIXTURE}\"]\n"),
+    )
+    .unwrap();
+    let out = util::run({
+        let mut c = cmd();
+        c.current_dir(env.work().join("p3")).args(["up", "nosuch"]);
+        c
+    });
+    assert_eq!(out.code, 4, "{out:?}");
+    assert_eq!(out.stderr, "tend: unknown service: nosuch\n");
+    assert_eq!(
+        std::fs::read_dir(state.path().join("tend/up"))
+            .unwrap()
+            .count(),
+        2
+    );
+
     // A FIFO: never opened for reading (that would block), refused at once.
     let fifo = env.work().join("fifo.toml");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
