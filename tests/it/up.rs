@@ -761,3 +761,96 @@ fn tui_shows_top_and_q_stops_everything() {
     assert!(!alive(pid));
     assert!(t.screen().contains("tend: up: stopped"), "{}", t.screen());
 }
+
+/// A Procfile is run as it is (`./Procfile` when there is no `./tend.toml`), and SIGHUP
+/// to `up` reaches every service.
+#[test]
+fn a_procfile_runs_and_sighup_is_forwarded() {
+    let env = Env::new();
+    write_file(
+        &env,
+        "Procfile",
+        "web: trap 'echo web got HUP' HUP; echo web up; while :; do sleep 0.1; done\n\
+         worker: trap 'echo worker got HUP' HUP; echo worker up; while :; do sleep 0.1; done\n",
+    );
+    let mut up = Up::start(&env, &[]);
+    up.wait_ready();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let o = up.out();
+            o.contains("web    | web up") && o.contains("worker | worker up")
+        }),
+        "{}",
+        up.out()
+    );
+    up.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let o = up.out();
+            o.contains("web    | web got HUP") && o.contains("worker | worker got HUP")
+        }),
+        "{}\n{}",
+        up.out(),
+        up.err()
+    );
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait(), 0, "{}", up.err());
+}
+
+/// `watch` works under a plain `tend daemon` too, and a bad pattern is refused by
+/// `add` with one line (exit 2), nothing stored.
+#[test]
+fn watch_under_the_daemon_and_bad_patterns() {
+    let env = Env::new();
+    let out = env.tend(&["add", "bad", "--watch", "src/[", "--", FIXTURE]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.starts_with("tend: invalid --watch: "),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1);
+    assert_eq!(env.tend(&["status", "bad"]).code, 4);
+
+    std::fs::create_dir(env.work().join("conf")).unwrap();
+    env.add_fixture("svc", &["--watch", "conf/*.toml"], &[]);
+    env.ok(&["daemon"]);
+    env.ok(&["start", "svc"]);
+    let first = env.pid("svc").unwrap();
+    // Created after the daemon began watching: a new file matches too.
+    assert!(wait_until(Duration::from_secs(30), || env
+        .daemon_log()
+        .contains("watching files")));
+    std::fs::write(env.work().join("conf/app.toml"), "x = 1").unwrap();
+    let second = env.wait_new_pid("svc", first);
+    assert_ne!(first, second);
+    // Not matched: another extension.
+    std::fs::write(env.work().join("conf/notes.txt"), "x").unwrap();
+    assert!(holds_for(Duration::from_secs(2), || env.pid("svc") == Some(second)));
+}
+
+/// The daemon `up` started is killed (SIGKILL): `up` notices, stops every service
+/// itself, says so, and exits 1; nothing is left running.
+#[test]
+fn the_daemon_killed_under_up() {
+    let env = Env::new();
+    let file = write_file(&env, "tend.toml", &THREE.replace("FIXTURE", FIXTURE));
+    let mut up = Up::start(&env, &["-f", file.to_str().unwrap()]);
+    up.wait_ready();
+    let running = pids(&env, &["db", "web", "worker"]);
+    assert_eq!(running.len(), 3);
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    // SAFETY: kill with plain integers; the pid was just read from the held lock.
+    unsafe {
+        libc::kill(daemon, libc::SIGKILL);
+    }
+    assert_eq!(up.wait(), 1, "{}", up.err());
+    assert!(
+        up.err().contains("the daemon ended unexpectedly"),
+        "{}",
+        up.err()
+    );
+    for pid in running {
+        assert!(!alive(pid), "pid {pid} still runs");
+    }
+}
