@@ -433,8 +433,8 @@ pub struct UpArgs {
     /// Show `tend top` instead of the merged output (q stops everything).
     #[arg(long)]
     pub tui: bool,
-    /// Be a container's init: reap every orphan, forward SIGHUP, end when a `required`
-    /// service ends (the default when tend runs as PID 1).
+    /// Be a container's init: reap every orphan, log to stdout/stderr (the default when
+    /// tend runs as PID 1).
     #[arg(long)]
     pub init: bool,
 }

@@ -30,17 +30,17 @@
 //!
 //! `--init`, or when `up` finds itself PID 1: every process of the namespace whose
 //! parent ends is re-parented to `up`, which reaps whatever exits on every turn of its
-//! loop (at least ten times a second), so none stays a zombie; SIGHUP is forwarded to
-//! every service; SIGTERM/SIGINT stop everything as above; the end of a service marked
-//! `required` stops everything and `up` exits with that service's status. The daemon
-//! logs to standard error instead of `daemon.log`.
+//! loop (at least ten times a second), so none stays a zombie; SIGTERM/SIGINT stop
+//! everything as above. The daemon logs to standard error instead of `daemon.log`.
+//! (In every mode SIGHUP is forwarded to every service, and the end of a service marked
+//! `required` stops everything, `up` then exiting with that service's status.)
 //!
 //! # Exit status
 //!
 //! 0 after a clean stop (Ctrl-C, SIGTERM); the first failure's otherwise: a service that
 //! could not start (the code `tend start` would give), or with `--exit-on-failure` (or a
-//! `required` service under `--init`) the status of the service that ended: its exit
-//! code, or 128 + the signal that killed it; 1 when the daemon itself failed.
+//! `required` service) the status of the service that ended: its exit code, or 128 +
+//! the signal that killed it; 1 when the daemon itself failed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -577,7 +577,7 @@ impl Up {
             if !self.stopping {
                 eprintln!("tend: up: {} exited: {}", e.service, escape(&e.detail));
             }
-            let ends = self.exit_on_failure || (self.as_init && self.required.contains(&e.service));
+            let ends = self.exit_on_failure || self.required.contains(&e.service);
             if ends && ending.is_none() {
                 ending = Some((e.service.clone(), status));
             }

@@ -633,11 +633,11 @@ settings! {
         check: |h| check_health(h),
     }
     // Foreground (`tend up`) settings, kept together.
-    /// Under `tend up --init` (PID 1), the end of this service ends the container.
+    /// Under `tend up`, the end of this service ends the run (a container, as PID 1).
     required: bool {
         flag: Flag::Switch { long: "required", negation: "no-required" },
         option: "--required",
-        help: "Under `tend up` as PID 1 (--init), the end of this service stops everything, and tend exits with its status (default: no)",
+        help: "Under `tend up`, the end of this service stops everything, and tend up exits with its status (default: no)",
         json: "required",
         label: "required",
         default: |_, _| false,

@@ -581,7 +581,7 @@ required = true
         .status()
         .unwrap();
     assert!(status.success());
-    // Once every sleep has ended, no zombie: each was reaped.
+    // Once every sleep has ended (0.5 s each), no zombie: each was reaped.
     assert!(
         wait_until(Duration::from_secs(60), || {
             let p = processes_in(&ns);
@@ -590,13 +590,9 @@ required = true
         "left in the namespace: {:?}",
         processes_in(&ns)
     );
-    assert!(
-        holds_for(Duration::from_secs(1), || !processes_in(&ns)
-            .iter()
-            .any(|(_, s)| s == "Z")),
-        "{:?}",
-        processes_in(&ns)
-    );
+    // (A process is a zombie for the moment between its exit and its reaping, so this
+    // is not asserted over a window: that all 200 ended and fewer than 20 processes,
+    // none a zombie, are left proves each was reaped.)
     // SIGTERM to PID 1 (from outside: a handler is installed, so it is delivered).
     // SAFETY: kill with plain integers; `tend` is the namespace's init, alive.
     unsafe {
