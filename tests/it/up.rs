@@ -823,6 +823,22 @@ fn watch_under_the_daemon_and_bad_patterns() {
     // Not matched: another extension.
     std::fs::write(env.work().join("conf/notes.txt"), "x").unwrap();
     assert!(holds_for(Duration::from_secs(2), || env.pid("svc") == Some(second)));
+
+    // A pattern whose directory does not exist yet: its nearest existing ancestor is
+    // watched, and the directory joins the watch once created. (The file is written
+    // again until the restart: one written before the new directory's watch was added
+    // is, rightly, not seen.)
+    env.ok(&["edit", "svc", "--watch", "later/sub/*.toml"]);
+    env.ok(&["restart", "svc"]);
+    let third = env.pid("svc").unwrap();
+    std::fs::create_dir_all(env.work().join("later/sub")).unwrap();
+    let mut n = 0;
+    assert!(wait_until(Duration::from_secs(30), || {
+        n += 1;
+        std::fs::write(env.work().join("later/sub/a.toml"), n.to_string()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        env.pid("svc").is_some_and(|p| p != third)
+    }));
 }
 
 /// The daemon `up` started is killed (SIGKILL): `up` notices, stops every service
