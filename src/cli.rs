@@ -76,9 +76,10 @@ pub enum Command {
     Status(Lazy<StatusArgs>),
     /// Make the definitions match a service file (./tend.toml): add, change, remove.
     Apply(Lazy<ApplyArgs>),
-    /// Run a services file in the foreground: start everything in dependency order, print
-    /// the merged output; Ctrl-C stops it all (a second one kills). As PID 1 (--init),
-    /// reap orphans and forward signals.
+    /// Run a services file in the foreground, in a state home of its own (<state
+    /// dir>/up/HASH unless --home): start everything in dependency order, print the
+    /// merged output; Ctrl-C stops it all (a second one kills). As PID 1 (--init), reap
+    /// orphans and forward signals.
     Up(Lazy<UpArgs>),
     /// Print definitions as a service file (`tend export > tend.toml`).
     Export(Lazy<ExportArgs>),
