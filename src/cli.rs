@@ -76,6 +76,11 @@ pub enum Command {
     Status(Lazy<StatusArgs>),
     /// Make the definitions match a service file (./tend.toml): add, change, remove.
     Apply(Lazy<ApplyArgs>),
+    /// Run a services file in the foreground, in a state home of its own (<state
+    /// dir>/up/HASH unless --home): start everything in dependency order, print the
+    /// merged output; Ctrl-C stops it all (a second one kills). As PID 1 (--init), reap
+    /// orphans and forward signals.
+    Up(Lazy<UpArgs>),
     /// Print definitions as a service file (`tend export > tend.toml`).
     Export(Lazy<ExportArgs>),
     /// Print a Procfile or a supervisord .conf as a service file (`tend import Procfile
@@ -319,6 +324,10 @@ pub struct DaemonArgs {
     /// config http.listen, else off.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    // `tend up` starts its daemon with its own pid here: the daemon stops every service
+    // and exits when that process ends.
+    #[arg(long, hide = true, value_name = "PID", requires = "foreground")]
+    pub bound_to: Option<i32>,
     #[command(subcommand)]
     pub action: Option<DaemonAction>,
 }
@@ -417,6 +426,29 @@ pub struct ApplyArgs {
     /// Restart running services whose definition changed.
     #[arg(long)]
     pub restart_changed: bool,
+}
+
+// `tend up`: which file, which services, how it ends.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The services file [default: ./tend.toml, else ./Procfile]; a file named
+    /// Procfile* is read as a Procfile.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only these services and what they require [default: all].
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// When a service exits (without being asked to), stop everything and exit with its
+    /// status.
+    #[arg(long)]
+    pub exit_on_failure: bool,
+    /// Show `tend top` instead of the merged output (q stops everything).
+    #[arg(long)]
+    pub tui: bool,
+    /// Be a container's init: reap every orphan, log to stdout/stderr (the default when
+    /// tend runs as PID 1).
+    #[arg(long)]
+    pub init: bool,
 }
 
 #[derive(Debug, Args)]

@@ -189,6 +189,10 @@ pub enum Error {
 
     #[error("a daemon is already running for {home} (pid {pid})")]
     DaemonRunning { home: PathBuf, pid: String },
+
+    /// `tend up` for a state home another `tend up` holds.
+    #[error("another tend up is running with state home {home} ({holder})")]
+    UpRunning { home: PathBuf, holder: String },
 }
 
 impl Error {
@@ -233,7 +237,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Daemon { .. }
             | Error::Postgres { .. } => exit::FAILED,
-            Error::DaemonRunning { .. } => exit::CONFLICT,
+            Error::DaemonRunning { .. } | Error::UpRunning { .. } => exit::CONFLICT,
         }
     }
 

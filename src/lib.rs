@@ -47,6 +47,15 @@
 //! in one transaction, kills what the service left behind (only processes proven to be
 //! its own) and restarts it, at once or when the loop's timer is due.
 //!
+//! # The path of a `tend up`
+//!
+//! [`app::up`] applies the file to a state home of its own, starts that home's daemon as
+//! its child, tied to it ([`process::init::die_with_parent`]: the daemon gets SIGTERM
+//! when `up` ends, however it ends, and then stops every service before it exits),
+//! starts the services through it, and follows their logs ([`app::logs`]) until the
+//! daemon has exited. As PID 1 it also reaps every orphan ([`process::init::reap_any`]).
+//! The daemon's [`daemon::watch`] thread restarts services whose `watch` files change.
+//!
 //! # The path of a NOTIFY
 //!
 //! `NOTIFY tend, 'restart web'` → the listener thread ([`pg::listener`]) receives it on

@@ -125,6 +125,9 @@ pub mod event {
     /// The daemon found the running service's log writer gone (both of its processes)
     /// and started a new one on the service's pipes.
     pub const LOG_WRITER: &str = "log-writer";
+    /// A file the service's `watch` globs match changed (or one of a service it
+    /// requires): the daemon restarts it.
+    pub const WATCH: &str = "watch";
 }
 
 /// A fleet command as this home recorded taking it: taken before acting,

@@ -25,7 +25,7 @@ pub fn run(
     let http = args.http;
     match args.action {
         None if args.foreground => {
-            crate::daemon::run_foreground(home.clone(), overrides, http.as_deref())?
+            crate::daemon::run_foreground(home.clone(), overrides, http.as_deref(), args.bound_to)?
         }
         None => start(home, overrides, http.as_deref(), out)?,
         Some(DaemonAction::Status { json }) => match client::probe(home) {

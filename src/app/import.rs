@@ -46,19 +46,30 @@ pub fn import(path: &Path, out: &mut dyn Write) -> Result<(), Failure> {
     for s in &skipped {
         eprintln!("tend: import: {s}");
     }
+    writeln!(out, "# imported from {name} by `tend import`")?;
+    out.write_all(as_toml(services).as_bytes())?;
+    Ok(())
+}
+
+fn as_toml(services: Vec<Imported>) -> String {
     let mut all = toml::Table::new();
     for s in services {
         all.insert(s.name, toml::Value::Table(s.table));
     }
     let mut root = toml::Table::new();
     root.insert("services".into(), toml::Value::Table(all));
-    writeln!(out, "# imported from {name} by `tend import`")?;
-    out.write_all(
-        toml::to_string(&root)
-            .expect("strings and tables always serialize")
-            .as_bytes(),
-    )?;
-    Ok(())
+    toml::to_string(&root).expect("strings and tables always serialize")
+}
+
+/// A Procfile's text (`name` and `dir` as for [`import`]) as a service file's text, for
+/// `tend up -f Procfile`; what cannot be mapped is said on stderr.
+pub fn procfile_as_toml(name: &str, dir: &Path, text: &str) -> Result<String> {
+    let mut skipped = Vec::new();
+    let services = procfile(name, dir, text, &mut skipped)?;
+    for s in &skipped {
+        eprintln!("tend: up: {s}");
+    }
+    Ok(as_toml(services))
 }
 
 fn looks_like_ini(text: &str) -> bool {

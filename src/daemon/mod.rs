@@ -55,6 +55,7 @@ pub mod protocol;
 pub mod rotation;
 pub mod server;
 pub mod signals;
+pub mod watch;
 pub mod worker;
 
 use std::os::unix::net::UnixStream;
@@ -99,8 +100,35 @@ fn init_logging() {
 
 /// Runs the daemon in this process until SIGTERM/SIGINT or a shutdown request. With
 /// PostgreSQL settings (flags or `tend config`), it also LISTENs for NOTIFY commands.
-pub fn run_foreground(home: Home, pg: crate::pg::Overrides, http_flag: Option<&str>) -> Result<()> {
+///
+/// `bound_to`: the pid of the `tend up` that started this daemon. The daemon asks the
+/// kernel for SIGTERM when that parent ends (SIGKILL included), and a SIGTERM then stops
+/// every service before it exits (see [`EventLoop::bound`]).
+pub fn run_foreground(
+    home: Home,
+    pg: crate::pg::Overrides,
+    http_flag: Option<&str>,
+    bound_to: Option<i32>,
+) -> Result<()> {
     init_logging();
+    if let Some(parent) = bound_to {
+        // First of all: before this, an `up` killed would leave this daemon running.
+        match crate::process::init::die_with_parent(parent, libc::SIGTERM) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::Daemon {
+                    message: format!(
+                        "the tend up (pid {parent}) this daemon was started for is gone"
+                    ),
+                })
+            }
+            Err(e) => {
+                return Err(Error::Daemon {
+                    message: format!("cannot tie the daemon to tend up: {}", io_reason(&e)),
+                })
+            }
+        }
+    }
     // Before any thread exists (see `process::memory`).
     crate::process::memory::one_arena();
     // A descriptor per adopted service: as many as the hard limit allows (the services
@@ -273,6 +301,17 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides, http_flag: Option<&s
             },
         )?;
     }
+    let watch = watch::start(
+        home.clone(),
+        pool::Pool::new(
+            home.clone(),
+            Context {
+                daemon_watching: true,
+                ..ctx.clone()
+            },
+        ),
+        in_flight.clone(),
+    )?;
     files::watch(&home, files, waker.clone());
     let worker = worker::start(sup, waker.clone(), queue)?;
     let serve = ServeCtx {
@@ -282,6 +321,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides, http_flag: Option<&s
         in_flight,
         heartbeats: server::Heartbeats::start()?,
         pool,
+        abandon: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let mut l = EventLoop {
         home: home.clone(),
@@ -298,6 +338,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides, http_flag: Option<&s
         worker,
         rotation,
         health,
+        watch,
         ready: false,
         drain: None,
         trim_at: None,
@@ -311,6 +352,8 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides, http_flag: Option<&s
         writers_at: None,
         writers_asked: 0,
         writer_watch: event_loop::WriterWatch::new()?,
+        bound: bound_to.is_some(),
+        stopping_all: false,
     };
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");
@@ -319,7 +362,11 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides, http_flag: Option<&s
         release_home_cgroup(root);
     }
     sd_notify("STOPPING=1");
-    info!("daemon stopped; services keep running");
+    if bound_to.is_some() {
+        info!("daemon stopped, and every service with it");
+    } else {
+        info!("daemon stopped; services keep running");
+    }
     // Nothing is closed on the way out: the process ends with the lock and every
     // database connection still open, and the kernel closes them together. Dropping
     // them here would release the lock while other threads still close their

@@ -25,7 +25,8 @@ pub use settings::{
     DEFAULT_START_LIMIT, DEFAULT_START_LIMIT_INTERVAL, DEFAULT_STOP_TIMEOUT,
 };
 pub use values::{
-    fmt_duration, parse_duration, parse_size, LogTimestamps, RestartPolicy, StopSignal, Value,
+    fmt_duration, parse_duration, parse_size, Globs, LogTimestamps, RestartPolicy, StopSignal,
+    Value,
 };
 
 /// Numbered backups kept by log rotation (NAME.log.1 is the newest).

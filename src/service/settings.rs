@@ -24,7 +24,7 @@ use super::execution::{
 use super::paths::{check_cwd, check_readable, check_writable};
 use super::probe::{Check, Probe};
 use super::values::{
-    Bytes, LogTimestamps, Percent, PidFile, RestartPolicy, StopSignal, Text, Value, Weight,
+    Bytes, Globs, LogTimestamps, Percent, PidFile, RestartPolicy, StopSignal, Text, Value, Weight,
 };
 use crate::error::{Error, Result};
 
@@ -730,6 +730,27 @@ settings! {
         default: |_, _| Account(None),
         check: check_group,
     }
+    // Foreground (`tend up`) settings, kept together.
+    /// Under `tend up`, the end of this service ends the run (a container, as PID 1).
+    required: bool {
+        flag: Flag::Switch { long: "required", negation: "no-required" },
+        option: "--required",
+        help: "Under `tend up`, the end of this service stops everything, and tend up exits with its status (default: no)",
+        json: "required",
+        label: "required",
+        default: |_, _| false,
+        check: no_check,
+    }
+    /// Glob patterns of files whose change restarts the service (the daemon and `tend up`).
+    watch: Globs {
+        flag: Flag::Option { long: "watch", short: None, value_name: "GLOBS" },
+        option: "--watch",
+        help: "Restart the service (and those that require it) when a file matching one of these globs changes: \"src/**/*.py\", relative to --cwd (comma-separated, \"\" clears)",
+        json: "watch",
+        label: "watch",
+        default: |_, _| Globs::default(),
+        check: no_check,
+    }
 }
 
 /// A health check must be something that can fail while the service runs.
@@ -795,7 +816,7 @@ mod tests {
 
     #[test]
     fn every_row_is_a_field_and_an_option() {
-        assert_eq!(ROWS.len(), 31);
+        assert_eq!(ROWS.len(), 33);
         for r in ROWS {
             assert!(r.option.starts_with("--"), "{}", r.field);
             let long = match r.flag {

@@ -170,7 +170,12 @@ impl Supervisor {
                 });
             }
             let now = Instant::now();
-            if now >= deadline {
+            // A grace period waited out in full ends only when the service has been up
+            // that long by its recorded start (wall-clock ms): at the deadline it can
+            // still lack a millisecond of it (the two clocks, rounding), which on a busy
+            // machine failed a start that was fine.
+            let grace_in_full = cap.is_none() && matches!(check, Check::Grace { .. });
+            if now >= deadline && !grace_in_full {
                 return Ok(StartOutcome::NotReady {
                     pid: inst.pid,
                     reason: format!(
@@ -188,7 +193,13 @@ impl Supervisor {
             }
             if let Some(h) = &handle {
                 // Wakes at once if the service exits meanwhile.
-                h.wait(interval(began.elapsed()).min(deadline - now));
+                h.wait(
+                    interval(began.elapsed()).min(
+                        deadline
+                            .saturating_duration_since(now)
+                            .max(Duration::from_millis(1)),
+                    ),
+                );
             }
         }
     }

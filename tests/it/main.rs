@@ -20,5 +20,6 @@ mod settings_limits;
 mod siblings;
 mod stop_events;
 mod top;
+mod up;
 mod util;
 mod wal;
