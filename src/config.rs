@@ -8,6 +8,8 @@ pub const POSTGRES_CHANNEL: &str = "postgres.channel";
 pub const POSTGRES_HOST_ID: &str = "postgres.host_id";
 pub const POSTGRES_CA_FILE: &str = "postgres.ca_file";
 pub const POSTGRES_KEY_FILE: &str = "postgres.notify_key_file";
+pub const FLEET_SWEEP_EVERY: &str = "fleet.sweep_every";
+pub const FLEET_HEARTBEAT_EVERY: &str = "fleet.heartbeat_every";
 pub const EVENTS_KEEP_PER_SERVICE: &str = "events.keep_per_service";
 pub const EVENTS_KEEP_FOR: &str = "events.keep_for";
 
@@ -68,6 +70,16 @@ pub const KEYS: &[(&str, &str)] = &[
         "file holding the HMAC key: NOTIFY payloads must then be signed",
     ),
     (
+        FLEET_SWEEP_EVERY,
+        "how often a fleet daemon looks for pending commands a missed wake-up left, and \
+         marks overdue ones expired: 30s, 5m... (default 30s; 1s to 1h)",
+    ),
+    (
+        FLEET_HEARTBEAT_EVERY,
+        "how often a fleet daemon writes its heartbeat, which also checks its connection; \
+         `fleet status` calls a host stale after three missed beats (default 10s; 1s to 1h)",
+    ),
+    (
         EVENTS_KEEP_PER_SERVICE,
         "events kept per service, the oldest deleted first (default 1000; 0: no limit)",
     ),
@@ -114,6 +126,9 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
             .parse::<u64>()
             .map(|n| n.to_string())
             .map_err(|_| invalid(format!("{key}: {value:?} is not a count (0, 1000...)"))),
+        FLEET_SWEEP_EVERY | FLEET_HEARTBEAT_EVERY => fleet_period(key, value)
+            .map(|_| value.trim().to_string())
+            .map_err(invalid),
         EVENTS_KEEP_FOR => crate::service::parse_duration(value)
             .map(|_| value.trim().to_string())
             .map_err(|e| invalid(format!("{key}: {e}"))),
@@ -124,6 +139,17 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
                 .into_owned())
         }
     }
+}
+
+/// A fleet period (`fleet.sweep_every`, `fleet.heartbeat_every`): a duration from 1 s
+/// to 1 h. Shorter would be the per-second polling a large fleet cannot afford; longer
+/// would leave a host's liveness unknown for too long.
+pub fn fleet_period(key: &str, value: &str) -> std::result::Result<std::time::Duration, String> {
+    let d = crate::service::parse_duration(value).map_err(|e| format!("{key}: {e}"))?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{key}: {value:?} is outside 1s to 1h"));
+    }
+    Ok(d)
 }
 
 /// Channels are plain lowercase identifiers, so `NOTIFY tend, '...'` typed unquoted in

@@ -135,6 +135,10 @@ pub struct PgJson {
     pub channel: String,
     pub host_id: String,
     pub received: u64,
+    /// Fleet wake-ups received on this host's channel, claim attempts, sweeps.
+    pub fleet_wakeups: u64,
+    pub fleet_claims: u64,
+    pub fleet_sweeps: u64,
 }
 
 impl DaemonJson {
@@ -158,6 +162,9 @@ impl DaemonJson {
                 channel: p.channel.clone(),
                 host_id: p.host_id.clone(),
                 received: p.received,
+                fleet_wakeups: p.fleet_wakeups,
+                fleet_claims: p.fleet_claims,
+                fleet_sweeps: p.fleet_sweeps,
             }),
             healthy: s.map(|_| true),
             error: None,
@@ -213,6 +220,11 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
                 p.channel,
                 escape(&p.host_id),
                 p.received
+            )?;
+            writeln!(
+                out,
+                "            fleet: {} wake-up(s), {} claim attempt(s), {} sweep(s)",
+                p.fleet_wakeups, p.fleet_claims, p.fleet_sweeps
             )?;
             if let Some(e) = &p.last_error {
                 writeln!(out, "            last error: {}", escape(e))?;

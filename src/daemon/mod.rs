@@ -208,12 +208,15 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
                 changed: Box::new(move || changed_to.send(Msg::FromRequest(ToLoop::Changed))),
             }
         };
-        // The fleet (durable commands) beside the quick NOTIFY mode: it joins
-        // once `tend fleet init` has created the schema, and looks again every few
-        // seconds until then.
-        crate::pg::fleet::host::start(settings.clone(), home.clone(), ctx.clone(), hooks())?;
-        let status =
-            crate::pg::listener::start(settings, pg_key, home.clone(), ctx.clone(), hooks())?;
+        // The quick NOTIFY mode and the fleet (durable commands), on one connection.
+        let status = crate::pg::listener::start(
+            settings,
+            pg_key,
+            home.clone(),
+            ctx.clone(),
+            hooks(),
+            hooks(),
+        )?;
         *shared.postgres.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
     let pool = pool::Pool::new(home.clone(), ctx.clone());

@@ -21,6 +21,10 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const KEEPALIVE_RETRIES: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Data sent but not acknowledged for this long ends the connection (`TCP_USER_TIMEOUT`):
+/// without it a statement sent into a network partition waits for the kernel's
+/// retransmissions (many minutes), and keepalives do not run while data is in flight.
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS that verifies the server against the system's root certificates, plus those in
 /// `ca_file` (PEM) when given.
@@ -166,7 +170,8 @@ pub fn config(url: &str) -> Result<Config, PgError> {
         .keepalives(true)
         .keepalives_idle(KEEPALIVE_IDLE)
         .keepalives_interval(KEEPALIVE_INTERVAL)
-        .keepalives_retries(KEEPALIVE_RETRIES);
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(USER_TIMEOUT);
     Ok(cfg)
 }
 

@@ -1,4 +1,5 @@
-//! The daemon's LISTEN connection and the executor of what it receives.
+//! The daemon's one PostgreSQL connection (the quick mode's LISTEN, and the fleet's,
+//! which runs on it) and the executor of quick-mode payloads.
 
 use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
@@ -10,6 +11,8 @@ use tracing::{debug, error, info, warn};
 
 use super::auth::{self, Key, Replays};
 use super::connect::{self, Connection};
+use super::fleet::host::Host;
+use super::fleet::Conn;
 use super::payload;
 use super::reject::{Rejections, Summary};
 use super::Settings;
@@ -19,10 +22,6 @@ use crate::home::Home;
 use crate::record::now_ms;
 use crate::supervisor::{Context, Supervisor};
 
-/// A quiet connection is pinged this often; no answer within [`PING_TIMEOUT`] means it
-/// is lost (a half-open TCP connection otherwise looks healthy for a long time).
-const PING_EVERY: Duration = Duration::from_secs(5);
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -33,7 +32,6 @@ struct Job {
     backend_pid: i32,
 }
 
-/// Starts the listener and executor threads; returns the shared status.
 /// What the host process (the daemon) lends the executor: a way to count a command in
 /// as work in flight (`None` when the host is shutting down and takes no new work; the
 /// returned token counts it out when dropped), and a way to say that a command changed
@@ -43,12 +41,16 @@ pub struct Hooks {
     pub changed: Box<dyn Fn() + Send>,
 }
 
+/// Starts the daemon's PostgreSQL side: the quick mode's executor, the fleet's threads
+/// ([`Host`]) and the thread that keeps the one connection both share. Returns the
+/// shared status.
 pub fn start(
     settings: Settings,
     key: Option<Key>,
     home: Home,
     ctx: Context,
     hooks: Hooks,
+    fleet_hooks: Hooks,
 ) -> crate::Result<Arc<Mutex<PgStatus>>> {
     let tls = connect::tls(settings.ca_file.as_deref()).map_err(crate::Error::from)?;
     let status = Arc::new(Mutex::new(PgStatus {
@@ -59,7 +61,19 @@ pub fn start(
         channel: settings.channel.clone(),
         host_id: settings.host_id.clone(),
         received: 0,
+        fleet_wakeups: 0,
+        fleet_claims: 0,
+        fleet_sweeps: 0,
     }));
+    // The fleet (durable commands) beside the quick mode: it joins once `tend fleet
+    // init` has created the schema, and looks again every few seconds until then.
+    let fleet = Host::start(
+        settings.clone(),
+        home.clone(),
+        ctx.clone(),
+        fleet_hooks,
+        status.clone(),
+    )?;
     let (jobs, rx) = mpsc::channel();
     let host_id = settings.host_id.clone();
     std::thread::Builder::new()
@@ -82,7 +96,7 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(listen_forever(settings, tls, jobs, st));
+            rt.block_on(listen_forever(settings, tls, jobs, st, fleet));
         })
         .map_err(|e| crate::Error::Daemon {
             message: format!("cannot start the listener: {e}"),
@@ -100,15 +114,16 @@ async fn listen_forever(
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     jobs: mpsc::Sender<Job>,
     status: Arc<Mutex<PgStatus>>,
+    fleet: Host,
 ) {
     let mut failures: u32 = 0;
     loop {
         let began = std::time::Instant::now();
-        let err = session(&settings, &tls, &jobs, &status).await;
+        let err = session(&settings, &tls, &jobs, &status, &fleet).await;
         if began.elapsed() >= STABLE_AFTER {
             failures = 0;
         }
-        warn!(error = %err, "PostgreSQL connection lost; reconnecting");
+        warn!(error = %err, "PostgreSQL connection lost (quick mode and fleet); reconnecting");
         set(&status, |s| {
             if s.state != "reconnecting" {
                 s.state = "reconnecting".into();
@@ -137,13 +152,18 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One connection's life: connect, LISTEN, forward notifications, ping. Returns why it
-/// ended; every `Err` or `None` from the connection counts as lost.
+/// One connection's life: connect, LISTEN on the quick channel, hand the connection to
+/// the fleet (which LISTENs on this host's wake-up channel and runs its statements on
+/// it), and route each notification by channel. Returns why it ended; every `Err` or
+/// `None` from the connection, and every failure of the fleet's statements, counts as
+/// lost. The fleet's heartbeat (or, with no fleet, its look for the schema) is what
+/// checks a quiet connection.
 async fn session(
     settings: &Settings,
     tls: &tokio_postgres_rustls::MakeRustlsConnect,
     jobs: &mpsc::Sender<Job>,
     status: &Mutex<PgStatus>,
+    fleet: &Host,
 ) -> String {
     let (client, connection) = match connect::connect(&settings.url, tls).await {
         Ok(pair) => pair,
@@ -164,13 +184,14 @@ async fn session(
         s.state = "connected".into();
         s.since = now_ms();
     });
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
+    let conn = Arc::new(Conn::new(client));
+    let (wakes, wakes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let fleet_run = fleet.attach(conn, wakes_rx);
+    tokio::pin!(fleet_run);
     loop {
         tokio::select! {
             msg = nrx.recv() => match msg {
-                Some(Ok(n)) => {
+                Some(Ok(n)) if n.channel() == settings.channel => {
                     set(status, |s| s.received += 1);
                     debug!(backend_pid = n.process_id(), "notification");
                     let job = Job { payload: n.payload().to_string(), backend_pid: n.process_id() };
@@ -178,16 +199,14 @@ async fn session(
                         return "the executor is gone".into();
                     }
                 }
+                // Only the fleet's channel is LISTENed to besides.
+                Some(Ok(n)) => {
+                    let _ = wakes.send(n.payload().to_string());
+                }
                 Some(Err(e)) => return e,
                 None => return "connection closed".into(),
             },
-            _ = ping.tick() => {
-                match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return format!("ping failed: {}", connect::describe(&e)),
-                    Err(_) => return format!("no answer to a ping within {PING_TIMEOUT:?}"),
-                }
-            }
+            why = &mut fleet_run => return why,
         }
     }
 }

@@ -102,6 +102,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE POLICY host_own ON {s}.hosts FOR ALL
         USING (id = {s}.my_host()) WITH CHECK (id = {s}.my_host());
     "#,
+    // 2: a wake-up channel per host, so that a command wakes only the host it is for
+    // (one channel for all made every daemon claim on every command). A channel name is
+    // at most 63 bytes and a host id up to 253, hence a digest; the schema is in it so
+    // two fleets in one database never share a channel.
+    r#"
+    CREATE FUNCTION {s}.wake_channel(host text) RETURNS text LANGUAGE sql IMMUTABLE
+        SET search_path = pg_catalog, pg_temp
+        AS $$ SELECT 'tendw_' || pg_catalog.md5('{s}/' || host) $$;
+    CREATE OR REPLACE FUNCTION {s}.wake() RETURNS trigger LANGUAGE plpgsql
+        SET search_path = pg_catalog, pg_temp AS $$
+    BEGIN
+        PERFORM pg_catalog.pg_notify({s}.wake_channel(NEW.host_id), NEW.id::text);
+        RETURN NULL;
+    END $$;
+    "#,
 ];
 
 /// The schema version this build writes and needs.

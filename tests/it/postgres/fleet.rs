@@ -32,7 +32,7 @@ impl Fleet {
         let out = f.tend(&["init"]);
         assert_eq!(out.code, 0, "fleet init: {out:?}");
         assert!(
-            out.stdout.contains("migrated from version 0 to 1"),
+            out.stdout.contains("migrated from version 0 to 2"),
             "{out:?}"
         );
         f
@@ -500,7 +500,7 @@ fn host_role_sees_only_its_own_commands() {
 fn fleet_bad_input() {
     let fleet = Fleet::new(&shared_url());
     let out = fleet.ok(&["init"]);
-    assert!(out.stdout.contains("up to date (version 1)"), "{out:?}");
+    assert!(out.stdout.contains("up to date (version 2)"), "{out:?}");
     for (args, code) in [
         (vec!["restart", "web", "--host", "nobody"], 2),
         (vec!["restart", "web", "--host", "bad host"], 2),
@@ -671,7 +671,7 @@ fn network_partition_noticed_and_healed() {
     assert!(
         wait_until(LONG, || env
             .daemon_log()
-            .contains("fleet: PostgreSQL connection lost")),
+            .contains("PostgreSQL connection lost")),
         "the partition went unnoticed:\n{}",
         env.daemon_log()
     );
