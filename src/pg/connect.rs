@@ -180,7 +180,19 @@ pub fn config(url: &str) -> Result<Config, PgError> {
 /// offers it, and plain TCP when the server does not offer TLS or its certificate cannot
 /// be verified — never TLS with an unverified certificate.
 pub async fn connect(url: &str, tls: &MakeRustlsConnect) -> Result<(Client, Connection), PgError> {
+    connect_as(url, tls, "tend").await
+}
+
+/// [`connect`], naming the connection `application_name` in `pg_stat_activity` (the
+/// daemon names its one connection after its host, so an administrator sees which
+/// host holds which backend). The server cuts a name at 63 bytes.
+pub async fn connect_as(
+    url: &str,
+    tls: &MakeRustlsConnect,
+    application_name: &str,
+) -> Result<(Client, Connection), PgError> {
     let mut cfg = config(url)?;
+    cfg.application_name(application_name);
     match cfg.connect(tls.clone()).await {
         Ok(pair) => Ok(pair),
         Err(e) if cfg.get_ssl_mode() == SslMode::Prefer && is_tls_error(&e) => {

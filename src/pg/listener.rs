@@ -165,7 +165,8 @@ async fn session(
     status: &Mutex<PgStatus>,
     fleet: &Host,
 ) -> String {
-    let (client, connection) = match connect::connect(&settings.url, tls).await {
+    let name = daemon_application_name(&settings.host_id);
+    let (client, connection) = match connect::connect_as(&settings.url, tls, &name).await {
         Ok(pair) => pair,
         Err(e) => return e.to_string(),
     };
@@ -209,6 +210,11 @@ async fn session(
             why = &mut fleet_run => return why,
         }
     }
+}
+
+/// The daemon's connection's `application_name`: `tend daemon HOST`.
+pub fn daemon_application_name(host_id: &str) -> String {
+    format!("tend daemon {host_id}")
 }
 
 /// Drives the connection by hand: notifications only come out of `poll_message`.
