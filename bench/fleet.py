@@ -24,7 +24,8 @@ printed:
    (one more run first, not counted);
 5. a model for 1,000 hosts from the per-host figures.
 
-Everything it starts carries the run's mark and is ended by pid at the end (Ctrl-C
+As root it raises `fs.inotify.max_user_instances` (each daemon holds two inotify
+instances) for the run, and puts it back. Everything it starts carries the run's mark and is ended by pid at the end (Ctrl-C
 included); the cluster is stopped and the directory removed (`--keep` keeps it).
 Exit status 0 when every figure was measured and every check held, 1 otherwise.
 """
@@ -113,6 +114,17 @@ def main() -> int:
     ok = True
     with B.Run("fleet", max_seconds=3600, keep=a.keep) as run:
         tend = B.build_tend(a.tend)
+        # Every daemon holds inotify instances (two, here: it watches its files); the
+        # usual per-user limit is 128. As root the bench raises it for the run.
+        limit = Path("/proc/sys/fs/inotify/max_user_instances")
+        was = int(limit.read_text())
+        need = a.hosts * 2 + 512  # others of this user hold instances too
+        if was < need:
+            if os.geteuid() != 0:
+                raise SystemExit(f"fleet bench: fs.inotify.max_user_instances is {was}; "
+                                 f"{a.hosts} daemons need {need} (sysctl -w, as root)")
+            limit.write_text(str(need))
+            run.cleanups.append(lambda: limit.write_text(str(was)))
         cluster = Cluster(run.dir, a.hosts + 30)
         run.cleanups.append(cluster.stop)
         schema = "tend_fleet"
