@@ -10,6 +10,10 @@ pub const POSTGRES_CA_FILE: &str = "postgres.ca_file";
 pub const POSTGRES_KEY_FILE: &str = "postgres.notify_key_file";
 pub const FLEET_SWEEP_EVERY: &str = "fleet.sweep_every";
 pub const FLEET_HEARTBEAT_EVERY: &str = "fleet.heartbeat_every";
+/// The fleet's backstop sweep when `fleet.sweep_every` is unset.
+pub const DEFAULT_FLEET_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
+/// The fleet heartbeat when `fleet.heartbeat_every` is unset.
+pub const DEFAULT_FLEET_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 pub const EVENTS_KEEP_PER_SERVICE: &str = "events.keep_per_service";
 pub const EVENTS_KEEP_FOR: &str = "events.keep_for";
 

@@ -32,14 +32,7 @@ struct Job {
     backend_pid: i32,
 }
 
-/// What the host process (the daemon) lends the executor: a way to count a command in
-/// as work in flight (`None` when the host is shutting down and takes no new work; the
-/// returned token counts it out when dropped), and a way to say that a command changed
-/// what runs.
-pub struct Hooks {
-    pub admit: Box<dyn Fn() -> Option<Box<dyn Send>> + Send>,
-    pub changed: Box<dyn Fn() + Send>,
-}
+pub use super::Hooks;
 
 /// Starts the daemon's PostgreSQL side: the quick mode's executor, the fleet's threads
 /// ([`Host`]) and the thread that keeps the one connection both share. Returns the

@@ -101,10 +101,10 @@ impl Settings {
                 None => Ok(default),
             }
         };
-        let sweep_every = period(config::FLEET_SWEEP_EVERY, fleet::host::DEFAULT_SWEEP)?;
+        let sweep_every = period(config::FLEET_SWEEP_EVERY, config::DEFAULT_FLEET_SWEEP)?;
         let heartbeat_every = period(
             config::FLEET_HEARTBEAT_EVERY,
-            fleet::host::DEFAULT_HEARTBEAT,
+            config::DEFAULT_FLEET_HEARTBEAT,
         )?;
         Ok(Some(Settings {
             sweep_every,
@@ -135,6 +135,15 @@ impl Settings {
             .map(|p| auth::Key::load(p).map_err(Error::from))
             .transpose()
     }
+}
+
+/// What the host process (the daemon) lends the executor: a way to count a command in
+/// as work in flight (`None` when the host is shutting down and takes no new work; the
+/// returned token counts it out when dropped), and a way to say that a command changed
+/// what runs.
+pub struct Hooks {
+    pub admit: Box<dyn Fn() -> Option<Box<dyn Send>> + Send>,
+    pub changed: Box<dyn Fn() + Send>,
 }
 
 /// A number in [0, 1) from the std hasher's random keys; good enough for jitter.

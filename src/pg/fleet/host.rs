@@ -36,18 +36,17 @@ use crate::api::PgStatus;
 use crate::error::Error;
 use crate::fleet::{self, Action, Command, Done};
 use crate::home::Home;
-use crate::pg::listener::Hooks;
-use crate::pg::Settings;
+use crate::pg::{Hooks, Settings};
 use crate::record::{now_ms, Taken};
 use crate::supervisor::{Context, Supervisor};
 
+/// The heartbeat when `fleet.heartbeat_every` is unset; `fleet status` calls a host
+/// stale after three missed beats (each host writes its own period).
+pub use crate::config::DEFAULT_FLEET_HEARTBEAT as DEFAULT_HEARTBEAT;
 /// The sweep when `fleet.sweep_every` is unset: claim what a missed wake-up left, mark
 /// overdue commands expired. Claims skip expired commands (and they hold back no later
 /// command) from the moment they expire; marking them is bookkeeping.
-pub const DEFAULT_SWEEP: Duration = Duration::from_secs(30);
-/// The heartbeat when `fleet.heartbeat_every` is unset; `fleet status` calls a host
-/// stale after three missed beats (each host writes its own period).
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+pub use crate::config::DEFAULT_FLEET_SWEEP as DEFAULT_SWEEP;
 /// Claims caused by wake-ups start at most this often; wake-ups meanwhile are merged
 /// into one.
 pub const WAKE_SPACING: Duration = Duration::from_millis(100);
