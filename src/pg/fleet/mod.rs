@@ -141,14 +141,6 @@ impl Conn {
             .insert(sql.to_string(), st.clone());
         Ok(st)
     }
-
-    /// How many statements this connection has prepared.
-    pub fn prepared_count(&self) -> usize {
-        self.prepared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
-    }
 }
 
 impl std::ops::Deref for Conn {
