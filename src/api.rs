@@ -108,6 +108,12 @@ pub struct DaemonStatus {
     pub containment: String,
     /// PostgreSQL control, when configured.
     pub postgres: Option<PgStatus>,
+    /// What the daemon counted since it started (requests, restarts, commands).
+    #[serde(default)]
+    pub counters: crate::metrics::CounterValues,
+    /// Where the HTTP API listens (`127.0.0.1:9123`, `unix:PATH`); `None`: it is off.
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 /// What `tend daemon status` shows about PostgreSQL. The URL is shown without password.

@@ -104,6 +104,9 @@ pub enum Command {
     Config(Lazy<ConfigArgs>),
     /// Show the event history (start, stop, exit seen, stale record cleared, changes).
     Events(Lazy<EventsArgs>),
+    /// Print every service's state, restarts, last exit, CPU time and memory, and the
+    /// daemon's counters when one runs, in the Prometheus text format.
+    Metrics(Lazy<MetricsArgs>),
     /// A live view of every service (state, pid, uptime, restarts, last exit, CPU,
     /// memory) with keys to start, stop, restart and read logs; q quits.
     Top(Lazy<TopArgs>),
@@ -232,6 +235,9 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MetricsArgs {}
+
+#[derive(Debug, Args)]
 pub struct TopArgs {
     /// How often to read the database and /proc again (100ms to 1m).
     #[arg(long, default_value = "1s", value_name = "DURATION")]
@@ -308,6 +314,11 @@ pub struct DaemonArgs {
     /// postgres.host_id, else the hostname.
     #[arg(long, value_name = "NAME")]
     pub host_id: Option<String>,
+    /// Serve the HTTP API (metrics, services, events; writes with http.token_file) on
+    /// HOST:PORT (loopback unless http.allow_remote) or a Unix socket path. Default:
+    /// config http.listen, else off.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     #[command(subcommand)]
     pub action: Option<DaemonAction>,
 }

@@ -42,6 +42,9 @@ pub fn retention(
 }
 
 pub const POSTGRES_SCHEMA: &str = "postgres.schema";
+pub const HTTP_LISTEN: &str = "http.listen";
+pub const HTTP_TOKEN_FILE: &str = "http.token_file";
+pub const HTTP_ALLOW_REMOTE: &str = "http.allow_remote";
 /// The fleet's schema when none is configured.
 pub const DEFAULT_SCHEMA: &str = "tend_fleet";
 
@@ -86,6 +89,18 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         EVENTS_KEEP_PER_SERVICE,
         "events kept per service, the oldest deleted first (default 1000; 0: no limit)",
+    ),
+    (
+        HTTP_LISTEN,
+        "where the daemon serves its HTTP API: HOST:PORT (loopback unless          http.allow_remote) or the path of a Unix socket; unset: no HTTP API",
+    ),
+    (
+        HTTP_TOKEN_FILE,
+        "file (mode 0600) holding the bearer token that HTTP writes (start, stop,          restart) need; unset: the API is read-only",
+    ),
+    (
+        HTTP_ALLOW_REMOTE,
+        "true to let http.listen name an address other than loopback (default false)",
     ),
     (
         EVENTS_KEEP_FOR,
@@ -133,6 +148,16 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
         FLEET_SWEEP_EVERY | FLEET_HEARTBEAT_EVERY => fleet_period(key, value)
             .map(|_| value.trim().to_string())
             .map_err(invalid),
+        HTTP_LISTEN => {
+            let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
+            HttpListen::parse(value, &here)
+                .map(|l| l.to_string())
+                .map_err(|e| invalid(format!("{key}: {e}")))
+        }
+        HTTP_ALLOW_REMOTE => match value.trim() {
+            "true" | "false" => Ok(value.trim().to_string()),
+            other => Err(invalid(format!("{key}: {other:?} is not true or false"))),
+        },
         EVENTS_KEEP_FOR => crate::service::parse_duration(value)
             .map(|_| value.trim().to_string())
             .map_err(|e| invalid(format!("{key}: {e}"))),
@@ -154,6 +179,58 @@ pub fn fleet_period(key: &str, value: &str) -> std::result::Result<std::time::Du
         return Err(format!("{key}: {value:?} is outside 1s to 1h"));
     }
     Ok(d)
+}
+
+/// Where the daemon's HTTP API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpListen {
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket at this (absolute) path.
+    Unix(std::path::PathBuf),
+}
+
+impl HttpListen {
+    /// `HOST:PORT` (an IP address: `127.0.0.1:9123`, `[::1]:9123`), or a path (absolute,
+    /// `./`-relative to `here`, or `unix:PATH`) of a Unix socket.
+    pub fn parse(value: &str, here: &std::path::Path) -> std::result::Result<HttpListen, String> {
+        let v = value.trim();
+        if v.is_empty() {
+            return Err("empty address".into());
+        }
+        let path = v.strip_prefix("unix:");
+        if path.is_some() || v.starts_with('/') || v.starts_with("./") {
+            let p = path.unwrap_or(v);
+            if p.is_empty() {
+                return Err("unix: needs a path".into());
+            }
+            return Ok(HttpListen::Unix(crate::service::absolute(
+                here,
+                std::path::Path::new(p),
+            )));
+        }
+        v.parse::<std::net::SocketAddr>()
+            .map(HttpListen::Tcp)
+            .map_err(|_| {
+                format!(
+                    "{v:?} is neither IP:PORT (127.0.0.1:9123, [::1]:9123) nor the path of a \
+                     Unix socket (/run/user/1000/tend.http, unix:PATH)"
+                )
+            })
+    }
+
+    /// A TCP address that is not loopback: reachable from other hosts.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, HttpListen::Tcp(a) if !a.ip().is_loopback())
+    }
+}
+
+impl std::fmt::Display for HttpListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpListen::Tcp(a) => write!(f, "{a}"),
+            HttpListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 /// Channels are plain lowercase identifiers, so `NOTIFY tend, '...'` typed unquoted in

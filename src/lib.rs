@@ -65,8 +65,10 @@ pub mod daemon;
 pub mod error;
 pub mod fleet;
 pub mod home;
+pub mod json;
 pub mod logs;
 pub mod logwriter;
+pub mod metrics;
 
 pub mod pg;
 pub mod policy;

@@ -146,6 +146,7 @@ fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failur
         Command::Status(Lazy(a)) => view::status(s, home, &a.name, a.out, out),
         Command::Logs(Lazy(a)) => logs::run(home, a, out),
         Command::Events(Lazy(a)) => view::events(home, a.name.as_deref(), a.lines, a.out, out),
+        Command::Metrics(_) => view::metrics(home, out),
         Command::Apply(Lazy(a)) => apply::apply(s, home, a, out),
         Command::Export(Lazy(a)) => apply::export(home, a.names, out),
         Command::Import(Lazy(a)) => import::import(&a.path, out),

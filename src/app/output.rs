@@ -4,96 +4,17 @@
 //! fields are only ever added, never renamed or removed.
 
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::term::{escape, escape_owned, Term};
-use crate::record::{now_ms, Event};
+pub use crate::json::{rfc3339, ErrorJson, EventJson, ServiceJson};
+use crate::json::{rfc3339_millis, uptime};
+use crate::record::Event;
 use crate::service::fmt_duration;
 use crate::state::State;
 use crate::supervisor::Status;
-
-/// `tend status --json`, and each element of `tend list --json`: identity and state,
-/// the command, the environment, every setting of the table (by its `json` name, in
-/// table order), then the restart bookkeeping.
-pub struct ServiceJson<'a>(&'a Status);
-
-impl<'a> ServiceJson<'a> {
-    pub fn new(st: &'a Status) -> Self {
-        ServiceJson(st)
-    }
-}
-
-impl Serialize for ServiceJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let st = self.0;
-        let s = &st.service;
-        let i = st.instance.as_ref();
-        let rt = &st.runtime;
-        let mut m = ser.serialize_map(None)?;
-        m.serialize_entry("name", &s.name)?;
-        m.serialize_entry("state", st.state.name())?;
-        m.serialize_entry("waiting_for_daemon", &st.state.waiting_for_daemon())?;
-        m.serialize_entry("unknown_reason", &st.state.unknown_reason())?;
-        m.serialize_entry("pid", &i.map(|i| i.pid))?;
-        m.serialize_entry("pgid", &i.map(|i| i.pgid))?;
-        m.serialize_entry("started_at", &i.map(|i| rfc3339(i.started_at)))?;
-        m.serialize_entry("uptime_secs", &i.map(|i| uptime(i.started_at).as_secs()))?;
-        m.serialize_entry("argv", &s.argv)?;
-        m.serialize_entry("command", &s.command_line())?;
-        m.serialize_entry("env", &s.env)?;
-        for (key, value) in s.settings.json() {
-            m.serialize_entry(key, &value)?;
-        }
-        m.serialize_entry("restarts", &rt.restarts)?;
-        m.serialize_entry("last_exit", &rt.last_exit)?;
-        m.serialize_entry("last_exit_at", &rt.last_exit_at.map(rfc3339))?;
-        m.serialize_entry("next_retry_at", &rt.next_retry_at.map(rfc3339_millis))?;
-        m.serialize_entry("failed_reason", &rt.failed)?;
-        m.serialize_entry("cgroup", &st.cgroup)?;
-        m.serialize_entry("created_at", &rfc3339(s.created_at))?;
-        m.serialize_entry("updated_at", &rfc3339(s.updated_at))?;
-        m.end()
-    }
-}
-
-/// One element of `tend events --json`.
-#[derive(Serialize)]
-pub struct EventJson<'a> {
-    pub id: i64,
-    /// RFC 3339 with milliseconds, UTC.
-    pub time: String,
-    pub service: &'a str,
-    pub kind: &'a str,
-    pub detail: &'a str,
-}
-
-/// What a command given `--json` prints on stdout when it fails (besides its `tend:`
-/// line on stderr and its exit code): `{"error": {"message": "...", "code": 4}}`.
-#[derive(Serialize)]
-pub struct ErrorJson {
-    pub error: ErrorBody,
-}
-
-#[derive(Serialize)]
-pub struct ErrorBody {
-    pub message: String,
-    /// The exit code (see the README's table).
-    pub code: u8,
-}
-
-impl ErrorJson {
-    pub fn new(e: &crate::error::Error) -> ErrorJson {
-        ErrorJson {
-            error: ErrorBody {
-                message: e.to_string(),
-                code: e.exit_code(),
-            },
-        }
-    }
-}
 
 /// `running`, `stopped`, `restarting` (an automatic restart is pending) or `failed`
 /// (the daemon gave up after hitting the start limit).
@@ -117,6 +38,8 @@ pub struct DaemonJson {
     pub containment: Option<String>,
     /// PostgreSQL control: null when not configured (or no daemon runs).
     pub postgres: Option<PgJson>,
+    /// Where the HTTP API listens; null when it is off (or no daemon runs).
+    pub http: Option<String>,
     /// False when a daemon holds the lock but answers errors (or nothing usable); null
     /// when none runs.
     pub healthy: Option<bool>,
@@ -166,6 +89,7 @@ impl DaemonJson {
                 fleet_claims: p.fleet_claims,
                 fleet_sweeps: p.fleet_sweeps,
             }),
+            http: s.and_then(|s| s.http.clone()),
             healthy: s.map(|_| true),
             error: None,
         }
@@ -203,6 +127,11 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
     )?;
     writeln!(out, "  home:     {}", escape(&s.home.to_string_lossy()))?;
     writeln!(out, "  contain:  {}", escape(&s.containment))?;
+    writeln!(
+        out,
+        "  http:     {}",
+        s.http.as_deref().map_or("off".into(), escape)
+    )?;
     match &s.postgres {
         None => writeln!(out, "  postgres: not configured"),
         Some(p) => {
@@ -232,22 +161,6 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
             Ok(())
         }
     }
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    humantime::format_rfc3339_seconds(system_time(ms)).to_string()
-}
-
-fn rfc3339_millis(ms: i64) -> String {
-    humantime::format_rfc3339_millis(system_time(ms)).to_string()
-}
-
-fn system_time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
-fn uptime(started_ms: i64) -> Duration {
-    Duration::from_millis((now_ms() - started_ms).max(0) as u64)
 }
 
 /// `45s`, `3m12s`, `5h03m`, `2d04h`.
@@ -583,16 +496,7 @@ pub fn events_table(out: &mut dyn Write, events: &[Event], term: &Term) -> io::R
 }
 
 pub fn events_json(out: &mut dyn Write, events: &[Event]) -> io::Result<()> {
-    let items: Vec<EventJson> = events
-        .iter()
-        .map(|e| EventJson {
-            id: e.id,
-            time: rfc3339_millis(e.at),
-            service: &e.service,
-            kind: &e.kind,
-            detail: &e.detail,
-        })
-        .collect();
+    let items: Vec<EventJson> = events.iter().map(EventJson::new).collect();
     json(out, &items)
 }
 

@@ -51,6 +51,8 @@ pub struct Shared {
     pub postgres: Mutex<Option<Arc<Mutex<PgStatus>>>>,
     /// How services are contained: `cgroup PATH` or `process-group (why)`.
     pub containment: String,
+    /// Where the HTTP API listens, when it does.
+    pub http: Option<String>,
 }
 
 /// What the loop tells a shutdown requester when the daemon is about to exit.

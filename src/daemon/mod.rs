@@ -49,6 +49,7 @@ pub mod client;
 pub mod event_loop;
 pub mod files;
 pub mod health;
+pub mod http;
 pub mod pool;
 pub mod protocol;
 pub mod rotation;
@@ -98,7 +99,7 @@ fn init_logging() {
 
 /// Runs the daemon in this process until SIGTERM/SIGINT or a shutdown request. With
 /// PostgreSQL settings (flags or `tend config`), it also LISTENs for NOTIFY commands.
-pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
+pub fn run_foreground(home: Home, pg: crate::pg::Overrides, http_flag: Option<&str>) -> Result<()> {
     init_logging();
     // Before any thread exists (see `process::memory`).
     crate::process::memory::one_arena();
@@ -167,6 +168,13 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
             reason: format!("cannot write: {}", io_reason(&e)),
         })?;
     let pg_settings = crate::pg::Settings::resolve(&mut sup, &pg)?;
+    // Bound before the daemon says it is ready: a port in use ends the startup with a
+    // clear error.
+    let http_settings = http::Settings::resolve(&mut sup, http_flag)?;
+    let http_bound = match &http_settings {
+        Some(s) => Some(http::bind(s)?),
+        None => None,
+    };
     // Read once; the services this daemon starts must not inherit a password. No other
     // thread exists yet, so changing the environment is safe.
     std::env::remove_var("TEND_POSTGRES_URL");
@@ -194,6 +202,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         pending: AtomicUsize::new(0),
         postgres: Mutex::new(None),
         containment: containment.describe(),
+        http: http_settings.as_ref().map(|s| s.listen.to_string()),
     });
     let in_flight = Arc::new(InFlight::default());
     if let Some(settings) = pg_settings {
@@ -236,6 +245,19 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         ),
         in_flight.clone(),
     )?;
+    if let (Some(s), Some(bound)) = (http_settings, http_bound) {
+        info!(listen = %s.listen, writes = s.token.is_some(), "http API");
+        http::start(
+            bound,
+            http::Ctx {
+                pool: pool.clone(),
+                in_flight: in_flight.clone(),
+                waker: waker.clone(),
+                token: s.token,
+                started_at: shared.started_at,
+            },
+        )?;
+    }
     files::watch(&home, files, waker.clone());
     let worker = worker::start(sup, waker.clone(), queue)?;
     let serve = ServeCtx {

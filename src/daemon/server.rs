@@ -296,6 +296,7 @@ impl ServeCtx {
     }
 
     fn handle(&self, action: Action, proceed: &Proceed) -> Response {
+        crate::metrics::count(&crate::metrics::COUNTERS.socket_requests);
         let result = match action {
             Action::Act {
                 verb,
@@ -370,6 +371,8 @@ impl ServeCtx {
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
                 .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            counters: crate::metrics::COUNTERS.values(),
+            http: self.shared.http.clone(),
         })
     }
 }

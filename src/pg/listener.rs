@@ -322,6 +322,7 @@ fn handle(
 ) -> crate::Result<()> {
     let who = format!("notify (backend pid {})", job.backend_pid);
     let mut reject = |_: &mut Supervisor, service: &str, why: String| -> crate::Result<()> {
+        crate::metrics::count(&crate::metrics::COUNTERS.notify_refused);
         rejections.add(Instant::now(), service, why);
         Ok(())
     };
@@ -378,6 +379,7 @@ fn handle(
         return Ok(());
     }
     let verb = cmd.verb;
+    crate::metrics::count(&crate::metrics::COUNTERS.notify_taken);
     let selection = Selection::Names { names: accepted };
     for r in crate::api::act(sup, verb, &selection, &|| true)? {
         match &r.result {

@@ -76,6 +76,9 @@ pub struct Scope<'a> {
 const OUTPUT_CAP: usize = 2048;
 /// How often [`Scope::proceed`] is asked while a check runs.
 const ASK_EVERY: Duration = Duration::from_millis(50);
+/// How long processes of the check's session that could not be proven its own are
+/// looked at again (without cgroups).
+const LEFTOVER_RETRY: Duration = Duration::from_secs(1);
 /// How long the status of an exited check may take to be posted by the daemon's loop.
 const STATUS_WAIT: Duration = Duration::from_secs(1);
 
@@ -165,13 +168,23 @@ pub fn run(
             let _ = stop::kill_cgroup(cg);
         }
         None => {
-            let witness = sh.try_clone().into_iter().collect();
-            let mut owned = || (scope.owned)();
-            let reaper = stop::Reaper {
-                pid: std::process::id() as i32,
-                owned_elsewhere: &mut owned,
-            };
-            stop::kill_leftovers(started.session, witness, Some(reaper), None);
+            // What could not be proven the check's at one look (the records of the home
+            // could not be read that instant, say) is looked at again a few times: an
+            // orphan of the check left alone is one more TERM-ignoring process per run.
+            let retry_until = Instant::now() + LEFTOVER_RETRY;
+            loop {
+                let witness = sh.try_clone().into_iter().collect();
+                let mut owned = || (scope.owned)();
+                let reaper = stop::Reaper {
+                    pid: std::process::id() as i32,
+                    owned_elsewhere: &mut owned,
+                };
+                let left = stop::kill_leftovers(started.session, witness, Some(reaper), None);
+                if left.left_alone == 0 || Instant::now() >= retry_until {
+                    break;
+                }
+                std::thread::sleep(ASK_EVERY);
+            }
         }
     }
     drop(leaf);

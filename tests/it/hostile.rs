@@ -351,6 +351,17 @@ fn with_marker(marker: &str) -> Vec<i32> {
     out
 }
 
+/// `pid`, its state, parent, process group and session, as /proc/PID/stat has them: what
+/// a failure needs to say whose process was left behind.
+fn describe(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().take(5).collect())
+        .unwrap_or_default();
+    format!("pid {pid} state/ppid/pgrp/session {f:?}")
+}
+
 /// A duration no other process has on its command line (`sleep 320.PID0N`).
 fn marker(variant: u32) -> String {
     format!("320.{}0{variant}", std::process::id())
@@ -478,9 +489,11 @@ fn health_check_leaves_nothing(test: &str, cgroups: bool, variant: u32) {
         .collect();
     assert!(
         left.len() <= 1,
-        "after {} runs, {} check children alive: {left:?}",
+        "after {} runs, {} check children alive: {:?}\ndaemon log:\n{}",
         lines(&runs),
-        left.len()
+        left.len(),
+        left.iter().map(|p| describe(*p)).collect::<Vec<_>>(),
+        read(&env.home().join("daemon.log"))
     );
     let out = prompt(&env, &["daemon", "stop"]);
     assert_eq!(out.code, 0, "{out:?}");

@@ -8,6 +8,7 @@ mod daemon;
 mod faults;
 mod forged;
 mod hostile;
+mod http_api;
 mod lifecycle;
 mod log_writer;
 mod logs_multi;

@@ -481,6 +481,11 @@ async fn drain(
         let done = done
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("fleet command {id}: {e}"))?;
+        crate::metrics::count(if done.ok {
+            &crate::metrics::COUNTERS.fleet_done
+        } else {
+            &crate::metrics::COUNTERS.fleet_failed
+        });
         info!(id, service = %cmd.service, ok = done.ok, message = %done.message, "fleet command");
         timed("reporting", finish(me, c, id, &done)).await?;
         let _ = reader.0.send(Req::Reported(fleet_id.to_string(), vec![id]));
