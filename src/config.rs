@@ -250,8 +250,8 @@ pub fn validate_channel(c: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// The fleet's schema: a plain lowercase identifier, short enough that the channel
-/// `SCHEMA_done` is an identifier too (the hosts' wake-up channels are digests).
+/// The fleet's schema: a plain lowercase identifier (at most 58 bytes, a limit kept from
+/// when channels were named after it; the hosts' wake-up channels are digests).
 pub fn validate_schema(s: &str) -> std::result::Result<(), String> {
     if validate_channel(s).is_ok() && s.len() <= 58 && !s.starts_with("pg_") {
         Ok(())

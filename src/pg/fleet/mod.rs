@@ -7,8 +7,8 @@
 //!
 //! Commands are rows; a trigger NOTIFYs the channel of the command's host (see
 //! [`schema`]: `SCHEMA.wake_channel(host)`) with only the new row's id (it is delivered
-//! on commit), so a command wakes only the host it is for; and `SCHEMA_done` with the
-//! id when a host finishes one.
+//! on commit), so a command wakes only the host it is for. Finishing one notifies
+//! nobody (see the schema's second migration): `--wait` polls for results.
 
 pub mod host;
 pub mod operator;
@@ -29,11 +29,6 @@ use crate::error::Error;
 /// Retries after the first attempt of a fleet transaction that failed with a
 /// serialization failure, a deadlock or a unique violation (a dedup race).
 pub const RETRIES: u32 = 3;
-
-/// The channel `--wait` LISTENs on: payload = the id of a command just finished.
-pub fn done_channel(schema: &str) -> String {
-    format!("{schema}_done")
-}
 
 /// A PostgreSQL failure of a fleet operation, as a tend error (exit 1).
 pub fn fail(what: &str, e: &tokio_postgres::Error) -> Error {

@@ -8,7 +8,7 @@ use futures_util::future::poll_fn;
 use serde::Serialize;
 use tokio_postgres::{AsyncMessage, Client};
 
-use super::{done_channel, fail, retry, schema};
+use super::{fail, retry, schema};
 use crate::error::Error;
 use crate::fleet::Action;
 use crate::pg::{connect, Settings};
@@ -221,9 +221,15 @@ pub struct Outcome {
     pub results: Vec<CommandView>,
 }
 
+/// How soon `--wait` looks for results again after finding new ones (and first).
+const RESULT_POLL_FIRST: Duration = Duration::from_millis(10);
+/// The longest pause between two looks while no result comes.
+const RESULT_POLL_MAX: Duration = Duration::from_millis(250);
+
 /// Issues one command per target host (in one statement: all or none), then with
-/// `wait` LISTENs (before inserting, so no result is missed) and reports each result as
-/// it arrives.
+/// `wait` reports each result as it arrives: it reads the finished ones every
+/// [`RESULT_POLL_FIRST`] while results come in, backing off to [`RESULT_POLL_MAX`] while
+/// none do.
 pub fn issue(
     settings: &Settings,
     order: &Order<'_>,
@@ -244,35 +250,38 @@ pub fn issue(
         let driver = tokio::spawn(drive(connection, ntx));
         let s = &settings.schema;
         schema::check(&client, s).await?;
-        if order.wait.is_some() {
-            client
-                .batch_execute(&format!("LISTEN {}", done_channel(s)))
-                .await
-                .map_err(|e| fail("LISTEN", &e))?;
-        }
         let (targets, skipped_stale) = targets(&client, s, order).await?;
         let issued = insert(&client, s, order, &targets).await?;
         let mut results = Vec::new();
         if let Some(wait) = order.wait {
             let deadline = Instant::now() + wait;
             let mut open: BTreeMap<i64, &Issued> = issued.iter().map(|i| (i.id, i)).collect();
-            let ids: Vec<i64> = open.keys().copied().collect();
             let sql = format!(
                 "SELECT {COMMAND_COLUMNS} FROM {s}.commands \
                  WHERE id = ANY($1) AND finished_at IS NOT NULL ORDER BY finished_at, id"
             );
+            let mut poll = RESULT_POLL_FIRST;
             while !open.is_empty() {
+                let ids: Vec<i64> = open.keys().copied().collect();
                 let rows = client
                     .query(&sql, &[&ids])
                     .await
                     .map_err(|e| fail("reading results", &e))?;
+                let mut new = false;
                 for r in &rows {
                     let v = command_view(r);
                     if open.remove(&v.id).is_some() {
                         on_result(&v);
                         results.push(v);
+                        new = true;
                     }
                 }
+                // Soon again while results arrive, less often while none do.
+                poll = if new {
+                    RESULT_POLL_FIRST
+                } else {
+                    (poll * 2).min(RESULT_POLL_MAX)
+                };
                 if open.is_empty() {
                     break;
                 }
@@ -280,8 +289,9 @@ pub fn issue(
                 if left.is_zero() {
                     break;
                 }
-                // A result NOTIFYs its id; the poll every second is the backstop.
-                match tokio::time::timeout(left.min(Duration::from_secs(1)), nrx.recv()).await {
+                // Results are polled, not notified (see the schema's second migration);
+                // a lost connection ends the wait at once.
+                match tokio::time::timeout(left.min(poll), nrx.recv()).await {
                     Ok(Some(Err(e))) => return Err(Error::Postgres { message: e }),
                     Ok(None) => {
                         return Err(Error::Postgres {
@@ -289,12 +299,6 @@ pub fn issue(
                         })
                     }
                     _ => {}
-                }
-                // Take every wake-up already queued: one query reads them all.
-                while let Ok(m) = nrx.try_recv() {
-                    if let Err(e) = m {
-                        return Err(Error::Postgres { message: e });
-                    }
                 }
             }
         }
