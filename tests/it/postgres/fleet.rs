@@ -1109,7 +1109,8 @@ fn wake_flood_costs_bounded_claims() {
     let flood = began.elapsed();
     let after = settled(&env);
     let claims = after.claims - before.claims;
-    let bound = 2 + (flood.as_millis() / 100) as u64;
+    // Rounded up: the daemon and the test read their clocks at slightly different moments.
+    let bound = 2 + (flood.as_millis() as u64).div_ceil(100);
     eprintln!("2000 NOTIFYs over {flood:?}: {claims} claims (bound {bound})");
     assert!(
         claims <= bound,
