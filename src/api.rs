@@ -129,6 +129,15 @@ pub struct PgStatus {
     pub host_id: String,
     /// Notifications received since the daemon started.
     pub received: u64,
+    /// Fleet wake-ups received (NOTIFYs on this host's own wake-up channel).
+    #[serde(default)]
+    pub fleet_wakeups: u64,
+    /// Claim attempts made (each one statement, whether it found a command or not).
+    #[serde(default)]
+    pub fleet_claims: u64,
+    /// Backstop sweeps run.
+    #[serde(default)]
+    pub fleet_sweeps: u64,
     /// Which quick-mode payloads are obeyed: `signed only`, `unsigned refused (joined
     /// a fleet)`, `unsigned allowed (postgres.quick_unsigned)`, ...
     #[serde(default)]

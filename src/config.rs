@@ -12,6 +12,12 @@ pub const POSTGRES_QUICK_UNSIGNED: &str = "postgres.quick_unsigned";
 pub const POSTGRES_DEDUP_KEEP: &str = "postgres.dedup_keep";
 /// How long a finished fleet command answers a repeat of its dedup key by default.
 pub const DEFAULT_DEDUP_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub const FLEET_SWEEP_EVERY: &str = "fleet.sweep_every";
+pub const FLEET_HEARTBEAT_EVERY: &str = "fleet.heartbeat_every";
+/// The fleet's backstop sweep when `fleet.sweep_every` is unset.
+pub const DEFAULT_FLEET_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
+/// The fleet heartbeat when `fleet.heartbeat_every` is unset.
+pub const DEFAULT_FLEET_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 pub const EVENTS_KEEP_PER_SERVICE: &str = "events.keep_per_service";
 pub const EVENTS_KEEP_FOR: &str = "events.keep_for";
 
@@ -85,6 +91,16 @@ pub const KEYS: &[(&str, &str)] = &[
          (default 24h)",
     ),
     (
+        FLEET_SWEEP_EVERY,
+        "how often a fleet daemon looks for pending commands a missed wake-up left, and \
+         marks overdue ones expired: 30s, 5m... (default 30s; 1s to 1h)",
+    ),
+    (
+        FLEET_HEARTBEAT_EVERY,
+        "how often a fleet daemon writes its heartbeat, which also checks its connection; \
+         `fleet status` calls a host stale after three missed beats (default 10s; 1s to 1h)",
+    ),
+    (
         EVENTS_KEEP_PER_SERVICE,
         "events kept per service, the oldest deleted first (default 1000; 0: no limit)",
     ),
@@ -145,6 +161,9 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
             .parse::<u64>()
             .map(|n| n.to_string())
             .map_err(|_| invalid(format!("{key}: {value:?} is not a count (0, 1000...)"))),
+        FLEET_SWEEP_EVERY | FLEET_HEARTBEAT_EVERY => fleet_period(key, value)
+            .map(|_| value.trim().to_string())
+            .map_err(invalid),
         HTTP_LISTEN => {
             let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
             HttpListen::parse(value, &here)
@@ -174,6 +193,17 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
                 .into_owned())
         }
     }
+}
+
+/// A fleet period (`fleet.sweep_every`, `fleet.heartbeat_every`): a duration from 1 s
+/// to 1 h. Shorter would be the per-second polling a large fleet cannot afford; longer
+/// would leave a host's liveness unknown for too long.
+pub fn fleet_period(key: &str, value: &str) -> std::result::Result<std::time::Duration, String> {
+    let d = crate::service::parse_duration(value).map_err(|e| format!("{key}: {e}"))?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{key}: {value:?} is outside 1s to 1h"));
+    }
+    Ok(d)
 }
 
 /// Where the daemon's HTTP API listens.
@@ -250,8 +280,8 @@ pub fn validate_channel(c: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// The fleet's schema: a plain lowercase identifier, short enough that the wake-up
-/// channels `SCHEMA_wake` and `SCHEMA_done` are identifiers too.
+/// The fleet's schema: a plain lowercase identifier (at most 58 bytes, a limit kept from
+/// when channels were named after it; the hosts' wake-up channels are digests).
 pub fn validate_schema(s: &str) -> std::result::Result<(), String> {
     if validate_channel(s).is_ok() && s.len() <= 58 && !s.starts_with("pg_") {
         Ok(())

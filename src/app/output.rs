@@ -58,6 +58,10 @@ pub struct PgJson {
     pub channel: String,
     pub host_id: String,
     pub received: u64,
+    /// Fleet wake-ups received on this host's channel, claim attempts, sweeps.
+    pub fleet_wakeups: u64,
+    pub fleet_claims: u64,
+    pub fleet_sweeps: u64,
     /// Which quick-mode payloads are obeyed.
     pub quick_mode: String,
     /// The fleet beside the quick mode.
@@ -97,6 +101,9 @@ impl DaemonJson {
                 channel: p.channel.clone(),
                 host_id: p.host_id.clone(),
                 received: p.received,
+                fleet_wakeups: p.fleet_wakeups,
+                fleet_claims: p.fleet_claims,
+                fleet_sweeps: p.fleet_sweeps,
                 quick_mode: p.quick_mode.clone(),
                 fleet: p.fleet.as_ref().map(|f| FleetJson {
                     state: f.state.clone(),
@@ -168,6 +175,11 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
                 p.channel,
                 escape(&p.host_id),
                 p.received
+            )?;
+            writeln!(
+                out,
+                "            fleet: {} wake-up(s), {} claim attempt(s), {} sweep(s)",
+                p.fleet_wakeups, p.fleet_claims, p.fleet_sweeps
             )?;
             if let Some(e) = &p.last_error {
                 writeln!(out, "            last error: {}", escape(e))?;

@@ -245,17 +245,8 @@ pub fn run_foreground(
                 changed: Box::new(move || changed_to.send(Msg::FromRequest(ToLoop::Changed))),
             }
         };
-        // The fleet (durable commands) beside the quick NOTIFY mode: it joins
-        // once `tend fleet init` has created the schema, and looks again every few
-        // seconds until then.
+        // The quick NOTIFY mode and the fleet (durable commands), on one connection.
         let watch = crate::pg::fleet::Watch::new(&settings.schema, &settings.host_id);
-        crate::pg::fleet::host::start(
-            settings.clone(),
-            home.clone(),
-            ctx.clone(),
-            hooks(),
-            watch.clone(),
-        )?;
         let quick = crate::pg::quick::Quick {
             signed: pg_key.is_some(),
             unsigned_allowed: settings.quick_unsigned,
@@ -267,6 +258,7 @@ pub fn run_foreground(
             quick,
             home.clone(),
             ctx.clone(),
+            hooks(),
             hooks(),
         )?;
         *shared.postgres.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);

@@ -754,7 +754,7 @@ fn tls_scenario(certs: &Path, ca: &Path) {
                 &admin.url,
                 &[
                     "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-                   WHERE a.application_name = 'tend'",
+                   WHERE a.application_name LIKE 'tend daemon %'",
                 ],
             );
             got.trim() == want

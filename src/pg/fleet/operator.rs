@@ -8,7 +8,7 @@ use futures_util::future::poll_fn;
 use serde::Serialize;
 use tokio_postgres::{AsyncMessage, Client};
 
-use super::{done_channel, fail, retry, schema};
+use super::{fail, retry, schema};
 use crate::error::Error;
 use crate::fleet::Action;
 use crate::pg::{connect, Settings};
@@ -276,11 +276,18 @@ pub enum Progress<'a> {
     Reconnecting(&'a str),
 }
 
+/// How soon `--wait` looks for results again after finding new ones (and first).
+const RESULT_POLL_FIRST: Duration = Duration::from_millis(10);
+/// The longest pause between two looks while no result comes.
+const RESULT_POLL_MAX: Duration = Duration::from_millis(250);
+
 /// Issues one command per target host (in one transaction: all or none), then with
-/// `wait` LISTENs (before inserting, so no result is missed) and reports each result as
-/// it arrives. A connection lost while waiting is opened again (with the reconnect
-/// backoff of the daemons) until the wait is over: results that arrived meanwhile are
-/// read on reconnect.
+/// `wait` reports each result as it arrives: it reads the finished ones every
+/// [`RESULT_POLL_FIRST`] while results come in, backing off to [`RESULT_POLL_MAX`] while
+/// none do (results are polled, not notified: see the schema's third migration). A
+/// connection lost while waiting is opened again (with the reconnect backoff of the
+/// daemons) until the wait is over: results that arrived meanwhile are read on
+/// reconnect.
 pub fn issue(
     settings: &Settings,
     order: &Order<'_>,
@@ -296,7 +303,7 @@ pub fn issue(
         let tls = connect::tls(settings.ca_file.as_deref()).map_err(Error::from)?;
         let s = &settings.schema;
         let started = Instant::now();
-        let mut session = Some(listening(settings, &tls, order.wait.is_some()).await?);
+        let mut session = Some(listening(settings, &tls).await?);
         let (client, _, _) = session.as_mut().expect("just opened");
         schema::check(client, s).await?;
         let (targets, skipped_stale) = targets(client, s, order).await?;
@@ -311,13 +318,14 @@ pub fn issue(
              WHERE id = ANY($1) AND finished_at IS NOT NULL ORDER BY finished_at, id"
         );
         let mut failures = 0u32;
+        let mut poll = RESULT_POLL_FIRST;
         while order.wait.is_some() && !open.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             let Some((client, _, nrx)) = session.as_mut() else {
-                match tokio::time::timeout(left, listening(settings, &tls, true)).await {
+                match tokio::time::timeout(left, listening(settings, &tls)).await {
                     Ok(Ok(c)) => {
                         failures = 0;
                         session = Some(c);
@@ -339,19 +347,27 @@ pub fn issue(
                 }
                 Err(e) => return Err(fail("reading results", &e)),
             };
+            let mut new = false;
             for r in &rows {
                 let v = command_view(r);
                 if open.remove(&v.id).is_some() {
                     on(Progress::Result(&v));
                     results.push(v);
+                    new = true;
                 }
             }
             if open.is_empty() {
                 break;
             }
+            // Soon again while results arrive, less often while none do.
+            poll = if new {
+                RESULT_POLL_FIRST
+            } else {
+                (poll * 2).min(RESULT_POLL_MAX)
+            };
             let left = deadline.saturating_duration_since(Instant::now());
-            // A result NOTIFYs its id; the poll every second is the backstop.
-            match tokio::time::timeout(left.min(Duration::from_secs(1)), nrx.recv()).await {
+            // Nothing is notified any more; the channel says when the connection ends.
+            match tokio::time::timeout(left.min(poll), nrx.recv()).await {
                 Ok(Some(Err(e))) => {
                     on(Progress::Reconnecting(&e));
                     session = None;
@@ -363,14 +379,6 @@ pub fn issue(
                     continue;
                 }
                 _ => {}
-            }
-            // Take every wake-up already queued: one query reads them all.
-            while let Ok(m) = nrx.try_recv() {
-                if let Err(e) = m {
-                    on(Progress::Reconnecting(&e));
-                    session = None;
-                    break;
-                }
             }
         }
         if let Some((client, driver, _)) = session {
@@ -391,24 +399,16 @@ type Session = (
     tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
 );
 
-/// One connection whose notifications are delivered, LISTENing to the done channel
-/// when `listen`.
+/// One connection, with a task driving it that says when it ends.
 async fn listening(
     settings: &Settings,
     tls: &tokio_postgres_rustls::MakeRustlsConnect,
-    listen: bool,
 ) -> Result<Session, Error> {
     let (client, connection) = connect::connect(&settings.url, tls)
         .await
         .map_err(Error::from)?;
     let (ntx, nrx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(drive(connection, ntx));
-    if listen {
-        client
-            .batch_execute(&format!("LISTEN {}", done_channel(&settings.schema)))
-            .await
-            .map_err(|e| fail("LISTEN", &e))?;
-    }
     Ok((client, driver, nrx))
 }
 
