@@ -125,6 +125,10 @@ pub mod event {
     /// The daemon found the running service's log writer gone (both of its processes)
     /// and started a new one on the service's pipes.
     pub const LOG_WRITER: &str = "log-writer";
+    /// A hook (`on_exit`...) did not succeed: it exited non-zero, was killed at its
+    /// timeout, or could not be started. The detail says which hook and why. Never a
+    /// reason to restart the service, and never runs a hook itself.
+    pub const HOOK_FAILED: &str = "hook-failed";
 }
 
 /// A fleet command as this home recorded taking it: taken before acting,

@@ -154,6 +154,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         exits: Some(queue.0.exit_sink()),
         proceed: None,
         files: None,
+        events: None,
     };
     let mut sup = Supervisor::open_with(home.clone(), ctx.clone())?;
     // The files this first connection found are the daemon's for its lifetime: every

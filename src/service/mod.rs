@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 pub mod file;
 pub mod files;
 pub mod graph;
+pub mod hooks;
 mod names;
 pub mod paths;
 pub mod probe;

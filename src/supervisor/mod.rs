@@ -254,6 +254,8 @@ pub struct Context {
     /// first: every supervisor it opens keeps its connection open and checks before each
     /// use that its files are still these, the ones on disk (see [`Store::keep_open`]).
     pub files: Option<Files>,
+    /// Told of the events each write records, once committed (the daemon's hooks).
+    pub events: Option<crate::store::EventSink>,
 }
 
 /// See [`Context::exits`].
@@ -305,10 +307,11 @@ impl Supervisor {
             path: "/proc/sys/kernel/random/boot_id".into(),
             reason: crate::error::io_reason(&e),
         })?;
-        let store = match ctx.files {
+        let mut store = match ctx.files {
             Some(files) => Store::open_kept(&home.db_path(), files, KEPT_CACHE_KIB)?,
             None => Store::open(&home.db_path())?,
         };
+        store.set_sink(ctx.events.clone());
         Ok(Supervisor {
             home,
             store,
