@@ -14,6 +14,7 @@
 //! └── tend-<key>                one per state home (key: a hash of its path)
 //!     ├── supervisor            the daemon moves itself here (the "no internal processes" rule)
 //!     ├── checks/run-<ms>-<pid>-<n>  one per run of a check command, removed after it
+//!     ├── hooks/run-<ms>-<pid>-<n>   one per run of a hook (`on_exit`...), removed after it
 //!     └── NAME.service          one per service: where its limits are set
 //!         └── run-<ms>-<pid>-<n>  one per instance: the process writes itself into it before exec
 //! ```
@@ -87,6 +88,10 @@ pub const WRITERS: &str = "log-writers";
 /// The cgroup of a home's check commands (`ready`/`health` `cmd`), beside the
 /// services' and the log writers': each run gets a leaf of its own in it.
 pub const CHECKS: &str = "checks";
+
+/// The cgroup of a home's hooks (`on_exit`...), run as check commands are: a leaf per
+/// run.
+pub const HOOKS: &str = "hooks";
 
 /// The name of a home's cgroup: `tend-` and 16 hex digits of the SHA-256 of its path.
 pub fn home_cgroup_name(home: &Path) -> String {
@@ -249,12 +254,34 @@ impl Root {
     /// Leaves that a tend process which has since died left there (killed in the middle
     /// of a check) are killed and removed first.
     pub fn new_check(&self) -> io::Result<Cgroup> {
+        self.new_helper(CHECKS)
+    }
+
+    /// Creates a new, empty leaf for one run of a helper command in `<root>/<group>`
+    /// ([`CHECKS`] or [`HOOKS`]), after [`Root::sweep_helpers`].
+    pub fn new_helper(&self, group: &str) -> io::Result<Cgroup> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let checks = Cgroup {
-            path: self.path.join(CHECKS),
+        let checks = self.sweep_helpers(group)?;
+        let leaf = checks.path.join(format!(
+            "run-{}-{}-{}",
+            crate::record::now_ms(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&leaf)?;
+        Ok(Cgroup { path: leaf })
+    }
+
+    /// Kills and removes the leaves of `<root>/<group>` whose creator is gone: runs of
+    /// helper commands a tend process was carrying out when it died (a daemon killed
+    /// with SIGKILL while a hook ran). The daemon does this as it comes up; each new
+    /// run does it too. Returns the group's cgroup.
+    pub fn sweep_helpers(&self, group: &str) -> io::Result<Cgroup> {
+        let helpers = Cgroup {
+            path: self.path.join(group),
         };
-        mkdir(&checks.path)?;
-        for leaf in checks.children() {
+        mkdir(&helpers.path)?;
+        for leaf in helpers.children() {
             if !leaf_creator_gone(&leaf) {
                 continue;
             }
@@ -264,14 +291,7 @@ impl Root {
             }
             let _ = leaf.remove();
         }
-        let leaf = checks.path.join(format!(
-            "run-{}-{}-{}",
-            crate::record::now_ms(),
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&leaf)?;
-        Ok(Cgroup { path: leaf })
+        Ok(helpers)
     }
 
     /// Moves the calling process into `<root>/supervisor` (the daemon: a cgroup whose
@@ -309,7 +329,7 @@ impl Root {
     }
 
     /// Removes the home's cgroup if nothing is in it but the empty cgroups of its own
-    /// helpers (`log-writers`, `checks`, `supervisor`): one look at the directory, for
+    /// helpers (`log-writers`, `checks`, `hooks`, `supervisor`): one look at the directory, for
     /// a caller that has just removed a service's cgroup (unlike [`Root::remove_unused`],
     /// which looks into every service's). Whatever is in use stays: `rmdir` refuses it.
     pub fn remove_if_idle(&self) {
@@ -321,7 +341,7 @@ impl Root {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            if [WRITERS, CHECKS, SUPERVISOR]
+            if [WRITERS, CHECKS, HOOKS, SUPERVISOR]
                 .iter()
                 .any(|h| e.file_name() == *h)
             {

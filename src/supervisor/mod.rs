@@ -27,6 +27,7 @@ mod exits;
 mod fleet;
 mod forking;
 pub mod health;
+pub mod hooks;
 mod instances;
 mod ready;
 mod start;
@@ -373,6 +374,13 @@ impl Supervisor {
 
     pub fn config_all(&mut self) -> Result<Vec<(String, String)>> {
         self.store.read(|tx| tx.config_all())
+    }
+
+    /// Tells `sink` of the events each later write records, once committed (see
+    /// [`Context::events`]).
+    pub fn set_events(&mut self, sink: Option<crate::store::EventSink>) {
+        self.store.set_sink(sink.clone());
+        self.ctx.events = sink;
     }
 
     /// Sets (for one request) or clears what is asked before a spawn; see
