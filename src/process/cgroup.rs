@@ -649,9 +649,12 @@ impl Cgroup {
     }
 }
 
-/// True when the process that created the leaf `run-<ms>-<pid>-<n>` no longer exists. A
-/// number in use by anyone (a reuse, or the creator itself) keeps the leaf: left for a
-/// later look rather than taken from a process that may still be using it.
+/// True when the process that created the leaf `run-<ms>-<pid>-<n>` no longer exists,
+/// or has exited and waits to be reaped (a zombie runs nothing, and a daemon killed with
+/// SIGKILL stays one for as long as its parent leaves it unreaped; its number cannot be
+/// reused meanwhile). A number in use by a live process (a reuse, or the creator itself)
+/// keeps the leaf: left for a later look rather than taken from a process that may still
+/// be using it.
 fn leaf_creator_gone(leaf: &Cgroup) -> bool {
     let pid = leaf
         .path
@@ -660,7 +663,12 @@ fn leaf_creator_gone(leaf: &Cgroup) -> bool {
         .and_then(|n| n.strip_prefix("run-"))
         .and_then(|rest| rest.split('-').nth(1))
         .and_then(|p| p.parse::<i32>().ok());
-    pid.is_some_and(|p| !super::handle::exists(p))
+    pid.is_some_and(|p| match super::identity::stat(p) {
+        Ok(Some(st)) => st.exited(),
+        Ok(None) => true,
+        // Not readable now: proves nothing.
+        Err(_) => false,
+    })
 }
 
 /// Whether the process that created an instance cgroup (`run-<ms>-<pid>-<n>`, see
