@@ -380,6 +380,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn event_listeners_map_to_hooks_and_the_rest_is_listed() {
+        let conf = "[program:web]\ncommand=/bin/sleep 9\n\n\
+                    [eventlistener:mail]\ncommand=notify %(here)s\n\
+                    events=PROCESS_STATE_EXITED,PROCESS_STATE_FATAL,TICK_60\nbuffer_size=10\n\n\
+                    [eventlistener:second]\ncommand=other\nevents=PROCESS_STATE_FATAL,PROCESS_STATE_RUNNING\n";
+        let mut skipped = Vec::new();
+        let out = supervisord("s.conf", Path::new("/etc/sv"), conf, &mut skipped).unwrap();
+        let t = &out[0].table;
+        assert_eq!(t["on_exit"].as_str(), Some("notify /etc/sv"));
+        assert_eq!(t["on_failed"].as_str(), Some("notify /etc/sv"));
+        assert_eq!(t["on_start"].as_str(), Some("other"));
+        let said = skipped.join("\n");
+        for want in [
+            "buffer_size = 10: no equivalent",
+            "event TICK_60: no tend hook",
+            "on_failed is already [eventlistener:mail]'s",
+            "not supervisord's listener protocol",
+        ] {
+            assert!(said.contains(want), "{want:?} not in:\n{said}");
+        }
+    }
+
+    #[test]
     fn supervisord_environment() {
         let t = environment(r#"A="1,2",B=x, C='y z'"#).unwrap();
         assert_eq!(t["A"].as_str(), Some("1,2"));
