@@ -13,6 +13,7 @@ mod schema;
 mod services;
 mod state;
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -332,13 +333,15 @@ impl Store {
         let conn = &mut self.conn;
         let mut recorded = Vec::new();
         let mut hold = false;
+        // Events are copied for the sink only when there is one (the daemon's).
+        let listening = self.sink.is_some();
         let value = with_retry(&path, || {
             let tx = conn
                 .transaction_with_behavior(behavior)
                 .map_err(|e| db_err(&path, e))?;
-            let wrapped = Tx(tx, &path, Default::default());
+            let wrapped = Tx(tx, &path, RefCell::new((Vec::new(), false)), listening);
             let value = f(&wrapped)?;
-            let Tx(tx, _, noted) = wrapped;
+            let Tx(tx, _, noted, _) = wrapped;
             tx.commit().map_err(|e| db_err(&path, e))?;
             // Only the attempt that committed counts: a retried one's events were
             // rolled back with it.
@@ -529,17 +532,24 @@ pub struct Tx<'a>(
     rusqlite::Transaction<'a>,
     &'a Path,
     /// The events recorded in it, and whether to hold them (see [`Store::release_held`]).
-    std::cell::RefCell<(Vec<Recorded>, bool)>,
+    RefCell<(Vec<Recorded>, bool)>,
+    /// Whether anyone is told of them: if not, they are not noted at all.
+    bool,
 );
 
 impl Tx<'_> {
     /// Notes an event this transaction recorded, for the store's sink.
     pub(crate) fn noted(
         &self,
-        event: crate::record::Event,
+        event: impl FnOnce() -> crate::record::Event,
         facts: serde_json::Map<String, serde_json::Value>,
     ) {
-        self.2.borrow_mut().0.push(Recorded { event, facts });
+        if self.3 {
+            self.2.borrow_mut().0.push(Recorded {
+                event: event(),
+                facts,
+            });
+        }
     }
 
     /// The events of this transaction are told only once the caller releases them

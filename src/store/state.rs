@@ -181,7 +181,7 @@ impl Tx<'_> {
         let id = self.0.last_insert_rowid();
         self.prune_events(service, id, now)?;
         self.noted(
-            Event {
+            || Event {
                 id,
                 at: now,
                 service: service.to_string(),
