@@ -15,6 +15,8 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// `MAX_RUNNING` in `daemon::hooks`.
 const MAX_RUNNING: usize = 4;
+/// `MAX_WAITING` in `daemon::hooks`.
+const MAX_WAITING: usize = 4;
 
 fn start_daemon(env: &Env) {
     let out = env.ok(&["daemon"]);
@@ -317,19 +319,25 @@ fn hanging_hook(env: &Env, variant: u32) {
     assert!(hook_leaves(env).is_empty(), "{:?}", hook_leaves(env));
 }
 
-/// A crash loop of several services: never more than `MAX_RUNNING` hooks at once, each
-/// service one at a time, and every exit is in exactly one run (`1 + merged` summed
-/// over the runs equals the exits recorded).
+/// A crash loop of several services while every hook is held back: exactly
+/// `MAX_RUNNING` hooks run, each service's later exits wait in at most `MAX_WAITING`
+/// runs (the last one absorbing the rest, with the count), and once the hooks may end,
+/// every exit is in exactly one run (`1 + merged` summed over a service's runs equals
+/// its `exit` events); never more than `MAX_RUNNING` at once, nor two of one service.
 #[test]
 fn a_crash_loop_runs_at_most_the_bound_and_counts_every_exit() {
     let env = Env::new();
     let log = env.work().join("runs.log");
-    // Each run notes its start and end around a sleep, so runs overlap whenever they
-    // can: the order of the lines shows how many ran at once.
+    let go = env.work().join("go");
+    // Each run notes its start, waits until the test lets it go, and notes its end: the
+    // order of the lines shows how many ran at once.
     let hook = format!(
-        "echo \"start $TEND_SERVICE $TEND_MERGED\" >> {l}; sleep 0.3; echo \"end $TEND_SERVICE\" >> {l}",
-        l = log.display()
+        "echo \"start $TEND_SERVICE $TEND_MERGED\" >> {l}; \
+         while [ ! -e {g} ]; do sleep 0.05; done; echo \"end $TEND_SERVICE\" >> {l}",
+        l = log.display(),
+        g = go.display()
     );
+    const STARTS: usize = 10;
     let names: Vec<String> = (0..6).map(|i| format!("loop{i}")).collect();
     for n in &names {
         env.add_fixture(
@@ -340,11 +348,13 @@ fn a_crash_loop_runs_at_most_the_bound_and_counts_every_exit() {
                 "--restart-delay",
                 "10ms",
                 "--start-limit",
-                "10",
+                &STARTS.to_string(),
                 "--start-limit-interval",
                 "1h",
                 "--on-exit",
                 &hook,
+                "--hook-timeout",
+                "10m",
             ],
             &["--exit-now", "1"],
         );
@@ -354,32 +364,70 @@ fn a_crash_loop_runs_at_most_the_bound_and_counts_every_exit() {
     let mut args = vec!["start"];
     args.extend(&refs);
     let _ = env.tend(&args);
-    // Done when every service is failed and its runs account for all its exits.
-    let counted = |log: &str, name: &str| -> u64 {
-        log.lines()
+    let started = |text: &str| text.lines().filter(|l| l.starts_with("start ")).count();
+    // Every service crashed all the way to `failed` while the hooks were held.
+    assert!(
+        wait_until(Duration::from_secs(120), || names
+            .iter()
+            .all(|n| !of_kind(&env, n, "failed").is_empty())),
+        "the crash loops did not end\n{}",
+        env.daemon_log()
+    );
+    for n in &names {
+        assert_eq!(of_kind(&env, n, "exit").len(), STARTS, "{n}");
+    }
+    // Exactly the bound runs, no more, over 2 s.
+    assert!(
+        wait_until(LONG, || started(&read(&log)) == MAX_RUNNING),
+        "{}",
+        read(&log)
+    );
+    assert!(
+        holds_for(Duration::from_secs(2), || started(&read(&log))
+            == MAX_RUNNING),
+        "{}",
+        read(&log)
+    );
+    std::fs::write(&go, "").unwrap();
+    let counted = |text: &str, name: &str| -> Vec<u64> {
+        text.lines()
             .filter_map(|l| l.strip_prefix("start "))
             .filter_map(|l| l.split_once(' '))
             .filter(|(s, _)| *s == name)
-            .map(|(_, m)| 1 + m.trim().parse::<u64>().unwrap())
-            .sum()
+            .map(|(_, m)| m.trim().parse::<u64>().unwrap())
+            .collect()
     };
     let settled = || {
         let text = read(&log);
         let ends = text.lines().filter(|l| l.starts_with("end ")).count();
-        let starts = text.lines().filter(|l| l.starts_with("start ")).count();
-        starts == ends
-            && names.iter().all(|n| {
-                !of_kind(&env, n, "failed").is_empty()
-                    && counted(&text, n) == of_kind(&env, n, "exit").len() as u64
-            })
+        started(&text) == ends
+            && names
+                .iter()
+                .all(|n| counted(&text, n).iter().map(|m| 1 + m).sum::<u64>() == STARTS as u64)
     };
     assert!(
-        wait_until(Duration::from_secs(180), settled),
+        wait_until(Duration::from_secs(120), settled),
         "not settled\nruns:\n{}\ndaemon.log:\n{}",
         read(&log),
         env.daemon_log()
     );
+    // Nothing more runs, over 1 s.
     let text = read(&log);
+    assert!(holds_for(Duration::from_secs(1), || read(&log) == text));
+    for n in &names {
+        // MAX_WAITING waiting runs, the last of which absorbed every later exit, after
+        // the first exit's run if that one had begun by the second exit.
+        let merged = counted(&text, n);
+        let runs = merged.len();
+        assert!(
+            runs == MAX_WAITING || runs == MAX_WAITING + 1,
+            "{n}: {merged:?}\n{text}"
+        );
+        let mut want = vec![0; runs - 1];
+        want.push((STARTS - runs) as u64);
+        assert_eq!(merged, want, "{n}:\n{text}");
+        assert!(of_kind(&env, n, "hook-failed").is_empty(), "{n}");
+    }
     let (mut running, mut most) = (0usize, 0usize);
     let mut busy = std::collections::HashSet::new();
     for l in text.lines() {
@@ -397,13 +445,11 @@ fn a_crash_loop_runs_at_most_the_bound_and_counts_every_exit() {
         }
     }
     assert!(most <= MAX_RUNNING, "{most} hooks ran at once:\n{text}");
-    let exits: usize = names.iter().map(|n| of_kind(&env, n, "exit").len()).sum();
-    let runs = text.lines().filter(|l| l.starts_with("start ")).count();
-    eprintln!("{exits} exits ran on_exit {runs} time(s), at most {most} at once");
-    assert!(exits >= 6 * 10, "{exits} exits");
-    for n in &names {
-        assert!(of_kind(&env, n, "hook-failed").is_empty(), "{n}");
-    }
+    eprintln!(
+        "{} exits ran on_exit {} time(s), at most {most} at once",
+        names.len() * STARTS,
+        started(&text)
+    );
 }
 
 /// A hook whose program does not exist, and one whose output never ends: both are
