@@ -1,6 +1,7 @@
-//! Running a check command (`ready = { cmd = ... }`, `health = { cmd = ... }`): `sh -c`
-//! started as a service is ([`super::spawn`]: double fork, a session of its own, a cgroup
-//! leaf of its own where there is containment), its output captured, and, once it has
+//! Running a helper command, a check (`ready = { cmd = ... }`, `health = { cmd = ... }`)
+//! or a hook (`on_exit = "..."`, with its event on stdin): `sh -c` started as a service is
+//! ([`super::spawn`]: double fork, a session of its own, a cgroup leaf of its own where
+//! there is containment, in `checks/` or `hooks/`), its output captured, and, once it has
 //! ended or at its timeout, killed whole: nothing it started outlives it.
 //!
 //! # Killed whole, and only what is the check's

@@ -502,7 +502,7 @@ fn a_failing_or_flooding_hook_blocks_nothing() {
     );
     // While flood's first hook floods its pipes, flood keeps being restarted.
     assert!(
-        wait_until(LONG, || of_kind(&env, "flood", "restart").len() >= 10),
+        wait_until(LONG, || of_kind(&env, "flood", "restart").len() >= 5),
         "{:?}",
         events(&env, "flood")
     );
