@@ -24,7 +24,7 @@
 //!   `1 + MAX_WAITING + (runs that finished meanwhile)` times, never 1,000 processes at
 //!   once, and the sum of `1 + merged` over the runs is exactly the number of exits.
 //! - Runs still waiting when the daemon stops are not run: one `hook-failed` event per
-//!   service says how many.
+//!   service and hook says how many, and how many events they stood for.
 //!
 //! # A hook's failure
 //!
@@ -197,14 +197,14 @@ impl Hooks {
         }
         let Ok(mut sup) = pool.get() else { return };
         for (service, runs) in waiting {
-            let events: u64 = runs.iter().map(|r| 1 + r.merged).sum();
-            let hooks: Vec<&str> = runs.iter().map(|r| r.hook.key()).collect();
-            let detail = format!(
-                "{} run(s) not carried out ({events} event(s): {}): the daemon stopped",
-                runs.len(),
-                hooks.join(", ")
-            );
-            let _ = sup.record(&service, event::HOOK_FAILED, &detail);
+            for hook in HookEvent::ALL {
+                let of_hook: Vec<&Run> = runs.iter().filter(|r| r.hook == hook).collect();
+                if of_hook.is_empty() {
+                    continue;
+                }
+                let events: u64 = of_hook.iter().map(|r| 1 + r.merged).sum();
+                not_carried_out(&mut sup, &service, hook, of_hook.len(), events);
+            }
         }
     }
 
@@ -227,12 +227,7 @@ impl Hooks {
                 // The daemon is going away: not run, and said so.
                 None => {
                     if let Ok(mut sup) = pool.get() {
-                        let detail = format!(
-                            "{}: not carried out ({} event(s)): the daemon stopped",
-                            run.hook.key(),
-                            1 + run.merged
-                        );
-                        let _ = sup.record(&service, event::HOOK_FAILED, &detail);
+                        not_carried_out(&mut sup, &service, run.hook, 1, 1 + run.merged);
                     }
                     return;
                 }
@@ -246,6 +241,26 @@ impl Hooks {
             }
         }
     }
+}
+
+/// Records that `runs` runs of `hook` of `service`, standing for `events` events, were
+/// not carried out as the daemon stopped: only if that hook is defined (an event without
+/// a hook was never going to run anything).
+fn not_carried_out(
+    sup: &mut crate::supervisor::Supervisor,
+    service: &str,
+    hook: HookEvent,
+    runs: usize,
+    events: u64,
+) {
+    if !matches!(sup.hook_for(service, hook), Ok(Some(_))) {
+        return;
+    }
+    let detail = format!(
+        "{}: {runs} run(s) not carried out ({events} event(s)): the daemon stopped",
+        hook.key()
+    );
+    let _ = sup.record(service, event::HOOK_FAILED, &detail);
 }
 
 /// Runs one hook (if the service or the home has one for it) and records its failure.
@@ -276,8 +291,9 @@ fn carry_out(pool: &Arc<Pool>, service: &str, run: &Run) {
             output_tail(&ran.output)
         )),
         Ok(ran) if ran.withdrawn => Some(format!(
-            "{}: ended early: the daemon is stopping",
-            run.hook.key()
+            "{}: ended early ({} event(s)): the daemon is stopping",
+            run.hook.key(),
+            1 + run.merged
         )),
         Ok(ran) if ran.status.is_some_and(|s| s == 0) => None,
         Ok(ran) => Some(format!(

@@ -452,6 +452,75 @@ fn a_crash_loop_runs_at_most_the_bound_and_counts_every_exit() {
     );
 }
 
+/// `tend daemon stop` while a hook runs and more wait: the running one is ended (killed
+/// whole) and the waiting ones are not run, and `hook-failed` events account for every
+/// exit they stood for.
+#[test]
+fn a_stopping_daemon_accounts_for_every_hook_it_does_not_run() {
+    let env = Env::new();
+    let mark = marker(4);
+    let ran = env.work().join("ran");
+    let hook = format!("echo run >> {}; trap '' TERM; sleep {mark}", ran.display());
+    const STARTS: usize = 8;
+    env.add_fixture(
+        "crash",
+        &[
+            "--restart",
+            "always",
+            "--restart-delay",
+            "10ms",
+            "--start-limit",
+            &STARTS.to_string(),
+            "--start-limit-interval",
+            "1h",
+            "--on-exit",
+            &hook,
+            "--hook-timeout",
+            "10m",
+        ],
+        &["--exit-now", "1"],
+    );
+    start_daemon(&env);
+    let _ = env.tend(&["start", "crash"]);
+    assert!(
+        wait_until(LONG, || !of_kind(&env, "crash", "failed").is_empty()
+            && !sleeps(&mark).is_empty()),
+        "{:?}",
+        events(&env, "crash")
+    );
+    assert_eq!(of_kind(&env, "crash", "exit").len(), STARTS);
+    env.ok(&["daemon", "stop"]);
+    // `on_exit: ended early (N event(s))...` and `on_exit: R run(s) not carried out (N
+    // event(s))...`: the Ns add up to the exits.
+    let accounted = || -> usize {
+        of_kind(&env, "crash", "hook-failed")
+            .iter()
+            .filter_map(|e| {
+                let d = e["detail"].as_str().unwrap();
+                assert!(d.starts_with("on_exit: "), "{d}");
+                let (_, rest) = d.split_once(" (")?;
+                rest.split(' ').next()?.parse::<usize>().ok()
+            })
+            .sum()
+    };
+    assert!(
+        wait_until(LONG, || accounted() == STARTS),
+        "{} of {STARTS} exits accounted for: {:?}",
+        accounted(),
+        of_kind(&env, "crash", "hook-failed")
+    );
+    assert_eq!(lines(&ran), 1, "only the first run began");
+    assert!(
+        wait_until(LONG, || sleeps(&mark).is_empty()),
+        "left behind: {:?}",
+        sleeps(&mark)
+    );
+}
+
+fn lines(path: &Path) -> usize {
+    read(path).lines().count()
+}
+
 /// A hook whose program does not exist, and one whose output never ends: both are
 /// recorded as `hook-failed` (with their output cut short), and the service's crash
 /// restarts go on meanwhile as if there were no hook.
@@ -594,6 +663,18 @@ fn hook_settings_are_checked_and_round_trip() {
         "{json}"
     );
     assert_eq!(json["hook_timeout_ms"], 2500, "{json}");
+
+    // Hooks but no daemon: doctor warns that none fire.
+    let doctor = env.tend(&["doctor"]);
+    let line = doctor
+        .stdout
+        .lines()
+        .find(|l| l.contains("hooks"))
+        .unwrap_or_else(|| panic!("no hooks line: {doctor:?}"));
+    assert!(
+        line.starts_with("warn") && line.contains("no daemon runs"),
+        "{line}"
+    );
 
     let long = "x".repeat(5000);
     for bad in [
