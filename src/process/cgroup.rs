@@ -261,7 +261,11 @@ impl Root {
     /// ([`CHECKS`] or [`HOOKS`]), after [`Root::sweep_helpers`].
     pub fn new_helper(&self, group: &str) -> io::Result<Cgroup> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let checks = self.sweep_helpers(group)?;
+        let checks = Cgroup {
+            path: self.path.join(group),
+        };
+        mkdir(&checks.path)?;
+        self.sweep_helpers(group);
         let leaf = checks.path.join(format!(
             "run-{}-{}-{}",
             crate::record::now_ms(),
@@ -275,12 +279,11 @@ impl Root {
     /// Kills and removes the leaves of `<root>/<group>` whose creator is gone: runs of
     /// helper commands a tend process was carrying out when it died (a daemon killed
     /// with SIGKILL while a hook ran). The daemon does this as it comes up; each new
-    /// run does it too. Returns the group's cgroup.
-    pub fn sweep_helpers(&self, group: &str) -> io::Result<Cgroup> {
+    /// run does it too. A group that does not exist is left so.
+    pub fn sweep_helpers(&self, group: &str) {
         let helpers = Cgroup {
             path: self.path.join(group),
         };
-        mkdir(&helpers.path)?;
         for leaf in helpers.children() {
             if !leaf_creator_gone(&leaf) {
                 continue;
@@ -291,7 +294,6 @@ impl Root {
             }
             let _ = leaf.remove();
         }
-        Ok(helpers)
     }
 
     /// Moves the calling process into `<root>/supervisor` (the daemon: a cgroup whose

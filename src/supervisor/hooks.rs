@@ -111,7 +111,7 @@ impl Supervisor {
     /// leaves), where there is containment: a daemon does this as it comes up.
     pub fn sweep_hooks(&mut self) {
         if let Some(root) = self.containment().root().cloned() {
-            let _ = root.sweep_helpers(cgroup::HOOKS);
+            root.sweep_helpers(cgroup::HOOKS);
         }
     }
 }
