@@ -11,7 +11,7 @@
 //!    as a person's shell sees it.
 //! 2. What idle hosts cost the database: for 20 s, transactions committed in the
 //!    database (`pg_stat_database.xact_commit`) and the hosts' connections
-//!    (`pg_stat_activity`, application_name `tend`), per host and scaled to 1,000. The
+//!    (`pg_stat_activity`, application_name `tend daemon HOST`), per host and scaled to 1,000. The
 //!    bench runs in a database of its own (created and dropped), so only its hosts count.
 //! 3. Commands per second one daemon claims and finishes: 500 `start svc` rows for one
 //!    host (a no-op: it is running) inserted at once; time until the last is finished.
@@ -147,7 +147,7 @@ fn main() {
         let r = rt
             .block_on(client.query_one(
                 "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), \
-                        (SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tend')",
+                        (SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'tend daemon %')",
                 &[],
             ))
             .expect("stats");

@@ -108,6 +108,12 @@ pub struct DaemonStatus {
     pub containment: String,
     /// PostgreSQL control, when configured.
     pub postgres: Option<PgStatus>,
+    /// What the daemon counted since it started (requests, restarts, commands).
+    #[serde(default)]
+    pub counters: crate::metrics::CounterValues,
+    /// Where the HTTP API listens (`127.0.0.1:9123`, `unix:PATH`); `None`: it is off.
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 /// What `tend daemon status` shows about PostgreSQL. The URL is shown without password.
@@ -123,6 +129,40 @@ pub struct PgStatus {
     pub host_id: String,
     /// Notifications received since the daemon started.
     pub received: u64,
+    /// Fleet wake-ups received (NOTIFYs on this host's own wake-up channel).
+    #[serde(default)]
+    pub fleet_wakeups: u64,
+    /// Claim attempts made (each one statement, whether it found a command or not).
+    #[serde(default)]
+    pub fleet_claims: u64,
+    /// Backstop sweeps run.
+    #[serde(default)]
+    pub fleet_sweeps: u64,
+    /// Which quick-mode payloads are obeyed: `signed only`, `unsigned refused (joined
+    /// a fleet)`, `unsigned allowed (postgres.quick_unsigned)`, ...
+    #[serde(default)]
+    pub quick_mode: String,
+    /// The fleet this daemon joins (durable commands), beside the quick mode.
+    #[serde(default)]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// What `tend daemon status` shows about the fleet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// `looking` (not connected yet), `joined`, `no fleet` (the schema is missing or
+    /// unreadable: looked at again every 10 s) or `reconnecting`.
+    pub state: String,
+    /// Unix ms: when the current state began.
+    pub since: i64,
+    pub schema: String,
+    pub host_id: String,
+    /// This daemon has joined the fleet at least once (it then refuses unsigned
+    /// quick-mode payloads for the rest of its life, unless configured otherwise).
+    pub joined_once: bool,
+    /// Unix ms of the last sweep for pending commands.
+    pub last_sweep: Option<i64>,
+    pub last_error: Option<String>,
 }
 
 /// Applies `verb` to the selected services, each in turn; one failing does not stop the

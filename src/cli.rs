@@ -76,6 +76,11 @@ pub enum Command {
     Status(Lazy<StatusArgs>),
     /// Make the definitions match a service file (./tend.toml): add, change, remove.
     Apply(Lazy<ApplyArgs>),
+    /// Run a services file in the foreground, in a state home of its own (<state
+    /// dir>/up/HASH unless --home): start everything in dependency order, print the
+    /// merged output; Ctrl-C stops it all (a second one kills). As PID 1 (--init), reap
+    /// orphans and forward signals.
+    Up(Lazy<UpArgs>),
     /// Print definitions as a service file (`tend export > tend.toml`).
     Export(Lazy<ExportArgs>),
     /// Print a Procfile or a supervisord .conf as a service file (`tend import Procfile
@@ -104,6 +109,9 @@ pub enum Command {
     Config(Lazy<ConfigArgs>),
     /// Show the event history (start, stop, exit seen, stale record cleared, changes).
     Events(Lazy<EventsArgs>),
+    /// Print every service's state, restarts, last exit, CPU time and memory, and the
+    /// daemon's counters when one runs, in the Prometheus text format.
+    Metrics(Lazy<MetricsArgs>),
     /// A live view of every service (state, pid, uptime, restarts, last exit, CPU,
     /// memory) with keys to start, stop, restart and read logs; q quits.
     Top(Lazy<TopArgs>),
@@ -232,6 +240,9 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MetricsArgs {}
+
+#[derive(Debug, Args)]
 pub struct TopArgs {
     /// How often to read the database and /proc again (100ms to 1m).
     #[arg(long, default_value = "1s", value_name = "DURATION")]
@@ -308,6 +319,15 @@ pub struct DaemonArgs {
     /// postgres.host_id, else the hostname.
     #[arg(long, value_name = "NAME")]
     pub host_id: Option<String>,
+    /// Serve the HTTP API (metrics, services, events; writes with http.token_file) on
+    /// HOST:PORT (loopback unless http.allow_remote) or a Unix socket path. Default:
+    /// config http.listen, else off.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    // `tend up` starts its daemon with its own pid here: the daemon stops every service
+    // and exits when that process ends.
+    #[arg(long, hide = true, value_name = "PID", requires = "foreground")]
+    pub bound_to: Option<i32>,
     #[command(subcommand)]
     pub action: Option<DaemonAction>,
 }
@@ -406,6 +426,29 @@ pub struct ApplyArgs {
     /// Restart running services whose definition changed.
     #[arg(long)]
     pub restart_changed: bool,
+}
+
+// `tend up`: which file, which services, how it ends.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The services file [default: ./tend.toml, else ./Procfile]; a file named
+    /// Procfile* is read as a Procfile.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only these services and what they require [default: all].
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// When a service exits (without being asked to), stop everything and exit with its
+    /// status.
+    #[arg(long)]
+    pub exit_on_failure: bool,
+    /// Show `tend top` instead of the merged output (q stops everything).
+    #[arg(long)]
+    pub tui: bool,
+    /// Be a container's init: reap every orphan, log to stdout/stderr (the default when
+    /// tend runs as PID 1).
+    #[arg(long)]
+    pub init: bool,
 }
 
 #[derive(Debug, Args)]
@@ -532,6 +575,14 @@ pub enum FleetAction {
         #[command(flatten)]
         pg: FleetPgArgs,
     },
+    /// Retire a host that left: its unfinished commands expire, its row and its
+    /// services' states go (it joins again if its daemon comes back).
+    Remove {
+        /// The host id.
+        host: String,
+        #[command(flatten)]
+        pg: FleetPgArgs,
+    },
     /// Least-privilege rights: an operator (issue commands, read all) or a host's role
     /// (its own commands and status only).
     Grant {
@@ -561,8 +612,9 @@ pub struct FleetOrder {
     /// Wait up to this long for every host's result, printing each as it arrives.
     #[arg(long, value_name = "DURATION")]
     pub wait: Option<String>,
-    /// A key that makes a repeat harmless: a host with a pending command under the same
-    /// key gets no second one.
+    /// A key that makes a repeat harmless: a host whose command under the same key is
+    /// pending, running or finished within postgres.dedup_keep (default 24h) gets no
+    /// second one; the repeat is answered with that command and its result.
     #[arg(long, value_name = "KEY")]
     pub dedup: Option<String>,
     /// A host that has not run the command within this long never runs it.

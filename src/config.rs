@@ -9,6 +9,16 @@ pub const POSTGRES_CHANNEL: &str = "postgres.channel";
 pub const POSTGRES_HOST_ID: &str = "postgres.host_id";
 pub const POSTGRES_CA_FILE: &str = "postgres.ca_file";
 pub const POSTGRES_KEY_FILE: &str = "postgres.notify_key_file";
+pub const POSTGRES_QUICK_UNSIGNED: &str = "postgres.quick_unsigned";
+pub const POSTGRES_DEDUP_KEEP: &str = "postgres.dedup_keep";
+/// How long a finished fleet command answers a repeat of its dedup key by default.
+pub const DEFAULT_DEDUP_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub const FLEET_SWEEP_EVERY: &str = "fleet.sweep_every";
+pub const FLEET_HEARTBEAT_EVERY: &str = "fleet.heartbeat_every";
+/// The fleet's backstop sweep when `fleet.sweep_every` is unset.
+pub const DEFAULT_FLEET_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
+/// The fleet heartbeat when `fleet.heartbeat_every` is unset.
+pub const DEFAULT_FLEET_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 pub const EVENTS_KEEP_PER_SERVICE: &str = "events.keep_per_service";
 pub const EVENTS_KEEP_FOR: &str = "events.keep_for";
 
@@ -56,6 +66,9 @@ pub fn hook_key(e: crate::service::hooks::HookEvent) -> &'static str {
 }
 
 pub const POSTGRES_SCHEMA: &str = "postgres.schema";
+pub const HTTP_LISTEN: &str = "http.listen";
+pub const HTTP_TOKEN_FILE: &str = "http.token_file";
+pub const HTTP_ALLOW_REMOTE: &str = "http.allow_remote";
 /// The fleet's schema when none is configured.
 pub const DEFAULT_SCHEMA: &str = "tend_fleet";
 
@@ -88,8 +101,42 @@ pub const KEYS: &[(&str, &str)] = &[
         "file holding the HMAC key: NOTIFY payloads must then be signed",
     ),
     (
+        POSTGRES_QUICK_UNSIGNED,
+        "true: a daemon in a fleet still obeys unsigned quick-mode NOTIFY payloads \
+         (default false: once it joined a fleet, only signed ones)",
+    ),
+    (
+        POSTGRES_DEDUP_KEEP,
+        "how long a finished fleet command answers a repeat of its --dedup key \
+         (default 24h)",
+    ),
+    (
+        FLEET_SWEEP_EVERY,
+        "how often a fleet daemon looks for pending commands a missed wake-up left, and \
+         marks overdue ones expired: 30s, 5m... (default 30s; 1s to 1h)",
+    ),
+    (
+        FLEET_HEARTBEAT_EVERY,
+        "how often a fleet daemon writes its heartbeat, which also checks its connection; \
+         `fleet status` calls a host stale after three missed beats (default 10s; 1s to 1h)",
+    ),
+    (
         EVENTS_KEEP_PER_SERVICE,
         "events kept per service, the oldest deleted first (default 1000; 0: no limit)",
+    ),
+    (
+        HTTP_LISTEN,
+        "where the daemon serves its HTTP API: HOST:PORT (loopback unless \
+         http.allow_remote) or the path of a Unix socket; unset: no HTTP API",
+    ),
+    (
+        HTTP_TOKEN_FILE,
+        "file (mode 0600) holding the bearer token that HTTP writes (start, stop, \
+         restart) need; unset: the API is read-only",
+    ),
+    (
+        HTTP_ALLOW_REMOTE,
+        "true to let http.listen name an address other than loopback (default false)",
     ),
     (
         EVENTS_KEEP_FOR,
@@ -154,6 +201,28 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
             .parse::<u64>()
             .map(|n| n.to_string())
             .map_err(|_| invalid(format!("{key}: {value:?} is not a count (0, 1000...)"))),
+        FLEET_SWEEP_EVERY | FLEET_HEARTBEAT_EVERY => fleet_period(key, value)
+            .map(|_| value.trim().to_string())
+            .map_err(invalid),
+        HTTP_LISTEN => {
+            let here = std::env::current_dir().unwrap_or_else(|_| "/".into());
+            HttpListen::parse(value, &here)
+                .map(|l| l.to_string())
+                .map_err(|e| invalid(format!("{key}: {e}")))
+        }
+        HTTP_ALLOW_REMOTE => match value.trim() {
+            "true" | "false" => Ok(value.trim().to_string()),
+            other => Err(invalid(format!("{key}: {other:?} is not true or false"))),
+        },
+        POSTGRES_QUICK_UNSIGNED => match value.trim() {
+            "true" | "false" => Ok(value.trim().to_string()),
+            _ => Err(invalid(format!("{key}: {value:?}: use true or false"))),
+        },
+        POSTGRES_DEDUP_KEEP => match crate::service::parse_duration(value) {
+            Ok(d) if !d.is_zero() => Ok(value.trim().to_string()),
+            Ok(_) => Err(invalid(format!("{key}: must be longer than 0s"))),
+            Err(e) => Err(invalid(format!("{key}: {e}"))),
+        },
         HOOKS_ON_START | HOOKS_ON_EXIT | HOOKS_ON_FAILED | HOOKS_ON_UNHEALTHY => {
             crate::service::hooks::check_hook_text(value)
                 .map_err(|e| invalid(format!("{key}: {e}")))?;
@@ -181,6 +250,74 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
     }
 }
 
+/// A fleet period (`fleet.sweep_every`, `fleet.heartbeat_every`): a duration from 1 s
+/// to 1 h. Shorter would be the per-second polling a large fleet cannot afford; longer
+/// would leave a host's liveness unknown for too long.
+pub fn fleet_period(key: &str, value: &str) -> std::result::Result<std::time::Duration, String> {
+    let d = crate::service::parse_duration(value).map_err(|e| format!("{key}: {e}"))?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{key}: {value:?} is outside 1s to 1h"));
+    }
+    Ok(d)
+}
+
+/// Where the daemon's HTTP API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpListen {
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket at this (absolute) path.
+    Unix(std::path::PathBuf),
+}
+
+impl HttpListen {
+    /// `HOST:PORT` (an IP address: `127.0.0.1:9123`, `[::1]:9123`), or a path (absolute,
+    /// `./`-relative to `here`, or `unix:PATH`) of a Unix socket.
+    pub fn parse(value: &str, here: &std::path::Path) -> std::result::Result<HttpListen, String> {
+        let v = value.trim();
+        if v.is_empty() {
+            return Err("empty address".into());
+        }
+        let path = v.strip_prefix("unix:");
+        if path.is_some() || v.starts_with('/') || v.starts_with("./") {
+            let p = path.unwrap_or(v);
+            if p.is_empty() {
+                return Err("unix: needs a path".into());
+            }
+            return Ok(HttpListen::Unix(crate::service::absolute(
+                here,
+                std::path::Path::new(p),
+            )));
+        }
+        v.parse::<std::net::SocketAddr>()
+            .map(HttpListen::Tcp)
+            .map_err(|_| {
+                format!(
+                    "{v:?} is neither IP:PORT (127.0.0.1:9123, [::1]:9123) nor the path of a \
+                     Unix socket (/run/user/1000/tend.http, unix:PATH)"
+                )
+            })
+    }
+
+    /// A TCP address that is not loopback: reachable from other hosts.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, HttpListen::Tcp(a) if !a.ip().is_loopback())
+    }
+}
+
+impl std::fmt::Display for HttpListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpListen::Tcp(a) => write!(f, "{a}"),
+            HttpListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A stored `true`.
+pub fn truthy(v: &str) -> bool {
+    v.trim() == "true"
+}
+
 /// Channels are plain lowercase identifiers, so `NOTIFY tend, '...'` typed unquoted in
 /// psql reaches the channel the daemon LISTENs on.
 pub fn validate_channel(c: &str) -> std::result::Result<(), String> {
@@ -198,8 +335,8 @@ pub fn validate_channel(c: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// The fleet's schema: a plain lowercase identifier, short enough that the wake-up
-/// channels `SCHEMA_wake` and `SCHEMA_done` are identifiers too.
+/// The fleet's schema: a plain lowercase identifier (at most 58 bytes, a limit kept from
+/// when channels were named after it; the hosts' wake-up channels are digests).
 pub fn validate_schema(s: &str) -> std::result::Result<(), String> {
     if validate_channel(s).is_ok() && s.len() <= 58 && !s.starts_with("pg_") {
         Ok(())

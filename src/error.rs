@@ -189,6 +189,10 @@ pub enum Error {
 
     #[error("a daemon is already running for {home} (pid {pid})")]
     DaemonRunning { home: PathBuf, pid: String },
+
+    /// `tend up` for a state home another `tend up` holds.
+    #[error("another tend up is running with state home {home} ({holder})")]
+    UpRunning { home: PathBuf, holder: String },
 }
 
 impl Error {
@@ -233,7 +237,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Daemon { .. }
             | Error::Postgres { .. } => exit::FAILED,
-            Error::DaemonRunning { .. } => exit::CONFLICT,
+            Error::DaemonRunning { .. } | Error::UpRunning { .. } => exit::CONFLICT,
         }
     }
 
@@ -284,6 +288,19 @@ pub enum Stage {
     Cgroup = 6,
     /// Closing the descriptors the service must not inherit.
     CloseFds = 7,
+    // The process settings (`crate::service::execution`), in the order they are set.
+    LimitNofile = 8,
+    LimitNproc = 9,
+    LimitCore = 10,
+    LimitMemlock = 11,
+    Nice = 12,
+    OomScoreAdj = 13,
+    /// setgroups(2): the supplementary groups.
+    Groups = 14,
+    /// setresgid(2).
+    Group = 15,
+    /// setresuid(2).
+    User = 16,
 }
 
 impl Stage {
@@ -296,6 +313,15 @@ impl Stage {
             5 => Stage::Exec,
             6 => Stage::Cgroup,
             7 => Stage::CloseFds,
+            8 => Stage::LimitNofile,
+            9 => Stage::LimitNproc,
+            10 => Stage::LimitCore,
+            11 => Stage::LimitMemlock,
+            12 => Stage::Nice,
+            13 => Stage::OomScoreAdj,
+            14 => Stage::Groups,
+            15 => Stage::Group,
+            16 => Stage::User,
             _ => return None,
         })
     }
@@ -327,6 +353,21 @@ pub enum SpawnError {
     },
     #[error("the new process did not report in ({0})")]
     NoReport(String),
+    /// A process setting the new process could not apply (`limit_nofile`, `user`...):
+    /// it never ran.
+    #[error("cannot set {setting} to {value}: {}", errno.desc().to_lowercase())]
+    Setting {
+        setting: &'static str,
+        value: String,
+        errno: Errno,
+    },
+    /// A process setting that cannot be applied, found before any fork (an unknown
+    /// user, another user when tend does not run as root).
+    #[error("{setting}: {reason}")]
+    Refused {
+        setting: &'static str,
+        reason: String,
+    },
     #[error("{0}")]
     Cgroup(String),
     /// A `--pidfile` service that did not hand over to a daemonized process.
@@ -368,6 +409,8 @@ fn describe(stage: Stage, errno: Errno, program: &str) -> String {
         (Stage::Fork, _) => format!("fork failed: {reason}"),
         (Stage::Cgroup, _) => format!("cannot enter its cgroup: {reason}"),
         (Stage::CloseFds, _) => format!("cannot close inherited descriptors: {reason}"),
+        // Reported as `SpawnError::Setting`, with the value; this is the fallback.
+        (s, _) => format!("cannot apply a process setting ({s:?}): {reason}"),
     }
 }
 

@@ -47,6 +47,15 @@
 //! in one transaction, kills what the service left behind (only processes proven to be
 //! its own) and restarts it, at once or when the loop's timer is due.
 //!
+//! # The path of a `tend up`
+//!
+//! [`app::up`] applies the file to a state home of its own, starts that home's daemon as
+//! its child, tied to it ([`process::init::die_with_parent`]: the daemon gets SIGTERM
+//! when `up` ends, however it ends, and then stops every service before it exits),
+//! starts the services through it, and follows their logs ([`app::logs`]) until the
+//! daemon has exited. As PID 1 it also reaps every orphan ([`process::init::reap_any`]).
+//! The daemon's [`daemon::watch`] thread restarts services whose `watch` files change.
+//!
 //! # The path of a hook
 //!
 //! A daemon's supervisors tell [`daemon::hooks`] of the events each write transaction
@@ -61,8 +70,9 @@
 //!
 //! `NOTIFY tend, 'restart web'` → the listener thread ([`pg::listener`]) receives it on
 //! its dedicated connection → the executor thread authenticates and parses it
-//! ([`pg::auth`], [`pg::payload`]), records a `notify` event and calls [`api::act`],
-//! exactly as a CLI request would.
+//! ([`pg::auth`], [`pg::payload`]; a daemon that joined a fleet refuses unsigned
+//! payloads, [`pg::quick`]), records a `notify` event and calls [`api::act`], exactly as
+//! a CLI request would.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -75,8 +85,10 @@ pub mod daemon;
 pub mod error;
 pub mod fleet;
 pub mod home;
+pub mod json;
 pub mod logs;
 pub mod logwriter;
+pub mod metrics;
 
 pub mod pg;
 pub mod policy;

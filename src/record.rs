@@ -125,6 +125,9 @@ pub mod event {
     /// The daemon found the running service's log writer gone (both of its processes)
     /// and started a new one on the service's pipes.
     pub const LOG_WRITER: &str = "log-writer";
+    /// A file the service's `watch` globs match changed (or one of a service it
+    /// requires): the daemon restarts it.
+    pub const WATCH: &str = "watch";
     /// A hook (`on_exit`...) did not succeed: it exited non-zero, was killed at its
     /// timeout, or could not be started. The detail says which hook and why. Never a
     /// reason to restart the service, and never runs a hook itself.
@@ -142,4 +145,6 @@ pub struct Taken {
     pub ok: bool,
     pub message: String,
     pub reported: bool,
+    /// Unix ms this home took it (committed before acting).
+    pub taken_at: i64,
 }

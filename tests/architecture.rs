@@ -22,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["store", "process", "logs", "logwriter", "probe"],
     ),
     ("core", &["policy", "state", "supervisor"]),
-    ("vocabulary", &["api", "fleet"]),
+    ("vocabulary", &["api", "fleet", "json", "metrics"]),
     ("transports", &["cli", "app", "daemon", "pg"]),
 ];
 

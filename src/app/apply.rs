@@ -19,6 +19,15 @@ use crate::supervisor::apply::{PlanItem, Step};
 /// Reads and parses a service file; relative paths in it are taken against its
 /// directory. Returns the parsed file and its absolute path (the owner mark).
 fn read_file(home: &Home, path: &Path) -> Result<(file::ServiceFile, String)> {
+    read_file_as(home, path, false)
+}
+
+/// [`read_file`]; with `procfile`, the file is a Procfile (`tend up -f Procfile`).
+pub fn read_file_as(
+    home: &Home,
+    path: &Path,
+    procfile: bool,
+) -> Result<(file::ServiceFile, String)> {
     let here = std::env::current_dir().map_err(|e| Error::Io {
         path: ".".into(),
         reason: io_reason(&e),
@@ -31,6 +40,11 @@ fn read_file(home: &Home, path: &Path) -> Result<(file::ServiceFile, String)> {
     let dir = abs
         .parent()
         .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let text = if procfile {
+        super::import::procfile_as_toml(&path.display().to_string(), &dir, &text)?
+    } else {
+        text
+    };
     let parsed = file::parse(
         &path.display().to_string(),
         &dir,

@@ -22,9 +22,12 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let overrides = pg_overrides(args.pg, args.host_id);
+    let http = args.http;
     match args.action {
-        None if args.foreground => crate::daemon::run_foreground(home.clone(), overrides)?,
-        None => start(home, overrides, out)?,
+        None if args.foreground => {
+            crate::daemon::run_foreground(home.clone(), overrides, http.as_deref(), args.bound_to)?
+        }
+        None => start(home, overrides, http.as_deref(), out)?,
         Some(DaemonAction::Status { json }) => match client::probe(home) {
             client::Probe::Healthy(st) => {
                 if json {
@@ -71,14 +74,26 @@ pub fn run(
 
 /// `tend daemon`: checks the settings here, so a mistake is reported by this command
 /// rather than in the daemon's log, then starts it in the background.
-fn start(home: &Home, overrides: crate::pg::Overrides, out: &mut dyn Write) -> Result<(), Failure> {
+fn start(
+    home: &Home,
+    overrides: crate::pg::Overrides,
+    http: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
     let mut sup = open_supervisor(home)?;
     if let Some(s) = crate::pg::Settings::resolve(&mut sup, &overrides)? {
         s.key()?;
         crate::pg::connect::tls(s.ca_file.as_deref()).map_err(crate::error::Error::from)?;
     }
+    let http = crate::daemon::http::Settings::resolve(&mut sup, http)?;
     drop(sup);
-    let st = client::start_background(home, &overrides_argv(&overrides), overrides.url.as_deref())?;
+    let mut argv = overrides_argv(&overrides);
+    if let Some(h) = &http {
+        // Resolved here: a relative socket path is taken from this directory.
+        argv.push("--http".into());
+        argv.push(h.listen.to_string());
+    }
+    let st = client::start_background(home, &argv, overrides.url.as_deref())?;
     writeln!(
         out,
         "daemon: started (pid {}); log: {}",

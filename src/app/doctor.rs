@@ -103,14 +103,18 @@ pub fn checks(home: &Home) -> Vec<Check> {
     all.push(daemon(home));
     all.push(open_files(home, diagnosis.as_ref().map(|d| d.services)));
     all.extend(systemd());
-    all.push(match &diagnosis {
+    all.extend(match &diagnosis {
         Some(d) => postgres(&d.config),
-        None if db.exists() => check(
+        None if db.exists() => vec![check(
             "postgres",
             Level::Info,
             "not checked: the database cannot be read",
-        ),
-        None => check("postgres", Level::Info, "not configured (no database yet)"),
+        )],
+        None => vec![check(
+            "postgres",
+            Level::Info,
+            "not configured (no database yet)",
+        )],
     });
     all.push(containment(home));
     if let Some(d) = &diagnosis {
@@ -690,7 +694,8 @@ fn systemd() -> Vec<Check> {
 /// PostgreSQL control, when configured: can we connect, and is the connection
 /// encrypted (as the server sees it, in `pg_stat_ssl`). The settings come from what
 /// [`crate::store::diagnose`] read, so the database is not opened for writing.
-fn postgres(config: &[(String, String)]) -> Check {
+/// Also says which quick-mode payloads a daemon with these settings obeys.
+fn postgres(config: &[(String, String)]) -> Vec<Check> {
     const NAME: &str = "postgres";
     let get = |key: &str| {
         config
@@ -699,11 +704,13 @@ fn postgres(config: &[(String, String)]) -> Check {
             .map(|(_, v)| v.clone())
     };
     let Some(raw_url) = get(crate::config::POSTGRES_URL) else {
-        return check(NAME, Level::Info, "not configured (no postgres.url)");
+        return vec![check(NAME, Level::Info, "not configured (no postgres.url)")];
     };
+    let schema = get(crate::config::POSTGRES_SCHEMA)
+        .unwrap_or_else(|| crate::config::DEFAULT_SCHEMA.to_string());
     let ca_file = get(crate::config::POSTGRES_CA_FILE).map(PathBuf::from);
     let url = crate::config::mask_password(&raw_url);
-    let probe = || -> Result<bool, String> {
+    let probe = || -> Result<(bool, bool), String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -716,17 +723,25 @@ fn postgres(config: &[(String, String)]) -> Check {
             let driver = tokio::spawn(connection);
             let row = client
                 .query_one(
-                    "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
-                    &[],
+                    "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), \
+                     false), to_regclass($1) IS NOT NULL",
+                    &[&format!("{schema}.fleet")],
                 )
                 .await
                 .map_err(|e| crate::pg::connect::describe(&e));
             drop(client);
             let _ = driver.await;
-            row.map(|r| r.get::<_, bool>(0))
+            row.map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)))
         })
     };
-    match probe() {
+    let probed = probe();
+    let quick = quick_mode(
+        get(crate::config::POSTGRES_KEY_FILE).is_some(),
+        get(crate::config::POSTGRES_QUICK_UNSIGNED).is_some_and(|v| crate::config::truthy(&v)),
+        probed.as_ref().ok().map(|p| p.1),
+        &schema,
+    );
+    let reach = match probed.map(|p| p.0) {
         Ok(true) => check(
             NAME,
             Level::Ok,
@@ -746,6 +761,53 @@ fn postgres(config: &[(String, String)]) -> Check {
         }
         Err(e) => check(NAME, Level::Fail, format!("{url}: {e}"))
             .fix("check the URL, the server and the password (`tend config list`)"),
+    };
+    vec![reach, quick]
+}
+
+/// Which quick-mode NOTIFY payloads a daemon with these settings obeys (`fleet`: whether
+/// the database has a fleet in `schema`, `None` when it could not be asked).
+fn quick_mode(signed: bool, unsigned_allowed: bool, fleet: Option<bool>, schema: &str) -> Check {
+    const NAME: &str = "quick mode";
+    if signed {
+        return check(
+            NAME,
+            Level::Ok,
+            "signed payloads only (postgres.notify_key_file)",
+        );
+    }
+    match (unsigned_allowed, fleet) {
+        (true, Some(true)) => check(
+            NAME,
+            Level::Warn,
+            format!(
+                "unsigned payloads obeyed although the daemon joins the fleet in {schema} \
+                 (postgres.quick_unsigned = true): any role that can connect can start, stop \
+                 and restart this host's services"
+            ),
+        )
+        .fix("tend config set postgres.notify_key_file FILE, then postgres.quick_unsigned false"),
+        (true, _) => check(
+            NAME,
+            Level::Info,
+            "unsigned payloads obeyed (postgres.quick_unsigned = true): any role that can \
+             connect can start, stop and restart services",
+        ),
+        (false, Some(true)) => check(
+            NAME,
+            Level::Ok,
+            format!(
+                "unsigned payloads refused: the daemon joins the fleet in {schema} (only \
+                 signed ones would be obeyed; none is configured)"
+            ),
+        ),
+        (false, _) => check(
+            NAME,
+            Level::Info,
+            "unsigned payloads obeyed while the daemon is in no fleet (refused once it joins \
+             one): any role that can connect can start, stop and restart services",
+        )
+        .fix("tend config set postgres.notify_key_file FILE (see the README's threat model)"),
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::output::{self, fmt_uptime};
 use super::session::{open_supervisor, Failure, Session};
+use super::term::escape;
 use crate::cli::{FleetAction, FleetArgs, FleetOrder, FleetPgArgs};
 use crate::error::{exit, Error};
 use crate::fleet::Action;
@@ -73,6 +74,26 @@ pub fn run(
             } else {
                 history_table(out, &rows)?;
             }
+        }
+        FleetAction::Remove { host, pg } => {
+            crate::config::validate_host_id(&host).map_err(|message| Error::Invalid {
+                what: "fleet remove",
+                message,
+            })?;
+            let st = settings(home, &pg)?;
+            let r = operator::remove_host(&st, &host)?;
+            if !r.removed && r.expired == 0 {
+                return Err(Error::Invalid {
+                    what: "fleet remove",
+                    message: format!("unknown host {host}: not in this fleet"),
+                }
+                .into());
+            }
+            writeln!(
+                out,
+                "fleet: removed host {host}; {} unfinished command(s) expired",
+                r.expired
+            )?;
         }
         FleetAction::Grant {
             operator,
@@ -156,10 +177,11 @@ fn order(
         })?;
     }
     if let Some(k) = &o.dedup {
-        if k.is_empty() || k.len() > 200 {
+        if k.is_empty() || k.len() > 200 || k.chars().any(char::is_control) {
             return Err(Error::Invalid {
                 what: "fleet",
-                message: "a dedup key has 1 to 200 characters".into(),
+                message: "a dedup key has 1 to 200 characters, none of them a control character"
+                    .into(),
             }
             .into());
         }
@@ -178,30 +200,47 @@ fn order(
         .into());
     }
     let st = settings(home, &o.pg)?;
+    let dedup_keep = dedup_keep(home)?;
     let req = operator::Order {
         action,
         service: &o.name,
         hosts: &o.hosts,
         expires,
         dedup: o.dedup.as_deref(),
+        dedup_keep,
         wait,
     };
-    // Results are printed as they arrive; a write error ends the printing, not the wait.
+    // The ids as soon as they are stored, then results as they arrive; a write error
+    // ends the printing, not the wait.
     let mut write_err = None;
     let json = o.json;
-    let mut print = |v: &CommandView| {
-        if json {
-            return;
-        }
-        let line = format!(
-            "{}\t{}\t{}",
-            v.host,
-            v.outcome,
-            v.message.as_deref().unwrap_or("")
-        );
-        if write_err.is_none() {
-            if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-                write_err = Some(e);
+    let key = o.dedup.as_deref().unwrap_or("");
+    let mut print = |p: operator::Progress<'_>| {
+        let lines: Vec<String> = match p {
+            _ if json => return,
+            operator::Progress::Reconnecting(why) => {
+                eprintln!(
+                    "tend: lost the connection while waiting ({}); reconnecting",
+                    escape(why)
+                );
+                return;
+            }
+            operator::Progress::Issued(issued) => issued
+                .iter()
+                .map(|i| issued_line(i, action, &o.name, key))
+                .collect(),
+            operator::Progress::Result(v) => vec![format!(
+                "{}\t{}\t{}",
+                escape(&v.host),
+                escape(&v.outcome),
+                escape(v.message.as_deref().unwrap_or(""))
+            )],
+        };
+        for line in lines {
+            if write_err.is_none() {
+                if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                    write_err = Some(e);
+                }
             }
         }
     };
@@ -236,21 +275,7 @@ fn order(
                 skipped_stale: &got.skipped_stale,
             },
         )?;
-    } else if wait.is_none() {
-        for i in &got.issued {
-            if i.deduplicated {
-                writeln!(
-                    out,
-                    "{}\tcommand {} already pending under dedup key {}",
-                    i.host,
-                    i.id,
-                    o.dedup.as_deref().unwrap_or("")
-                )?;
-            } else {
-                writeln!(out, "{}\tcommand {}: {action} {}", i.host, i.id, o.name)?;
-            }
-        }
-    } else {
+    } else if wait.is_some() {
         for i in &missing {
             writeln!(
                 out,
@@ -267,6 +292,43 @@ fn order(
     Ok(())
 }
 
+/// One host's line when its command is stored (or answered by its dedup key).
+fn issued_line(i: &operator::Issued, action: Action, service: &str, key: &str) -> String {
+    let host = escape(&i.host);
+    let key = escape(key);
+    if !i.deduplicated {
+        let freed = match i.expired_before {
+            Some(old) => format!(" (command {old} under dedup key {key} expired: key reused)"),
+            None => String::new(),
+        };
+        return format!("{host}\tcommand {}: {action} {service}{freed}", i.id);
+    }
+    let outcome = i.outcome.as_deref().unwrap_or("pending");
+    match &i.message {
+        Some(m) => format!(
+            "{host}\tcommand {} already {} under dedup key {key}: {}",
+            i.id,
+            escape(outcome),
+            escape(m)
+        ),
+        None => format!(
+            "{host}\tcommand {} already {} under dedup key {key}",
+            i.id,
+            escape(outcome)
+        ),
+    }
+}
+
+/// `postgres.dedup_keep`, else the default.
+fn dedup_keep(home: &Home) -> Result<Duration, Error> {
+    let mut sup = open_supervisor(home)?;
+    Ok(sup
+        .config_get(crate::config::POSTGRES_DEDUP_KEEP)?
+        .and_then(|v| service::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(crate::config::DEFAULT_DEDUP_KEEP))
+}
+
 fn ago(ms: i64) -> String {
     format!(
         "{} ago",
@@ -278,7 +340,13 @@ fn status_table(out: &mut dyn Write, hosts: &[operator::HostView]) -> std::io::R
     if hosts.is_empty() {
         return writeln!(out, "no host has joined this fleet yet");
     }
-    let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    // Everything here was written by the hosts: shown escaped, one host per line.
+    let width = hosts
+        .iter()
+        .map(|h| escape(&h.host).chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     writeln!(
         out,
         "{:width$}  {:<14}  {:<8}  SERVICES",
@@ -293,25 +361,28 @@ fn status_table(out: &mut dyn Write, hosts: &[operator::HostView]) -> std::io::R
         let services: Vec<String> = h
             .services
             .iter()
-            .map(|v| match (v.pid, v.since) {
-                (Some(pid), Some(since)) => format!(
-                    "{} {} (pid {pid}, up {})",
-                    v.name,
-                    v.state,
-                    fmt_uptime(Duration::from_millis(
-                        (now_ms() - since as i64).max(0) as u64
-                    ))
-                ),
-                (Some(pid), None) => format!("{} {} (pid {pid})", v.name, v.state),
-                _ => format!("{} {}", v.name, v.state),
+            .map(|v| {
+                let (name, state) = (escape(&v.name), escape(&v.state));
+                if h.stale {
+                    // Not what runs now: what the host said when it was last heard from.
+                    return format!("{name} last known {state} {}", ago(h.age_ms));
+                }
+                match (v.pid, v.since) {
+                    (Some(pid), Some(since)) => format!(
+                        "{name} {state} (pid {pid}, up {})",
+                        fmt_uptime(Duration::from_millis((now_ms() - since).max(0) as u64))
+                    ),
+                    (Some(pid), None) => format!("{name} {state} (pid {pid})"),
+                    _ => format!("{name} {state}"),
+                }
             })
             .collect();
         writeln!(
             out,
             "{:width$}  {:<14}  {:<8}  {}",
-            h.host,
+            escape(&h.host),
             seen,
-            h.version,
+            escape(&h.version),
             if services.is_empty() {
                 "-".to_string()
             } else {
@@ -341,11 +412,11 @@ fn history_table(out: &mut dyn Write, rows: &[CommandView]) -> std::io::Result<(
             "{:>6}  {:<20}  {:<10}  {:<12}  {:<20}  {:<8}  {}",
             r.id,
             output::rfc3339(r.issued_at),
-            r.issued_by,
-            r.host,
-            what,
-            r.outcome,
-            r.message.as_deref().unwrap_or("")
+            escape(&r.issued_by),
+            escape(&r.host),
+            escape(&what),
+            escape(&r.outcome),
+            escape(r.message.as_deref().unwrap_or(""))
         )?;
     }
     Ok(())

@@ -6,10 +6,12 @@
 //!   foreman run them: `$PORT` and pipes work), in the Procfile's directory.
 //! - supervisord: each `[program:NAME]` section (INI, read with the `rust-ini` crate);
 //!   `command` is split by shell-word rules as supervisord does (no shell), `%(here)s`
-//!   and `%(program_name)s` are expanded. `[eventlistener:NAME]` sections become hooks
-//!   of every service where their `events` map (`PROCESS_STATE_EXITED` and `_STOPPED`:
-//!   `on_exit`, `PROCESS_STATE_FATAL`: `on_failed`, `PROCESS_STATE_STARTING` and
-//!   `_RUNNING`: `on_start`); the rest is listed.
+//!   and `%(program_name)s` are expanded. `user` and `umask` map to the settings of the
+//!   same names; `[supervisord]`'s `umask`, `user`, `minfds` and `minprocs` go to every
+//!   program (see `supervisord_globals`).
+//!   `[eventlistener:NAME]` sections become hooks of every service where their `events`
+//!   map (`PROCESS_STATE_EXITED` and `_STOPPED`: `on_exit`, `PROCESS_STATE_FATAL`:
+//!   `on_failed`, `PROCESS_STATE_STARTING` and `_RUNNING`: `on_start`); the rest is listed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,19 +49,30 @@ pub fn import(path: &Path, out: &mut dyn Write) -> Result<(), Failure> {
     for s in &skipped {
         eprintln!("tend: import: {s}");
     }
+    writeln!(out, "# imported from {name} by `tend import`")?;
+    out.write_all(as_toml(services).as_bytes())?;
+    Ok(())
+}
+
+fn as_toml(services: Vec<Imported>) -> String {
     let mut all = toml::Table::new();
     for s in services {
         all.insert(s.name, toml::Value::Table(s.table));
     }
     let mut root = toml::Table::new();
     root.insert("services".into(), toml::Value::Table(all));
-    writeln!(out, "# imported from {name} by `tend import`")?;
-    out.write_all(
-        toml::to_string(&root)
-            .expect("strings and tables always serialize")
-            .as_bytes(),
-    )?;
-    Ok(())
+    toml::to_string(&root).expect("strings and tables always serialize")
+}
+
+/// A Procfile's text (`name` and `dir` as for [`import`]) as a service file's text, for
+/// `tend up -f Procfile`; what cannot be mapped is said on stderr.
+pub fn procfile_as_toml(name: &str, dir: &Path, text: &str) -> Result<String> {
+    let mut skipped = Vec::new();
+    let services = procfile(name, dir, text, &mut skipped)?;
+    for s in &skipped {
+        eprintln!("tend: up: {s}");
+    }
+    Ok(as_toml(services))
 }
 
 fn looks_like_ini(text: &str) -> bool {
@@ -123,10 +136,14 @@ fn supervisord(
         line: e.line,
         message: e.msg.to_string(),
     })?;
+    let globals = supervisord_globals(&ini, skipped);
     let mut out = Vec::new();
     let mut listeners: Vec<(&'static str, String, String)> = Vec::new();
     for (section, props) in ini.iter() {
         let Some(section) = section else { continue };
+        if section == "supervisord" {
+            continue;
+        }
         if let Some(listener) = section.strip_prefix("eventlistener:") {
             listeners.extend(event_listener(listener.trim(), dir, props, skipped));
             continue;
@@ -223,6 +240,10 @@ fn supervisord(
                     Some(b) => redirect = b,
                     None => skip(key, raw, "not true or false"),
                 },
+                // Both are checked when the file is applied, as any value of the file.
+                "user" | "umask" => {
+                    t.insert(key.into(), string(v));
+                }
                 _ => skip(key, raw, "no equivalent in tend"),
             }
         }
@@ -249,6 +270,11 @@ fn supervisord(
         if !t.contains_key("cwd") {
             t.insert("cwd".into(), string(dir.display().to_string()));
         }
+        for (k, v) in &globals {
+            if !t.contains_key(k) {
+                t.insert(k.clone(), v.clone());
+            }
+        }
         out.push(Imported {
             name: name.to_string(),
             table: t,
@@ -270,6 +296,36 @@ fn supervisord(
         }
     }
     Ok(out)
+}
+
+/// What the `[supervisord]` section gives every program: supervisord applies `umask`,
+/// `user`, `minfds` and `minprocs` to itself and its programs inherit them, so each
+/// becomes a setting of every program (`minfds = N`: `limit_nofile = N`, soft and hard;
+/// supervisord only raises its soft limit to at least N). A program's own `umask` or
+/// `user` wins. The section's other keys are about supervisord itself: listed.
+fn supervisord_globals(ini: &ini::Ini, skipped: &mut Vec<String>) -> Vec<(String, toml::Value)> {
+    let mut out = Vec::new();
+    let Some(props) = ini.section(Some("supervisord")) else {
+        return out;
+    };
+    for (key, raw) in props.iter() {
+        let v = raw.trim();
+        let setting = match key {
+            "umask" => "umask",
+            "user" => "user",
+            "minfds" => "limit_nofile",
+            "minprocs" => "limit_nproc",
+            _ => {
+                skipped.push(format!(
+                    "[supervisord] {key} = {raw}: about supervisord itself, no equivalent \
+                     in a service"
+                ));
+                continue;
+            }
+        };
+        out.push((setting.to_string(), string(v)));
+    }
+    out
 }
 
 /// What an `[eventlistener:NAME]` section maps to: (hook key, listener, command) for

@@ -25,8 +25,23 @@ const DEFAULT_LINES: usize = 20;
 const COLORS: &[&str] = &["36", "33", "32", "35", "34", "96", "93", "92", "95", "94"];
 
 pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    run_until(home, a, out, None)
+}
+
+/// Called between rounds of a follow, at least every [`crate::logs::FOLLOW_INTERVAL`];
+/// `Ok(true)` ends the follow (after what was read so far is printed).
+pub type Tick<'a> = dyn FnMut() -> Result<bool, Failure> + 'a;
+
+/// [`run`], with `tick` asked between rounds of the follow whether to end it (`tend up`
+/// follows until its services are stopped).
+pub fn run_until(
+    home: &Home,
+    a: LogsArgs,
+    out: &mut dyn Write,
+    mut tick: Option<&mut Tick>,
+) -> Result<(), Failure> {
     let since = a.since.as_deref().map(parse_since).transpose()?;
-    let single = !a.which.all && a.which.names.len() == 1;
+    let single = !a.which.all && a.which.names.len() == 1 && tick.is_none();
     if single && since.is_none() && !a.json {
         // Today's output, byte for byte: the files as the service wrote them.
         let lines = a.lines.unwrap_or(DEFAULT_LINES);
@@ -90,8 +105,9 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
         })?;
     out.flush()?;
     // Following nothing (no services, or none writing to a file) would only wait: the
-    // services followed are those defined when the command starts.
-    if !a.follow || paths.is_empty() {
+    // services followed are those defined when the command starts. (`tend up` waits
+    // all the same: its tick decides when it ends.)
+    if !a.follow || (paths.is_empty() && tick.is_none()) {
         return Ok(());
     }
     let mut follower = Follower::new(&paths, resumes);
@@ -102,6 +118,16 @@ pub fn run(home: &Home, a: LogsArgs, out: &mut dyn Write) -> Result<(), Failure>
         }
         if !lines.is_empty() {
             out.flush()?;
+        }
+        if let Some(tick) = tick.as_mut() {
+            if tick()? {
+                // What was written up to now, then the end.
+                for l in &follower.poll().map_err(read_failure)? {
+                    printer.line(out, l)?;
+                }
+                out.flush()?;
+                return Ok(());
+            }
         }
         if !follower.behind() {
             std::thread::sleep(crate::logs::FOLLOW_INTERVAL);

@@ -8,7 +8,8 @@
 //! - [`logs`]: `logs` over several services, `--since`, `--json`;
 //! - [`daemon`]: `daemon` and its subcommands;
 //! - [`settings`]: `config`, `notify`;
-//! - [`top`]: `top`, the live terminal view;
+//! - [`top`]: `top`, the live terminal view; [`up`]: `up`, a services file in the
+//!   foreground (and as PID 1);
 //! - [`doctor`]: `doctor`; [`extras`]: `completions`, `man`;
 //! - [`output`]: tables and the stable `--json` shapes; [`session`]: what they share.
 
@@ -26,6 +27,7 @@ pub mod session;
 pub mod settings;
 pub mod term;
 pub mod top;
+pub mod up;
 pub mod view;
 
 use std::io::{self, Write};
@@ -136,6 +138,11 @@ fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failur
         Command::Man(a) => return extras::man(a.dir.as_deref(), out),
         _ => {}
     }
+    // `up` derives a home of its own from its file unless one is given.
+    let cli = match cli.command {
+        Command::Up(Lazy(a)) => return up::run(s, cli.home.as_deref(), cli.home_from_env, a, out),
+        command => Cli { command, ..cli },
+    };
     let home = Home::resolve(cli.home.as_deref(), cli.home_from_env)?;
     let home = &home;
     match cli.command {
@@ -146,6 +153,7 @@ fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failur
         Command::Status(Lazy(a)) => view::status(s, home, &a.name, a.out, out),
         Command::Logs(Lazy(a)) => logs::run(home, a, out),
         Command::Events(Lazy(a)) => view::events(home, a.name.as_deref(), a.lines, a.out, out),
+        Command::Metrics(_) => view::metrics(home, out),
         Command::Apply(Lazy(a)) => apply::apply(s, home, a, out),
         Command::Export(Lazy(a)) => apply::export(home, a.names, out),
         Command::Import(Lazy(a)) => import::import(&a.path, out),
@@ -162,7 +170,9 @@ fn dispatch(s: &mut Session, cli: Cli, out: &mut dyn Write) -> Result<(), Failur
         Command::Doctor(Lazy(a)) => doctor::run(s, home, a.json, out),
         Command::Top(Lazy(a)) => top::run(home, &a.interval, a.fleet.then_some(a.pg)),
         Command::Fleet(Lazy(args)) => fleet::run(s, home, args, out),
-        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
+        Command::Completions(_) | Command::Man(_) | Command::Up(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

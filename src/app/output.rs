@@ -4,96 +4,17 @@
 //! fields are only ever added, never renamed or removed.
 
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::term::{escape, escape_owned, Term};
-use crate::record::{now_ms, Event};
+pub use crate::json::{rfc3339, ErrorJson, EventJson, ServiceJson};
+use crate::json::{rfc3339_millis, uptime};
+use crate::record::Event;
 use crate::service::fmt_duration;
 use crate::state::State;
 use crate::supervisor::Status;
-
-/// `tend status --json`, and each element of `tend list --json`: identity and state,
-/// the command, the environment, every setting of the table (by its `json` name, in
-/// table order), then the restart bookkeeping.
-pub struct ServiceJson<'a>(&'a Status);
-
-impl<'a> ServiceJson<'a> {
-    pub fn new(st: &'a Status) -> Self {
-        ServiceJson(st)
-    }
-}
-
-impl Serialize for ServiceJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let st = self.0;
-        let s = &st.service;
-        let i = st.instance.as_ref();
-        let rt = &st.runtime;
-        let mut m = ser.serialize_map(None)?;
-        m.serialize_entry("name", &s.name)?;
-        m.serialize_entry("state", st.state.name())?;
-        m.serialize_entry("waiting_for_daemon", &st.state.waiting_for_daemon())?;
-        m.serialize_entry("unknown_reason", &st.state.unknown_reason())?;
-        m.serialize_entry("pid", &i.map(|i| i.pid))?;
-        m.serialize_entry("pgid", &i.map(|i| i.pgid))?;
-        m.serialize_entry("started_at", &i.map(|i| rfc3339(i.started_at)))?;
-        m.serialize_entry("uptime_secs", &i.map(|i| uptime(i.started_at).as_secs()))?;
-        m.serialize_entry("argv", &s.argv)?;
-        m.serialize_entry("command", &s.command_line())?;
-        m.serialize_entry("env", &s.env)?;
-        for (key, value) in s.settings.json() {
-            m.serialize_entry(key, &value)?;
-        }
-        m.serialize_entry("restarts", &rt.restarts)?;
-        m.serialize_entry("last_exit", &rt.last_exit)?;
-        m.serialize_entry("last_exit_at", &rt.last_exit_at.map(rfc3339))?;
-        m.serialize_entry("next_retry_at", &rt.next_retry_at.map(rfc3339_millis))?;
-        m.serialize_entry("failed_reason", &rt.failed)?;
-        m.serialize_entry("cgroup", &st.cgroup)?;
-        m.serialize_entry("created_at", &rfc3339(s.created_at))?;
-        m.serialize_entry("updated_at", &rfc3339(s.updated_at))?;
-        m.end()
-    }
-}
-
-/// One element of `tend events --json`.
-#[derive(Serialize)]
-pub struct EventJson<'a> {
-    pub id: i64,
-    /// RFC 3339 with milliseconds, UTC.
-    pub time: String,
-    pub service: &'a str,
-    pub kind: &'a str,
-    pub detail: &'a str,
-}
-
-/// What a command given `--json` prints on stdout when it fails (besides its `tend:`
-/// line on stderr and its exit code): `{"error": {"message": "...", "code": 4}}`.
-#[derive(Serialize)]
-pub struct ErrorJson {
-    pub error: ErrorBody,
-}
-
-#[derive(Serialize)]
-pub struct ErrorBody {
-    pub message: String,
-    /// The exit code (see the README's table).
-    pub code: u8,
-}
-
-impl ErrorJson {
-    pub fn new(e: &crate::error::Error) -> ErrorJson {
-        ErrorJson {
-            error: ErrorBody {
-                message: e.to_string(),
-                code: e.exit_code(),
-            },
-        }
-    }
-}
 
 /// `running`, `stopped`, `restarting` (an automatic restart is pending) or `failed`
 /// (the daemon gave up after hitting the start limit).
@@ -117,6 +38,8 @@ pub struct DaemonJson {
     pub containment: Option<String>,
     /// PostgreSQL control: null when not configured (or no daemon runs).
     pub postgres: Option<PgJson>,
+    /// Where the HTTP API listens; null when it is off (or no daemon runs).
+    pub http: Option<String>,
     /// False when a daemon holds the lock but answers errors (or nothing usable); null
     /// when none runs.
     pub healthy: Option<bool>,
@@ -135,6 +58,26 @@ pub struct PgJson {
     pub channel: String,
     pub host_id: String,
     pub received: u64,
+    /// Fleet wake-ups received on this host's channel, claim attempts, sweeps.
+    pub fleet_wakeups: u64,
+    pub fleet_claims: u64,
+    pub fleet_sweeps: u64,
+    /// Which quick-mode payloads are obeyed.
+    pub quick_mode: String,
+    /// The fleet beside the quick mode.
+    pub fleet: Option<FleetJson>,
+}
+
+#[derive(Serialize)]
+pub struct FleetJson {
+    /// `looking`, `joined`, `no fleet` or `reconnecting`.
+    pub state: String,
+    pub since: String,
+    pub schema: String,
+    pub host_id: String,
+    pub joined_once: bool,
+    pub last_sweep: Option<String>,
+    pub last_error: Option<String>,
 }
 
 impl DaemonJson {
@@ -158,7 +101,21 @@ impl DaemonJson {
                 channel: p.channel.clone(),
                 host_id: p.host_id.clone(),
                 received: p.received,
+                fleet_wakeups: p.fleet_wakeups,
+                fleet_claims: p.fleet_claims,
+                fleet_sweeps: p.fleet_sweeps,
+                quick_mode: p.quick_mode.clone(),
+                fleet: p.fleet.as_ref().map(|f| FleetJson {
+                    state: f.state.clone(),
+                    since: rfc3339_millis(f.since),
+                    schema: f.schema.clone(),
+                    host_id: f.host_id.clone(),
+                    joined_once: f.joined_once,
+                    last_sweep: f.last_sweep.map(rfc3339_millis),
+                    last_error: f.last_error.clone(),
+                }),
             }),
+            http: s.and_then(|s| s.http.clone()),
             healthy: s.map(|_| true),
             error: None,
         }
@@ -196,6 +153,11 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
     )?;
     writeln!(out, "  home:     {}", escape(&s.home.to_string_lossy()))?;
     writeln!(out, "  contain:  {}", escape(&s.containment))?;
+    writeln!(
+        out,
+        "  http:     {}",
+        s.http.as_deref().map_or("off".into(), escape)
+    )?;
     match &s.postgres {
         None => writeln!(out, "  postgres: not configured"),
         Some(p) => {
@@ -214,28 +176,36 @@ pub fn daemon_status(out: &mut dyn Write, s: &crate::api::DaemonStatus) -> io::R
                 escape(&p.host_id),
                 p.received
             )?;
+            writeln!(
+                out,
+                "            fleet: {} wake-up(s), {} claim attempt(s), {} sweep(s)",
+                p.fleet_wakeups, p.fleet_claims, p.fleet_sweeps
+            )?;
             if let Some(e) = &p.last_error {
                 writeln!(out, "            last error: {}", escape(e))?;
+            }
+            writeln!(out, "  quick:    {}", escape(&p.quick_mode))?;
+            if let Some(f) = &p.fleet {
+                let sweep = match f.last_sweep {
+                    Some(t) => format!("last sweep {} ago", fmt_uptime(uptime(t))),
+                    None => "no sweep yet".into(),
+                };
+                writeln!(
+                    out,
+                    "  fleet:    {} (schema {}, host {}) since {} ({} ago); {sweep}",
+                    escape(&f.state),
+                    f.schema,
+                    escape(&f.host_id),
+                    rfc3339(f.since),
+                    fmt_uptime(uptime(f.since)),
+                )?;
+                if let Some(e) = &f.last_error {
+                    writeln!(out, "            last error: {}", escape(e))?;
+                }
             }
             Ok(())
         }
     }
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    humantime::format_rfc3339_seconds(system_time(ms)).to_string()
-}
-
-fn rfc3339_millis(ms: i64) -> String {
-    humantime::format_rfc3339_millis(system_time(ms)).to_string()
-}
-
-fn system_time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
-fn uptime(started_ms: i64) -> Duration {
-    Duration::from_millis((now_ms() - started_ms).max(0) as u64)
 }
 
 /// `45s`, `3m12s`, `5h03m`, `2d04h`.
@@ -480,7 +450,44 @@ pub fn status_detail(out: &mut dyn Write, st: &Status, term: &Term) -> io::Resul
     if s.settings.autostart {
         field(out, term, "autostart", "yes")?;
     }
+    let process = process_settings(&s.settings);
+    if !process.is_empty() {
+        field(out, term, "process", &escape(&process.join(", ")))?;
+    }
     Ok(())
+}
+
+/// The process settings that differ from what a service gets by default, as `tend
+/// status` shows them: `user app, umask 027, limit_nofile 1024:4096, nice 5`.
+fn process_settings(s: &crate::service::Settings) -> Vec<String> {
+    use crate::service::execution::Umask;
+    let mut out = Vec::new();
+    if let Some(u) = &s.user.0 {
+        out.push(format!("user {u}"));
+    }
+    if let Some(g) = &s.group.0 {
+        out.push(format!("group {g}"));
+    }
+    if s.umask != Umask::default() {
+        out.push(format!("umask {}", s.umask));
+    }
+    for (name, l) in [
+        ("limit_nofile", s.limit_nofile),
+        ("limit_nproc", s.limit_nproc),
+        ("limit_core", s.limit_core),
+        ("limit_memlock", s.limit_memlock),
+    ] {
+        if let Some(r) = l.0 {
+            out.push(format!("{name} {r}"));
+        }
+    }
+    if let Some(n) = s.nice.0 {
+        out.push(format!("nice {n}"));
+    }
+    if let Some(n) = s.oom_score_adj.0 {
+        out.push(format!("oom_score_adj {n}"));
+    }
+    out
 }
 
 /// The cgroup lines of `tend status`: where, how much, and what an earlier instance left.
@@ -571,16 +578,7 @@ pub fn events_table(out: &mut dyn Write, events: &[Event], term: &Term) -> io::R
 }
 
 pub fn events_json(out: &mut dyn Write, events: &[Event]) -> io::Result<()> {
-    let items: Vec<EventJson> = events
-        .iter()
-        .map(|e| EventJson {
-            id: e.id,
-            time: rfc3339_millis(e.at),
-            service: &e.service,
-            kind: &e.kind,
-            detail: &e.detail,
-        })
-        .collect();
+    let items: Vec<EventJson> = events.iter().map(EventJson::new).collect();
     json(out, &items)
 }
 

@@ -113,6 +113,32 @@ pub fn events(
     Ok(())
 }
 
+/// `tend metrics`: the services as this command sees them (the same look as `list
+/// --json`), and the counters of the daemon when one answers.
+pub fn metrics(home: &Home, out: &mut dyn Write) -> Result<(), Failure> {
+    let mut sup = open_supervisor(home)?;
+    let rows = sup.list()?;
+    notices(&mut sup);
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|st| {
+            let u = crate::metrics::usage_of(&st);
+            (st, u)
+        })
+        .collect();
+    // A daemon that does not answer is reported as not up: its counters are unknown.
+    let daemon =
+        crate::daemon::client::status(home)
+            .ok()
+            .flatten()
+            .map(|s| crate::metrics::DaemonFigures {
+                started_at: s.started_at,
+                counters: s.counters,
+            });
+    out.write_all(crate::metrics::render(&rows, daemon.as_ref()).as_bytes())?;
+    Ok(())
+}
+
 fn log_err(path: &Path, e: io::Error) -> Failure {
     if e.kind() == io::ErrorKind::BrokenPipe {
         return Failure::Output(e);

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-use crate::api::{LeftDown, PgStatus};
+use crate::api::LeftDown;
 use crate::process::handle::Handle;
 use crate::supervisor::Watch;
 
@@ -48,9 +48,11 @@ pub struct Shared {
     pub unwatched: AtomicUsize,
     pub pending: AtomicUsize,
     /// The PostgreSQL listener's status, when one runs.
-    pub postgres: Mutex<Option<Arc<Mutex<PgStatus>>>>,
+    pub postgres: Mutex<Option<Arc<crate::pg::listener::Status>>>,
     /// How services are contained: `cgroup PATH` or `process-group (why)`.
     pub containment: String,
+    /// Where the HTTP API listens, when it does.
+    pub http: Option<String>,
 }
 
 /// What the loop tells a shutdown requester when the daemon is about to exit.

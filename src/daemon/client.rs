@@ -400,6 +400,7 @@ pub fn start_background(
         stderr: &log,
         cgroup: None,
         pipes: None,
+        setup: &crate::process::spawn::Setup::default(),
     })
     .map_err(|e| Error::Daemon {
         message: e.to_string(),

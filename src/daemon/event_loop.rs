@@ -61,6 +61,8 @@ pub struct EventLoop {
     pub worker: WorkerHandle,
     pub rotation: rotation::Resync,
     pub health: health::Resync,
+    /// The file watch ([`super::watch`]) re-reads the definitions when asked.
+    pub watch: super::watch::Resync,
     /// Startup adoption is done; requests are accepted.
     pub ready: bool,
     pub drain: Option<Drain>,
@@ -89,6 +91,12 @@ pub struct EventLoop {
     pub writers_asked: i64,
     /// Log writers the daemon did not start, watched by pidfd (see `supervisor::writers`).
     pub writer_watch: WriterWatch,
+    /// Started by `tend up` and tied to it: SIGTERM (sent by the kernel when `up` ends,
+    /// however it ends) stops every service, in reverse dependency order, before the
+    /// daemon exits; nothing `up` started outlives it.
+    pub bound: bool,
+    /// The stop of every service (bound daemon) has begun.
+    pub stopping_all: bool,
 }
 
 /// The least time (ms) between two looks for log writers that are gone. Every child the
@@ -255,8 +263,12 @@ impl EventLoop {
                     self.reload();
                 }
                 if self.signals.term.swap(false, Ordering::SeqCst) {
-                    info!("SIGTERM/SIGINT: exiting once requests in progress are done");
-                    self.begin_shutdown(None);
+                    if self.bound {
+                        self.stop_all_then_exit();
+                    } else {
+                        info!("SIGTERM/SIGINT: exiting once requests in progress are done");
+                        self.begin_shutdown(None);
+                    }
                 }
             }
             if ready.wake {
@@ -446,6 +458,7 @@ impl EventLoop {
         self.worker.send(Job::Reload);
         self.rotation.request();
         self.health.request();
+        self.watch.request();
     }
 
     fn messages(&mut self) {
@@ -455,6 +468,7 @@ impl EventLoop {
                     self.worker.send(Job::Sync);
                     self.rotation.request();
                     self.health.request();
+                    self.watch.request();
                 }
                 Msg::FromRequest(ToLoop::Reload) => self.reload(),
                 Msg::FromRequest(ToLoop::Shutdown(reply)) => self.begin_shutdown(reply),
@@ -579,6 +593,60 @@ impl EventLoop {
         }
         sd_notify(&format!("STATUS=unhealthy: {change}; see tend doctor"));
         self.fault = Some(change);
+    }
+
+    /// A bound daemon's SIGTERM: every service is stopped (reverse dependency order,
+    /// each within its stop timeout) on a thread of its own, so the loop goes on reaping
+    /// and answering; then the daemon shuts down. A second SIGTERM (`tend up`'s second
+    /// Ctrl-C) makes the stops kill at once.
+    fn stop_all_then_exit(&mut self) {
+        if std::mem::replace(&mut self.stopping_all, true) {
+            // The second: what the stop signal has not ended yet is killed now.
+            info!("SIGTERM again: killing what is still stopping");
+            crate::process::stop::hurry();
+            return;
+        }
+        info!("SIGTERM: stopping every service, then exiting");
+        let pool = self.serve.pool.clone();
+        let waker = self.serve.waker.clone();
+        let in_flight = self.serve.in_flight.clone();
+        let ticket = in_flight.enter_always();
+        // No request is taken from now on, and those in progress (a start waiting for
+        // readiness) go no further: then nothing can start behind the stop.
+        self.serve.abandon.store(true, Ordering::SeqCst);
+        in_flight.close();
+        let spawned = std::thread::Builder::new()
+            .name("stop-all".into())
+            .spawn(move || {
+                // Those in progress end at their next look at `abandon` (between two
+                // services, within a readiness wait); a spawn under way completes and
+                // is recorded, so the stop below finds it. Bounded all the same.
+                let until = std::time::Instant::now() + Duration::from_secs(10);
+                while in_flight.count() > 1 && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                match pool.get().and_then(|mut sup| {
+                    crate::api::act(
+                        &mut sup,
+                        crate::api::Verb::Stop,
+                        &crate::api::Selection::All,
+                        &|| true,
+                    )
+                }) {
+                    Ok(reports) => {
+                        for r in reports {
+                            info!(service = %r.name, result = ?r.result, "stop");
+                        }
+                    }
+                    Err(e) => error!(error = %e, "cannot stop the services"),
+                }
+                drop(ticket);
+                waker.send(Msg::FromRequest(ToLoop::Shutdown(None)));
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "cannot start the thread that stops the services; exiting");
+            self.begin_shutdown(None);
+        }
     }
 
     /// Stops accepting at once (a CLI command arriving now acts by itself), then waits

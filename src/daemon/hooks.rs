@@ -458,6 +458,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             cwd: "/".into(),
             home_default: false,
+            service: None,
         };
         let v: serde_json::Value = serde_json::from_str(&payload(&run, &plan)).unwrap();
         assert_eq!(v["event"], "exit");

@@ -50,11 +50,13 @@ pub mod event_loop;
 pub mod files;
 pub mod health;
 pub mod hooks;
+pub mod http;
 pub mod pool;
 pub mod protocol;
 pub mod rotation;
 pub mod server;
 pub mod signals;
+pub mod watch;
 pub mod worker;
 
 use std::os::unix::net::UnixStream;
@@ -99,8 +101,35 @@ fn init_logging() {
 
 /// Runs the daemon in this process until SIGTERM/SIGINT or a shutdown request. With
 /// PostgreSQL settings (flags or `tend config`), it also LISTENs for NOTIFY commands.
-pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
+///
+/// `bound_to`: the pid of the `tend up` that started this daemon. The daemon asks the
+/// kernel for SIGTERM when that parent ends (SIGKILL included), and a SIGTERM then stops
+/// every service before it exits (see [`EventLoop::bound`]).
+pub fn run_foreground(
+    home: Home,
+    pg: crate::pg::Overrides,
+    http_flag: Option<&str>,
+    bound_to: Option<i32>,
+) -> Result<()> {
     init_logging();
+    if let Some(parent) = bound_to {
+        // First of all: before this, an `up` killed would leave this daemon running.
+        match crate::process::init::die_with_parent(parent, libc::SIGTERM) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::Daemon {
+                    message: format!(
+                        "the tend up (pid {parent}) this daemon was started for is gone"
+                    ),
+                })
+            }
+            Err(e) => {
+                return Err(Error::Daemon {
+                    message: format!("cannot tie the daemon to tend up: {}", io_reason(&e)),
+                })
+            }
+        }
+    }
     // Before any thread exists (see `process::memory`).
     crate::process::memory::one_arena();
     // A descriptor per adopted service: as many as the hard limit allows (the services
@@ -188,6 +217,13 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
     ctx.events = Some(Arc::new(move |recorded| to_hooks.post(recorded)));
     sup.set_events(ctx.events.clone());
     let pg_settings = crate::pg::Settings::resolve(&mut sup, &pg)?;
+    // Bound before the daemon says it is ready: a port in use ends the startup with a
+    // clear error.
+    let http_settings = http::Settings::resolve(&mut sup, http_flag)?;
+    let http_bound = match &http_settings {
+        Some(s) => Some(http::bind(s)?),
+        None => None,
+    };
     // Read once; the services this daemon starts must not inherit a password. No other
     // thread exists yet, so changing the environment is safe.
     std::env::remove_var("TEND_POSTGRES_URL");
@@ -215,6 +251,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         pending: AtomicUsize::new(0),
         postgres: Mutex::new(None),
         containment: containment.describe(),
+        http: http_settings.as_ref().map(|s| s.listen.to_string()),
     });
     if let Some(settings) = pg_settings {
         let hooks = || {
@@ -228,12 +265,22 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
                 changed: Box::new(move || changed_to.send(Msg::FromRequest(ToLoop::Changed))),
             }
         };
-        // The fleet (durable commands) beside the quick NOTIFY mode: it joins
-        // once `tend fleet init` has created the schema, and looks again every few
-        // seconds until then.
-        crate::pg::fleet::host::start(settings.clone(), home.clone(), ctx.clone(), hooks())?;
-        let status =
-            crate::pg::listener::start(settings, pg_key, home.clone(), ctx.clone(), hooks())?;
+        // The quick NOTIFY mode and the fleet (durable commands), on one connection.
+        let watch = crate::pg::fleet::Watch::new(&settings.schema, &settings.host_id);
+        let quick = crate::pg::quick::Quick {
+            signed: pg_key.is_some(),
+            unsigned_allowed: settings.quick_unsigned,
+            fleet: watch,
+        };
+        let status = crate::pg::listener::start(
+            settings,
+            pg_key,
+            quick,
+            home.clone(),
+            ctx.clone(),
+            hooks(),
+            hooks(),
+        )?;
         *shared.postgres.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
     let pool = pool::Pool::new(home.clone(), ctx.clone());
@@ -253,6 +300,30 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         ),
         in_flight.clone(),
     )?;
+    if let (Some(s), Some(bound)) = (http_settings, http_bound) {
+        info!(listen = %s.listen, writes = s.token.is_some(), "http API");
+        http::start(
+            bound,
+            http::Ctx {
+                pool: pool.clone(),
+                in_flight: in_flight.clone(),
+                waker: waker.clone(),
+                token: s.token,
+                started_at: shared.started_at,
+            },
+        )?;
+    }
+    let watch = watch::start(
+        home.clone(),
+        pool::Pool::new(
+            home.clone(),
+            Context {
+                daemon_watching: true,
+                ..ctx.clone()
+            },
+        ),
+        in_flight.clone(),
+    )?;
     files::watch(&home, files, waker.clone());
     let worker = worker::start(sup, waker.clone(), queue)?;
     let serve = ServeCtx {
@@ -262,6 +333,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         in_flight,
         heartbeats: server::Heartbeats::start()?,
         pool,
+        abandon: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let mut l = EventLoop {
         home: home.clone(),
@@ -278,6 +350,7 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         worker,
         rotation,
         health,
+        watch,
         ready: false,
         drain: None,
         trim_at: None,
@@ -291,6 +364,8 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         writers_at: None,
         writers_asked: 0,
         writer_watch: event_loop::WriterWatch::new()?,
+        bound: bound_to.is_some(),
+        stopping_all: false,
     };
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");
@@ -300,7 +375,11 @@ pub fn run_foreground(home: Home, pg: crate::pg::Overrides) -> Result<()> {
         release_home_cgroup(root);
     }
     sd_notify("STOPPING=1");
-    info!("daemon stopped; services keep running");
+    if bound_to.is_some() {
+        info!("daemon stopped, and every service with it");
+    } else {
+        info!("daemon stopped; services keep running");
+    }
     // Nothing is closed on the way out: the process ends with the lock and every
     // database connection still open, and the kernel closes them together. Dropping
     // them here would release the lock while other threads still close their

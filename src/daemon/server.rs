@@ -74,6 +74,9 @@ pub struct ServeCtx {
     pub heartbeats: Arc<Heartbeats>,
     /// Warm supervisors (open database connections) to serve requests with.
     pub pool: Arc<Pool>,
+    /// Set when a daemon tied to `tend up` stops everything: requests in progress (a
+    /// start) are carried out no further, so nothing is started behind the stop.
+    pub abandon: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One client connection's writing end, shared by its request thread and the heartbeat.
@@ -283,7 +286,9 @@ impl ServeCtx {
                 return;
             }
         };
-        let proceed: Proceed = Arc::new(move || client_here(&watched));
+        let abandon = self.abandon.clone();
+        let proceed: Proceed =
+            Arc::new(move || !abandon.load(Ordering::SeqCst) && client_here(&watched));
         let response = self.handle(req.action, &proceed);
         self.heartbeats.remove(id);
         if let Err(e) = conn.send(&response) {
@@ -296,6 +301,7 @@ impl ServeCtx {
     }
 
     fn handle(&self, action: Action, proceed: &Proceed) -> Response {
+        crate::metrics::count(&crate::metrics::COUNTERS.socket_requests);
         let result = match action {
             Action::Act {
                 verb,
@@ -369,7 +375,9 @@ impl ServeCtx {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
-                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+                .map(|s| s.snapshot()),
+            counters: crate::metrics::COUNTERS.values(),
+            http: self.shared.http.clone(),
         })
     }
 }

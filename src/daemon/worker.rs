@@ -285,9 +285,22 @@ impl Worker {
 
     fn restart(&mut self, name: &str) {
         match self.sup.restart_due(name) {
-            Ok(StartOutcome::Started { pid }) => info!(service = %name, pid, "restarted"),
+            Ok(StartOutcome::Started { pid }) => {
+                crate::metrics::count(&crate::metrics::COUNTERS.restarts);
+                info!(service = %name, pid, "restarted")
+            }
             Ok(StartOutcome::NotDue) => debug!(service = %name, "restart cancelled"),
-            Ok(other) => info!(service = %name, outcome = ?other, "restart"),
+            Ok(other) => {
+                if matches!(
+                    other,
+                    StartOutcome::Ready { .. }
+                        | StartOutcome::NotReady { .. }
+                        | StartOutcome::ExitedAtOnce { .. }
+                ) {
+                    crate::metrics::count(&crate::metrics::COUNTERS.restarts);
+                }
+                info!(service = %name, outcome = ?other, "restart")
+            }
             // Whether the recorded instance still runs could not be checked: not a
             // failure of the service, and nothing to give up on.
             Err(e @ crate::Error::LivenessUnknown { .. }) => {

@@ -81,6 +81,9 @@ pub struct Command {
     /// `None` when the row holds something this build does not know: refused.
     pub action: Option<Action>,
     pub issued_by: String,
+    /// Past its expiry when claimed: only a command this home began before (and was
+    /// interrupted in) is carried on; one never begun is reported expired, never run late.
+    pub late: bool,
 }
 
 /// A command's result as the host reports it.
@@ -88,7 +91,12 @@ pub struct Command {
 pub struct Done {
     pub ok: bool,
     pub message: String,
+    /// Not carried out because it expired before this host began it.
+    pub expired: bool,
 }
+
+/// What an expired command that this host never began is reported with.
+pub const EXPIRED_UNBEGUN: &str = "expired before the host ran it";
 
 /// What becomes of a command a previous daemon took and then died while acting on
 /// (taken, no result recorded). Start and stop are repeated: they are idempotent (a
@@ -114,9 +122,17 @@ pub fn carry_out(sup: &mut Supervisor, fleet: &str, cmd: &Command) -> Result<Don
         return Ok(Done {
             ok: false,
             message: "refused: unknown action".into(),
+            expired: false,
         });
     };
     let requested = |a: Action| format!("command {}: {a} requested by {}", cmd.id, cmd.issued_by);
+    if cmd.late && sup.fleet_taken(fleet, cmd.id)?.is_none() {
+        return Ok(Done {
+            ok: false,
+            message: EXPIRED_UNBEGUN.into(),
+            expired: true,
+        });
+    }
     let taken = sup.fleet_take(
         fleet,
         cmd.id,
@@ -131,18 +147,44 @@ pub fn carry_out(sup: &mut Supervisor, fleet: &str, cmd: &Command) -> Result<Don
             return Ok(Done {
                 ok: t.ok,
                 message: t.message,
+                expired: false,
             })
         }
-        Take::Before(_) => match after_interruption(action) {
+        Take::Before(t) => match after_interruption(action) {
             None => Done {
                 ok: false,
                 message: "interrupted: the daemon died while sending the signal; not repeated"
                     .into(),
+                expired: false,
             },
             Some(_) if !sup.names()?.contains(&cmd.service) => unknown(cmd),
+            Some(_)
+                if action == Action::Restart && running_before(sup, cmd, t.taken_at)?.is_some() =>
+            {
+                // The daemon died while stopping it: the instance that runs is the one
+                // the restart was to replace. Said as it is, not called a restart.
+                let pid = running_before(sup, cmd, t.taken_at)?.unwrap_or_default();
+                Done {
+                    ok: false,
+                    message: format!(
+                        "interrupted: the daemon died during the restart; not restarted, \
+                         still running (pid {pid}, started before the command)"
+                    ),
+                    expired: false,
+                }
+            }
             Some(a) => {
                 sup.record(&cmd.service, crate::record::event::FLEET, &requested(a))?;
-                perform(sup, cmd, a)?
+                // Said as it is: the command was interrupted, and this is what
+                // completing it found and did (the service's state now).
+                let d = perform(sup, cmd, a)?;
+                Done {
+                    message: format!(
+                        "interrupted {action} (the daemon died during it), completed: {}",
+                        d.message
+                    ),
+                    ..d
+                }
             }
         },
     };
@@ -150,10 +192,21 @@ pub fn carry_out(sup: &mut Supervisor, fleet: &str, cmd: &Command) -> Result<Don
     Ok(result)
 }
 
+/// The pid of the service's instance when it is the one the command found: started
+/// before `taken_at` (unix ms), or still being stopped (the interrupted stop's target).
+fn running_before(sup: &mut Supervisor, cmd: &Command, taken_at: i64) -> Result<Option<i32>> {
+    Ok(match sup.status(&cmd.service)?.state {
+        crate::state::State::Running { pid, since } if since < taken_at => Some(pid),
+        crate::state::State::Stopping { pid } => Some(pid),
+        _ => None,
+    })
+}
+
 fn unknown(cmd: &Command) -> Done {
     Done {
         ok: false,
         message: format!("unknown service {} on this host", cmd.service),
+        expired: false,
     }
 }
 
@@ -168,14 +221,23 @@ fn perform(sup: &mut Supervisor, cmd: &Command, action: Action) -> Result<Done> 
         None => Done {
             ok: false,
             message: "not carried out".into(),
+            expired: false,
         },
     })
 }
 
 /// One line for a person reading `tend fleet history`.
 pub fn describe(o: &Outcome) -> Done {
-    let ok = |message: String| Done { ok: true, message };
-    let fail = |message: String| Done { ok: false, message };
+    let ok = |message: String| Done {
+        ok: true,
+        message,
+        expired: false,
+    };
+    let fail = |message: String| Done {
+        ok: false,
+        message,
+        expired: false,
+    };
     let start = |s: &StartOutcome| match s {
         StartOutcome::Started { pid } => ok(format!("started (pid {pid})")),
         StartOutcome::AlreadyRunning { pid } => ok(format!("already running (pid {pid})")),

@@ -21,6 +21,10 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const KEEPALIVE_RETRIES: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Data sent but not acknowledged for this long ends the connection (`TCP_USER_TIMEOUT`):
+/// without it a statement sent into a network partition waits for the kernel's
+/// retransmissions (many minutes), and keepalives do not run while data is in flight.
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS that verifies the server against the system's root certificates, plus those in
 /// `ca_file` (PEM) when given.
@@ -166,7 +170,8 @@ pub fn config(url: &str) -> Result<Config, PgError> {
         .keepalives(true)
         .keepalives_idle(KEEPALIVE_IDLE)
         .keepalives_interval(KEEPALIVE_INTERVAL)
-        .keepalives_retries(KEEPALIVE_RETRIES);
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(USER_TIMEOUT);
     Ok(cfg)
 }
 
@@ -175,7 +180,19 @@ pub fn config(url: &str) -> Result<Config, PgError> {
 /// offers it, and plain TCP when the server does not offer TLS or its certificate cannot
 /// be verified — never TLS with an unverified certificate.
 pub async fn connect(url: &str, tls: &MakeRustlsConnect) -> Result<(Client, Connection), PgError> {
+    connect_as(url, tls, "tend").await
+}
+
+/// [`connect`], naming the connection `application_name` in `pg_stat_activity` (the
+/// daemon names its one connection after its host, so an administrator sees which
+/// host holds which backend). The server cuts a name at 63 bytes.
+pub async fn connect_as(
+    url: &str,
+    tls: &MakeRustlsConnect,
+    application_name: &str,
+) -> Result<(Client, Connection), PgError> {
     let mut cfg = config(url)?;
+    cfg.application_name(application_name);
     match cfg.connect(tls.clone()).await {
         Ok(pair) => Ok(pair),
         Err(e) if cfg.get_ssl_mode() == SslMode::Prefer && is_tls_error(&e) => {

@@ -1,4 +1,5 @@
-//! The daemon's LISTEN connection and the executor of what it receives.
+//! The daemon's one PostgreSQL connection (the quick mode's LISTEN, and the fleet's,
+//! which runs on it) and the executor of quick-mode payloads.
 
 use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
@@ -10,7 +11,10 @@ use tracing::{debug, error, info, warn};
 
 use super::auth::{self, Key, Replays};
 use super::connect::{self, Connection};
+use super::fleet::host::Host;
+use super::fleet::Conn;
 use super::payload;
+use super::quick::Quick;
 use super::reject::{Rejections, Summary};
 use super::Settings;
 use crate::api::PgStatus;
@@ -19,10 +23,6 @@ use crate::home::Home;
 use crate::record::now_ms;
 use crate::supervisor::{Context, Supervisor};
 
-/// A quiet connection is pinged this often; no answer within [`PING_TIMEOUT`] means it
-/// is lost (a half-open TCP connection otherwise looks healthy for a long time).
-const PING_EVERY: Duration = Duration::from_secs(5);
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -33,23 +33,35 @@ struct Job {
     backend_pid: i32,
 }
 
-/// Starts the listener and executor threads; returns the shared status.
-/// What the host process (the daemon) lends the executor: a way to count a command in
-/// as work in flight (`None` when the host is shutting down and takes no new work; the
-/// returned token counts it out when dropped), and a way to say that a command changed
-/// what runs.
-pub struct Hooks {
-    pub admit: Box<dyn Fn() -> Option<Box<dyn Send>> + Send>,
-    pub changed: Box<dyn Fn() + Send>,
+pub use super::Hooks;
+
+/// The listener's state and the quick-mode policy, for `daemon status`.
+pub struct Status {
+    pg: Arc<Mutex<PgStatus>>,
+    quick: Quick,
 }
 
+impl Status {
+    pub fn snapshot(&self) -> PgStatus {
+        let mut s = self.pg.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.quick_mode = self.quick.describe();
+        s.fleet = Some(self.quick.fleet.snapshot());
+        s
+    }
+}
+
+/// Starts the daemon's PostgreSQL side: the quick mode's executor, the fleet's threads
+/// ([`Host`]) and the thread that keeps the one connection both share. Returns the
+/// shared status.
 pub fn start(
     settings: Settings,
     key: Option<Key>,
+    quick: Quick,
     home: Home,
     ctx: Context,
     hooks: Hooks,
-) -> crate::Result<Arc<Mutex<PgStatus>>> {
+    fleet_hooks: Hooks,
+) -> crate::Result<Arc<Status>> {
     let tls = connect::tls(settings.ca_file.as_deref()).map_err(crate::Error::from)?;
     let status = Arc::new(Mutex::new(PgStatus {
         state: "connecting".into(),
@@ -59,12 +71,30 @@ pub fn start(
         channel: settings.channel.clone(),
         host_id: settings.host_id.clone(),
         received: 0,
+        quick_mode: String::new(),
+        fleet: None,
+        fleet_wakeups: 0,
+        fleet_claims: 0,
+        fleet_sweeps: 0,
     }));
+    // The fleet (durable commands) beside the quick mode: it joins once `tend fleet
+    // init` has created the schema, and looks again every few seconds until then.
+    let fleet = Host::start(
+        settings.clone(),
+        home.clone(),
+        ctx.clone(),
+        fleet_hooks,
+        status.clone(),
+        quick.fleet.clone(),
+    )?;
     let (jobs, rx) = mpsc::channel();
     let host_id = settings.host_id.clone();
     std::thread::Builder::new()
         .name("tend-notify-exec".into())
-        .spawn(move || execute(rx, home, ctx, host_id, key, hooks))
+        .spawn({
+            let quick = quick.clone();
+            move || execute(rx, home, ctx, host_id, key, quick, hooks)
+        })
         .map_err(|e| crate::Error::Daemon {
             message: format!("cannot start the notify executor: {e}"),
         })?;
@@ -82,12 +112,12 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(listen_forever(settings, tls, jobs, st));
+            rt.block_on(listen_forever(settings, tls, jobs, st, fleet));
         })
         .map_err(|e| crate::Error::Daemon {
             message: format!("cannot start the listener: {e}"),
         })?;
-    Ok(status)
+    Ok(Arc::new(Status { pg: status, quick }))
 }
 
 fn set(status: &Mutex<PgStatus>, f: impl FnOnce(&mut PgStatus)) {
@@ -100,15 +130,16 @@ async fn listen_forever(
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     jobs: mpsc::Sender<Job>,
     status: Arc<Mutex<PgStatus>>,
+    fleet: Host,
 ) {
     let mut failures: u32 = 0;
     loop {
         let began = std::time::Instant::now();
-        let err = session(&settings, &tls, &jobs, &status).await;
+        let err = session(&settings, &tls, &jobs, &status, &fleet).await;
         if began.elapsed() >= STABLE_AFTER {
             failures = 0;
         }
-        warn!(error = %err, "PostgreSQL connection lost; reconnecting");
+        warn!(error = %err, "PostgreSQL connection lost (quick mode and fleet); reconnecting");
         set(&status, |s| {
             if s.state != "reconnecting" {
                 s.state = "reconnecting".into();
@@ -137,15 +168,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One connection's life: connect, LISTEN, forward notifications, ping. Returns why it
-/// ended; every `Err` or `None` from the connection counts as lost.
+/// One connection's life: connect, LISTEN on the quick channel, hand the connection to
+/// the fleet (which LISTENs on this host's wake-up channel and runs its statements on
+/// it), and route each notification by channel. Returns why it ended; every `Err` or
+/// `None` from the connection, and every failure of the fleet's statements, counts as
+/// lost. The fleet's heartbeat (or, with no fleet, its look for the schema) is what
+/// checks a quiet connection.
 async fn session(
     settings: &Settings,
     tls: &tokio_postgres_rustls::MakeRustlsConnect,
     jobs: &mpsc::Sender<Job>,
     status: &Mutex<PgStatus>,
+    fleet: &Host,
 ) -> String {
-    let (client, connection) = match connect::connect(&settings.url, tls).await {
+    let name = daemon_application_name(&settings.host_id);
+    let (client, connection) = match connect::connect_as(&settings.url, tls, &name).await {
         Ok(pair) => pair,
         Err(e) => return e.to_string(),
     };
@@ -164,13 +201,14 @@ async fn session(
         s.state = "connected".into();
         s.since = now_ms();
     });
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
+    let conn = Arc::new(Conn::new(client));
+    let (wakes, wakes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let fleet_run = fleet.attach(conn, wakes_rx);
+    tokio::pin!(fleet_run);
     loop {
         tokio::select! {
             msg = nrx.recv() => match msg {
-                Some(Ok(n)) => {
+                Some(Ok(n)) if n.channel() == settings.channel => {
                     set(status, |s| s.received += 1);
                     debug!(backend_pid = n.process_id(), "notification");
                     let job = Job { payload: n.payload().to_string(), backend_pid: n.process_id() };
@@ -178,18 +216,21 @@ async fn session(
                         return "the executor is gone".into();
                     }
                 }
+                // Only the fleet's channel is LISTENed to besides.
+                Some(Ok(n)) => {
+                    let _ = wakes.send(n.payload().to_string());
+                }
                 Some(Err(e)) => return e,
                 None => return "connection closed".into(),
             },
-            _ = ping.tick() => {
-                match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return format!("ping failed: {}", connect::describe(&e)),
-                    Err(_) => return format!("no answer to a ping within {PING_TIMEOUT:?}"),
-                }
-            }
+            why = &mut fleet_run => return why,
         }
     }
+}
+
+/// The daemon's connection's `application_name`: `tend daemon HOST`.
+pub fn daemon_application_name(host_id: &str) -> String {
+    format!("tend daemon {host_id}")
 }
 
 /// Drives the connection by hand: notifications only come out of `poll_message`.
@@ -229,6 +270,7 @@ fn execute(
     ctx: Context,
     host_id: String,
     key: Option<Key>,
+    quick: Quick,
     hooks: Hooks,
 ) {
     let mut replays: Option<Replays> = None;
@@ -267,7 +309,15 @@ fn execute(
         }
         let s = sup.as_mut().expect("opened above");
         let replays = replays.get_or_insert_with(|| super::replays::load(s));
-        if let Err(e) = handle(s, &job, &host_id, key.as_ref(), replays, &mut rejections) {
+        if let Err(e) = handle(
+            s,
+            &job,
+            &host_id,
+            key.as_ref(),
+            &quick,
+            replays,
+            &mut rejections,
+        ) {
             error!(error = %e, "notify: database error; reopening");
             sup = None;
         }
@@ -299,11 +349,13 @@ fn handle(
     job: &Job,
     host_id: &str,
     key: Option<&Key>,
+    quick: &Quick,
     replays: &mut Replays,
     rejections: &mut Rejections,
 ) -> crate::Result<()> {
     let who = format!("notify (backend pid {})", job.backend_pid);
     let mut reject = |_: &mut Supervisor, service: &str, why: String| -> crate::Result<()> {
+        crate::metrics::count(&crate::metrics::COUNTERS.notify_refused);
         rejections.add(Instant::now(), service, why);
         Ok(())
     };
@@ -321,7 +373,16 @@ fn handle(
                 )
             }
         },
-        None => job.payload.as_str(),
+        None => match quick.admit_unsigned() {
+            Ok(()) => job.payload.as_str(),
+            Err(why) => {
+                return reject(
+                    sup,
+                    "-",
+                    format!("{who}: {why}: {}", payload::quote(&job.payload)),
+                )
+            }
+        },
     };
     let cmd = match payload::parse(inner) {
         Ok(c) => c,
@@ -360,6 +421,7 @@ fn handle(
         return Ok(());
     }
     let verb = cmd.verb;
+    crate::metrics::count(&crate::metrics::COUNTERS.notify_taken);
     let selection = Selection::Names { names: accepted };
     for r in crate::api::act(sup, verb, &selection, &|| true)? {
         match &r.result {

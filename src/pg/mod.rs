@@ -4,12 +4,15 @@
 //!   services already defined, nothing else).
 //! - [`reject`] coalesces rejected payloads: one event and one log line per burst.
 //! - [`auth`] checks signed payloads when a notify key is configured.
+//! - [`quick`] decides whether unsigned payloads are obeyed: not by a daemon that has
+//!   joined a fleet, unless `postgres.quick_unsigned` says so.
 //! - [`connect`] builds the connection: URL, password from the URL, `PGPASSWORD` or
 //!   `~/.pgpass`, TLS verified against the system roots (plus an optional CA file).
-//! - [`listener`] keeps one dedicated connection, drives `Connection::poll_message`
-//!   itself (spawning the connection future would drop notifications), pings it, and
-//!   reconnects with jittered exponential backoff, re-LISTENing each time. It runs on its
-//!   own thread: local supervision never waits on PostgreSQL.
+//! - [`listener`] keeps the daemon's one connection, drives `Connection::poll_message`
+//!   itself (spawning the connection future would drop notifications), and reconnects
+//!   with jittered exponential backoff, re-LISTENing each time. The quick mode's LISTEN,
+//!   the fleet's LISTEN and every fleet statement share it ([`fleet::host`] runs on it).
+//!   It runs on its own thread: local supervision never waits on PostgreSQL.
 //! - Commands are carried out on one more thread, in arrival order, through the same
 //!   [`crate::api::act`] the CLI and the control socket use.
 
@@ -19,10 +22,12 @@ pub mod error;
 pub mod fleet;
 pub mod listener;
 pub mod payload;
+pub mod quick;
 pub mod reject;
 pub mod replays;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config;
 use crate::error::{Error, Result};
@@ -42,6 +47,12 @@ pub struct Settings {
     pub schema: String,
     pub ca_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// `postgres.quick_unsigned`: obey unsigned quick-mode payloads even in a fleet.
+    pub quick_unsigned: bool,
+    /// The fleet's backstop sweep (`fleet.sweep_every`).
+    pub sweep_every: Duration,
+    /// The fleet heartbeat (`fleet.heartbeat_every`).
+    pub heartbeat_every: Duration,
 }
 
 /// Values given on the command line, which win over `tend config`.
@@ -89,7 +100,20 @@ impl Settings {
             .or(get(config::POSTGRES_SCHEMA)?)
             .unwrap_or_else(|| config::DEFAULT_SCHEMA.to_string());
         config::validate_schema(&schema).map_err(invalid)?;
+        let mut period = |key: &str, default: Duration| -> Result<Duration> {
+            match get(key)? {
+                Some(v) => config::fleet_period(key, &v).map_err(invalid),
+                None => Ok(default),
+            }
+        };
+        let sweep_every = period(config::FLEET_SWEEP_EVERY, config::DEFAULT_FLEET_SWEEP)?;
+        let heartbeat_every = period(
+            config::FLEET_HEARTBEAT_EVERY,
+            config::DEFAULT_FLEET_HEARTBEAT,
+        )?;
         Ok(Some(Settings {
+            sweep_every,
+            heartbeat_every,
             url,
             channel,
             host_id,
@@ -102,6 +126,8 @@ impl Settings {
                 .key_file
                 .clone()
                 .or(get(config::POSTGRES_KEY_FILE)?.map(PathBuf::from)),
+            quick_unsigned: get(config::POSTGRES_QUICK_UNSIGNED)?
+                .is_some_and(|v| config::truthy(&v)),
         }))
     }
 
@@ -116,6 +142,15 @@ impl Settings {
             .map(|p| auth::Key::load(p).map_err(Error::from))
             .transpose()
     }
+}
+
+/// What the host process (the daemon) lends the executor: a way to count a command in
+/// as work in flight (`None` when the host is shutting down and takes no new work; the
+/// returned token counts it out when dropped), and a way to say that a command changed
+/// what runs.
+pub struct Hooks {
+    pub admit: Box<dyn Fn() -> Option<Box<dyn Send>> + Send>,
+    pub changed: Box<dyn Fn() + Send>,
 }
 
 /// A number in [0, 1) from the std hasher's random keys; good enough for jitter.

@@ -71,6 +71,9 @@ pub struct Scope<'a> {
     /// is ever taken for the check's (see [`stop::Reaper`]); `None` when they cannot
     /// be read, and then no orphan is taken on the strength of its session.
     pub owned: &'a dyn Fn() -> Option<std::collections::BTreeSet<i32>>,
+    /// The service's process settings: its check runs as the same user, with the same
+    /// limits, as the service (as systemd runs a unit's other commands).
+    pub setup: &'a crate::process::spawn::Setup,
 }
 
 /// Output kept per stream.
@@ -147,6 +150,7 @@ pub fn run_helper(
         stderr: dev_null,
         cgroup: leaf.0.as_ref(),
         pipes: Some(&pipes),
+        setup: scope.setup,
     })?;
     drop(input);
     let started = prepared.spawn()?.release()?;

@@ -8,7 +8,8 @@
 //! raised limit: each gets the soft limit the daemon itself was given, the one a
 //! `tend start` from the same shell would hand on, and the 1024 most systems start
 //! programs with (a program that uses `select(2)` cannot handle a descriptor above
-//! 1023; systemd keeps the soft limit at 1024 for that reason too).
+//! 1023; systemd keeps the soft limit at 1024 for that reason too). A service's own
+//! `limit_nofile` wins over this: it is set instead (see `spawn::setup`).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

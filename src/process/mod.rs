@@ -12,6 +12,7 @@
 //! - [`lock`]: the daemon's lock, which readers probe without taking.
 //! - [`limits`]: the limit on open files: the daemon's raised, the services' as given.
 //! - [`memory`]: the daemon's heap: one arena, free pages given back.
+//! - [`init`]: `tend up` as PID 1 (reaping any child) and the daemon tied to its life.
 //! - [`mounts`]: where the cgroup2 file system is mounted.
 //! - [`usage`]: CPU time and memory of a process tree, for a service without a cgroup.
 //! - [`writer`]: the pipes to a service's log writer, and starting the writer outside
@@ -22,6 +23,7 @@ pub mod cgroup;
 pub mod check;
 pub mod handle;
 pub mod identity;
+pub mod init;
 pub mod limits;
 pub mod lock;
 pub mod memory;

@@ -44,6 +44,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -107,6 +108,17 @@ pub struct Stopped {
     pub others: usize,
     /// Processes in session or group `N` not proven to be the service's; not signalled.
     pub left_alone: usize,
+}
+
+/// Set once every stop, in progress or to come, is to send SIGKILL at once instead of
+/// waiting out its timeout (see [`hurry`]).
+static HURRY: AtomicBool = AtomicBool::new(false);
+
+/// Makes every stop of this process, in progress or to come, kill at once: what the
+/// stop signal has not ended yet gets SIGKILL now (a daemon tied to `tend up`, on the
+/// second Ctrl-C). Never undone.
+pub fn hurry() {
+    HURRY.store(true, Ordering::SeqCst);
 }
 
 /// Stops the instance `t`: `signal` to every proven process, up to `timeout`, then
@@ -501,9 +513,10 @@ impl<'a> Members<'a> {
                 continue;
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || (signal != Signal::SIGKILL && HURRY.load(Ordering::SeqCst)) {
                 return false;
             }
+            // At most RESCAN: a hurry is noticed within that.
             let wait = RESCAN.min(deadline - now);
             if handle::wait_any(&live, wait).is_none() {
                 // Still running after a while: look for processes forked meanwhile.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 
+pub mod execution;
 pub mod file;
 pub mod files;
 pub mod graph;
@@ -25,7 +26,8 @@ pub use settings::{
     DEFAULT_START_LIMIT, DEFAULT_START_LIMIT_INTERVAL, DEFAULT_STOP_TIMEOUT,
 };
 pub use values::{
-    fmt_duration, parse_duration, parse_size, LogTimestamps, RestartPolicy, StopSignal, Value,
+    fmt_duration, parse_duration, parse_size, Globs, LogTimestamps, RestartPolicy, StopSignal,
+    Value,
 };
 
 /// Numbered backups kept by log rotation (NAME.log.1 is the newest).

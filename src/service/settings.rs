@@ -17,11 +17,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::execution::{
+    check_group, check_limit, check_nice, check_oom_score_adj, check_user, Account, Limit, Nice,
+    OomScoreAdj, Resource, Umask,
+};
 use super::hooks::{Hook, HookTimeout};
 use super::paths::{check_cwd, check_readable, check_writable};
 use super::probe::{Check, Probe};
 use super::values::{
-    Bytes, LogTimestamps, Percent, PidFile, RestartPolicy, StopSignal, Text, Value, Weight,
+    Bytes, Globs, LogTimestamps, Percent, PidFile, RestartPolicy, StopSignal, Text, Value, Weight,
 };
 use crate::error::{Error, Result};
 
@@ -97,6 +101,8 @@ impl Row {
                     .long(long)
                     .value_name(value_name)
                     .help(self.help)
+                    // `--nice -5`, `--oom-score-adj -500`: a value, not an option.
+                    .allow_negative_numbers(true)
                     .action(clap::ArgAction::Set);
                 if let Some(c) = short {
                     a = a.short(c);
@@ -633,6 +639,119 @@ settings! {
         default: |_, _| None,
         check: |h| check_health(h),
     }
+    // The process settings, applied between fork and exec (see `execution`).
+    /// File mode creation mask of the service.
+    umask: Umask {
+        flag: Flag::Option { long: "umask", short: None, value_name: "OCTAL" },
+        option: "--umask",
+        help: "File mode creation mask of the service, in octal (default 022)",
+        json: "umask",
+        label: "umask",
+        default: |_, _| Umask::default(),
+        check: no_check,
+    }
+    /// `RLIMIT_NOFILE`; unset: the soft limit tend was started with.
+    limit_nofile: Limit {
+        flag: Flag::Option { long: "limit-nofile", short: None, value_name: "SOFT[:HARD]" },
+        option: "--limit-nofile",
+        help: "Limit on open files: SOFT[:HARD], one value for both, infinity for none (\"\" clears: the limit tend was started with)",
+        json: "limit_nofile",
+        label: "limit-nofile",
+        default: |_, _| Limit(None),
+        check: |l| check_limit(Resource::Nofile, l),
+    }
+    /// `RLIMIT_NPROC` (counted per user, not per service).
+    limit_nproc: Limit {
+        flag: Flag::Option { long: "limit-nproc", short: None, value_name: "SOFT[:HARD]" },
+        option: "--limit-nproc",
+        help: "Limit on processes of the service's user: SOFT[:HARD], infinity for none (\"\" clears: inherited)",
+        json: "limit_nproc",
+        label: "limit-nproc",
+        default: |_, _| Limit(None),
+        check: |l| check_limit(Resource::Nproc, l),
+    }
+    /// `RLIMIT_CORE`, in bytes.
+    limit_core: Limit {
+        flag: Flag::Option { long: "limit-core", short: None, value_name: "SOFT[:HARD]" },
+        option: "--limit-core",
+        help: "Largest core dump: SOFT[:HARD] in bytes (0, 64M), infinity for none (\"\" clears: inherited)",
+        json: "limit_core",
+        label: "limit-core",
+        default: |_, _| Limit(None),
+        check: |l| check_limit(Resource::Core, l),
+    }
+    /// `RLIMIT_MEMLOCK`, in bytes.
+    limit_memlock: Limit {
+        flag: Flag::Option { long: "limit-memlock", short: None, value_name: "SOFT[:HARD]" },
+        option: "--limit-memlock",
+        help: "Most memory locked in RAM: SOFT[:HARD] in bytes (64K, 1G), infinity for none (\"\" clears: inherited)",
+        json: "limit_memlock",
+        label: "limit-memlock",
+        default: |_, _| Limit(None),
+        check: |l| check_limit(Resource::Memlock, l),
+    }
+    /// Nice value; unset: tend's own.
+    nice: Nice {
+        flag: Flag::Option { long: "nice", short: None, value_name: "N" },
+        option: "--nice",
+        help: "Nice value, -20 (first) to 19 (last); below tend's own needs root (\"\" clears: tend's own)",
+        json: "nice",
+        label: "nice",
+        default: |_, _| Nice(None),
+        check: check_nice,
+    }
+    /// `oom_score_adj`; unset: tend's own.
+    oom_score_adj: OomScoreAdj {
+        flag: Flag::Option { long: "oom-score-adj", short: None, value_name: "N" },
+        option: "--oom-score-adj",
+        help: "OOM killer adjustment, -1000 (never) to 1000 (first); below tend's own needs root (\"\" clears: tend's own)",
+        json: "oom_score_adj",
+        label: "oom-score-adj",
+        default: |_, _| OomScoreAdj(None),
+        check: check_oom_score_adj,
+    }
+    /// The user the service runs as (tend runs as root); its groups from the group
+    /// database, HOME, USER, LOGNAME and SHELL from its passwd entry.
+    user: Account {
+        flag: Flag::Option { long: "user", short: None, value_name: "USER" },
+        option: "--user",
+        help: "Run the service as this user (name or uid), with its groups, HOME, USER, LOGNAME, SHELL; needs tend to run as root (\"\" clears)",
+        json: "user",
+        label: "user",
+        default: |_, _| Account(None),
+        check: check_user,
+    }
+    /// The group the service runs as; unset: the user's primary group.
+    group: Account {
+        flag: Flag::Option { long: "group", short: None, value_name: "GROUP" },
+        option: "--group",
+        help: "Run the service with this group (name or gid; default: the user's primary group); needs tend to run as root (\"\" clears)",
+        json: "group",
+        label: "group",
+        default: |_, _| Account(None),
+        check: check_group,
+    }
+    // Foreground (`tend up`) settings, kept together.
+    /// Under `tend up`, the end of this service ends the run (a container, as PID 1).
+    required: bool {
+        flag: Flag::Switch { long: "required", negation: "no-required" },
+        option: "--required",
+        help: "Under `tend up`, the end of this service stops everything, and tend up exits with its status (default: no)",
+        json: "required",
+        label: "required",
+        default: |_, _| false,
+        check: no_check,
+    }
+    /// Glob patterns of files whose change restarts the service (the daemon and `tend up`).
+    watch: Globs {
+        flag: Flag::Option { long: "watch", short: None, value_name: "GLOBS" },
+        option: "--watch",
+        help: "Restart the service (and those that require it) when a file matching one of these globs changes: \"src/**/*.py\", relative to --cwd (comma-separated, \"\" clears)",
+        json: "watch",
+        label: "watch",
+        default: |_, _| Globs::default(),
+        check: no_check,
+    }
     // Event hooks (run by the daemon; see docs/hooks.md). A service's hook replaces
     // the home's default (`tend config set hooks.on_exit ...`) for that event.
     /// Run (`sh -c`) when the service starts or is restarted.
@@ -750,7 +869,7 @@ mod tests {
 
     #[test]
     fn every_row_is_a_field_and_an_option() {
-        assert_eq!(ROWS.len(), 27);
+        assert_eq!(ROWS.len(), 38);
         for r in ROWS {
             assert!(r.option.starts_with("--"), "{}", r.field);
             let long = match r.flag {

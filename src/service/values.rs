@@ -647,3 +647,87 @@ pub fn exact_duration(d: Duration) -> String {
         format!("{ms}ms")
     }
 }
+
+/// `watch`: glob patterns of files whose change restarts the service (`src/**/*.py`),
+/// relative to the service's working directory unless absolute. Comma-separated on the
+/// command line, an array in the file and the store; an empty text clears the list.
+/// Each pattern is checked with the matcher that will use it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Globs(pub Vec<String>);
+
+/// At most this many patterns per service: a list is typed by a person.
+pub const MAX_GLOBS: usize = 64;
+
+impl Globs {
+    fn check(list: Vec<String>) -> Result<Globs, String> {
+        if list.len() > MAX_GLOBS {
+            return Err(format!("at most {MAX_GLOBS} patterns"));
+        }
+        for g in &list {
+            if g.len() > 4096 {
+                return Err("a pattern is longer than 4096 bytes".into());
+            }
+            if g.contains('\0') {
+                return Err("a pattern contains a NUL byte".into());
+            }
+            globset::Glob::new(g).map_err(|e| format!("{g:?}: {}", e.kind()))?;
+        }
+        Ok(Globs(list))
+    }
+}
+
+impl Value for Globs {
+    fn parse(text: &str) -> Result<Self, String> {
+        let list: Vec<String> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect();
+        Globs::check(list)
+    }
+    fn to_json(&self) -> serde_json::Value {
+        self.0
+            .iter()
+            .map(|s| serde_json::Value::from(s.as_str()))
+            .collect()
+    }
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        v.as_array()?
+            .iter()
+            .map(|x| x.as_str().map(String::from))
+            .collect::<Option<Vec<_>>>()
+            .map(Globs)
+    }
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <Vec<String> as serde::Deserialize>::deserialize(d).map(Globs)
+    }
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Array(a) => Globs::check(
+                a.iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(String::from)
+                            .ok_or_else(|| "expected an array of glob patterns".to_string())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            toml::Value::String(s) => Self::parse(s),
+            other => Err(format!(
+                "expected an array of glob patterns, found a {}",
+                other.type_str()
+            )),
+        }
+    }
+    fn to_toml(&self) -> Option<toml::Value> {
+        (!self.0.is_empty()).then(|| {
+            toml::Value::Array(
+                self.0
+                    .iter()
+                    .map(|s| toml::Value::String(s.clone()))
+                    .collect(),
+            )
+        })
+    }
+}

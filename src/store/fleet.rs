@@ -11,7 +11,7 @@ impl Tx<'_> {
     pub fn fleet_taken(&self, fleet: &str, id: i64) -> Result<Option<Taken>> {
         self.0
             .prepare_cached(
-                "SELECT id, service, action, finished_at, ok, message, reported \
+                "SELECT id, service, action, finished_at, ok, message, reported, taken_at \
                  FROM fleet_taken WHERE fleet = ?1 AND id = ?2",
             )
             .and_then(|mut s| s.query_row(params![fleet, id], taken_from_row).optional())
@@ -38,7 +38,7 @@ impl Tx<'_> {
     pub fn fleet_unreported(&self, fleet: &str) -> Result<Vec<Taken>> {
         self.0
             .prepare_cached(
-                "SELECT id, service, action, finished_at, ok, message, reported \
+                "SELECT id, service, action, finished_at, ok, message, reported, taken_at \
                  FROM fleet_taken WHERE fleet = ?1 AND finished_at IS NOT NULL \
                  AND reported = 0 ORDER BY id",
             )
@@ -94,5 +94,6 @@ fn taken_from_row(r: &rusqlite::Row) -> rusqlite::Result<Taken> {
         ok: r.get::<_, Option<bool>>(4)?.unwrap_or(false),
         message: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
         reported: r.get(6)?,
+        taken_at: r.get(7)?,
     })
 }

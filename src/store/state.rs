@@ -288,6 +288,42 @@ impl Tx<'_> {
             .map_err(|e| self.err(e))
     }
 
+    /// Events with an id above `after`, oldest first, at most `limit` of them.
+    pub fn events_after(
+        &self,
+        after: i64,
+        service: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT id, at, service, kind, detail FROM events \
+                 WHERE id > ?1 AND (?2 IS NULL OR service = ?2) ORDER BY id LIMIT ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after, service, limit], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    service: r.get(2)?,
+                    kind: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The id of the newest event, 0 when there is none.
+    pub fn last_event_id(&self) -> Result<i64> {
+        self.0
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
     /// A number that changes whenever any definition is added, changed or removed
     /// (kept by triggers, schema 8).
     pub fn definitions_version(&self) -> Result<i64> {

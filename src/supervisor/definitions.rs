@@ -91,7 +91,16 @@ impl Supervisor {
 /// notice: it may be installed later, and `tend start` reports it clearly.
 pub(super) fn validate(svc: &Service, notices: &mut Vec<String>) -> Result<()> {
     service::validate(svc)?;
-    if with_spec(svc, &Default::default(), None, None, spawn::find_program).is_none() {
+    if with_spec(
+        svc,
+        &Default::default(),
+        &spawn::Setup::default(),
+        None,
+        None,
+        spawn::find_program,
+    )
+    .is_none()
+    {
         notices.push(format!(
             "{}: warning: program {:?} not found; `tend start` will fail until it exists",
             svc.name, svc.argv[0]

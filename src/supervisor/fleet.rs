@@ -51,6 +51,11 @@ impl Supervisor {
         })
     }
 
+    /// This home's record of command `id`, if it took it.
+    pub fn fleet_taken(&mut self, fleet: &str, id: i64) -> Result<Option<Taken>> {
+        self.store.read(|tx| tx.fleet_taken(fleet, id))
+    }
+
     pub fn fleet_unreported(&mut self, fleet: &str) -> Result<Vec<Taken>> {
         self.store.read(|tx| tx.fleet_unreported(fleet))
     }

@@ -11,7 +11,6 @@ use super::Supervisor;
 use crate::error::Result;
 use crate::probe;
 use crate::process::check;
-use crate::process::spawn;
 use crate::process::stop::{self, Recorded};
 use crate::record::event;
 use crate::service::probe::Probe;
@@ -95,7 +94,20 @@ impl Supervisor {
             return Ok(None);
         }
         let file_env = read_env_file(&svc).unwrap_or_default();
-        let env = spawn::merged_env(file_env.iter().chain(svc.env.iter()));
+        let setup = match super::start::setup_of(&svc) {
+            Ok(s) => s,
+            // The user is gone since the start: the check cannot run as the service
+            // does, and never runs as tend instead.
+            Err(e) => {
+                return Ok(Some(Checked {
+                    pid: inst.pid,
+                    start_time: inst.start_time,
+                    result: Err(e.to_string()),
+                    probe,
+                }))
+            }
+        };
+        let env = super::start::service_env(&svc, &file_env, &setup);
         let board = self.ctx.board.clone();
         let cgroups = self.containment().root().cloned();
         let proceed = self.proceeding();
@@ -112,6 +124,7 @@ impl Supervisor {
                 cgroups: cgroups.as_ref(),
                 proceed: &proceed,
                 owned: &owned,
+                setup: &setup,
             },
         };
         let result = probe::run(&probe.check, &target, probe.health_timeout());

@@ -23,6 +23,10 @@ pub struct HookPlan {
     pub cwd: PathBuf,
     /// The command is the home's default (`tend config hooks.*`), not the service's.
     pub home_default: bool,
+    /// For the service's own hook: the service, whose process settings (user, group,
+    /// umask, limits) the hook runs with, as its checks do. The home's default runs as
+    /// tend does.
+    pub service: Option<Box<crate::service::Service>>,
 }
 
 impl Supervisor {
@@ -62,7 +66,8 @@ impl Supervisor {
                     .unwrap_or(DEFAULT_HOOK_TIMEOUT),
             };
             let cwd = svc
-                .map(|s| s.settings.cwd)
+                .as_ref()
+                .map(|s| s.settings.cwd.clone())
                 .filter(|d| d.is_dir())
                 .unwrap_or_else(|| home_root.clone());
             Ok(Some(HookPlan {
@@ -70,6 +75,7 @@ impl Supervisor {
                 timeout,
                 cwd,
                 home_default,
+                service: svc.filter(|_| !home_default).map(Box::new),
             }))
         })
     }
@@ -83,6 +89,11 @@ impl Supervisor {
         vars: &[(String, String)],
         input: &[u8],
     ) -> std::result::Result<check::Ran, crate::error::SpawnError> {
+        // The service's user gone since: the hook is not run (never as tend instead).
+        let setup = match &plan.service {
+            Some(svc) => super::start::setup_of(svc)?,
+            None => spawn::Setup::default(),
+        };
         let env = spawn::merged_env(vars.iter().map(|(k, v)| (k, v)));
         let board = self.ctx.board.clone();
         let cgroups = self.containment().root().cloned();
@@ -99,6 +110,7 @@ impl Supervisor {
                 cgroups: cgroups.as_ref(),
                 proceed: &proceed,
                 owned: &owned,
+                setup: &setup,
             },
             check::Helper {
                 group: cgroup::HOOKS,

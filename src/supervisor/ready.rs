@@ -13,7 +13,6 @@ use crate::policy::ExitStatus;
 use crate::probe;
 use crate::process::check;
 use crate::process::handle::Handle;
-use crate::process::spawn;
 use crate::record::now_ms;
 use crate::service::probe::Check;
 
@@ -86,7 +85,9 @@ impl Supervisor {
             .map(|(h, _)| h)
             .filter(|h| h.start_time() == inst.start_time);
         let file_env = read_env_file(&svc)?;
-        let env = spawn::merged_env(file_env.iter().chain(svc.env.iter()));
+        let setup =
+            super::start::setup_of(&svc).map_err(|e| super::start::start_error(&svc.name, e))?;
+        let env = super::start::service_env(&svc, &file_env, &setup);
         let board = self.ctx.board.clone();
         let cgroups = self.containment().root().cloned();
         let proceed = self.proceeding();
@@ -148,6 +149,7 @@ impl Supervisor {
                             cgroups: cgroups.as_ref(),
                             proceed: &proceed,
                             owned: &owned,
+                            setup: &setup,
                         },
                     };
                     let left = deadline.saturating_duration_since(now);
@@ -168,7 +170,12 @@ impl Supervisor {
                 });
             }
             let now = Instant::now();
-            if now >= deadline {
+            // A grace period waited out in full ends only when the service has been up
+            // that long by its recorded start (wall-clock ms): at the deadline it can
+            // still lack a millisecond of it (the two clocks, rounding), which on a busy
+            // machine failed a start that was fine.
+            let grace_in_full = cap.is_none() && matches!(check, Check::Grace { .. });
+            if now >= deadline && !grace_in_full {
                 return Ok(StartOutcome::NotReady {
                     pid: inst.pid,
                     reason: format!(
@@ -186,7 +193,13 @@ impl Supervisor {
             }
             if let Some(h) = &handle {
                 // Wakes at once if the service exits meanwhile.
-                h.wait(interval(began.elapsed()).min(deadline - now));
+                h.wait(
+                    interval(began.elapsed()).min(
+                        deadline
+                            .saturating_duration_since(now)
+                            .max(Duration::from_millis(1)),
+                    ),
+                );
             }
         }
     }

@@ -16,6 +16,7 @@ use crate::process::signals::Deferred;
 use crate::process::spawn;
 use crate::process::writer::{LogPipes, Writer};
 use crate::record::{event, now_ms, Instance, Runtime};
+use crate::service::execution::Resource;
 use crate::service::{files, LogTimestamps, Service};
 use crate::state;
 use crate::store::Tx;
@@ -368,11 +369,12 @@ pub(super) fn commit_start(
 pub(super) fn with_spec<T>(
     svc: &Service,
     file_env: &BTreeMap<String, String>,
+    setup: &spawn::Setup,
     cgroup: Option<&Cgroup>,
     pipes: Option<&LogPipes>,
     f: impl FnOnce(&spawn::Spec) -> T,
 ) -> T {
-    let env = spawn::merged_env(file_env.iter().chain(svc.env.iter()));
+    let env = service_env(svc, file_env, setup);
     f(&spawn::Spec {
         argv: &svc.argv,
         cwd: &svc.settings.cwd,
@@ -382,6 +384,51 @@ pub(super) fn with_spec<T>(
         stderr: &svc.settings.stderr,
         cgroup,
         pipes,
+        setup,
+    })
+}
+
+/// The environment of the service (and of its `cmd` checks): tend's own; over it HOME,
+/// USER, LOGNAME and SHELL of the user it runs as (as systemd's `User=` sets them); over
+/// those its env file (`file_env`), and its own `--env` values last.
+pub(super) fn service_env(
+    svc: &Service,
+    file_env: &BTreeMap<String, String>,
+    setup: &spawn::Setup,
+) -> Vec<(String, String)> {
+    let account: Vec<(String, String)> = setup
+        .credentials
+        .as_ref()
+        .map(|c| c.env.clone())
+        .unwrap_or_default();
+    spawn::merged_env(
+        account
+            .iter()
+            .map(|(k, v)| (k, v))
+            .chain(file_env.iter())
+            .chain(svc.env.iter()),
+    )
+}
+
+/// The process settings of `svc`, resolved for the child (user and group looked up
+/// now, at every start, so a changed passwd entry takes effect on restart).
+pub(super) fn setup_of(svc: &Service) -> std::result::Result<spawn::Setup, SpawnError> {
+    let s = &svc.settings;
+    let limits = [
+        (Resource::Nofile, s.limit_nofile),
+        (Resource::Nproc, s.limit_nproc),
+        (Resource::Core, s.limit_core),
+        (Resource::Memlock, s.limit_memlock),
+    ]
+    .into_iter()
+    .filter_map(|(r, l)| Some((r, l.0?)))
+    .collect();
+    Ok(spawn::Setup {
+        umask: s.umask.0,
+        limits,
+        nice: s.nice.0,
+        oom_score_adj: s.oom_score_adj.0,
+        credentials: spawn::Credentials::resolve(s.user.0.as_deref(), s.group.0.as_deref())?,
     })
 }
 
@@ -432,8 +479,16 @@ impl Supervisor {
         pipes: Option<&LogPipes>,
     ) -> Result<spawn::Prepared> {
         let file_env = read_env_file(svc)?;
-        let prepared = with_spec(svc, &file_env, cgroup, pipes, spawn::Prepared::prepare)
-            .map_err(|e| start_error(&svc.name, e))?;
+        let setup = setup_of(svc).map_err(|e| start_error(&svc.name, e))?;
+        let prepared = with_spec(
+            svc,
+            &file_env,
+            &setup,
+            cgroup,
+            pipes,
+            spawn::Prepared::prepare,
+        )
+        .map_err(|e| start_error(&svc.name, e))?;
         if !self.proceed() {
             return Err(Error::Withdrawn {
                 service: svc.name.clone(),

@@ -138,6 +138,21 @@ impl Supervisor {
         self.store.read(|tx| tx.events(name, limit))
     }
 
+    /// Events with an id above `after`, oldest first (at most `limit`).
+    pub fn events_after(
+        &mut self,
+        after: i64,
+        name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        self.store.read(|tx| tx.events_after(after, name, limit))
+    }
+
+    /// The id of the newest event (0: none yet).
+    pub fn last_event_id(&mut self) -> Result<i64> {
+        self.store.read(|tx| tx.last_event_id())
+    }
+
     /// Services with an automatic restart pending: (name, due unix ms).
     pub fn pending_restarts(&mut self) -> Result<Vec<(String, i64)>> {
         self.store.read(|tx| tx.pending_retries())

@@ -23,6 +23,7 @@ use crate::util::*;
 use server::{give_to_server, shared_url, Cluster};
 
 mod fleet;
+mod fleet_roles;
 mod server;
 
 /// Deadline for anything the daemon does in answer to a notification.
@@ -753,7 +754,7 @@ fn tls_scenario(certs: &Path, ca: &Path) {
                 &admin.url,
                 &[
                     "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-                   WHERE a.application_name = 'tend'",
+                   WHERE a.application_name LIKE 'tend daemon %'",
                 ],
             );
             got.trim() == want

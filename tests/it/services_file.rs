@@ -483,10 +483,10 @@ fn import_maps_procfile_and_supervisord_and_lists_the_rest() {
         "[supervisord]\nlogfile=/tmp/x\n\n[program:api]\ncommand=sleep 30\n\
          directory=%(here)s\nenvironment=A=\"1,2\",B=b\nautorestart=true\nstartsecs=2\n\
          stopsignal=INT\nstopwaitsecs=3\nstdout_logfile=%(here)s/api.log\n\
-         redirect_stderr=true\nnumprocs=2\nuser=nobody\n",
+         redirect_stderr=true\nnumprocs=2\npriority=5\n",
     );
     let out = env.ok(&["import", "supervisord.conf"]);
-    for skipped in ["numprocs = 2", "user = nobody", "[supervisord]"] {
+    for skipped in ["numprocs = 2", "priority = 5", "[supervisord] logfile"] {
         assert!(out.stderr.contains(skipped), "{skipped}: {out:?}");
     }
     write(&env.work().join("sv.toml"), &out.stdout);

@@ -22,6 +22,12 @@ impl Tmux {
     /// prints `TOP-EXITED:<code>` and stays. `None` (with the reason printed) when tmux
     /// is missing.
     pub fn start(env: &Env, args: &str, width: u16, height: u16) -> Option<Tmux> {
+        Tmux::start_command(env, &format!("top {args}"), width, height)
+    }
+
+    /// `tend --home HOME COMMAND` (a subcommand and its arguments, as shell words), as
+    /// [`Tmux::start`].
+    pub fn start_command(env: &Env, command: &str, width: u16, height: u16) -> Option<Tmux> {
         if !crate::util::require_tool("tmux") {
             return None;
         }
@@ -32,7 +38,7 @@ impl Tmux {
         );
         let t = Tmux { socket };
         let script = format!(
-            "{} --home {} top {args}; echo TOP-EXITED:$?; exec sleep 600",
+            "{} --home {} {command}; echo TOP-EXITED:$?; exec sleep 600",
             quote(Path::new(TEND)),
             quote(env.home())
         );

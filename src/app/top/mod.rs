@@ -55,6 +55,17 @@ const LOG_LINES: usize = 200;
 
 /// `tend top [--interval D] [--fleet [PG OPTIONS]]`.
 pub fn run(home: &Home, interval: &str, fleet: Option<FleetPgArgs>) -> Result<(), Failure> {
+    run_until(home, interval, fleet, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`run`], which also ends once `stop` is set (`tend up --tui` sets it when its
+/// services are to stop).
+pub fn run_until(
+    home: &Home,
+    interval: &str,
+    fleet: Option<FleetPgArgs>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), Failure> {
     let interval = crate::service::parse_duration(interval)
         .map_err(|message| Error::Invalid {
             what: "--interval",
@@ -81,12 +92,13 @@ pub fn run(home: &Home, interval: &str, fleet: Option<FleetPgArgs>) -> Result<()
         None => None,
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let mut ids = Vec::new();
     for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+        ids.push(signal_hook::flag::register(sig, Arc::clone(&stop))?);
     }
     let screen = Screen::enter()?;
-    watch_terminal(Arc::clone(&stop));
+    let finished = Arc::new(AtomicBool::new(false));
+    watch_terminal(Arc::clone(&stop), Arc::clone(&finished));
     let mut terminal =
         ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(io::stdout()))?;
     terminal.clear()?;
@@ -100,8 +112,13 @@ pub fn run(home: &Home, interval: &str, fleet: Option<FleetPgArgs>) -> Result<()
         app.hosts = Some(watch_fleet(settings, interval));
     }
     let result = app.run(&mut terminal, &stop);
+    finished.store(true, Ordering::Relaxed);
     drop(terminal);
     drop(screen);
+    // The caller may go on (`tend up` stops its services): these signals are its again.
+    for id in ids {
+        signal_hook::low_level::unregister(id);
+    }
     result.map_err(Failure::Output)
 }
 
@@ -140,12 +157,13 @@ impl Drop for Screen {
 /// pty (a closed terminal emulator, a killed tmux). Every 250 ms this looks at standard
 /// input: hung up (or gone), or a stop signal the loop has not acted on within a second,
 /// ends the process (giving the terminal back in the second case).
-fn watch_terminal(stop: Arc<AtomicBool>) {
+/// It ends once `finished` is set (the view gave the terminal back).
+fn watch_terminal(stop: Arc<AtomicBool>, finished: Arc<AtomicBool>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     std::thread::spawn(move || {
         let mut stop_seen: Option<Instant> = None;
-        loop {
+        while !finished.load(Ordering::Relaxed) {
             let stdin = io::stdin();
             let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::empty())];
             let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
@@ -155,6 +173,9 @@ fn watch_terminal(stop: Arc<AtomicBool>) {
                 stop_seen.get_or_insert_with(Instant::now);
             }
             let stuck = stop_seen.is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+            if finished.load(Ordering::Relaxed) {
+                return;
+            }
             if hung_up {
                 // Nothing left to give back. (The main thread may hold stdout's lock.)
                 std::process::exit(0);

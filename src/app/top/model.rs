@@ -216,7 +216,7 @@ pub fn fleet_rows(hosts: &[HostView]) -> Vec<Row> {
         for v in &h.services {
             let mut r = row(escape_owned(v.name.clone()), escape_owned(v.state.clone()));
             r.pid = v.pid;
-            r.started_at = v.since.map(|ms| ms as i64);
+            r.started_at = v.since;
             rows.push(r);
         }
     }

@@ -1,60 +1,68 @@
-//! The daemon's side of the fleet: one thread runs an async loop that keeps a LISTEN
-//! connection and a capped pool ([`POOL_CAP`]); two more threads own this home's SQLite
-//! database (one carries out commands, one reads service states), so the loop never
-//! waits on SQLite and the event loop never waits on PostgreSQL.
+//! The daemon's side of the fleet. It shares the daemon's one PostgreSQL connection
+//! with the quick mode (see [`crate::pg::listener`], which owns the connection and hands
+//! this module the fleet's notifications); two threads own this home's SQLite database
+//! (one carries out commands, one reads service states), so the async loop never waits
+//! on SQLite and the event loop never waits on PostgreSQL.
 //!
-//! On every connect: LISTEN first, then register the host, report results recorded
-//! locally but not yet written back, and claim everything pending. After that a wake-up
-//! (NOTIFY with a command id) or the sweep ([`SWEEP`], the backstop for a missed
-//! wake-up) claims again. A claim takes the oldest pending command of this host whose
-//! (host, service) has no older unfinished command, `FOR UPDATE SKIP LOCKED`, with a
-//! lease ([`LEASE`]); one claimed by a daemon of this same home is taken back at once
-//! (an earlier daemon is dead: we hold its lock; an earlier session of ours left it
-//! behind), since this home's own record of it ([`crate::fleet::carry_out`]) keeps it
-//! from acting twice; one of another home only when its lease ran out. Commands run one
-//! at a time, in id order.
+//! On every connect: LISTEN on this host's own wake-up channel first, then register the
+//! host, report results recorded locally but not yet written back, and claim everything
+//! pending. After that a wake-up (a NOTIFY with a command id, sent only to the host the
+//! command is for) or the sweep (`fleet.sweep_every`, default [`DEFAULT_SWEEP`], the
+//! backstop for a missed wake-up) claims again. Wake-ups are coalesced: claims they
+//! cause start at most once per [`WAKE_SPACING`], so a flood of NOTIFYs on the channel
+//! (anyone who can connect may send them) costs at most one claim per
+//! [`WAKE_SPACING`], however many arrive.
+//!
+//! A claim takes the oldest pending command of this host whose (host, service) has no
+//! older unfinished command, `FOR UPDATE SKIP LOCKED`, with a lease ([`LEASE`]); one
+//! claimed by a daemon of this same home is taken back at once (an earlier daemon is
+//! dead: we hold its lock; an earlier session of ours left it behind), since this home's
+//! own record of it ([`crate::fleet::carry_out`]) keeps it from acting twice; one of
+//! another home only when its lease ran out. Commands run one at a time, in id order.
+//!
+//! An idle host costs the server one connection and, per [`DEFAULT_HEARTBEAT`], one
+//! heartbeat (which is also the connection's liveness check), plus one claim attempt and
+//! one expiry pass per sweep: about 0.17 transactions/s with the defaults.
 
 use std::collections::BTreeMap;
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use futures_util::future::poll_fn;
 use tokio::sync::{oneshot, Notify};
-use tokio_postgres::AsyncMessage;
 use tracing::{debug, error, info, warn};
 
-use super::{retry, schema, wake_channel, Pool};
+use super::{retry, schema, Conn, Watch};
+use crate::api::PgStatus;
 use crate::error::Error;
 use crate::fleet::{self, Action, Command, Done};
 use crate::home::Home;
-use crate::pg::connect;
-use crate::pg::listener::Hooks;
-use crate::pg::Settings;
+use crate::pg::{Hooks, Settings};
 use crate::record::{now_ms, Taken};
 use crate::supervisor::{Context, Supervisor};
 
-/// The sweep: claim what a missed wake-up left, push changed service states.
-pub const SWEEP: Duration = Duration::from_secs(1);
-/// How often overdue commands are marked expired. Claims skip them (and they hold back
-/// no later command) from the moment they expire; marking them is bookkeeping.
-pub const EXPIRE_EVERY: Duration = Duration::from_secs(10);
-/// How often a host writes its heartbeat; `fleet status` calls a host stale after
-/// three missed beats.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The heartbeat when `fleet.heartbeat_every` is unset; `fleet status` calls a host
+/// stale after three missed beats (each host writes its own period).
+pub use crate::config::DEFAULT_FLEET_HEARTBEAT as DEFAULT_HEARTBEAT;
+/// The sweep when `fleet.sweep_every` is unset: claim what a missed wake-up left, mark
+/// overdue commands expired. Claims skip expired commands (and they hold back no later
+/// command) from the moment they expire; marking them is bookkeeping.
+pub use crate::config::DEFAULT_FLEET_SWEEP as DEFAULT_SWEEP;
+/// Claims caused by wake-ups start at most this often; wake-ups meanwhile are merged
+/// into one.
+pub const WAKE_SPACING: Duration = Duration::from_millis(100);
+/// How often the services' states are read locally (SQLite); they are written to the
+/// server only when they changed.
+const STATE_CHECK: Duration = Duration::from_secs(1);
 /// A claim not finished or renewed within this long may be taken by another daemon of
 /// the host; a running command's lease is renewed every third of it.
 pub const LEASE: Duration = Duration::from_secs(60);
-/// Connections of the daemon's fleet pool, beside the one LISTEN connection.
-pub const POOL_CAP: usize = 2;
-/// The LISTEN connection is pinged this often and must answer within [`PING_TIMEOUT`]:
-/// a half-open connection (a network partition) is noticed within five seconds.
-const PING_EVERY: Duration = Duration::from_secs(2);
-const PING_TIMEOUT: Duration = Duration::from_secs(3);
-/// Any other fleet query that takes longer than this ends the session (reconnect).
+/// Any fleet statement that takes longer than this ends the session (reconnect). The
+/// heartbeat is the connection's liveness check: a half-open connection is noticed
+/// within a heartbeat plus this (sooner by TCP keepalives and the user timeout, see
+/// [`crate::pg::connect`]).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// A session that lasted this long resets the reconnect backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
-/// How often to look again when the database has no fleet schema (yet).
+/// How often to look again when the database has no fleet schema (yet); the look is
+/// also what keeps the quick mode's connection checked meanwhile.
 const NO_FLEET_RETRY: Duration = Duration::from_secs(10);
 
 /// What the loop asks of a thread that owns this home's database.
@@ -178,64 +186,222 @@ fn serve(rx: mpsc::Receiver<Req>, home: Home, ctx: Context, hooks: Option<Hooks>
 /// is dead now.
 struct Me {
     settings: Settings,
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
     claimer: String,
     home_prefix: String,
     boot_id: String,
     started_at_ms: i64,
+    /// Where the counters of `daemon status` live.
+    status: Arc<Mutex<PgStatus>>,
+    /// What `daemon status` and the quick mode learn of the fleet.
+    watch: Arc<Watch>,
 }
 
-/// Starts the fleet threads: the daemon joins the fleet of `settings.schema`.
-pub fn start(settings: Settings, home: Home, ctx: Context, hooks: Hooks) -> crate::Result<()> {
-    let tls = connect::tls(settings.ca_file.as_deref()).map_err(Error::from)?;
-    let boot_id = crate::process::identity::boot_id().unwrap_or_default();
-    // The home, not its path: two homes with the same path on different machines
-    // are told apart by the host id in front.
-    let home_tag = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        home.root().hash(&mut h);
-        format!("{:016x}", h.finish())
-    };
-    let home_prefix = format!("{}/{home_tag}/", settings.host_id);
-    let me = Me {
-        claimer: format!("{home_prefix}{}", std::process::id()),
-        home_prefix,
-        settings,
-        tls,
-        boot_id,
-        started_at_ms: now_ms(),
-    };
-    let runner = Local::start("tend-fleet-exec", home.clone(), ctx.clone(), Some(hooks))?;
-    // The reader only looks: exits it sees are left to the daemon's worker, which
-    // records them with their status, kills leftovers and applies the restart policy.
-    let look = Context {
-        daemon_watching: true,
-        board: None,
-        containment: ctx.containment.clone(),
-        files: ctx.files,
-        ..Context::default()
-    };
-    let reader = Local::start("tend-fleet-read", home, look, None)?;
-    std::thread::Builder::new()
-        .name("tend-fleet".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    error!(error = %e, "cannot start the fleet runtime");
-                    return;
-                }
-            };
-            rt.block_on(run(Arc::new(me), runner, reader));
+impl Me {
+    fn count(&self, f: impl FnOnce(&mut PgStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// The daemon's fleet membership: the threads that own this home's database, and who
+/// it claims as. It runs on the connection the listener lends it ([`Host::attach`]).
+pub struct Host {
+    me: Arc<Me>,
+    runner: Local,
+    reader: Local,
+}
+
+impl Host {
+    /// Starts the threads that own this home's database for the fleet of
+    /// `settings.schema`; nothing touches PostgreSQL until [`Host::attach`].
+    pub fn start(
+        settings: Settings,
+        home: Home,
+        ctx: Context,
+        hooks: Hooks,
+        status: Arc<Mutex<PgStatus>>,
+        watch: Arc<Watch>,
+    ) -> crate::Result<Host> {
+        let boot_id = crate::process::identity::boot_id().unwrap_or_default();
+        // The home, not its path: two homes with the same path on different machines
+        // are told apart by the host id in front.
+        let home_tag = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            home.root().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        let home_prefix = format!("{}/{home_tag}/", settings.host_id);
+        let me = Me {
+            claimer: format!("{home_prefix}{}", std::process::id()),
+            home_prefix,
+            settings,
+            boot_id,
+            started_at_ms: now_ms(),
+            status,
+            watch,
+        };
+        let runner = Local::start("tend-fleet-exec", home.clone(), ctx.clone(), Some(hooks))?;
+        // The reader only looks: exits it sees are left to the daemon's worker, which
+        // records them with their status, kills leftovers and applies the restart policy.
+        let look = Context {
+            daemon_watching: true,
+            board: None,
+            containment: ctx.containment.clone(),
+            files: ctx.files,
+            ..Context::default()
+        };
+        let reader = Local::start("tend-fleet-read", home, look, None)?;
+        Ok(Host {
+            me: Arc::new(me),
+            runner,
+            reader,
         })
-        .map_err(|e| Error::Daemon {
-            message: format!("cannot start the fleet thread: {e}"),
-        })?;
-    Ok(())
+    }
+
+    /// Runs the fleet on `conn` until the connection must be given up; returns why.
+    /// `wakes` carries the payloads of the notifications that are not the quick mode's.
+    /// While the database has no fleet schema this looks again every
+    /// [`NO_FLEET_RETRY`], and that look is what checks the connection meanwhile.
+    pub async fn attach(
+        &self,
+        conn: Arc<Conn>,
+        mut wakes: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> String {
+        let mut last_no_fleet: Option<String> = None;
+        loop {
+            match self.session(&conn, &mut wakes).await {
+                End::Lost(why) => {
+                    self.me.watch.enter("reconnecting", Some(why.clone()));
+                    return why;
+                }
+                End::NoFleet(why) => {
+                    self.me.watch.enter("no fleet", Some(why.clone()));
+                    if last_no_fleet.as_deref() != Some(why.as_str()) {
+                        info!("fleet: not joining: {why}");
+                        last_no_fleet = Some(why);
+                    }
+                }
+            }
+            let again = tokio::time::sleep(NO_FLEET_RETRY);
+            tokio::pin!(again);
+            loop {
+                tokio::select! {
+                    _ = &mut again => break,
+                    w = wakes.recv() => if w.is_none() {
+                        return "connection closed".into();
+                    },
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        conn: &Arc<Conn>,
+        wakes: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> End {
+        let me = &self.me;
+        let (runner, reader) = (&self.runner, &self.reader);
+        let s = &me.settings.schema;
+        let fleet_id = match tokio::time::timeout(QUERY_TIMEOUT, schema::check(conn, s)).await {
+            Ok(Ok(id)) => id,
+            Ok(Err(e)) if conn.is_closed() => return End::Lost(e.to_string()),
+            Ok(Err(e)) => return End::NoFleet(e.to_string()),
+            Err(_) => return End::Lost("reading the fleet schema timed out".into()),
+        };
+        // LISTEN before reading anything: a command inserted from now on wakes us, one
+        // inserted before is found by the claims that follow. The channel is this
+        // host's alone (the schema's function names it), so other hosts' commands
+        // never wake this daemon.
+        let listen = async {
+            let channel: String = conn
+                .query_one(
+                    &format!("SELECT {s}.wake_channel($1)"),
+                    &[&me.settings.host_id],
+                )
+                .await
+                .map_err(|e| super::fail("naming the wake-up channel", &e))?
+                .get(0);
+            // A host's claims and reports need not wait for the server's WAL flush:
+            // one lost in a server crash is found unfinished and claimed again by this
+            // home, whose own record (committed before acting) keeps the command from
+            // acting twice and reports its result again. This saves two fsyncs per
+            // command. (The quick mode writes nothing.)
+            conn.batch_execute(&format!(
+                "LISTEN {}; SET synchronous_commit = off",
+                schema::ident(&channel)
+            ))
+            .await
+            .map_err(|e| super::fail("LISTEN", &e))
+        };
+        if let Err(e) = timed("LISTEN", listen).await {
+            return End::Lost(e);
+        }
+        if let Err(e) = timed("heartbeat", heartbeat(me, conn)).await {
+            return End::Lost(e);
+        }
+        if let Err(e) = timed("reporting", report_unreported(me, conn, reader, &fleet_id)).await {
+            return End::Lost(e);
+        }
+        if let Err(e) = timed("expiring", expire(me, conn)).await {
+            return End::Lost(e);
+        }
+        info!(schema = %s, host = %me.settings.host_id, url = %me.settings.display_url(), "joined the fleet");
+        me.watch.enter("joined", None);
+        let wake = Arc::new(Notify::new());
+        wake.notify_one();
+        let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel();
+        let _worker = AbortOnDrop(tokio::spawn(work(
+            me.clone(),
+            conn.clone(),
+            runner.clone(),
+            reader.clone(),
+            fleet_id.clone(),
+            wake.clone(),
+            etx,
+        )));
+        let mut sweep = tokio::time::interval(me.settings.sweep_every);
+        let mut beat = tokio::time::interval(me.settings.heartbeat_every);
+        let mut states = tokio::time::interval(STATE_CHECK);
+        for t in [&mut sweep, &mut beat, &mut states] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t.tick().await;
+        }
+        let mut pushed: Option<Vec<ServiceState>> = None;
+        loop {
+            tokio::select! {
+                w = wakes.recv() => match w {
+                    Some(payload) => {
+                        debug!(%payload, "fleet wake-up");
+                        me.count(|st| st.fleet_wakeups += 1);
+                        wake.notify_one();
+                    }
+                    None => return End::Lost("connection closed".into()),
+                },
+                e = erx.recv() => return End::Lost(e.unwrap_or_else(|| "the fleet worker ended".into())),
+                _ = sweep.tick() => {
+                    if let Err(e) = timed("expiring", expire(me, conn)).await {
+                        return End::Lost(e);
+                    }
+                    me.count(|st| st.fleet_sweeps += 1);
+                    me.watch.swept();
+                    wake.notify_one();
+                }
+                _ = states.tick() => {
+                    match timed("pushing states", push_states(me, conn, reader, pushed.as_deref())).await {
+                        Ok(Some(now)) => pushed = Some(now),
+                        Ok(None) => {}
+                        Err(e) => return End::Lost(e),
+                    }
+                }
+                _ = beat.tick() => {
+                    if let Err(e) = timed("heartbeat", heartbeat(me, conn)).await {
+                        return End::Lost(e);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Why a session ended.
@@ -244,36 +410,6 @@ enum End {
     Lost(String),
     /// The database has no (usable) fleet schema: look again later.
     NoFleet(String),
-}
-
-async fn run(me: Arc<Me>, runner: Local, reader: Local) {
-    let mut failures: u32 = 0;
-    let mut last_no_fleet: Option<String> = None;
-    loop {
-        let began = std::time::Instant::now();
-        let end = session(&me, &runner, &reader).await;
-        if began.elapsed() >= STABLE_AFTER {
-            failures = 0;
-        }
-        let delay = match end {
-            End::Lost(why) => {
-                warn!(error = %why, "fleet: PostgreSQL connection lost; reconnecting");
-                last_no_fleet = None;
-                let d = fleet::backoff(failures, crate::pg::jitter());
-                failures = failures.saturating_add(1);
-                d
-            }
-            End::NoFleet(why) => {
-                if last_no_fleet.as_deref() != Some(why.as_str()) {
-                    info!("fleet: not joining: {why}");
-                    last_no_fleet = Some(why);
-                }
-                failures = 0;
-                NO_FLEET_RETRY
-            }
-        };
-        tokio::time::sleep(delay).await;
-    }
 }
 
 /// Aborts a task when the session ends, whatever the reason.
@@ -296,138 +432,27 @@ async fn timed<T>(
     }
 }
 
-async fn session(me: &Arc<Me>, runner: &Local, reader: &Local) -> End {
-    let s = &me.settings.schema;
-    let (client, connection) = match connect::connect(&me.settings.url, &me.tls).await {
-        Ok(pair) => pair,
-        Err(e) => return End::Lost(e.to_string()),
-    };
-    let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
-    let _driver = AbortOnDrop(tokio::spawn(drive(connection, ntx)));
-    // LISTEN before reading anything: a command inserted from now on wakes us, one
-    // inserted before is found by the read that follows.
-    let listen = format!("LISTEN {}", wake_channel(s));
-    match tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(&listen)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return End::Lost(format!("LISTEN failed: {}", connect::describe(&e))),
-        Err(_) => return End::Lost("LISTEN timed out".into()),
-    }
-    let fleet_id = match tokio::time::timeout(QUERY_TIMEOUT, schema::check(&client, s)).await {
-        Ok(Ok(id)) => id,
-        Ok(Err(e)) if client.is_closed() => return End::Lost(e.to_string()),
-        Ok(Err(e)) => return End::NoFleet(e.to_string()),
-        Err(_) => return End::Lost("reading the fleet schema timed out".into()),
-    };
-    let pool = Arc::new(Pool::new(me.settings.url.clone(), me.tls.clone(), POOL_CAP));
-    if let Err(e) = timed("heartbeat", heartbeat(me, &pool)).await {
-        return End::Lost(e);
-    }
-    if let Err(e) = timed("reporting", report_unreported(me, &pool, reader, &fleet_id)).await {
-        return End::Lost(e);
-    }
-    info!(schema = %s, host = %me.settings.host_id, url = %me.settings.display_url(), "joined the fleet");
-    let wake = Arc::new(Notify::new());
-    wake.notify_one();
-    let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel();
-    let _worker = AbortOnDrop(tokio::spawn(work(
-        me.clone(),
-        pool.clone(),
-        runner.clone(),
-        reader.clone(),
-        fleet_id.clone(),
-        wake.clone(),
-        etx,
-    )));
-    let mut sweep = tokio::time::interval(SWEEP);
-    let mut beat = tokio::time::interval(HEARTBEAT);
-    let mut ping = tokio::time::interval(PING_EVERY);
-    let mut expiry = tokio::time::interval(EXPIRE_EVERY);
-    if let Err(e) = timed("expiring", expire(me, &pool)).await {
-        return End::Lost(e);
-    }
-    for t in [&mut sweep, &mut beat, &mut ping, &mut expiry] {
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t.tick().await;
-    }
-    let mut pushed: Option<Vec<ServiceState>> = None;
-    loop {
-        tokio::select! {
-            msg = nrx.recv() => match msg {
-                Some(Ok(payload)) => {
-                    debug!(%payload, "fleet wake-up");
-                    wake.notify_one();
-                }
-                Some(Err(e)) => return End::Lost(e),
-                None => return End::Lost("connection closed".into()),
-            },
-            e = erx.recv() => return End::Lost(e.unwrap_or_else(|| "the fleet worker ended".into())),
-            _ = expiry.tick() => {
-                if let Err(e) = timed("expiring", expire(me, &pool)).await {
-                    return End::Lost(e);
-                }
-            }
-            _ = sweep.tick() => {
-                wake.notify_one();
-                match timed("pushing states", push_states(me, &pool, reader, pushed.as_deref())).await {
-                    Ok(Some(now)) => pushed = Some(now),
-                    Ok(None) => {}
-                    Err(e) => return End::Lost(e),
-                }
-            }
-            _ = beat.tick() => {
-                if let Err(e) = timed("heartbeat", heartbeat(me, &pool)).await {
-                    return End::Lost(e);
-                }
-            }
-            _ = ping.tick() => {
-                match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return End::Lost(format!("ping failed: {}", connect::describe(&e))),
-                    Err(_) => return End::Lost(format!("no answer to a ping within {PING_TIMEOUT:?}")),
-                }
-            }
-        }
-    }
-}
-
-/// Drives the LISTEN connection by hand: notifications only come out of `poll_message`.
-async fn drive(
-    mut connection: connect::Connection,
-    out: tokio::sync::mpsc::UnboundedSender<Result<String, String>>,
-) {
-    loop {
-        match poll_fn(|cx| connection.poll_message(cx)).await {
-            Some(Ok(AsyncMessage::Notification(n))) => {
-                if out.send(Ok(n.payload().to_string())).is_err() {
-                    return;
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                let _ = out.send(Err(connect::describe(&e)));
-                return;
-            }
-            None => {
-                let _ = out.send(Err("connection closed by the server".into()));
-                return;
-            }
-        }
-    }
-}
-
-/// Claims and carries out commands until none is pending; again at every wake-up.
+/// Claims and carries out commands until none is pending; again at every wake-up, but
+/// never sooner than [`WAKE_SPACING`] after the last round began: wake-ups that arrive
+/// meanwhile (however many) are one stored permit of the [`Notify`], so they cost one
+/// round between them.
 async fn work(
     me: Arc<Me>,
-    pool: Arc<Pool>,
+    conn: Arc<Conn>,
     runner: Local,
     reader: Local,
     fleet_id: String,
     wake: Arc<Notify>,
     errors: tokio::sync::mpsc::UnboundedSender<String>,
 ) {
+    let mut last: Option<Instant> = None;
     loop {
         wake.notified().await;
-        if let Err(e) = drain(&me, &pool, &runner, &reader, &fleet_id).await {
+        if let Some(at) = last {
+            tokio::time::sleep_until((at + WAKE_SPACING).into()).await;
+        }
+        last = Some(Instant::now());
+        if let Err(e) = drain(&me, &conn, &runner, &reader, &fleet_id).await {
             let _ = errors.send(e);
             return;
         }
@@ -436,13 +461,13 @@ async fn work(
 
 async fn drain(
     me: &Me,
-    pool: &Pool,
+    c: &Conn,
     runner: &Local,
     reader: &Local,
     fleet_id: &str,
 ) -> Result<(), String> {
     loop {
-        let Some(cmd) = timed("claiming", claim(me, pool)).await? else {
+        let Some(cmd) = timed("claiming", claim(me, c)).await? else {
             return Ok(());
         };
         let id = cmd.id;
@@ -457,7 +482,7 @@ async fn drain(
             tokio::select! {
                 done = &mut run => break done,
                 _ = renew.tick() => {
-                    if let Err(e) = timed("renewing a lease", renew_lease(me, pool, id)).await {
+                    if let Err(e) = timed("renewing a lease", renew_lease(me, c, id)).await {
                         warn!(id, error = %e, "fleet: cannot renew the lease of a running command");
                     }
                 }
@@ -466,20 +491,26 @@ async fn drain(
         let done = done
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("fleet command {id}: {e}"))?;
+        crate::metrics::count(if done.ok {
+            &crate::metrics::COUNTERS.fleet_done
+        } else {
+            &crate::metrics::COUNTERS.fleet_failed
+        });
         info!(id, service = %cmd.service, ok = done.ok, message = %done.message, "fleet command");
-        timed("reporting", finish(me, pool, id, &done)).await?;
+        timed("reporting", finish(me, c, id, &done)).await?;
         let _ = reader.0.send(Req::Reported(fleet_id.to_string(), vec![id]));
     }
 }
 
-async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
+async fn claim(me: &Me, c: &Conn) -> Result<Option<Command>, Error> {
     let s = &me.settings.schema;
     let sql = format!(
         "UPDATE {s}.commands c SET claimed_at = now(), claimed_by = $2, \
              lease_until = now() + $3::bigint * interval '1 millisecond' \
          WHERE c.id = ( \
              SELECT p.id FROM {s}.commands p \
-             WHERE p.host_id = $1 AND p.finished_at IS NULL AND p.expires_at > now() \
+             WHERE p.host_id = $1 AND p.finished_at IS NULL \
+               AND (p.expires_at > now() OR p.claimed_by LIKE $4) \
                AND (p.claimed_at IS NULL OR p.lease_until < now() \
                     OR p.claimed_by LIKE $4) \
                AND NOT EXISTS (SELECT 1 FROM {s}.commands q \
@@ -487,14 +518,18 @@ async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
                      AND q.finished_at IS NULL AND q.id < p.id \
                      AND (q.expires_at > now() OR q.claimed_at IS NOT NULL)) \
              ORDER BY p.id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING c.id, c.service, c.action, c.signal, c.issued_by::text"
+         RETURNING c.id, c.service, c.action, c.signal, c.issued_by::text, \
+             c.expires_at <= now()"
     );
     let lease = LEASE.as_millis() as i64;
     let like = format!("{}%", like_escape(&me.home_prefix));
-    let c = pool.get().await?;
+    me.count(|st| st.fleet_claims += 1);
     let row = retry("claiming a fleet command", || async {
-        c.query_opt(&sql, &[&me.settings.host_id, &me.claimer, &lease, &like])
-            .await
+        c.query_opt(
+            &c.prepared(&sql).await?,
+            &[&me.settings.host_id, &me.claimer, &lease, &like],
+        )
+        .await
     })
     .await?;
     Ok(row.map(|r| Command {
@@ -502,19 +537,20 @@ async fn claim(me: &Me, pool: &Pool) -> Result<Option<Command>, Error> {
         service: r.get(1),
         action: Action::from_row(r.get(2), r.get(3)),
         issued_by: r.get(4),
+        late: r.get(5),
     }))
 }
 
-async fn renew_lease(me: &Me, pool: &Pool, id: i64) -> Result<(), Error> {
+async fn renew_lease(me: &Me, c: &Conn, id: i64) -> Result<(), Error> {
     let s = &me.settings.schema;
     let sql = format!(
         "UPDATE {s}.commands SET lease_until = now() + $3::bigint * interval '1 millisecond' \
          WHERE id = $1 AND claimed_by = $2 AND finished_at IS NULL"
     );
     let lease = LEASE.as_millis() as i64;
-    let c = pool.get().await?;
     retry("renewing a lease", || async {
-        c.execute(&sql, &[&id, &me.claimer, &lease]).await
+        c.execute(&c.prepared(&sql).await?, &[&id, &me.claimer, &lease])
+            .await
     })
     .await
     .map(drop)
@@ -526,29 +562,52 @@ fn like_escape(s: &str) -> String {
         .replace('_', "\\_")
 }
 
-async fn finish(me: &Me, pool: &Pool, id: i64, done: &Done) -> Result<(), Error> {
+async fn finish(me: &Me, c: &Conn, id: i64, done: &Done) -> Result<(), Error> {
     let s = &me.settings.schema;
     let sql = format!(
         "UPDATE {s}.commands SET finished_at = now(), ok = $2, \
-             outcome = CASE WHEN $2 THEN 'done' ELSE 'failed' END, message = $3 \
+             outcome = CASE WHEN $4 THEN 'expired' WHEN $2 THEN 'done' ELSE 'failed' END, \
+             message = $3 \
          WHERE id = $1 AND finished_at IS NULL"
     );
-    let c = pool.get().await?;
+    let message = plain(&done.message);
     retry("reporting a fleet result", || async {
-        c.execute(&sql, &[&id, &done.ok, &done.message]).await
+        c.execute(
+            &c.prepared(&sql).await?,
+            &[&id, &done.ok, &message, &done.expired],
+        )
+        .await
     })
     .await
     .map(drop)
 }
 
+/// The longest message the schema takes (`message_plain`).
+const MAX_MESSAGE: usize = 1000;
+
+/// A result's message as the schema takes it: control and bidirectional-override
+/// characters written as escapes, at most [`MAX_MESSAGE`] characters. (A message can
+/// quote a service's own output, e.g. an exit reason.)
+fn plain(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        let hostile =
+            c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if hostile {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    if out.chars().count() > MAX_MESSAGE {
+        out = out.chars().take(MAX_MESSAGE - 1).collect::<String>() + "…";
+    }
+    out
+}
+
 /// Writes back results a daemon of this home recorded but could not report (it died,
 /// or the database went away, between acting and reporting).
-async fn report_unreported(
-    me: &Me,
-    pool: &Pool,
-    reader: &Local,
-    fleet_id: &str,
-) -> Result<(), Error> {
+async fn report_unreported(me: &Me, c: &Conn, reader: &Local, fleet_id: &str) -> Result<(), Error> {
     let taken = reader
         .ask(|tx| Req::Unreported(fleet_id.to_string(), tx))
         .await??;
@@ -559,11 +618,12 @@ async fn report_unreported(
     for t in taken {
         finish(
             me,
-            pool,
+            c,
             t.id,
             &Done {
                 ok: t.ok,
                 message: t.message.clone(),
+                expired: false,
             },
         )
         .await?;
@@ -575,17 +635,29 @@ async fn report_unreported(
 }
 
 /// Marks this host's overdue commands expired: they are never run late.
-async fn expire(me: &Me, pool: &Pool) -> Result<(), Error> {
+async fn expire(me: &Me, c: &Conn) -> Result<(), Error> {
     let s = &me.settings.schema;
+    // A command another home of this host id began, whose daemon has been gone for a
+    // whole lease, and which expired meanwhile: nobody will finish it (only its own home
+    // carries on a late command, and it is gone), and it would hold back every later
+    // command for that service. Whether it acted is unknown: said so, as failed.
     let sql = format!(
-        "UPDATE {s}.commands SET finished_at = now(), ok = false, outcome = 'expired', \
-             message = 'expired before the host ran it' \
+        "UPDATE {s}.commands SET finished_at = now(), ok = false, \
+             outcome = CASE WHEN claimed_at IS NULL THEN 'expired' ELSE 'failed' END, \
+             message = CASE WHEN claimed_at IS NULL THEN $2 ELSE \
+                 'interrupted: begun by a daemon that is gone (' || claimed_by || \
+                 '), whether it acted is unknown; expired meanwhile, not run again' END \
          WHERE host_id = $1 AND finished_at IS NULL AND expires_at <= now() \
-           AND (claimed_at IS NULL OR lease_until < now())"
+           AND (claimed_at IS NULL \
+                OR (lease_until < now() AND claimed_by NOT LIKE $3))"
     );
-    let c = pool.get().await?;
+    let like = format!("{}%", like_escape(&me.home_prefix));
     let n = retry("expiring fleet commands", || async {
-        c.execute(&sql, &[&me.settings.host_id]).await
+        c.execute(
+            &c.prepared(&sql).await?,
+            &[&me.settings.host_id, &fleet::EXPIRED_UNBEGUN, &like],
+        )
+        .await
     })
     .await?;
     if n > 0 {
@@ -597,7 +669,7 @@ async fn expire(me: &Me, pool: &Pool) -> Result<(), Error> {
     Ok(())
 }
 
-async fn heartbeat(me: &Me, pool: &Pool) -> Result<(), Error> {
+async fn heartbeat(me: &Me, c: &Conn) -> Result<(), Error> {
     let s = &me.settings.schema;
     let sql = format!(
         "INSERT INTO {s}.hosts AS h (id, boot_id, version, pid, started_at, heartbeat_ms, last_seen) \
@@ -608,12 +680,15 @@ async fn heartbeat(me: &Me, pool: &Pool) -> Result<(), Error> {
     );
     let pid = std::process::id() as i32;
     let started = me.started_at_ms as f64;
-    let beat = HEARTBEAT.as_millis() as i32;
+    let beat = me
+        .settings
+        .heartbeat_every
+        .as_millis()
+        .min(i32::MAX as u128) as i32;
     let version = env!("CARGO_PKG_VERSION");
-    let c = pool.get().await?;
     retry("writing the heartbeat", || async {
         c.execute(
-            &sql,
+            &c.prepared(&sql).await?,
             &[
                 &me.settings.host_id,
                 &me.boot_id,
@@ -633,7 +708,7 @@ async fn heartbeat(me: &Me, pool: &Pool) -> Result<(), Error> {
 /// what was written (`None`: nothing changed).
 async fn push_states(
     me: &Me,
-    pool: &Pool,
+    c: &Conn,
     reader: &Local,
     last: Option<&[ServiceState]>,
 ) -> Result<Option<Vec<ServiceState>>, Error> {
@@ -659,14 +734,27 @@ async fn push_states(
         .values()
         .map(|s| s.since_ms.map(|v| v as f64))
         .collect();
-    let c = pool.get().await?;
     retry("writing service states", || async {
         c.execute(
-            &sql,
+            &c.prepared(&sql).await?,
             &[&me.settings.host_id, &names, &states, &pids, &since],
         )
         .await
     })
     .await?;
     Ok(Some(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_plain_and_bounded() {
+        assert_eq!(plain("restarted (pid 7)"), "restarted (pid 7)");
+        assert_eq!(plain("a\nb\x1b[2J\u{202e}"), "a\\u{a}b\\u{1b}[2J\\u{202e}");
+        let long = plain(&"é".repeat(5000));
+        assert_eq!(long.chars().count(), MAX_MESSAGE);
+        assert!(long.ends_with('…'));
+    }
 }

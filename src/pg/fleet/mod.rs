@@ -1,41 +1,113 @@
 //! Fleet control over PostgreSQL: the schema and its migrations, bounded
-//! retries of every fleet transaction, the daemon's capped connection pool.
+//! retries of every fleet transaction, the daemon's one connection.
 //!
 //! - [`schema`]: versioned migrations (`tend fleet init`) and the least-privilege grants.
 //! - [`host`]: the daemon's side (LISTEN, claim, act, report, heartbeat, status).
 //! - [`operator`]: the operator's side (issue commands, wait for results, status, history).
 //!
-//! Commands are rows; a trigger NOTIFYs `SCHEMA_wake` with only the new row's id (it is
-//! delivered on commit), and `SCHEMA_done` with the id when a host finishes one.
+//! Commands are rows; a trigger NOTIFYs the channel of the command's host (see
+//! [`schema`]: `SCHEMA.wake_channel(host)`) with only the new row's id (it is delivered
+//! on commit), so a command wakes only the host it is for. Finishing one notifies
+//! nobody (see the schema's second migration): `--wait` polls for results.
 
 pub mod host;
 pub mod operator;
 pub mod schema;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::connect;
+use crate::api::FleetStatus;
 use crate::error::Error;
+use crate::record::now_ms;
+
+/// What the fleet thread tells the rest of the daemon: its state for `daemon status`,
+/// and whether this daemon has joined a fleet (the quick mode asks, see
+/// [`crate::pg::quick`]).
+pub struct Watch {
+    status: Mutex<FleetStatus>,
+    changed: Condvar,
+}
+
+impl Watch {
+    pub fn new(schema: &str, host_id: &str) -> Arc<Watch> {
+        Arc::new(Watch {
+            status: Mutex::new(FleetStatus {
+                state: "looking".into(),
+                since: now_ms(),
+                schema: schema.to_string(),
+                host_id: host_id.to_string(),
+                joined_once: false,
+                last_sweep: None,
+                last_error: None,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FleetStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enters `state` (a new one restarts `since`), with `error` as the last error when
+    /// given; `joined` marks the daemon as having joined.
+    pub fn enter(&self, state: &str, error: Option<String>) {
+        let mut s = self.lock();
+        if s.state != state {
+            s.state = state.to_string();
+            s.since = now_ms();
+        }
+        if state == "joined" {
+            s.joined_once = true;
+            s.last_error = None;
+        }
+        if error.is_some() {
+            s.last_error = error;
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    pub fn swept(&self) {
+        self.lock().last_sweep = Some(now_ms());
+    }
+
+    pub fn snapshot(&self) -> FleetStatus {
+        self.lock().clone()
+    }
+
+    /// Whether this daemon joined a fleet (`Some(true)`: at least once; `Some(false)`:
+    /// the database has no fleet it could join), waiting up to `wait` for the first
+    /// answer; `None`: not known yet.
+    pub fn joined_within(&self, wait: Duration) -> Option<bool> {
+        let answer = |s: &FleetStatus| {
+            if s.joined_once {
+                Some(true)
+            } else if s.state == "no fleet" {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let guard = self.lock();
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, wait, |s| answer(s).is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        answer(&guard)
+    }
+}
 
 /// Retries after the first attempt of a fleet transaction that failed with a
 /// serialization failure, a deadlock or a unique violation (a dedup race).
 pub const RETRIES: u32 = 3;
-
-/// The wake-up channel daemons LISTEN on: payload = a new command's id.
-pub fn wake_channel(schema: &str) -> String {
-    format!("{schema}_wake")
-}
-
-/// The channel `--wait` LISTENs on: payload = the id of a command just finished.
-pub fn done_channel(schema: &str) -> String {
-    format!("{schema}_done")
-}
 
 /// A PostgreSQL failure of a fleet operation, as a tend error (exit 1).
 pub fn fail(what: &str, e: &tokio_postgres::Error) -> Error {
@@ -107,89 +179,47 @@ pub async fn open(url: &str, tls: &MakeRustlsConnect) -> Result<Client, Error> {
     Ok(client)
 }
 
-/// A small pool of connections for the daemon's fleet work, capped at `cap` (the LISTEN
-/// connection is separate): a host never holds more than `cap + 1` fleet connections.
-/// Connections are opened on demand and kept while they work; one that failed is
-/// dropped, and the next `get` opens a fresh one.
-pub struct Pool {
-    url: String,
-    tls: MakeRustlsConnect,
-    idle: Mutex<Vec<Client>>,
-    permits: Arc<tokio::sync::Semaphore>,
+/// The daemon's one connection, shared by the quick mode's LISTEN, the fleet's LISTEN
+/// and every fleet statement (tokio-postgres pipelines the statements of concurrent
+/// tasks on it and delivers notifications between their results). Each statement is
+/// prepared once per connection: the first use parses and plans it, later ones only
+/// bind and execute.
+pub struct Conn {
+    client: Client,
+    prepared: Mutex<HashMap<String, Statement>>,
 }
 
-/// One connection lent by the [`Pool`]; returned when dropped (unless it is closed).
-pub struct Pooled<'a> {
-    pool: &'a Pool,
-    client: Option<Client>,
-    _permit: tokio::sync::SemaphorePermit<'a>,
-}
-
-impl Pool {
-    pub fn new(url: String, tls: MakeRustlsConnect, cap: usize) -> Pool {
-        Pool {
-            url,
-            tls,
-            idle: Mutex::new(Vec::new()),
-            permits: Arc::new(tokio::sync::Semaphore::new(cap)),
+impl Conn {
+    pub fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            prepared: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Waits for a free slot, then lends an idle connection or opens one.
-    pub async fn get(&self) -> Result<Pooled<'_>, Error> {
-        let permit = self.permits.acquire().await.map_err(|_| Error::Postgres {
-            message: "the fleet pool is closed".into(),
-        })?;
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let client = match idle.filter(|c| !c.is_closed()) {
-            Some(c) => c,
-            None => {
-                let c = open(&self.url, &self.tls).await?;
-                // A host's claims and reports need not wait for the server's WAL flush:
-                // one lost in a server crash is found unfinished and claimed again by
-                // this home, whose own record (committed before acting) keeps the
-                // command from acting twice and reports its result again. This saves
-                // two fsyncs per command.
-                c.batch_execute("SET synchronous_commit = off")
-                    .await
-                    .map_err(|e| fail("configuring a fleet connection", &e))?;
-                c
-            }
-        };
-        Ok(Pooled {
-            pool: self,
-            client: Some(client),
-            _permit: permit,
-        })
-    }
-
-    /// Drops every idle connection (after the database went away).
-    pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    /// The statement for `sql`, prepared on this connection the first time it is asked
+    /// for. Two tasks asking at once may both prepare it; the second is dropped.
+    pub async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(st) = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sql)
+        {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(sql).await?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sql.to_string(), st.clone());
+        Ok(st)
     }
 }
 
-impl std::ops::Deref for Pooled<'_> {
+impl std::ops::Deref for Conn {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("present until dropped")
-    }
-}
-
-impl std::ops::DerefMut for Pooled<'_> {
-    fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until dropped")
-    }
-}
-
-impl Drop for Pooled<'_> {
-    fn drop(&mut self) {
-        if let Some(c) = self.client.take().filter(|c| !c.is_closed()) {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(c);
-        }
+        &self.client
     }
 }

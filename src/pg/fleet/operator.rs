@@ -8,7 +8,7 @@ use futures_util::future::poll_fn;
 use serde::Serialize;
 use tokio_postgres::{AsyncMessage, Client};
 
-use super::{done_channel, fail, retry, schema};
+use super::{fail, retry, schema};
 use crate::error::Error;
 use crate::fleet::Action;
 use crate::pg::{connect, Settings};
@@ -34,7 +34,14 @@ pub struct ServiceView {
     pub state: String,
     pub pid: Option<i32>,
     /// Unix ms the running instance started.
-    pub since: Option<f64>,
+    #[serde(deserialize_with = "ms_from_float")]
+    pub since: Option<i64>,
+}
+
+/// PostgreSQL's JSON gives times as fractional ms; fleet output has integer ms.
+fn ms_from_float<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v: Option<f64> = serde::Deserialize::deserialize(d)?;
+    Ok(v.map(|v| v as i64))
 }
 
 /// A command as `fleet history` and `--wait` show it.
@@ -62,9 +69,16 @@ pub struct CommandView {
 pub struct Issued {
     pub host: String,
     pub id: i64,
-    /// The dedup key was already pending for this host: no new command, this is the
-    /// pending one.
+    /// The dedup key already had a command for this host (pending, running, or finished
+    /// within the retention window): no new command, this is that one.
     pub deduplicated: bool,
+    /// With `deduplicated`: that command's outcome as `fleet history` shows it
+    /// (`pending`, `running`, `done`, `failed`).
+    pub outcome: Option<String>,
+    /// With `deduplicated`: that command's message, when it finished.
+    pub message: Option<String>,
+    /// A new command that took over the dedup key of this expired one.
+    pub expired_before: Option<i64>,
 }
 
 /// Runs `f` on one connection in a runtime of its own (the CLI's side).
@@ -103,6 +117,34 @@ pub fn grant_host(settings: &Settings, role: &str, host: &str) -> Result<(), Err
     with_client(settings, async |c, s| {
         schema::check(c, &s.schema).await?;
         schema::grant_host(c, &s.schema, role, host).await
+    })
+}
+
+/// What `fleet remove` did.
+pub struct Removed {
+    /// Unfinished commands of the host, now expired.
+    pub expired: i64,
+    /// The host's row existed (and is gone).
+    pub removed: bool,
+}
+
+/// `tend fleet remove HOST` (the schema's owner, or an operator role).
+pub fn remove_host(settings: &Settings, host: &str) -> Result<Removed, Error> {
+    with_client(settings, async |c, st| {
+        schema::check(c, &st.schema).await?;
+        let s = &st.schema;
+        let row = retry("removing a host", || async {
+            c.query_one(
+                &format!("SELECT expired, removed FROM {s}.remove_host($1)"),
+                &[&host],
+            )
+            .await
+        })
+        .await?;
+        Ok(Removed {
+            expired: row.get(0),
+            removed: row.get(1),
+        })
     })
 }
 
@@ -154,7 +196,7 @@ pub fn status(settings: &Settings) -> Result<Vec<HostView>, Error> {
 const COMMAND_COLUMNS: &str = "id, host_id, service, action, signal, issued_by::text, \
     (extract(epoch FROM issued_at) * 1000)::float8, (extract(epoch FROM expires_at) * 1000)::float8, \
     dedup_key, claimed_by, (extract(epoch FROM finished_at) * 1000)::float8, ok, \
-    coalesce(outcome, CASE WHEN expires_at <= now() THEN 'expired' \
+    coalesce(outcome, CASE WHEN expires_at <= now() AND claimed_at IS NULL THEN 'expired' \
         WHEN claimed_at IS NOT NULL THEN 'running' ELSE 'pending' END), message";
 
 fn command_view(r: &tokio_postgres::Row) -> CommandView {
@@ -208,6 +250,8 @@ pub struct Order<'a> {
     pub hosts: &'a [String],
     pub expires: Duration,
     pub dedup: Option<&'a str>,
+    /// How long a finished command answers a repeat of its dedup key.
+    pub dedup_keep: Duration,
     /// Wait this long for every result, calling `on_result` as each arrives.
     pub wait: Option<Duration>,
 }
@@ -221,13 +265,33 @@ pub struct Outcome {
     pub results: Vec<CommandView>,
 }
 
-/// Issues one command per target host (in one statement: all or none), then with
-/// `wait` LISTENs (before inserting, so no result is missed) and reports each result as
-/// it arrives.
+/// What [`issue`] reports as it goes.
+pub enum Progress<'a> {
+    /// The commands are stored (or answered by their dedup key): printed at once, so a
+    /// script knows the ids even if the wait is cut short.
+    Issued(&'a [Issued]),
+    /// One result, as it arrives.
+    Result(&'a CommandView),
+    /// The connection was lost while waiting; reconnecting (the wait goes on).
+    Reconnecting(&'a str),
+}
+
+/// How soon `--wait` looks for results again after finding new ones (and first).
+const RESULT_POLL_FIRST: Duration = Duration::from_millis(10);
+/// The longest pause between two looks while no result comes.
+const RESULT_POLL_MAX: Duration = Duration::from_millis(250);
+
+/// Issues one command per target host (in one transaction: all or none), then with
+/// `wait` reports each result as it arrives: it reads the finished ones every
+/// [`RESULT_POLL_FIRST`] while results come in, backing off to [`RESULT_POLL_MAX`] while
+/// none do (results are polled, not notified: see the schema's third migration). A
+/// connection lost while waiting is opened again (with the reconnect backoff of the
+/// daemons) until the wait is over: results that arrived meanwhile are read on
+/// reconnect.
 pub fn issue(
     settings: &Settings,
     order: &Order<'_>,
-    on_result: &mut dyn FnMut(&CommandView),
+    on: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Outcome, Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -237,75 +301,125 @@ pub fn issue(
         })?;
     rt.block_on(async {
         let tls = connect::tls(settings.ca_file.as_deref()).map_err(Error::from)?;
-        let (client, connection) = connect::connect(&settings.url, &tls)
-            .await
-            .map_err(Error::from)?;
-        let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
-        let driver = tokio::spawn(drive(connection, ntx));
         let s = &settings.schema;
-        schema::check(&client, s).await?;
-        if order.wait.is_some() {
-            client
-                .batch_execute(&format!("LISTEN {}", done_channel(s)))
-                .await
-                .map_err(|e| fail("LISTEN", &e))?;
-        }
-        let (targets, skipped_stale) = targets(&client, s, order).await?;
-        let issued = insert(&client, s, order, &targets).await?;
+        let started = Instant::now();
+        let mut session = Some(listening(settings, &tls).await?);
+        let (client, _, _) = session.as_mut().expect("just opened");
+        schema::check(client, s).await?;
+        let (targets, skipped_stale) = targets(client, s, order).await?;
+        let issued = insert(client, s, order, &targets).await?;
+        on(Progress::Issued(&issued));
         let mut results = Vec::new();
-        if let Some(wait) = order.wait {
-            let deadline = Instant::now() + wait;
-            let mut open: BTreeMap<i64, &Issued> = issued.iter().map(|i| (i.id, i)).collect();
-            let ids: Vec<i64> = open.keys().copied().collect();
-            let sql = format!(
-                "SELECT {COMMAND_COLUMNS} FROM {s}.commands \
-                 WHERE id = ANY($1) AND finished_at IS NOT NULL ORDER BY finished_at, id"
-            );
-            while !open.is_empty() {
-                let rows = client
-                    .query(&sql, &[&ids])
-                    .await
-                    .map_err(|e| fail("reading results", &e))?;
-                for r in &rows {
-                    let v = command_view(r);
-                    if open.remove(&v.id).is_some() {
-                        on_result(&v);
-                        results.push(v);
+        let deadline = started + order.wait.unwrap_or_default();
+        let mut open: BTreeMap<i64, &Issued> = issued.iter().map(|i| (i.id, i)).collect();
+        let ids: Vec<i64> = open.keys().copied().collect();
+        let sql = format!(
+            "SELECT {COMMAND_COLUMNS} FROM {s}.commands \
+             WHERE id = ANY($1) AND finished_at IS NOT NULL ORDER BY finished_at, id"
+        );
+        let mut failures = 0u32;
+        let mut poll = RESULT_POLL_FIRST;
+        while order.wait.is_some() && !open.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let Some((client, _, nrx)) = session.as_mut() else {
+                match tokio::time::timeout(left, listening(settings, &tls)).await {
+                    Ok(Ok(c)) => {
+                        failures = 0;
+                        session = Some(c);
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        let pause = crate::fleet::backoff(failures, crate::pg::jitter());
+                        failures = failures.saturating_add(1);
+                        tokio::time::sleep(pause.min(left)).await;
                     }
                 }
-                if open.is_empty() {
-                    break;
+                continue;
+            };
+            let rows = match client.query(&sql, &[&ids]).await {
+                Ok(rows) => rows,
+                Err(e) if lost(client, &e) => {
+                    on(Progress::Reconnecting(&connect::describe(&e)));
+                    session = None;
+                    continue;
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                // A result NOTIFYs its id; the poll every second is the backstop.
-                match tokio::time::timeout(left.min(Duration::from_secs(1)), nrx.recv()).await {
-                    Ok(Some(Err(e))) => return Err(Error::Postgres { message: e }),
-                    Ok(None) => {
-                        return Err(Error::Postgres {
-                            message: "connection closed while waiting".into(),
-                        })
-                    }
-                    _ => {}
-                }
-                // Take every wake-up already queued: one query reads them all.
-                while let Ok(m) = nrx.try_recv() {
-                    if let Err(e) = m {
-                        return Err(Error::Postgres { message: e });
-                    }
+                Err(e) => return Err(fail("reading results", &e)),
+            };
+            let mut new = false;
+            for r in &rows {
+                let v = command_view(r);
+                if open.remove(&v.id).is_some() {
+                    on(Progress::Result(&v));
+                    results.push(v);
+                    new = true;
                 }
             }
+            if open.is_empty() {
+                break;
+            }
+            // Soon again while results arrive, less often while none do.
+            poll = if new {
+                RESULT_POLL_FIRST
+            } else {
+                (poll * 2).min(RESULT_POLL_MAX)
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Nothing is notified any more; the channel says when the connection ends.
+            match tokio::time::timeout(left.min(poll), nrx.recv()).await {
+                Ok(Some(Err(e))) => {
+                    on(Progress::Reconnecting(&e));
+                    session = None;
+                    continue;
+                }
+                Ok(None) => {
+                    on(Progress::Reconnecting("connection closed"));
+                    session = None;
+                    continue;
+                }
+                _ => {}
+            }
         }
-        drop(client);
-        let _ = driver.await;
+        if let Some((client, driver, _)) = session {
+            drop(client);
+            let _ = driver.await;
+        }
         Ok(Outcome {
             issued,
             skipped_stale,
             results,
         })
     })
+}
+
+type Session = (
+    Client,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+);
+
+/// One connection, with a task driving it that says when it ends.
+async fn listening(
+    settings: &Settings,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+) -> Result<Session, Error> {
+    let (client, connection) = connect::connect(&settings.url, tls)
+        .await
+        .map_err(Error::from)?;
+    let (ntx, nrx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(drive(connection, ntx));
+    Ok((client, driver, nrx))
+}
+
+/// Whether a failed statement means the connection (or the server) went away, rather
+/// than that the statement was wrong.
+fn lost(client: &Client, e: &tokio_postgres::Error) -> bool {
+    client.is_closed()
+        || e.code().is_none_or(|c| {
+            // 08: connection exception; 57: operator intervention (shutdown, terminate).
+            c.code().starts_with("08") || c.code().starts_with("57")
+        })
 }
 
 /// The hosts to send to: the ones named (each must have joined the fleet once), else
@@ -365,76 +479,153 @@ async fn targets(
     Ok((live, stale))
 }
 
+/// What a dedup key's latest command for a host says about a repeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyHolder {
+    /// No command holds the key: issue a new one.
+    Free,
+    /// The key's command expired before its host began it, or finished longer than the
+    /// retention window ago: issue a new one (naming the expired one).
+    Freed { expired: Option<i64> },
+    /// The key's command is pending or running, or finished within the window: it is
+    /// the answer.
+    Held(i64),
+}
+
+/// Decides from the key's latest command for a host: `outcome` as `fleet history` shows
+/// it (`expired` also for a pending one past its expiry that no host began),
+/// `age_ms` since it finished (`None`: unfinished).
+pub fn key_holder(latest: Option<(i64, &str, Option<i64>)>, keep: Duration) -> KeyHolder {
+    match latest {
+        None => KeyHolder::Free,
+        Some((id, "expired", _)) => KeyHolder::Freed { expired: Some(id) },
+        Some((_, _, Some(age))) if age >= keep.as_millis().min(i64::MAX as u128) as i64 => {
+            KeyHolder::Freed { expired: None }
+        }
+        Some((id, _, _)) => KeyHolder::Held(id),
+    }
+}
+
 async fn insert(
-    client: &Client,
+    client: &mut Client,
     s: &str,
     order: &Order<'_>,
     targets: &[String],
 ) -> Result<Vec<Issued>, Error> {
-    let sql = format!(
-        "WITH new AS ( \
-             INSERT INTO {s}.commands (host_id, service, action, signal, expires_at, dedup_key) \
-             SELECT h, $2, $3, $4, now() + $5::bigint * interval '1 millisecond', $6 \
-             FROM unnest($1::text[]) AS h \
-             ON CONFLICT (host_id, dedup_key) WHERE finished_at IS NULL AND dedup_key IS NOT NULL \
-             DO NOTHING RETURNING id, host_id) \
-         SELECT host_id, id, false FROM new \
-         UNION ALL \
-         SELECT c.host_id, c.id, true FROM {s}.commands c \
-         WHERE $6::text IS NOT NULL AND c.dedup_key = $6 AND c.finished_at IS NULL \
-           AND c.host_id = ANY($1) AND c.host_id NOT IN (SELECT host_id FROM new)"
-    );
-    let expires = order.expires.as_millis().min(i64::MAX as u128) as i64;
-    let action = order.action.name();
-    let signal = order.action.signal();
-    // A concurrent issue with the same dedup key that commits while this statement runs
-    // makes its INSERT do nothing, yet its row is not in this statement's snapshot: then
-    // a host is in neither half of the answer, and the statement is run again (a new
-    // snapshot sees that row), as a conflict is.
+    let what = "issuing fleet commands";
     let mut attempt = 0;
-    let rows = loop {
-        let rows = retry("issuing fleet commands", || async {
-            client
-                .query(
-                    &sql,
-                    &[
-                        &targets,
-                        &order.service,
-                        &action,
-                        &signal,
-                        &expires,
-                        &order.dedup,
-                    ],
-                )
-                .await
-        })
+    loop {
+        match insert_once(client, s, order, targets).await {
+            Ok(v) => return Ok(v),
+            Err(e) => super::again(what, &mut attempt, e).await?,
+        }
+    }
+}
+
+/// One transaction: with a dedup key, lock each (host, key) (an advisory lock: issues
+/// with the same key for the same host run one after the other, whoever issues them),
+/// read the key's latest command per host, answer with it or insert a new one.
+async fn insert_once(
+    client: &mut Client,
+    s: &str,
+    order: &Order<'_>,
+    targets: &[String],
+) -> Result<Vec<Issued>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut answered: BTreeMap<String, Issued> = BTreeMap::new();
+    let mut fresh: Vec<String> = targets.to_vec();
+    let mut expired_before: BTreeMap<String, i64> = BTreeMap::new();
+    if let Some(key) = order.dedup {
+        tx.query(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended( \
+                 $1 || '/' || h || '/' || $2, 0)) \
+             FROM pg_catalog.unnest($3::text[]) AS h ORDER BY h",
+            &[&s, &key, &targets],
+        )
         .await?;
-        let answered: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
-        if targets.iter().all(|t| answered.contains(t)) {
-            break rows;
-        }
-        if attempt >= super::RETRIES {
-            return Err(Error::Postgres {
-                message: format!(
-                    "issuing fleet commands: dedup key {} still racing after {} attempts",
-                    order.dedup.unwrap_or(""),
-                    super::RETRIES + 1
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT DISTINCT ON (c.host_id) c.host_id, c.id, \
+                         coalesce(c.outcome, CASE WHEN c.expires_at <= now() \
+                             AND c.claimed_at IS NULL THEN 'expired' \
+                             WHEN c.claimed_at IS NOT NULL THEN 'running' ELSE 'pending' END), \
+                         (extract(epoch FROM now() - c.finished_at) * 1000)::float8, c.message \
+                     FROM {s}.commands c WHERE c.dedup_key = $1 AND c.host_id = ANY($2) \
+                     ORDER BY c.host_id, c.id DESC"
                 ),
-            });
+                &[&key, &targets],
+            )
+            .await?;
+        for r in &rows {
+            let host: String = r.get(0);
+            let id: i64 = r.get(1);
+            let outcome: String = r.get(2);
+            let age: Option<f64> = r.get(3);
+            match key_holder(
+                Some((id, &outcome, age.map(|a| a as i64))),
+                order.dedup_keep,
+            ) {
+                KeyHolder::Held(id) => {
+                    fresh.retain(|h| *h != host);
+                    answered.insert(
+                        host.clone(),
+                        Issued {
+                            host,
+                            id,
+                            deduplicated: true,
+                            outcome: Some(outcome),
+                            message: r.get(4),
+                            expired_before: None,
+                        },
+                    );
+                }
+                KeyHolder::Freed { expired: Some(old) } => {
+                    expired_before.insert(host, old);
+                }
+                KeyHolder::Freed { expired: None } | KeyHolder::Free => {}
+            }
         }
-        attempt += 1;
-        tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-    };
-    let mut issued: Vec<Issued> = rows
-        .iter()
-        .map(|r| Issued {
-            host: r.get(0),
-            id: r.get(1),
-            deduplicated: r.get(2),
-        })
-        .collect();
-    issued.sort_by(|a, b| a.host.cmp(&b.host));
-    Ok(issued)
+    }
+    if !fresh.is_empty() {
+        let sql = format!(
+            "INSERT INTO {s}.commands (host_id, service, action, signal, expires_at, dedup_key) \
+             SELECT h, $2, $3, $4, now() + $5::bigint * interval '1 millisecond', $6 \
+             FROM unnest($1::text[]) AS h RETURNING host_id, id"
+        );
+        let expires = order.expires.as_millis().min(i64::MAX as u128) as i64;
+        let action = order.action.name();
+        let signal = order.action.signal();
+        for r in tx
+            .query(
+                &sql,
+                &[
+                    &fresh,
+                    &order.service,
+                    &action,
+                    &signal,
+                    &expires,
+                    &order.dedup,
+                ],
+            )
+            .await?
+        {
+            let host: String = r.get(0);
+            answered.insert(
+                host.clone(),
+                Issued {
+                    expired_before: expired_before.get(&host).copied(),
+                    host,
+                    id: r.get(1),
+                    deduplicated: false,
+                    outcome: None,
+                    message: None,
+                },
+            );
+        }
+    }
+    tx.commit().await?;
+    Ok(answered.into_values().collect())
 }
 
 async fn drive(
@@ -453,5 +644,44 @@ async fn drive(
             }
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_dedup_key_answers() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(key_holder(None, day), KeyHolder::Free);
+        assert_eq!(
+            key_holder(Some((4, "pending", None)), day),
+            KeyHolder::Held(4)
+        );
+        assert_eq!(
+            key_holder(Some((4, "running", None)), day),
+            KeyHolder::Held(4)
+        );
+        assert_eq!(
+            key_holder(Some((4, "done", Some(1000))), day),
+            KeyHolder::Held(4)
+        );
+        assert_eq!(
+            key_holder(Some((4, "failed", Some(1000))), day),
+            KeyHolder::Held(4)
+        );
+        assert_eq!(
+            key_holder(Some((4, "done", Some(86_400_000))), day),
+            KeyHolder::Freed { expired: None }
+        );
+        assert_eq!(
+            key_holder(Some((4, "expired", None)), day),
+            KeyHolder::Freed { expired: Some(4) }
+        );
+        assert_eq!(
+            key_holder(Some((4, "expired", Some(5))), day),
+            KeyHolder::Freed { expired: Some(4) }
+        );
     }
 }

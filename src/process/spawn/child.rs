@@ -29,6 +29,15 @@ pub struct ChildArgs<'a> {
     /// The limit on open files the program gets, when ours was raised (the daemon's: see
     /// [`crate::process::limits`]).
     pub nofile: Option<&'a libc::rlimit>,
+    /// The process settings (see `setup.rs`), as numbers.
+    pub umask: libc::mode_t,
+    /// (resource, limit, the stage that reports a failure).
+    pub limits: &'a [(libc::c_int, libc::rlimit, Stage)],
+    pub nice: Option<libc::c_int>,
+    /// The decimal text written to /proc/self/oom_score_adj.
+    pub oom_score_adj: Option<&'a [u8]>,
+    /// (uid, gid, supplementary groups): the identity to take, as root.
+    pub credentials: Option<(libc::uid_t, libc::gid_t, &'a [libc::gid_t])>,
 }
 
 /// `struct clone_args` of clone3(2), up to `cgroup` (Linux 5.7).
@@ -270,10 +279,12 @@ unsafe fn service(a: &ChildArgs, joined: bool) -> ! {
                 fail(a.report, Stage::Stdio);
             }
         }
+        apply_settings(a);
+        // After the identity changed: the working directory is entered as the user the
+        // program runs as, so one it may not enter is refused here, before it runs.
         if libc::chdir(a.cwd.as_ptr()) < 0 {
             fail(a.report, Stage::Chdir);
         }
-        libc::umask(0o022);
         send(a.report, TAG_READY, libc::getpid() as u32, 0);
         let mut byte = 0u8;
         loop {
@@ -305,6 +316,7 @@ unsafe fn service(a: &ChildArgs, joined: bool) -> ! {
                 }
             }
         }
+        // An explicit limit_nofile was set before the gate, in `apply_settings`.
         if let Some(r) = a.nofile {
             // Lowering a soft limit cannot be refused; if it were, the program would
             // only get more descriptors than asked.
@@ -313,6 +325,69 @@ unsafe fn service(a: &ChildArgs, joined: bool) -> ! {
         crate::process::signals::unblock_all_raw();
         libc::execve(a.program.as_ptr(), a.argv, a.envp);
         fail(a.report, Stage::Exec)
+    }
+}
+
+/// Applies the process settings: limits, nice and oom_score_adj first, while the
+/// process still has tend's privileges (raising a hard limit or lowering either number
+/// needs them), then the umask, then the identity, groups before the group before the
+/// user (each step needs the privilege the next one drops). A failure reports the
+/// stage (the parent names the setting and its value) and exits: the program never
+/// runs.
+///
+/// Raw system calls only, never glibc's wrappers: glibc's `setuid`/`setgid`/`setgroups`
+/// in a process it believes multi-threaded (this one is a raw clone of tend's, and
+/// glibc's thread list came with the copy) signal every thread of that list to change
+/// its identity too, threads that live in tend, not here; `setrlimit` and
+/// `setpriority` are not on the list of async-signal-safe functions. The system calls
+/// act on the calling thread, which is this whole process.
+///
+/// # Safety
+/// Must only be called in the forked service process, before exec.
+unsafe fn apply_settings(a: &ChildArgs) {
+    // SAFETY: system calls with pointers to data prepared before the fork and alive
+    // (the parent's thread is suspended or the data was copied with the fork); `fail`
+    // is async-signal-safe.
+    unsafe {
+        for (resource, limit, stage) in a.limits {
+            if libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                *resource,
+                limit as *const libc::rlimit,
+                std::ptr::null_mut::<libc::rlimit>(),
+            ) != 0
+            {
+                fail(a.report, *stage);
+            }
+        }
+        if let Some(n) = a.nice {
+            if libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, 0, n) != 0 {
+                fail(a.report, Stage::Nice);
+            }
+        }
+        if let Some(text) = a.oom_score_adj {
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 || libc::write(fd, text.as_ptr().cast(), text.len()) != text.len() as isize {
+                fail(a.report, Stage::OomScoreAdj);
+            }
+            libc::close(fd);
+        }
+        libc::umask(a.umask);
+        if let Some((uid, gid, groups)) = a.credentials {
+            if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
+                fail(a.report, Stage::Groups);
+            }
+            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
+                fail(a.report, Stage::Group);
+            }
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+                fail(a.report, Stage::User);
+            }
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! tend ──clone(VM|VFORK)──▶ intermediate ──setsid, fork──▶ service: signals to default,
-//!   │  (suspended until          └─ reports the service pid,   dup2, chdir, umask,
-//!   │   the intermediate exits)     _exit(0)                   reports READY, waits at
+//!   │  (suspended until          └─ reports the service pid,   dup2, limits, nice, oom,
+//!   │   the intermediate exits)     _exit(0)                   umask, groups, gid, uid,
+//!   │                                                          chdir, reports READY, waits at
 //!   │                                                          the gate ... GO: unblock
 //!   │                                                          signals, exec
 //!   ├─ reads PID and READY, reaps the intermediate, pins the service with a pidfd
@@ -42,12 +43,14 @@ use nix::sys::signal::Signal;
 
 mod child;
 mod report;
+mod setup;
 
 use crate::error::SpawnError;
 use crate::process::handle::Handle;
 use crate::process::signals::BlockAll;
 use child::{intermediate, ChildArgs};
 use report::{read_record, Record, GO};
+pub use setup::{Credentials, Setup};
 
 /// Everything the child needs, prepared before forking.
 pub struct Prepared {
@@ -62,6 +65,11 @@ pub struct Prepared {
     cgroup_procs: Option<CString>,
     /// The instance's cgroup directory (for clone3's CLONE_INTO_CGROUP).
     cgroup_dir: Option<OwnedFd>,
+    setup: Setup,
+    /// `setup`'s limits, for prlimit64(2).
+    limits: Vec<(libc::c_int, libc::rlimit, crate::error::Stage)>,
+    /// `setup`'s oom_score_adj as the text written to /proc.
+    oom_text: Option<Vec<u8>>,
 }
 
 /// What to run and where. Paths must be absolute.
@@ -78,6 +86,9 @@ pub struct Spec<'a> {
     /// Pipes to a log writer (`--log-timestamps`): stdout (and stderr) go there instead
     /// of the files, which are still opened here to refuse a bad path before any fork.
     pub pipes: Option<&'a crate::process::writer::LogPipes>,
+    /// Umask, limits, nice, oom_score_adj, identity; its credentials' environment is
+    /// not added to `env` here (the caller merges it under the service's own).
+    pub setup: &'a Setup,
 }
 
 /// A new process waiting at the gate: set up, pinned, not yet exec'd. Dropping it
@@ -88,6 +99,8 @@ pub struct Pending {
     gate: Option<OwnedFd>,
     report: OwnedFd,
     program_display: String,
+    /// To name a setting the process could not apply.
+    setup: Setup,
     /// Its session, registered as in flight until the start is over (released after its
     /// record was committed, or discarded): dropped last, after the fields above.
     _in_flight: InFlight,
@@ -219,6 +232,20 @@ impl Prepared {
                 Some(c) => Some(open_dir(&c.path)?),
                 None => None,
             },
+            setup: spec.setup.clone(),
+            limits: spec
+                .setup
+                .limits
+                .iter()
+                .map(|&(r, l)| {
+                    let raw = libc::rlimit {
+                        rlim_cur: l.soft,
+                        rlim_max: l.hard,
+                    };
+                    (setup::resource_number(r), raw, Setup::stage(r))
+                })
+                .collect(),
+            oom_text: spec.setup.oom_score_adj.map(|n| n.to_string().into_bytes()),
         })
     }
 
@@ -248,7 +275,11 @@ impl Prepared {
                 .map_or(report_w.as_raw_fd(), |d| d.as_raw_fd()),
         ];
         keep.sort_unstable();
-        let nofile = crate::process::limits::for_children();
+        let nofile = if self.setup.sets_nofile() {
+            None
+        } else {
+            crate::process::limits::for_children()
+        };
         let args = ChildArgs {
             program: &self.program,
             argv: argv_ptrs.as_ptr(),
@@ -266,6 +297,17 @@ impl Prepared {
             cgroup_procs: self.cgroup_procs.as_ref(),
             cgroup_fd: self.cgroup_dir.as_ref().map(|d| d.as_raw_fd()),
             nofile: nofile.as_ref(),
+            umask: self.setup.umask as libc::mode_t,
+            limits: &self.limits,
+            nice: self.setup.nice,
+            oom_score_adj: self.oom_text.as_deref(),
+            // Without root, `resolve` leaves no groups: nothing to change (tend's own).
+            credentials: self
+                .setup
+                .credentials
+                .as_ref()
+                .filter(|c| !c.groups.is_empty())
+                .map(|c| (c.uid, c.gid, c.groups.as_slice())),
         };
 
         // The intermediate's own stack: it runs in our memory (see `clone_intermediate`).
@@ -300,11 +342,7 @@ impl Prepared {
                     break Ok(());
                 }
                 Ok(Some(Record::Error(stage, errno))) => {
-                    break Err(SpawnError::Child {
-                        stage,
-                        errno,
-                        program: self.program_display.clone(),
-                    })
+                    break Err(self.setup.error(stage, errno, &self.program_display))
                 }
                 Ok(None) => break Err(SpawnError::NoReport(String::new())),
                 Err(e) => {
@@ -347,6 +385,7 @@ impl Prepared {
             gate: Some(gate_w),
             report: report_r,
             program_display: self.program_display.clone(),
+            setup: self.setup.clone(),
             _in_flight: in_flight,
         })
     }
@@ -390,11 +429,7 @@ impl Pending {
                 Ok(None) => break,
                 Ok(Some(Record::Error(stage, errno))) => {
                     discard(handle);
-                    return Err(SpawnError::Child {
-                        stage,
-                        errno,
-                        program: self.program_display.clone(),
-                    });
+                    return Err(self.setup.error(stage, errno, &self.program_display));
                 }
                 Ok(Some(_)) => {}
                 Err(e) => {
@@ -571,8 +606,9 @@ fn clone_intermediate(args: &ChildArgs, stack: &ChildStack) -> libc::pid_t {
     // memory until it exits; this thread does not run until then, and other threads
     // never touch the child's stack or `args`. All allocations are done and every
     // signal is blocked; the child only makes async-signal-safe calls (close_range,
-    // setsid, clone3/fork, write, _exit; the service it forks: sigaction, dup2, chdir,
-    // umask, read, sigprocmask, execve) and never returns from `entry`.
+    // setsid, clone3/fork, write, _exit; the service it forks: sigaction, dup2,
+    // prlimit64, setpriority, open/write, umask, setgroups, setresgid, setresuid, chdir,
+    // read, sigprocmask, execve) and never returns from `entry`.
     unsafe {
         libc::clone(
             entry,

@@ -13,15 +13,15 @@ use crate::util::*;
 
 /// A fleet in a fresh schema of the server at `url`; the schema (and any role the test
 /// created) is dropped on drop. Declare it before the hosts, so they go first.
-struct Fleet {
-    url: String,
-    schema: String,
-    roles: Vec<String>,
-    admin: Env,
+pub(super) struct Fleet {
+    pub(super) url: String,
+    pub(super) schema: String,
+    pub(super) roles: Vec<String>,
+    pub(super) admin: Env,
 }
 
 impl Fleet {
-    fn new(url: &str) -> Fleet {
+    pub(super) fn new(url: &str) -> Fleet {
         let schema = format!("tf_{}_{}", std::process::id(), unique());
         let f = Fleet {
             url: url.to_string(),
@@ -32,39 +32,39 @@ impl Fleet {
         let out = f.tend(&["init"]);
         assert_eq!(out.code, 0, "fleet init: {out:?}");
         assert!(
-            out.stdout.contains("migrated from version 0 to 1"),
+            out.stdout.contains("migrated from version 0 to 2"),
             "{out:?}"
         );
         f
     }
 
     /// `tend fleet ARGS --postgres URL --schema S` from an admin home of its own.
-    fn tend(&self, args: &[&str]) -> Out {
+    pub(super) fn tend(&self, args: &[&str]) -> Out {
         let mut a = vec!["fleet"];
         a.extend_from_slice(args);
         a.extend_from_slice(&["--postgres", &self.url, "--schema", &self.schema]);
         self.admin.tend(&a)
     }
 
-    fn ok(&self, args: &[&str]) -> Out {
+    pub(super) fn ok(&self, args: &[&str]) -> Out {
         let out = self.tend(args);
         assert_eq!(out.code, 0, "fleet {args:?}: {out:?}");
         out
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(super) fn json(&self, args: &[&str]) -> Value {
         let out = self.ok(args);
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
     }
 
-    fn history(&self) -> Vec<Value> {
+    pub(super) fn history(&self) -> Vec<Value> {
         self.json(&["history", "--json"])
             .as_array()
             .expect("an array")
             .clone()
     }
 
-    fn command(&self, id: i64) -> Value {
+    pub(super) fn command(&self, id: i64) -> Value {
         self.history()
             .into_iter()
             .find(|c| c["id"] == id)
@@ -72,7 +72,7 @@ impl Fleet {
     }
 
     /// Waits until command `id` is finished; returns it.
-    fn wait_finished(&self, id: i64, deadline: Duration) -> Value {
+    pub(super) fn wait_finished(&self, id: i64, deadline: Duration) -> Value {
         let mut last = Value::Null;
         let ok = wait_until(deadline, || {
             last = self.command(id);
@@ -83,7 +83,7 @@ impl Fleet {
     }
 
     /// The daemon flags joining this fleet as `host_id`.
-    fn daemon_args(&self, host_id: &str) -> Vec<String> {
+    pub(super) fn daemon_args(&self, host_id: &str) -> Vec<String> {
         vec![
             "--postgres".into(),
             self.url.clone(),
@@ -99,7 +99,7 @@ impl Fleet {
 
     /// A host: a home with `web` running and a daemon joined as `host_id`; returns it
     /// once `fleet status` shows it with `web` running.
-    fn host(&self, host_id: &str) -> Env {
+    pub(super) fn host(&self, host_id: &str) -> Env {
         let env = Env::new();
         env.add_fixture("web", &[], &["--marker", "web"]);
         env.ok(&["start", "web"]);
@@ -107,12 +107,12 @@ impl Fleet {
         env
     }
 
-    fn join(&self, env: &Env, host_id: &str) {
+    pub(super) fn join(&self, env: &Env, host_id: &str) {
         self.start_daemon(env, host_id);
         self.wait_host(host_id, env);
     }
 
-    fn start_daemon(&self, env: &Env, host_id: &str) {
+    pub(super) fn start_daemon(&self, env: &Env, host_id: &str) {
         let args = self.daemon_args(host_id);
         let mut a = vec!["daemon"];
         a.extend(args.iter().map(String::as_str));
@@ -121,7 +121,7 @@ impl Fleet {
 
     /// Waits until `host_id` has a fresh heartbeat and reports `web` running under the
     /// pid its home records.
-    fn wait_host(&self, host_id: &str, env: &Env) {
+    pub(super) fn wait_host(&self, host_id: &str, env: &Env) {
         let mut last = Value::Null;
         let ok = wait_until(LONG, || {
             let pid = env.pid("web");
@@ -143,7 +143,7 @@ impl Fleet {
         );
     }
 
-    fn role(&mut self, suffix: &str) -> String {
+    pub(super) fn role(&mut self, suffix: &str) -> String {
         let r = format!("{}_{suffix}", self.schema);
         psql(&self.url, &[&format!("CREATE ROLE {r} NOLOGIN")]);
         self.roles.push(r.clone());
@@ -151,7 +151,7 @@ impl Fleet {
     }
 
     /// A role that can log in with a password; returns the fleet URL as that role.
-    fn login_role(&mut self, suffix: &str) -> (String, String) {
+    pub(super) fn login_role(&mut self, suffix: &str) -> (String, String) {
         let r = format!("{}_{suffix}", self.schema);
         psql(
             &self.url,
@@ -177,7 +177,7 @@ impl Drop for Fleet {
 }
 
 /// The ids of the commands a `fleet ACTION` without `--wait` printed, by host.
-fn issued(out: &Out) -> Vec<(String, i64)> {
+pub(super) fn issued(out: &Out) -> Vec<(String, i64)> {
     out.stdout
         .lines()
         .filter_map(|l| {
@@ -188,7 +188,7 @@ fn issued(out: &Out) -> Vec<(String, i64)> {
         .collect()
 }
 
-fn fleet_events(env: &Env) -> Vec<String> {
+pub(super) fn fleet_events(env: &Env) -> Vec<String> {
     let out = env.ok(&["events", "web", "--json", "-n", "100000"]);
     let v: Value = serde_json::from_str(&out.stdout).expect("events --json");
     v.as_array()
@@ -500,7 +500,7 @@ fn host_role_sees_only_its_own_commands() {
 fn fleet_bad_input() {
     let fleet = Fleet::new(&shared_url());
     let out = fleet.ok(&["init"]);
-    assert!(out.stdout.contains("up to date (version 1)"), "{out:?}");
+    assert!(out.stdout.contains("up to date (version 3)"), "{out:?}");
     for (args, code) in [
         (vec!["restart", "web", "--host", "nobody"], 2),
         (vec!["restart", "web", "--host", "bad host"], 2),
@@ -569,7 +569,7 @@ struct Netns {
 }
 
 impl Netns {
-    fn new() -> Netns {
+    pub(super) fn new() -> Netns {
         let k = (std::process::id() + unique()) % 250 + 1;
         let name = format!("tendt{}_{}", std::process::id(), unique());
         let outer = format!("tvh{k}_{}", std::process::id() % 10000);
@@ -671,7 +671,7 @@ fn network_partition_noticed_and_healed() {
     assert!(
         wait_until(LONG, || env
             .daemon_log()
-            .contains("fleet: PostgreSQL connection lost")),
+            .contains("PostgreSQL connection lost")),
         "the partition went unnoticed:\n{}",
         env.daemon_log()
     );
@@ -808,7 +808,11 @@ fn least_privilege_roles_end_to_end() {
     assert_eq!(out.code, 0, "{out:?}\ndaemon.log:\n{}", env.daemon_log());
     let new = env.pid("web").unwrap();
     assert_ne!(new, old);
-    assert_eq!(out.stdout, format!("lp\tdone\trestarted (pid {new})\n"));
+    // The command's id as soon as it is stored, then its result.
+    assert_eq!(
+        out.stdout,
+        format!("lp\tcommand 1: restart web\nlp\tdone\trestarted (pid {new})\n")
+    );
     let out = as_operator(&["status", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("\"host\": \"lp\""), "{}", out.stdout);
@@ -867,4 +871,282 @@ fn top_fleet_shows_every_host() {
     });
     t.keys(&["q"]);
     assert_restored(&t);
+}
+
+/// A host id no other test (in this or another test process) uses, for tests that find
+/// a daemon's connection in `pg_stat_activity` by its name.
+fn lone_host_id(tag: &str) -> String {
+    format!("{tag}-{}-{}", std::process::id(), unique())
+}
+
+/// A host whose backstop sweep is an hour away (`fleet.sweep_every`), so in a test only
+/// wake-ups and (re)connects make it claim; `url` overrides the fleet's URL (a host
+/// role's). Returns the home and the daemon's quick-mode channel.
+fn quiet_host(fleet: &Fleet, host_id: &str, url: Option<&str>) -> (Env, String) {
+    let env = Env::new();
+    env.ok(&["config", "set", "fleet.sweep_every", "1h"]);
+    env.add_fixture("web", &[], &["--marker", "web"]);
+    env.ok(&["start", "web"]);
+    let mut args = fleet.daemon_args(host_id);
+    if let Some(url) = url {
+        args[1] = url.to_string();
+    }
+    let channel = args[7].clone();
+    let mut a = vec!["daemon"];
+    a.extend(args.iter().map(String::as_str));
+    env.ok(&a);
+    fleet.wait_host(host_id, &env);
+    (env, channel)
+}
+
+/// What a daemon counts of its fleet work (`daemon status --json`): wake-ups received
+/// on its channel, claim attempts, sweeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counters {
+    wakeups: u64,
+    claims: u64,
+    sweeps: u64,
+}
+
+fn counters(env: &Env) -> Counters {
+    let p = super::pg_status(env);
+    let n = |k: &str| {
+        p[k].as_u64()
+            .unwrap_or_else(|| panic!("no {k} in daemon status: {p}"))
+    };
+    Counters {
+        wakeups: n("fleet_wakeups"),
+        claims: n("fleet_claims"),
+        sweeps: n("fleet_sweeps"),
+    }
+}
+
+/// Waits until the counters stop moving (the claims a daemon makes on joining are
+/// over), and returns them.
+fn settled(env: &Env) -> Counters {
+    let mut last = counters(env);
+    let ok = wait_until(LONG, || {
+        let now = counters(env);
+        let still = now == last && holds_for(Duration::from_millis(500), || counters(env) == now);
+        last = now;
+        still
+    });
+    assert!(ok, "the counters never settled: {last:?}");
+    last
+}
+
+/// The server connections a daemon of `host_id` holds (`pg_stat_activity`, by the
+/// application name the daemon gives its connection).
+fn daemon_connections(url: &str, host_id: &str) -> i64 {
+    psql(
+        url,
+        &[&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tend daemon {host_id}'"
+        )],
+    )
+    .trim()
+    .parse()
+    .expect("a count")
+}
+
+/// A command for one host wakes that host alone: it receives one wake-up and claims
+/// twice (the command, then nothing more); the other hosts receive nothing and claim
+/// nothing, watched for 3 s after the result.
+#[test]
+fn one_host_command_wakes_only_that_host() {
+    let fleet = Fleet::new(&shared_url());
+    let ids: Vec<String> = (0..3).map(|_| lone_host_id("wo")).collect();
+    let hosts: Vec<Env> = ids
+        .iter()
+        .map(|id| quiet_host(&fleet, id, None).0)
+        .collect();
+    let before: Vec<Counters> = hosts.iter().map(settled).collect();
+    let old = hosts[0].pid("web").unwrap();
+    let out = fleet.ok(&["restart", "web", "--host", &ids[0], "--wait", "30s"]);
+    let new = hosts[0].pid("web").unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        out.stdout,
+        format!("{}\tdone\trestarted (pid {new})\n", ids[0])
+    );
+    let woken = settled(&hosts[0]);
+    assert_eq!(woken.wakeups, before[0].wakeups + 1, "{woken:?} {before:?}");
+    assert_eq!(woken.claims, before[0].claims + 2, "{woken:?} {before:?}");
+    let quiet = holds_for(Duration::from_secs(3), || {
+        hosts[1..]
+            .iter()
+            .zip(&before[1..])
+            .all(|(env, b)| counters(env) == *b)
+    });
+    let now: Vec<Counters> = hosts.iter().map(counters).collect();
+    assert!(
+        quiet,
+        "another host was woken or claimed: before {before:?}, now {now:?}"
+    );
+}
+
+/// One daemon holds exactly one server connection, carrying the quick mode (a NOTIFY on
+/// its channel restarts web) and the fleet (a command runs); when the server terminates
+/// it, the daemon comes back with exactly one again and both modes still work.
+#[test]
+fn one_daemon_holds_one_connection() {
+    let fleet = Fleet::new(&shared_url());
+    let id = lone_host_id("oc");
+    let (env, channel) = quiet_host(&fleet, &id, None);
+    assert_eq!(daemon_connections(&fleet.url, &id), 1);
+    let both_modes = |round: &str| {
+        let old = env.pid("web").unwrap();
+        psql(
+            &fleet.url,
+            &[&format!("NOTIFY {channel}, 'restart web@{id}'")],
+        );
+        let quick = env.wait_new_pid("web", old);
+        let out = fleet.ok(&["restart", "web", "--host", &id, "--wait", "30s"]);
+        let new = env.pid("web").unwrap();
+        assert_ne!(new, quick, "{round}");
+        assert!(out.stdout.contains("\tdone\t"), "{round}: {out:?}");
+        assert_eq!(daemon_connections(&fleet.url, &id), 1, "{round}");
+    };
+    both_modes("first connection");
+    let terminated = psql(
+        &fleet.url,
+        &[&format!(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'tend daemon {id}') t"
+        )],
+    );
+    assert_eq!(terminated.trim(), "1");
+    assert!(
+        wait_until(RECONNECT, || env
+            .daemon_log()
+            .matches("joined the fleet")
+            .count()
+            == 2),
+        "never rejoined:\n{}",
+        env.daemon_log()
+    );
+    super::wait_pg(&env, LONG, "connected", |p| p["state"] == "connected");
+    assert!(
+        holds_for(Duration::from_secs(2), || daemon_connections(
+            &fleet.url, &id
+        ) == 1),
+        "not exactly one connection after the reconnect"
+    );
+    both_modes("after the reconnect");
+}
+
+/// A command issued while the daemon cannot connect (its role's LOGIN revoked and its
+/// backend terminated) is found by the read on reconnect, not by a sweep (an hour away)
+/// nor a wake-up (sent while nobody listened): it runs once LOGIN is back.
+#[test]
+fn pending_work_runs_on_reconnect() {
+    let mut fleet = Fleet::new(&shared_url());
+    let id = lone_host_id("pr");
+    let (role, url) = fleet.login_role("pr");
+    fleet.ok(&["grant", "--host-role", &role, "--host-id", &id]);
+    let (env, _) = quiet_host(&fleet, &id, Some(&url));
+    let before = settled(&env);
+    let old = env.pid("web").unwrap();
+    psql(
+        &fleet.url,
+        &[
+            &format!("ALTER ROLE {role} NOLOGIN"),
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'tend daemon {id}'"
+            ),
+        ],
+    );
+    super::wait_pg(&env, LONG, "reconnecting", |p| p["state"] == "reconnecting");
+    let cmd = issued(&fleet.ok(&["restart", "web", "--host", &id]))[0].1;
+    // Refused logins meanwhile: nothing runs.
+    assert!(
+        wait_until(LONG, || env
+            .daemon_log()
+            .contains("not permitted to log in")),
+        "{}",
+        env.daemon_log()
+    );
+    assert!(fleet.command(cmd)["finished_at"].is_null());
+    assert_eq!(env.pid("web"), Some(old));
+    psql(&fleet.url, &[&format!("ALTER ROLE {role} LOGIN")]);
+    let c = fleet.wait_finished(cmd, RECONNECT);
+    assert_eq!(c["outcome"], "done", "{c}");
+    env.wait_new_pid("web", old);
+    let after = counters(&env);
+    assert_eq!(
+        after.wakeups, before.wakeups,
+        "the command's NOTIFY was missed"
+    );
+    assert_eq!(after.sweeps, before.sweeps, "no sweep ran");
+}
+
+/// Anyone who can connect may NOTIFY a host's wake-up channel. 1,000 NOTIFYs in one
+/// transaction and 1,000 more in 1,000 transactions reach the daemon, and cost at most
+/// one claim per 100 ms of the flood (plus two: the round in progress and the one
+/// stored wake-up), not one each; a real command still runs at once afterwards.
+#[test]
+fn wake_flood_costs_bounded_claims() {
+    let fleet = Fleet::new(&shared_url());
+    let id = lone_host_id("wf");
+    let (env, _) = quiet_host(&fleet, &id, None);
+    let s = &fleet.schema;
+    let before = settled(&env);
+    let began = std::time::Instant::now();
+    psql(
+        &fleet.url,
+        &[&format!(
+            "SELECT count(pg_notify({s}.wake_channel('{id}'), g::text)) \
+             FROM generate_series(1, 1000) g"
+        )],
+    );
+    let one_each: Vec<String> = (0..1000)
+        .map(|i| format!("SELECT pg_notify({s}.wake_channel('{id}'), 'x{i}')"))
+        .collect();
+    let one_each: Vec<&str> = one_each.iter().map(String::as_str).collect();
+    psql(&fleet.url, &one_each);
+    assert!(
+        wait_until(LONG, || counters(&env).wakeups == before.wakeups + 2000),
+        "not every NOTIFY arrived: {:?}",
+        counters(&env)
+    );
+    let flood = began.elapsed();
+    let after = settled(&env);
+    let claims = after.claims - before.claims;
+    // Rounded up: the daemon and the test read their clocks at slightly different moments.
+    let bound = 2 + (flood.as_millis() as u64).div_ceil(100);
+    eprintln!("2000 NOTIFYs over {flood:?}: {claims} claims (bound {bound})");
+    assert!(
+        claims <= bound,
+        "{claims} claims for 2000 NOTIFYs over {flood:?}; at most {bound} expected"
+    );
+    let out = fleet.ok(&["restart", "web", "--host", &id, "--wait", "30s"]);
+    assert!(out.stdout.contains("\tdone\t"), "{out:?}");
+}
+
+/// The fleet periods are checked when set: one `tend:` line, exit 2, nothing stored.
+#[test]
+fn fleet_periods_validated() {
+    let env = Env::new();
+    env.ok(&["config", "set", "fleet.heartbeat_every", "20s"]);
+    for bad in ["0", "500ms", "2h", "soon", "-1s", "99999999999"] {
+        for key in ["fleet.sweep_every", "fleet.heartbeat_every"] {
+            let out = env.tend(&["config", "set", key, bad]);
+            assert_eq!(out.code, 2, "{key} {bad}: {out:?}");
+            assert!(out.stderr.starts_with("tend: "), "{out:?}");
+            assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+        }
+    }
+    assert_eq!(
+        env.ok(&["config", "get", "fleet.heartbeat_every"])
+            .stdout
+            .trim(),
+        "20s"
+    );
+    assert_eq!(
+        env.tend(&["config", "get", "fleet.sweep_every"])
+            .stdout
+            .trim(),
+        ""
+    );
 }
