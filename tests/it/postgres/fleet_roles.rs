@@ -191,7 +191,7 @@ fn fleet_from_version_1(url: &str) -> Fleet {
     );
     let out = f.ok(&["init"]);
     assert!(
-        out.stdout.contains("migrated from version 1 to 2"),
+        out.stdout.contains("migrated from version 1 to 3"),
         "{out:?}"
     );
     f
