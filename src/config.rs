@@ -2,6 +2,7 @@
 //! CLI (the PostgreSQL connection above all). Only known keys are accepted.
 
 use crate::error::{Error, Result};
+use crate::service::Value;
 
 pub const POSTGRES_URL: &str = "postgres.url";
 pub const POSTGRES_CHANNEL: &str = "postgres.channel";
@@ -43,6 +44,25 @@ pub fn retention(
         (count > 0).then_some(count),
         (!age.is_zero()).then_some(age),
     )
+}
+
+/// Home-wide hooks: run for a service that has none of its own for the event.
+pub const HOOKS_ON_START: &str = "hooks.on_start";
+pub const HOOKS_ON_EXIT: &str = "hooks.on_exit";
+pub const HOOKS_ON_FAILED: &str = "hooks.on_failed";
+pub const HOOKS_ON_UNHEALTHY: &str = "hooks.on_unhealthy";
+/// A hook's time limit where its service sets none.
+pub const HOOKS_TIMEOUT: &str = "hooks.timeout";
+
+/// The `tend config` key of the home-wide hook for `e`.
+pub fn hook_key(e: crate::service::hooks::HookEvent) -> &'static str {
+    use crate::service::hooks::HookEvent;
+    match e {
+        HookEvent::Start => HOOKS_ON_START,
+        HookEvent::Exit => HOOKS_ON_EXIT,
+        HookEvent::Failed => HOOKS_ON_FAILED,
+        HookEvent::Unhealthy => HOOKS_ON_UNHEALTHY,
+    }
 }
 
 pub const POSTGRES_SCHEMA: &str = "postgres.schema";
@@ -122,6 +142,26 @@ pub const KEYS: &[(&str, &str)] = &[
         EVENTS_KEEP_FOR,
         "events older than this are deleted: 30d, 12h... (default 30d; 0: no limit)",
     ),
+    (
+        HOOKS_ON_START,
+        "hook (sh -c) the daemon runs when a service without its own on_start starts",
+    ),
+    (
+        HOOKS_ON_EXIT,
+        "hook the daemon runs when a service without its own on_exit exits",
+    ),
+    (
+        HOOKS_ON_FAILED,
+        "hook the daemon runs when a service without its own on_failed becomes failed",
+    ),
+    (
+        HOOKS_ON_UNHEALTHY,
+        "hook the daemon runs when a service without its own on_unhealthy is unhealthy",
+    ),
+    (
+        HOOKS_TIMEOUT,
+        "time a hook may run before it is killed whole, where its service sets none (default 30s)",
+    ),
 ];
 
 /// Checks a key and value; paths are made absolute so the daemon reads the same file.
@@ -181,6 +221,21 @@ pub fn validate(key: &str, value: &str) -> Result<String> {
         POSTGRES_DEDUP_KEEP => match crate::service::parse_duration(value) {
             Ok(d) if !d.is_zero() => Ok(value.trim().to_string()),
             Ok(_) => Err(invalid(format!("{key}: must be longer than 0s"))),
+            Err(e) => Err(invalid(format!("{key}: {e}"))),
+        },
+        HOOKS_ON_START | HOOKS_ON_EXIT | HOOKS_ON_FAILED | HOOKS_ON_UNHEALTHY => {
+            crate::service::hooks::check_hook_text(value)
+                .map_err(|e| invalid(format!("{key}: {e}")))?;
+            if value.trim().is_empty() {
+                return Err(invalid(format!(
+                    "{key}: the command is empty (`tend config unset {key}` removes it)"
+                )));
+            }
+            Ok(value.to_string())
+        }
+        HOOKS_TIMEOUT => match crate::service::hooks::HookTimeout::parse(value) {
+            Ok(crate::service::hooks::HookTimeout(Some(_))) => Ok(value.trim().to_string()),
+            Ok(_) => Err(invalid(format!("{key}: the duration is empty"))),
             Err(e) => Err(invalid(format!("{key}: {e}"))),
         },
         EVENTS_KEEP_FOR => crate::service::parse_duration(value)

@@ -56,6 +56,16 @@
 //! daemon has exited. As PID 1 it also reaps every orphan ([`process::init::reap_any`]).
 //! The daemon's [`daemon::watch`] thread restarts services whose `watch` files change.
 //!
+//! # The path of a hook
+//!
+//! A daemon's supervisors tell [`daemon::hooks`] of the events each write transaction
+//! recorded, once it has committed ([`store::Store::set_sink`]; a start's only once its
+//! exec succeeded). A `start`, `restart`, `exit`, `failed` or `unhealthy` event queues a
+//! run (a storm is merged into the newest waiting run, with a count); one of four hook
+//! threads finds the service's hook (or the home's, in `tend config`) and runs it as a
+//! check command is run ([`process::check`]), the event as JSON on stdin; a failure is a
+//! `hook-failed` event and nothing more.
+//!
 //! # The path of a NOTIFY
 //!
 //! `NOTIFY tend, 'restart web'` → the listener thread ([`pg::listener`]) receives it on

@@ -128,6 +128,10 @@ pub mod event {
     /// A file the service's `watch` globs match changed (or one of a service it
     /// requires): the daemon restarts it.
     pub const WATCH: &str = "watch";
+    /// A hook (`on_exit`...) did not succeed: it exited non-zero, was killed at its
+    /// timeout, or could not be started. The detail says which hook and why. Never a
+    /// reason to restart the service, and never runs a hook itself.
+    pub const HOOK_FAILED: &str = "hook-failed";
 }
 
 /// A fleet command as this home recorded taking it: taken before acting,

@@ -117,7 +117,42 @@ pub fn checks(home: &Home) -> Vec<Check> {
         )],
     });
     all.push(containment(home));
+    if let Some(d) = &diagnosis {
+        all.extend(hooks(home, d));
+    }
     all
+}
+
+/// Hooks run only in the daemon (it sees every exit): with hooks defined and no daemon
+/// running, nothing runs them.
+fn hooks(home: &Home, d: &crate::store::diagnose::Diagnosis) -> Option<Check> {
+    const NAME: &str = "hooks";
+    let home_wide: Vec<&str> = d
+        .config
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("hooks.on_"))
+        .collect();
+    if d.hooked == 0 && home_wide.is_empty() {
+        return None;
+    }
+    let what = match (d.hooked, home_wide.is_empty()) {
+        (n, true) => format!("{n} service(s) have hooks"),
+        (0, false) => format!("home-wide {}", home_wide.join(", ")),
+        (n, false) => format!(
+            "{n} service(s) have hooks; home-wide {}",
+            home_wide.join(", ")
+        ),
+    };
+    Some(match client::probe(home) {
+        Probe::Healthy(_) => check(NAME, Level::Ok, format!("{what}: the daemon runs them")),
+        _ => check(
+            NAME,
+            Level::Warn,
+            format!("{what}, but no daemon runs: hooks run only in the daemon, and none fire now"),
+        )
+        .fix("`tend daemon`"),
+    })
 }
 
 fn quote(p: &Path) -> String {

@@ -9,6 +9,9 @@
 //!   and `%(program_name)s` are expanded. `user` and `umask` map to the settings of the
 //!   same names; `[supervisord]`'s `umask`, `user`, `minfds` and `minprocs` go to every
 //!   program (see `supervisord_globals`).
+//!   `[eventlistener:NAME]` sections become hooks of every service where their `events`
+//!   map (`PROCESS_STATE_EXITED` and `_STOPPED`: `on_exit`, `PROCESS_STATE_FATAL`:
+//!   `on_failed`, `PROCESS_STATE_STARTING` and `_RUNNING`: `on_start`); the rest is listed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -135,9 +138,14 @@ fn supervisord(
     })?;
     let globals = supervisord_globals(&ini, skipped);
     let mut out = Vec::new();
+    let mut listeners: Vec<(&'static str, String, String)> = Vec::new();
     for (section, props) in ini.iter() {
         let Some(section) = section else { continue };
         if section == "supervisord" {
+            continue;
+        }
+        if let Some(listener) = section.strip_prefix("eventlistener:") {
+            listeners.extend(event_listener(listener.trim(), dir, props, skipped));
             continue;
         }
         let Some(name) = section.strip_prefix("program:") else {
@@ -272,6 +280,21 @@ fn supervisord(
             table: t,
         });
     }
+    // A listener hears every program's events: its hooks go to every service, the
+    // first listener's where two map to the same hook.
+    let mut taken: Vec<(&str, &str)> = Vec::new();
+    for (hook, listener, command) in &listeners {
+        if let Some((_, first)) = taken.iter().find(|(h, _)| h == hook) {
+            skipped.push(format!(
+                "[eventlistener:{listener}]: {hook} is already [eventlistener:{first}]'s: not mapped again"
+            ));
+            continue;
+        }
+        taken.push((hook, listener));
+        for s in out.iter_mut() {
+            s.table.insert((*hook).into(), string(command.clone()));
+        }
+    }
     Ok(out)
 }
 
@@ -303,6 +326,76 @@ fn supervisord_globals(ini: &ini::Ini, skipped: &mut Vec<String>) -> Vec<(String
         out.push((setting.to_string(), string(v)));
     }
     out
+}
+
+/// What an `[eventlistener:NAME]` section maps to: (hook key, listener, command) for
+/// each hook its `events` name. A listener is a resident program speaking supervisord's
+/// protocol (READY, headers, RESULT) on stdin and stdout; a tend hook is run once per
+/// event with the event as JSON on stdin, so the command usually needs adapting: said on
+/// stderr.
+fn event_listener(
+    listener: &str,
+    dir: &Path,
+    props: &ini::Properties,
+    skipped: &mut Vec<String>,
+) -> Vec<(&'static str, String, String)> {
+    let mut command = None;
+    let mut events = Vec::new();
+    for (key, raw) in props.iter() {
+        let v = raw.trim().replace("%(here)s", &dir.display().to_string());
+        match key {
+            "command" => command = Some(v),
+            "events" => events = v.split(',').map(|e| e.trim().to_string()).collect(),
+            _ => skipped.push(format!(
+                "[eventlistener:{listener}]: {key} = {raw}: no equivalent for a tend hook"
+            )),
+        }
+    }
+    let Some(command) = command.filter(|c| !c.contains("%(")) else {
+        skipped.push(format!(
+            "[eventlistener:{listener}]: no command (or an expansion tend does not know): not imported"
+        ));
+        return Vec::new();
+    };
+    let mut hooks: Vec<&'static str> = Vec::new();
+    for e in events.iter().filter(|e| !e.is_empty()) {
+        let mapped: &[&'static str] = match e.as_str() {
+            "PROCESS_STATE_STARTING" | "PROCESS_STATE_RUNNING" => &["on_start"],
+            "PROCESS_STATE_EXITED" | "PROCESS_STATE_STOPPED" => &["on_exit"],
+            "PROCESS_STATE_FATAL" => &["on_failed"],
+            "PROCESS_STATE" => &["on_start", "on_exit", "on_failed"],
+            _ => &[],
+        };
+        if mapped.is_empty() {
+            skipped.push(format!(
+                "[eventlistener:{listener}]: event {e}: no tend hook for it (tend has on_start, on_exit, on_failed, on_unhealthy)"
+            ));
+        }
+        if e == "PROCESS_STATE" {
+            skipped.push(format!(
+                "[eventlistener:{listener}]: event PROCESS_STATE: mapped to on_start, on_exit and on_failed; STOPPING, BACKOFF and UNKNOWN have no tend hook"
+            ));
+        }
+        for h in mapped {
+            if !hooks.contains(h) {
+                hooks.push(h);
+            }
+        }
+    }
+    if hooks.is_empty() {
+        skipped.push(format!(
+            "[eventlistener:{listener}]: none of its events maps to a tend hook: not imported"
+        ));
+        return Vec::new();
+    }
+    skipped.push(format!(
+        "[eventlistener:{listener}]: imported as {} of every service; a tend hook runs once per event with the event as JSON on stdin, not supervisord's listener protocol: adapt the command if it speaks that protocol",
+        hooks.join(", ")
+    ));
+    hooks
+        .into_iter()
+        .map(|h| (h, listener.to_string(), command.clone()))
+        .collect()
 }
 
 fn truth(v: &str) -> Option<bool> {
@@ -341,6 +434,29 @@ fn environment(v: &str) -> std::result::Result<toml::Table, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_listeners_map_to_hooks_and_the_rest_is_listed() {
+        let conf = "[program:web]\ncommand=/bin/sleep 9\n\n\
+                    [eventlistener:mail]\ncommand=notify %(here)s\n\
+                    events=PROCESS_STATE_EXITED,PROCESS_STATE_FATAL,TICK_60\nbuffer_size=10\n\n\
+                    [eventlistener:second]\ncommand=other\nevents=PROCESS_STATE_FATAL,PROCESS_STATE_RUNNING\n";
+        let mut skipped = Vec::new();
+        let out = supervisord("s.conf", Path::new("/etc/sv"), conf, &mut skipped).unwrap();
+        let t = &out[0].table;
+        assert_eq!(t["on_exit"].as_str(), Some("notify /etc/sv"));
+        assert_eq!(t["on_failed"].as_str(), Some("notify /etc/sv"));
+        assert_eq!(t["on_start"].as_str(), Some("other"));
+        let said = skipped.join("\n");
+        for want in [
+            "buffer_size = 10: no equivalent",
+            "event TICK_60: no tend hook",
+            "on_failed is already [eventlistener:mail]'s",
+            "not supervisord's listener protocol",
+        ] {
+            assert!(said.contains(want), "{want:?} not in:\n{said}");
+        }
+    }
 
     #[test]
     fn supervisord_environment() {

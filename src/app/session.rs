@@ -78,6 +78,7 @@ pub fn open_supervisor(home: &Home) -> Result<Supervisor> {
             exits: None,
             proceed: None,
             files: None,
+            events: None,
         },
     )
 }

@@ -49,6 +49,7 @@ pub mod client;
 pub mod event_loop;
 pub mod files;
 pub mod health;
+pub mod hooks;
 pub mod http;
 pub mod pool;
 pub mod protocol;
@@ -183,6 +184,7 @@ pub fn run_foreground(
         exits: Some(queue.0.exit_sink()),
         proceed: None,
         files: None,
+        events: None,
     };
     let mut sup = Supervisor::open_with(home.clone(), ctx.clone())?;
     // The files this first connection found are the daemon's for its lifetime: every
@@ -195,6 +197,25 @@ pub fn run_foreground(
             path: lock_path.clone(),
             reason: format!("cannot write: {}", io_reason(&e)),
         })?;
+    // Hooks: runner threads with supervisors of their own (which tell nobody of the
+    // events they record, so a `hook-failed` event never runs a hook); every other
+    // supervisor of the daemon tells them of what it commits. A hook a daemon killed
+    // with SIGKILL left running goes first.
+    sup.sweep_hooks();
+    let in_flight = Arc::new(InFlight::default());
+    let hooks_closing = in_flight.clone();
+    let hooks_pool = pool::Pool::new(
+        home.clone(),
+        Context {
+            daemon_watching: true,
+            proceed: Some(Arc::new(move || !hooks_closing.closing())),
+            ..ctx.clone()
+        },
+    );
+    let hooks = hooks::Hooks::start(hooks_pool.clone(), in_flight.clone())?;
+    let to_hooks = hooks.clone();
+    ctx.events = Some(Arc::new(move |recorded| to_hooks.post(recorded)));
+    sup.set_events(ctx.events.clone());
     let pg_settings = crate::pg::Settings::resolve(&mut sup, &pg)?;
     // Bound before the daemon says it is ready: a port in use ends the startup with a
     // clear error.
@@ -232,7 +253,6 @@ pub fn run_foreground(
         containment: containment.describe(),
         http: http_settings.as_ref().map(|s| s.listen.to_string()),
     });
-    let in_flight = Arc::new(InFlight::default());
     if let Some(settings) = pg_settings {
         let hooks = || {
             let (admit_from, changed_to) = (in_flight.clone(), waker.clone());
@@ -350,6 +370,7 @@ pub fn run_foreground(
     l.worker.send(Job::Startup);
     info!(pid = me, home = %home.root().display(), "daemon starting");
     let result = l.run();
+    hooks.close(&hooks_pool);
     if let Some(root) = containment.root() {
         release_home_cgroup(root);
     }

@@ -14,6 +14,7 @@
 //! └── tend-<key>                one per state home (key: a hash of its path)
 //!     ├── supervisor            the daemon moves itself here (the "no internal processes" rule)
 //!     ├── checks/run-<ms>-<pid>-<n>  one per run of a check command, removed after it
+//!     ├── hooks/run-<ms>-<pid>-<n>   one per run of a hook (`on_exit`...), removed after it
 //!     └── NAME.service          one per service: where its limits are set
 //!         └── run-<ms>-<pid>-<n>  one per instance: the process writes itself into it before exec
 //! ```
@@ -87,6 +88,10 @@ pub const WRITERS: &str = "log-writers";
 /// The cgroup of a home's check commands (`ready`/`health` `cmd`), beside the
 /// services' and the log writers': each run gets a leaf of its own in it.
 pub const CHECKS: &str = "checks";
+
+/// The cgroup of a home's hooks (`on_exit`...), run as check commands are: a leaf per
+/// run.
+pub const HOOKS: &str = "hooks";
 
 /// The name of a home's cgroup: `tend-` and 16 hex digits of the SHA-256 of its path.
 pub fn home_cgroup_name(home: &Path) -> String {
@@ -249,12 +254,37 @@ impl Root {
     /// Leaves that a tend process which has since died left there (killed in the middle
     /// of a check) are killed and removed first.
     pub fn new_check(&self) -> io::Result<Cgroup> {
+        self.new_helper(CHECKS)
+    }
+
+    /// Creates a new, empty leaf for one run of a helper command in `<root>/<group>`
+    /// ([`CHECKS`] or [`HOOKS`]), after [`Root::sweep_helpers`].
+    pub fn new_helper(&self, group: &str) -> io::Result<Cgroup> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let checks = Cgroup {
-            path: self.path.join(CHECKS),
+            path: self.path.join(group),
         };
         mkdir(&checks.path)?;
-        for leaf in checks.children() {
+        self.sweep_helpers(group);
+        let leaf = checks.path.join(format!(
+            "run-{}-{}-{}",
+            crate::record::now_ms(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&leaf)?;
+        Ok(Cgroup { path: leaf })
+    }
+
+    /// Kills and removes the leaves of `<root>/<group>` whose creator is gone: runs of
+    /// helper commands a tend process was carrying out when it died (a daemon killed
+    /// with SIGKILL while a hook ran). The daemon does this as it comes up; each new
+    /// run does it too. A group that does not exist is left so.
+    pub fn sweep_helpers(&self, group: &str) {
+        let helpers = Cgroup {
+            path: self.path.join(group),
+        };
+        for leaf in helpers.children() {
             if !leaf_creator_gone(&leaf) {
                 continue;
             }
@@ -264,14 +294,6 @@ impl Root {
             }
             let _ = leaf.remove();
         }
-        let leaf = checks.path.join(format!(
-            "run-{}-{}-{}",
-            crate::record::now_ms(),
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&leaf)?;
-        Ok(Cgroup { path: leaf })
     }
 
     /// Moves the calling process into `<root>/supervisor` (the daemon: a cgroup whose
@@ -309,7 +331,7 @@ impl Root {
     }
 
     /// Removes the home's cgroup if nothing is in it but the empty cgroups of its own
-    /// helpers (`log-writers`, `checks`, `supervisor`): one look at the directory, for
+    /// helpers (`log-writers`, `checks`, `hooks`, `supervisor`): one look at the directory, for
     /// a caller that has just removed a service's cgroup (unlike [`Root::remove_unused`],
     /// which looks into every service's). Whatever is in use stays: `rmdir` refuses it.
     pub fn remove_if_idle(&self) {
@@ -321,7 +343,7 @@ impl Root {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            if [WRITERS, CHECKS, SUPERVISOR]
+            if [WRITERS, CHECKS, HOOKS, SUPERVISOR]
                 .iter()
                 .any(|h| e.file_name() == *h)
             {
@@ -629,9 +651,12 @@ impl Cgroup {
     }
 }
 
-/// True when the process that created the leaf `run-<ms>-<pid>-<n>` no longer exists. A
-/// number in use by anyone (a reuse, or the creator itself) keeps the leaf: left for a
-/// later look rather than taken from a process that may still be using it.
+/// True when the process that created the leaf `run-<ms>-<pid>-<n>` no longer exists,
+/// or has exited and waits to be reaped (a zombie runs nothing, and a daemon killed with
+/// SIGKILL stays one for as long as its parent leaves it unreaped; its number cannot be
+/// reused meanwhile). A number in use by a live process (a reuse, or the creator itself)
+/// keeps the leaf: left for a later look rather than taken from a process that may still
+/// be using it.
 fn leaf_creator_gone(leaf: &Cgroup) -> bool {
     let pid = leaf
         .path
@@ -640,7 +665,12 @@ fn leaf_creator_gone(leaf: &Cgroup) -> bool {
         .and_then(|n| n.strip_prefix("run-"))
         .and_then(|rest| rest.split('-').nth(1))
         .and_then(|p| p.parse::<i32>().ok());
-    pid.is_some_and(|p| !super::handle::exists(p))
+    pid.is_some_and(|p| match super::identity::stat(p) {
+        Ok(Some(st)) => st.exited(),
+        Ok(None) => true,
+        // Not readable now: proves nothing.
+        Err(_) => false,
+    })
 }
 
 /// Whether the process that created an instance cgroup (`run-<ms>-<pid>-<n>`, see

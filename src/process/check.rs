@@ -1,6 +1,7 @@
-//! Running a check command (`ready = { cmd = ... }`, `health = { cmd = ... }`): `sh -c`
-//! started as a service is ([`super::spawn`]: double fork, a session of its own, a cgroup
-//! leaf of its own where there is containment), its output captured, and, once it has
+//! Running a helper command, a check (`ready = { cmd = ... }`, `health = { cmd = ... }`)
+//! or a hook (`on_exit = "..."`, with its event on stdin): `sh -c` started as a service is
+//! ([`super::spawn`]: double fork, a session of its own, a cgroup leaf of its own where
+//! there is containment, in `checks/` or `hooks/`), its output captured, and, once it has
 //! ended or at its timeout, killed whole: nothing it started outlives it.
 //!
 //! # Killed whole, and only what is the check's
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::cgroup::{Cgroup, Root};
+use super::cgroup::{self, Cgroup, Root};
 use super::reap::ExitBoard;
 use super::spawn::{Prepared, Spec};
 use super::stop;
@@ -85,6 +86,21 @@ const LEFTOVER_RETRY: Duration = Duration::from_secs(1);
 /// How long the status of an exited check may take to be posted by the daemon's loop.
 const STATUS_WAIT: Duration = Duration::from_secs(1);
 
+/// Which kind of helper command runs, and what it reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Helper<'a> {
+    /// The home's cgroup its leaf goes in: [`cgroup::CHECKS`] or [`cgroup::HOOKS`].
+    pub group: &'static str,
+    /// What it reads on stdin (a hook's event); `None`: `/dev/null`.
+    pub input: Option<&'a [u8]>,
+}
+
+/// A check command: its leaf in `checks`, nothing on stdin.
+pub const CHECK: Helper<'static> = Helper {
+    group: cgroup::CHECKS,
+    input: None,
+};
+
 /// Runs `sh -c cmd` in `cwd` with exactly `env`, for at most `timeout`, then kills
 /// whatever of it is left.
 pub fn run(
@@ -94,10 +110,33 @@ pub fn run(
     timeout: Duration,
     scope: &Scope,
 ) -> Result<Ran, SpawnError> {
+    run_helper(cmd, cwd, env, timeout, scope, CHECK)
+}
+
+/// [`run`] for any kind of helper: its leaf in `helper.group`, `helper.input` on its
+/// stdin (a file in memory, so a hook that does not read it never blocks anyone, and
+/// one that reads it gets all of it at once).
+pub fn run_helper(
+    cmd: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+    scope: &Scope,
+    helper: Helper,
+) -> Result<Ran, SpawnError> {
     let deadline = Instant::now() + timeout;
     // Without a leaf (none could be made) the session is the boundary, as without
     // cgroup containment.
-    let leaf = Leaf(scope.cgroups.and_then(|r| r.new_check().ok()));
+    let leaf = Leaf(scope.cgroups.and_then(|r| r.new_helper(helper.group).ok()));
+    let input = match helper.input {
+        Some(bytes) => Some(memory_file(bytes)?),
+        None => None,
+    };
+    let stdin_path = match &input {
+        // Opened again by path in `prepare`, at offset 0, as a file of its own.
+        Some(fd) => std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        None => std::path::PathBuf::from("/dev/null"),
+    };
     let mut pipes = LogPipes::new(true)?;
     let (out_r, err_r) = pipes.take_read_ends();
     let argv = ["/bin/sh".to_string(), "-c".to_string(), cmd.to_string()];
@@ -106,13 +145,14 @@ pub fn run(
         argv: &argv,
         cwd,
         env,
-        stdin: dev_null,
+        stdin: &stdin_path,
         stdout: dev_null,
         stderr: dev_null,
         cgroup: leaf.0.as_ref(),
         pipes: Some(&pipes),
         setup: scope.setup,
     })?;
+    drop(input);
     let started = prepared.spawn()?.release()?;
     // Only the check holds the write ends now: end of file means all of it closed them.
     drop(prepared);
@@ -213,6 +253,26 @@ pub fn run(
         withdrawn,
         output: String::from_utf8_lossy(&output).trim().to_string(),
     })
+}
+
+/// A sealed file in memory holding `bytes` (`memfd_create`): no name in any file
+/// system, gone with its last descriptor.
+fn memory_file(bytes: &[u8]) -> Result<OwnedFd, SpawnError> {
+    let os = |what: &'static str| move |errno| SpawnError::Os { what, errno };
+    let fd = nix::sys::memfd::memfd_create(
+        c"tend-hook-event",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(os("memfd_create"))?;
+    let mut written = 0;
+    while written < bytes.len() {
+        match nix::unistd::write(&fd, &bytes[written..]) {
+            Ok(n) => written += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(os("write")(e)),
+        }
+    }
+    Ok(fd)
 }
 
 /// A check's cgroup leaf, removed (after what is in it was killed) when dropped.

@@ -12,6 +12,7 @@ pub mod execution;
 pub mod file;
 pub mod files;
 pub mod graph;
+pub mod hooks;
 mod names;
 pub mod paths;
 pub mod probe;

@@ -21,6 +21,7 @@ use super::execution::{
     check_group, check_limit, check_nice, check_oom_score_adj, check_user, Account, Limit, Nice,
     OomScoreAdj, Resource, Umask,
 };
+use super::hooks::{Hook, HookTimeout};
 use super::paths::{check_cwd, check_readable, check_writable};
 use super::probe::{Check, Probe};
 use super::values::{
@@ -751,6 +752,58 @@ settings! {
         default: |_, _| Globs::default(),
         check: no_check,
     }
+    // Event hooks (run by the daemon; see docs/hooks.md). A service's hook replaces
+    // the home's default (`tend config set hooks.on_exit ...`) for that event.
+    /// Run (`sh -c`) when the service starts or is restarted.
+    on_start: Hook {
+        flag: Flag::Option { long: "on-start", short: None, value_name: "COMMAND" },
+        option: "--on-start",
+        help: "Hook run by the daemon (sh -c, the event as JSON on stdin) when the service starts or is restarted (\"\" clears; default: config hooks.on_start)",
+        json: "on_start",
+        label: "on-start",
+        default: |_, _| Hook(None),
+        check: no_check,
+    }
+    /// Run when the service's main process exits.
+    on_exit: Hook {
+        flag: Flag::Option { long: "on-exit", short: None, value_name: "COMMAND" },
+        option: "--on-exit",
+        help: "Hook run by the daemon when the service's main process exits (\"\" clears; default: config hooks.on_exit)",
+        json: "on_exit",
+        label: "on-exit",
+        default: |_, _| Hook(None),
+        check: no_check,
+    }
+    /// Run when the service becomes `failed`.
+    on_failed: Hook {
+        flag: Flag::Option { long: "on-failed", short: None, value_name: "COMMAND" },
+        option: "--on-failed",
+        help: "Hook run by the daemon when the service becomes failed: start limit reached, or a restart could not start the program (\"\" clears; default: config hooks.on_failed)",
+        json: "on_failed",
+        label: "on-failed",
+        default: |_, _| Hook(None),
+        check: no_check,
+    }
+    /// Run when health checks failed in a row and the instance is killed.
+    on_unhealthy: Hook {
+        flag: Flag::Option { long: "on-unhealthy", short: None, value_name: "COMMAND" },
+        option: "--on-unhealthy",
+        help: "Hook run by the daemon when the health check failed too often and the instance is killed (\"\" clears; default: config hooks.on_unhealthy)",
+        json: "on_unhealthy",
+        label: "on-unhealthy",
+        default: |_, _| Hook(None),
+        check: no_check,
+    }
+    /// Time a hook may run before it is killed whole.
+    hook_timeout: HookTimeout {
+        flag: Flag::Option { long: "hook-timeout", short: None, value_name: "DURATION" },
+        option: "--hook-timeout",
+        help: "Time a hook may run before it is killed with everything it started (\"\" clears; default: config hooks.timeout, else 30s)",
+        json: "hook_timeout_ms",
+        label: "hook-timeout",
+        default: |_, _| HookTimeout(None),
+        check: no_check,
+    }
 }
 
 /// A health check must be something that can fail while the service runs.
@@ -816,7 +869,7 @@ mod tests {
 
     #[test]
     fn every_row_is_a_field_and_an_option() {
-        assert_eq!(ROWS.len(), 33);
+        assert_eq!(ROWS.len(), 38);
         for r in ROWS {
             assert!(r.option.starts_with("--"), "{}", r.field);
             let long = match r.flag {

@@ -21,6 +21,8 @@ pub struct Diagnosis {
     pub config: Vec<(String, String)>,
     /// How many services are defined (0 when the table does not exist yet).
     pub services: usize,
+    /// How many of them have a hook of their own (`on_exit`...).
+    pub hooked: usize,
 }
 
 /// Opens `path` read-write (a WAL database cannot be read without its shared-memory
@@ -58,7 +60,19 @@ pub fn diagnose(path: &Path) -> Result<Diagnosis> {
     let services: i64 = conn
         .query_row("SELECT count(*) FROM services", [], |r| r.get(0))
         .unwrap_or(0);
+    let hooked: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM services WHERE \
+             json_extract(settings, '$.on_start') IS NOT NULL OR \
+             json_extract(settings, '$.on_exit') IS NOT NULL OR \
+             json_extract(settings, '$.on_failed') IS NOT NULL OR \
+             json_extract(settings, '$.on_unhealthy') IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0);
     Ok(Diagnosis {
+        hooked: hooked.max(0) as usize,
         integrity,
         journal_mode,
         schema_version,

@@ -13,6 +13,7 @@ mod schema;
 mod services;
 mod state;
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -40,7 +41,25 @@ pub struct Store {
     /// The files this connection has open, noted by [`Store::keep_open`], and their
     /// paths: see [`Store::files_changed`].
     kept: Option<(Files, [PathBuf; 3])>,
+    /// Told of the events each write transaction recorded, once it has committed (the
+    /// daemon's hooks); `None`: nobody listens.
+    sink: Option<EventSink>,
+    /// Events committed but not told yet: held by [`Tx::hold_events`] until the caller
+    /// says whether the operation they belong to stands ([`Store::release_held`]) or is
+    /// taken back ([`Store::drop_held`]).
+    held: Vec<Recorded>,
 }
+
+/// An event as a write transaction recorded it, with what the recorder knew in a form a
+/// program can read (`pid`, `exit_code`, `signal`...), for whoever is told of it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub event: crate::record::Event,
+    pub facts: serde_json::Map<String, serde_json::Value>,
+}
+
+/// See [`Store::set_sink`].
+pub type EventSink = std::sync::Arc<dyn Fn(Vec<Recorded>) + Send + Sync>;
 
 /// A database's files as a process found them when it opened the database: (device,
 /// inode) of `tend.db`, of its `-wal` and of its `-shm`.
@@ -169,6 +188,8 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| db_err(path, e))?;
         let mut store = Store {
+            sink: None,
+            held: Vec::new(),
             conn,
             path: path.to_path_buf(),
             kept: None,
@@ -310,13 +331,21 @@ impl Store {
         }
         let path = self.path.clone();
         let conn = &mut self.conn;
+        let mut recorded = Vec::new();
+        let mut hold = false;
+        // Events are copied for the sink only when there is one (the daemon's).
+        let listening = self.sink.is_some();
         let value = with_retry(&path, || {
             let tx = conn
                 .transaction_with_behavior(behavior)
                 .map_err(|e| db_err(&path, e))?;
-            let wrapped = Tx(tx, &path);
+            let wrapped = Tx(tx, &path, RefCell::new((Vec::new(), false)), listening);
             let value = f(&wrapped)?;
-            wrapped.0.commit().map_err(|e| db_err(&path, e))?;
+            let Tx(tx, _, noted, _) = wrapped;
+            tx.commit().map_err(|e| db_err(&path, e))?;
+            // Only the attempt that committed counts: a retried one's events were
+            // rolled back with it.
+            (recorded, hold) = noted.into_inner();
             Ok(value)
         })?;
         if writes {
@@ -327,7 +356,36 @@ impl Store {
             self.check_files()?;
             self.keep_wal_short();
         }
+        // Told only of what surely committed to the files on disk (see above).
+        if self.sink.is_some() && !recorded.is_empty() {
+            if hold {
+                self.held.append(&mut recorded);
+            } else if let Some(sink) = &self.sink {
+                sink(recorded);
+            }
+        }
         Ok(value)
+    }
+
+    /// Tells `sink` of every event each later write transaction records, once it has
+    /// committed (never from inside a transaction that may be retried).
+    pub fn set_sink(&mut self, sink: Option<EventSink>) {
+        self.sink = sink;
+    }
+
+    /// Tells the sink of the events held since the last release: the operation they
+    /// belong to stands.
+    pub fn release_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        if let (Some(sink), false) = (&self.sink, held.is_empty()) {
+            sink(held);
+        }
+    }
+
+    /// Forgets the events held since the last release: the operation they belong to
+    /// was taken back (its events deleted), so nobody hears of it.
+    pub fn drop_held(&mut self) {
+        self.held.clear();
     }
 
     fn wal_path(&self) -> PathBuf {
@@ -470,9 +528,37 @@ pub struct Overview {
 /// An open transaction. All reads and writes of tend's tables go through its methods
 /// (definitions in `services.rs`; instances, bookkeeping, settings and events in
 /// `state.rs`).
-pub struct Tx<'a>(rusqlite::Transaction<'a>, &'a Path);
+pub struct Tx<'a>(
+    rusqlite::Transaction<'a>,
+    &'a Path,
+    /// The events recorded in it, and whether to hold them (see [`Store::release_held`]).
+    RefCell<(Vec<Recorded>, bool)>,
+    /// Whether anyone is told of them: if not, they are not noted at all.
+    bool,
+);
 
 impl Tx<'_> {
+    /// Notes an event this transaction recorded, for the store's sink.
+    pub(crate) fn noted(
+        &self,
+        event: impl FnOnce() -> crate::record::Event,
+        facts: serde_json::Map<String, serde_json::Value>,
+    ) {
+        if self.3 {
+            self.2.borrow_mut().0.push(Recorded {
+                event: event(),
+                facts,
+            });
+        }
+    }
+
+    /// The events of this transaction are told only once the caller releases them
+    /// ([`Store::release_held`]): they belong to an operation that may still be taken
+    /// back (a start whose exec may fail).
+    pub fn hold_events(&self) {
+        self.2.borrow_mut().1 = true;
+    }
+
     pub(crate) fn err(&self, e: rusqlite::Error) -> Error {
         db_err(self.1, e)
     }

@@ -160,6 +160,19 @@ impl Tx<'_> {
     /// `events.keep_per_service` and `events.keep_for`) in the same transaction, so the
     /// table never grows past it.
     pub fn record_id(&self, service: &str, kind: &str, detail: &str) -> Result<i64> {
+        self.record_facts(service, kind, detail, serde_json::Map::new())
+    }
+
+    /// [`Tx::record_id`], with what the recorder knows in a form a program can read
+    /// (`pid`, `exit_code`...), for whoever is told of the event once it committed (the
+    /// daemon's hooks). The facts are not stored: the detail is the record.
+    pub fn record_facts(
+        &self,
+        service: &str,
+        kind: &str,
+        detail: &str,
+        facts: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<i64> {
         let now = now_ms();
         self.exec(
             "INSERT INTO events (at, service, kind, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -167,6 +180,16 @@ impl Tx<'_> {
         )?;
         let id = self.0.last_insert_rowid();
         self.prune_events(service, id, now)?;
+        self.noted(
+            || Event {
+                id,
+                at: now,
+                service: service.to_string(),
+                kind: kind.to_string(),
+                detail: detail.to_string(),
+            },
+            facts,
+        );
         Ok(id)
     }
 

@@ -119,10 +119,13 @@ impl Supervisor {
                 return Ok(false);
             }
             tx.set_instance(id, &now)?;
-            tx.record(
+            let mut facts = serde_json::Map::new();
+            facts.insert("pid".into(), now.pid.into());
+            tx.record_facts(
                 &name,
                 event::START,
                 &format!("pid {} (daemonized by pid {})", now.pid, inst.pid),
+                facts,
             )?;
             Ok(true)
         })?;

@@ -37,7 +37,7 @@ pub(super) fn record_exit(
     tx.clear_instance(id, inst)?;
     let before = tx.runtime(id)?;
     let requested = inst.stopping;
-    tx.record(
+    tx.record_facts(
         &svc.name,
         event::EXIT,
         &format!(
@@ -45,6 +45,7 @@ pub(super) fn record_exit(
             inst.pid,
             if requested { " (stop requested)" } else { "" }
         ),
+        exit_facts(inst.pid, status, requested),
     )?;
     let decision = if requested || then == Then::Nothing {
         Decision::Leave
@@ -71,6 +72,35 @@ pub(super) fn record_exit(
         decision,
         retry_at,
     })
+}
+
+/// What an exit event tells a program (a hook's JSON): the pid, and `exit_code` or
+/// `signal` (a name without `SIG`), or neither when the status is unknown.
+fn exit_facts(
+    pid: i32,
+    status: ExitStatus,
+    requested: bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut f = serde_json::Map::new();
+    f.insert("pid".into(), pid.into());
+    match status {
+        ExitStatus::Code(c) => {
+            f.insert("exit_code".into(), c.into());
+        }
+        ExitStatus::Signal(s) => {
+            let name = nix::sys::signal::Signal::try_from(s)
+                .map(|sig| crate::service::StopSignal(sig).name().to_string())
+                .unwrap_or_else(|_| s.to_string());
+            f.insert("signal".into(), name.into());
+        }
+        ExitStatus::OomKilled => {
+            f.insert("signal".into(), "KILL".into());
+            f.insert("oom_killed".into(), true.into());
+        }
+        ExitStatus::Unknown => {}
+    }
+    f.insert("stop_requested".into(), requested.into());
+    f
 }
 
 /// The instance's cgroup if it is one of service `name`'s (`.../NAME.service/LEAF`, where

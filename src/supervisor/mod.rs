@@ -27,6 +27,7 @@ mod exits;
 mod fleet;
 mod forking;
 pub mod health;
+pub mod hooks;
 mod instances;
 mod ready;
 mod start;
@@ -254,6 +255,8 @@ pub struct Context {
     /// first: every supervisor it opens keeps its connection open and checks before each
     /// use that its files are still these, the ones on disk (see [`Store::keep_open`]).
     pub files: Option<Files>,
+    /// Told of the events each write records, once committed (the daemon's hooks).
+    pub events: Option<crate::store::EventSink>,
 }
 
 /// See [`Context::exits`].
@@ -305,10 +308,11 @@ impl Supervisor {
             path: "/proc/sys/kernel/random/boot_id".into(),
             reason: crate::error::io_reason(&e),
         })?;
-        let store = match ctx.files {
+        let mut store = match ctx.files {
             Some(files) => Store::open_kept(&home.db_path(), files, KEPT_CACHE_KIB)?,
             None => Store::open(&home.db_path())?,
         };
+        store.set_sink(ctx.events.clone());
         Ok(Supervisor {
             home,
             store,
@@ -370,6 +374,13 @@ impl Supervisor {
 
     pub fn config_all(&mut self) -> Result<Vec<(String, String)>> {
         self.store.read(|tx| tx.config_all())
+    }
+
+    /// Tells `sink` of the events each later write records, once committed (see
+    /// [`Context::events`]).
+    pub fn set_events(&mut self, sink: Option<crate::store::EventSink>) {
+        self.store.set_sink(sink.clone());
+        self.ctx.events = sink;
     }
 
     /// Sets (for one request) or clears what is asked before a spawn; see

@@ -163,6 +163,8 @@ impl Supervisor {
         let started = match pending.release() {
             Ok(s) => s,
             Err(e) => {
+                // Its start event is deleted: nobody hears of it.
+                self.store.drop_held();
                 self.undo_start(&inst, &undo);
                 if let Some(l) = &leaf {
                     l.wait_empty(std::time::Duration::from_secs(1));
@@ -172,8 +174,13 @@ impl Supervisor {
             }
         };
         if let (Some(pidfile), Some(l)) = (&svc.settings.pidfile.0, &leaf) {
+            // The service starts when the process it daemonizes is taken over (that
+            // start is told then), not when its first process runs.
+            self.store.drop_held();
             return self.follow_fork(undo.id, &svc, &inst, &started.handle, l, pidfile);
         }
+        // Exec succeeded: the start stands, and is told (to the daemon's hooks).
+        self.store.release_held();
         // `start` confirms exec. If the process is already gone by now, say so.
         if started.handle.exited() {
             let word = self.fresh_exit_word(&started.handle);
@@ -345,7 +352,11 @@ pub(super) fn commit_start(
             format!("pid {} (automatic restart {})", inst.pid, rt.restarts),
         ),
     };
-    let event = tx.record_id(name, kind, &detail)?;
+    let mut facts = serde_json::Map::new();
+    facts.insert("pid".into(), inst.pid.into());
+    let event = tx.record_facts(name, kind, &detail, facts)?;
+    // Told once exec succeeded; an exec that fails takes the event back.
+    tx.hold_events();
     Ok(Commit::Won(Undo {
         id,
         runtime: before,

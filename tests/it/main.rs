@@ -7,6 +7,7 @@ mod cli;
 mod daemon;
 mod faults;
 mod forged;
+mod hooks;
 mod hostile;
 mod http_api;
 mod lifecycle;
