@@ -1172,13 +1172,18 @@ fn under_the_daemon_a_writer_found_alive_is_never_doubled() {
     };
     assert!(
         held,
-        "not exactly one keeper and one worker on the pipe within {window:?}: {seen:?}\n{}\ndaemon.log:\n{}",
+        "not exactly one keeper and one worker on the pipe within {window:?}: {seen:?}\n{}\ndaemon.log:\n{}\nthe log's lines other than ticks (a writer's own words):\n{}",
         seen.iter()
             .flatten()
             .map(|w| about(w.0))
             .collect::<Vec<_>>()
             .join("\n"),
-        env.daemon_log()
+        env.daemon_log(),
+        read(&log)
+            .lines()
+            .filter(|l| !l.contains("tick "))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let events = crate::faults::events(&env, "tick");
     assert!(!events.iter().any(|(k, _)| k == "log-writer"), "{events:?}");
