@@ -1153,13 +1153,17 @@ fn under_the_daemon_a_writer_found_alive_is_never_doubled() {
         "{:?}",
         writers(&env)
     );
-    // The daemon's look follows the reaping within a fraction of a second; for 2 s, one
-    // keeper and one worker, and no writer started by the daemon.
+    // The daemon's look follows the reaping within a fraction of a second; for 2 s,
+    // never a second keeper or a second worker: no writer started by the daemon. (The
+    // new keeper may be out of sight for a moment: on a busy machine its move into the
+    // writers' cgroup has been seen to keep it in the kernel, its descriptors unreadable
+    // in /proc, for over 2 s. It is waited for below.)
     let window = Duration::from_secs(2);
     let mut seen = Vec::new();
     let held = holds_for(window, || {
         let h = holders(&env, pid);
-        let ok = h.len() == 2 && h.iter().filter(|w| w.1).count() == 1;
+        let workers = h.iter().filter(|w| w.1).count();
+        let ok = workers <= 1 && h.len() - workers <= 1;
         if seen.last() != Some(&h) {
             seen.push(h);
         }
@@ -1170,9 +1174,28 @@ fn under_the_daemon_a_writer_found_alive_is_never_doubled() {
         let cmd = read(Path::new(&format!("/proc/{w}/cmdline"))).replace('\0', " ");
         format!("{w}: {stat} {cmd}")
     };
+    // Every child of the writers seen, whatever it is now (a zombie, not yet exec'd).
+    let children: Vec<String> = seen
+        .iter()
+        .flatten()
+        .flat_map(|w| {
+            std::fs::read_dir(format!("/proc/{}/task", w.0))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|t| {
+                    read(&t.path().join("children"))
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .map(|c| about(c.parse().unwrap_or(0)))
+        .collect();
     assert!(
         held,
-        "not exactly one keeper and one worker on the pipe within {window:?}: {seen:?}\n{}\ndaemon.log:\n{}\nthe log's lines other than ticks (a writer's own words):\n{}",
+        "a second keeper or worker on the pipe within {window:?}: {seen:?}\n{}\nchildren of these: {children:?}\ndaemon.log:\n{}\nthe log's lines other than ticks (a writer's own words):\n{}",
         seen.iter()
             .flatten()
             .map(|w| about(w.0))
@@ -1184,6 +1207,11 @@ fn under_the_daemon_a_writer_found_alive_is_never_doubled() {
             .filter(|l| !l.contains("tick "))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+    assert!(
+        wait_until(LONG, || one_pair(&env, pid)),
+        "not one keeper and one worker after the window: {:?}",
+        holders(&env, pid)
     );
     let events = crate::faults::events(&env, "tick");
     assert!(!events.iter().any(|(k, _)| k == "log-writer"), "{events:?}");
