@@ -224,10 +224,15 @@ pub fn run_helper(
                     owned_elsewhere: &mut owned,
                 };
                 let left = stop::kill_leftovers(started.session, witness, Some(reaper), None);
-                if left.left_alone == 0 || Instant::now() >= retry_until {
+                // Done once a look finds nothing of the check's left. One that killed
+                // something is followed by another at once: a process the check was
+                // forking while the first looked shows only afterwards.
+                if (left.killed == 0 && left.left_alone == 0) || Instant::now() >= retry_until {
                     break;
                 }
-                std::thread::sleep(ASK_EVERY);
+                if left.left_alone > 0 {
+                    std::thread::sleep(ASK_EVERY);
+                }
             }
         }
     }
