@@ -1155,9 +1155,9 @@ fn under_the_daemon_a_writer_found_alive_is_never_doubled() {
     );
     // The daemon's look follows the reaping within a fraction of a second; for 2 s,
     // never a second keeper or a second worker: no writer started by the daemon. (The
-    // new keeper may be out of sight for a moment: on a busy machine its move into the
-    // writers' cgroup has been seen to keep it in the kernel, its descriptors unreadable
-    // in /proc, for over 2 s. It is waited for below.)
+    // new keeper may be out of sight for a moment: on a busy machine one was seen in the
+    // kernel (state D, most likely moving into the writers' cgroup) for over 2 s, its
+    // descriptors unreadable in /proc. It is waited for below.)
     let window = Duration::from_secs(2);
     let mut seen = Vec::new();
     let held = holds_for(window, || {
