@@ -364,6 +364,17 @@ fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) ->
     full(status, "application/json", body)
 }
 
+/// A JSON document read for a request, or the failure that kept it from being read.
+fn json_answer(body: Result<Vec<u8>>) -> Response<Body> {
+    match body {
+        Ok(mut b) => {
+            b.push(b'\n');
+            full(StatusCode::OK, "application/json", b)
+        }
+        Err(e) => error_response(status_for(&e), &e),
+    }
+}
+
 /// `{"error": {"message": ..., "code": ...}}`, as `--json` prints a failure.
 fn error_response(status: StatusCode, e: &Error) -> Response<Body> {
     json_response(status, &ErrorJson::new(e))
@@ -466,13 +477,7 @@ async fn services(ctx: &Arc<Ctx>) -> Response<Body> {
         Ok(serde_json::to_vec(&items).unwrap_or_default())
     })
     .await;
-    match body {
-        Ok(mut b) => {
-            b.push(b'\n');
-            full(StatusCode::OK, "application/json", b)
-        }
-        Err(e) => error_response(status_for(&e), &e),
-    }
+    json_answer(body)
 }
 
 async fn service(ctx: &Arc<Ctx>, name: &str) -> Response<Body> {
@@ -486,13 +491,7 @@ async fn service(ctx: &Arc<Ctx>, name: &str) -> Response<Body> {
         Ok(serde_json::to_vec(&ServiceJson::new(&st)).unwrap_or_default())
     })
     .await;
-    match body {
-        Ok(mut b) => {
-            b.push(b'\n');
-            full(StatusCode::OK, "application/json", b)
-        }
-        Err(e) => error_response(status_for(&e), &e),
-    }
+    json_answer(body)
 }
 
 /// The parameters of `/v1/events`.
@@ -561,13 +560,7 @@ async fn events(ctx: &Arc<Ctx>, query: &str) -> Response<Body> {
         Ok(serde_json::to_vec(&items).unwrap_or_default())
     })
     .await;
-    match body {
-        Ok(mut b) => {
-            b.push(b'\n');
-            full(StatusCode::OK, "application/json", b)
-        }
-        Err(e) => error_response(status_for(&e), &e),
-    }
+    json_answer(body)
 }
 
 /// A body fed line by line by the task that follows the events.

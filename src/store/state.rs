@@ -274,15 +274,7 @@ impl Tx<'_> {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![service, limit], |r| {
-                Ok(Event {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    service: r.get(2)?,
-                    kind: r.get(3)?,
-                    detail: r.get(4)?,
-                })
-            })
+            .query_map(params![service, limit], event_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(|e| self.err(e))
@@ -303,15 +295,7 @@ impl Tx<'_> {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![after, service, limit], |r| {
-                Ok(Event {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    service: r.get(2)?,
-                    kind: r.get(3)?,
-                    detail: r.get(4)?,
-                })
-            })
+            .query_map(params![after, service, limit], event_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(|e| self.err(e))
@@ -379,5 +363,16 @@ pub(super) fn instance_from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Resul
         stopping: r.get(at + 5)?,
         cgroup: r.get(at + 6)?,
         launching: r.get(at + 7)?,
+    })
+}
+
+/// One row of `SELECT id, at, service, kind, detail FROM events`.
+fn event_row(r: &rusqlite::Row) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        service: r.get(2)?,
+        kind: r.get(3)?,
+        detail: r.get(4)?,
     })
 }
